@@ -1,0 +1,43 @@
+// The plugin's PKCS#11 configuration, given as one RFC 7512 URI, e.g.
+//   pkcs11:token=k8s-kms;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/trousseau-hsm/pin
+// Parsed by p11-kit. The URI selects the module, the token (by label, serial, manufacturer, model or
+// slot) and the key family (object = CKA_LABEL). Versions come from CKA_ID, so the URI may not pin one.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "hsm/pkcs11.h"
+#include "core/status.h"
+
+struct p11_kit_uri;
+
+namespace trousseau::hsm {
+
+class Pkcs11Uri {
+ public:
+  static StatusOr<Pkcs11Uri> Parse(const std::string& text);
+
+  const std::string& module_path() const { return module_path_; }
+  const std::string& object_label() const { return object_label_; }
+  // Absolute path of the PIN file from `pin-source`, if the URI names one.
+  const std::optional<std::string>& pin_file() const { return pin_file_; }
+  // "token 'k8s-kms'" (and serial, if given) for messages.
+  const std::string& token_description() const { return token_description_; }
+
+  bool MatchesSlot(const CK_SLOT_INFO& info, CK_SLOT_ID id) const;
+  bool MatchesToken(const CK_TOKEN_INFO& info) const;
+
+ private:
+  std::shared_ptr<p11_kit_uri> uri_;
+  std::string module_path_;
+  std::string object_label_;
+  std::optional<std::string> pin_file_;
+  std::string token_description_;
+};
+
+// Space-padded PKCS#11 fixed-width text to a plain string.
+std::string TrimPadded(const unsigned char* text, size_t size);
+
+}  // namespace trousseau::hsm

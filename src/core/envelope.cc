@@ -1,0 +1,46 @@
+#include "core/envelope.h"
+#include "core/status.h"
+#include "core/strings.h"
+
+
+namespace trousseau {
+namespace {
+constexpr char kMagic[2] = {'T', 'H'};
+}  // namespace
+
+std::string EncodeEnvelopeHeader(uint64_t key_version) {
+  std::string header(kEnvelopeHeaderSize, '\0');
+  header[0] = kMagic[0];
+  header[1] = kMagic[1];
+  header[2] = static_cast<char>(kEnvelopeFormatV1);
+  for (int i = 0; i < 8; ++i) {
+    header[3 + i] = static_cast<char>((key_version >> (8 * (7 - i))) & 0xff);
+  }
+  return header;
+}
+
+StatusOr<ParsedEnvelope> ParseEnvelope(std::string_view ciphertext) {
+  if (ciphertext.size() <= kEnvelopeHeaderSize) {
+    return InvalidArgumentError(
+        StrCat("ciphertext too short to be a trousseau-hsm envelope (", ciphertext.size(), " bytes)"));
+  }
+  if (ciphertext[0] != kMagic[0] || ciphertext[1] != kMagic[1]) {
+    return InvalidArgumentError("ciphertext is not a trousseau-hsm envelope (bad magic)");
+  }
+  const auto format = static_cast<uint8_t>(ciphertext[2]);
+  if (format != kEnvelopeFormatV1) {
+    return InvalidArgumentError(StrCat("unsupported envelope format version ", format));
+  }
+  ParsedEnvelope parsed;
+  for (int i = 0; i < 8; ++i) {
+    parsed.key_version = (parsed.key_version << 8) | static_cast<uint8_t>(ciphertext[3 + i]);
+  }
+  if (parsed.key_version == 0) {
+    return InvalidArgumentError("envelope names key version 0, which never exists");
+  }
+  parsed.header = ciphertext.substr(0, kEnvelopeHeaderSize);
+  parsed.sealed = ciphertext.substr(kEnvelopeHeaderSize);
+  return parsed;
+}
+
+}  // namespace trousseau

@@ -1,0 +1,55 @@
+// The one interface between the KMS logic and a key-holding device (PKCS#11 HSM, TPM 2.0).
+// It is an AEAD keyed by key version: the key never leaves the device, the device does the
+// cryptography, and the caller never sees anything but sealed bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/secure_bytes.h"
+#include "core/status.h"
+
+namespace trousseau {
+
+// One version of the key family as the device holds it.
+struct BackendKey {
+  uint64_t version = 0;
+  // Public bytes that identify the key material itself (e.g. a MAC of a fixed message made on the
+  // device), so a re-created key with the same label and version never gets the same key_id.
+  std::string fingerprint;
+};
+
+// Error contract, so the gRPC layer can answer kube-apiserver precisely:
+//   UNAVAILABLE          the device is unreachable or failed; the backend recovers by itself later
+//   NOT_FOUND            no such key version on the device
+//   INVALID_ARGUMENT     sealed bytes malformed or failed authentication
+//   FAILED_PRECONDITION  configuration or key policy is wrong; retrying will not help
+// Messages never contain key material or plaintext.
+class KeyBackend {
+ public:
+  virtual ~KeyBackend() = default;
+
+  // Short, stable name of the device family ("pkcs11", "tpm2"); part of the key_id derivation.
+  virtual std::string_view Kind() const = 0;
+  // Human description for logs, e.g. "PKCS#11 token 'k8s-kms', key family 'kek'".
+  virtual std::string Describe() const = 0;
+
+  // (Re)reads the key family from the device and makes every listed version usable.
+  // Versions that vanished from the device stop being usable.
+  virtual StatusOr<std::vector<BackendKey>> LoadKeys() = 0;
+
+  // Authenticated encryption with one key version; `aad` is bound but not stored.
+  virtual StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext,
+                                           std::string_view aad) = 0;
+  virtual StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed,
+                                           std::string_view aad) = 0;
+  // Bytes Seal adds to the plaintext (IV, tag, ...), for enforcing size limits up front.
+  virtual size_t SealOverhead() const = 0;
+
+  // A real round trip on the device with `version`; OK means the device works now.
+  virtual Status Probe(uint64_t version) = 0;
+};
+
+}  // namespace trousseau

@@ -1,0 +1,81 @@
+#include "core/strings.h"
+
+#include <cstdio>
+
+#include "core/status.h"
+
+namespace trousseau {
+
+const char* StatusCodeName(StatusCode code) {
+  static constexpr const char* kNames[] = {
+      "OK",        "CANCELLED",      "UNKNOWN",   "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+      "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int index = static_cast<int>(code);
+  return index >= 0 && index < 17 ? kNames[index] : "UNKNOWN";
+}
+
+std::string Status::ToString() const {
+  if (ok()) return "OK";
+  return StrCat(StatusCodeName(code_), ": ", message_);
+}
+
+std::string StrJoin(const std::vector<std::string>& parts, std::string_view separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out.append(separator);
+    out.append(parts[i]);
+  }
+  return out;
+}
+
+std::string HexEncode(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 0xf]);
+  }
+  return out;
+}
+
+std::string QuoteForMessage(std::string_view text, size_t max) {
+  std::string out = "\"";
+  for (unsigned char c : text.substr(0, max)) {
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out.append(buf);
+    }
+  }
+  out.push_back('"');
+  if (text.size() > max) out.append("...");
+  return out;
+}
+
+std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
+  if (text == "0") return std::chrono::milliseconds(0);
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  std::optional<uint64_t> amount = ParseUnsigned<uint64_t>(text.substr(0, digits));
+  if (!amount) return std::nullopt;
+  const std::string_view unit = text.substr(digits);
+  uint64_t factor_ms;
+  if (unit == "ms") {
+    factor_ms = 1;
+  } else if (unit == "s") {
+    factor_ms = 1000;
+  } else if (unit == "m") {
+    factor_ms = 60'000;
+  } else if (unit == "h") {
+    factor_ms = 3'600'000;
+  } else {
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(*amount * factor_ms);
+}
+
+}  // namespace trousseau

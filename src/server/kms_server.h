@@ -1,0 +1,56 @@
+// The gRPC server kube-apiserver talks to: both KMS APIs on one unix socket that only its owner
+// (or a configured group) may connect to.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "core/kms_engine.h"
+#include "server/kms_v1beta1_service.h"
+#include "server/kms_v2_service.h"
+#include "core/status.h"
+
+namespace trousseau::server {
+
+// Largest request accepted: a v1beta1 ciphertext (64 KiB) or a v2 Decrypt with 32 KiB of
+// annotations fit; anything larger is refused by gRPC with RESOURCE_EXHAUSTED before it is parsed.
+inline constexpr int kMaxRequestBytes = 128 * 1024;
+
+struct ServerOptions {
+  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  mode_t socket_mode = 0600;
+  std::optional<uid_t> socket_owner;
+  std::optional<gid_t> socket_group;
+  std::string runtime_version;
+};
+
+// "unix:///abs/path", "unix:/abs/path" or "/abs/path" -> "/abs/path". Abstract sockets are refused:
+// they have no file permissions, so any local process could call the plugin.
+StatusOr<std::string> SocketPathFromEndpoint(const std::string& endpoint);
+
+class KmsServer {
+ public:
+  static StatusOr<std::unique_ptr<KmsServer>> Start(KmsEngine& engine, const ServerOptions& options);
+  ~KmsServer();
+
+  // Stops accepting calls, lets in-flight calls finish until `drain` runs out, removes the socket.
+  void Shutdown(std::chrono::milliseconds drain);
+  const std::string& socket_path() const { return socket_path_; }
+
+ private:
+  KmsServer(KmsEngine& engine, const ServerOptions& options, std::string socket_path);
+
+  std::string socket_path_;
+  KmsV2Service v2_;
+  KmsV1beta1Service v1beta1_;
+  std::unique_ptr<grpc::Server> server_;
+  bool shut_down_ = false;
+};
+
+}  // namespace trousseau::server

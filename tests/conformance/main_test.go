@@ -1,0 +1,59 @@
+package conformance
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// TestMain checks the tools, builds a SoftHSM2 token with key kek/01 and
+// starts the plugin that the non-destructive tests share. Tests that rotate
+// keys, restart the process or make bad tokens build their own (startEnv).
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	for _, tool := range []string{"softhsm2-util", "pkcs11-tool"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			fmt.Fprintf(os.Stderr, "conformance: %s not found (apt-get install softhsm2 opensc): %v\n", tool, err)
+			return 1
+		}
+	}
+	if _, err := os.Stat(softhsmModule()); err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: PKCS#11 module: %v (set SOFTHSM2_MODULE)\n", err)
+		return 1
+	}
+	bin, err := pluginBinary()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: %v\n", err)
+		return 1
+	}
+	env, err := newEnv(bin, "conf")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: building the shared token: %v\n", err)
+		return 1
+	}
+	defer env.close()
+	t0 := time.Now()
+	if err := env.plugin.start(20 * time.Second); err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: starting the shared plugin: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "conformance: plugin %s (pid %d) serving on %s after %s; token in %s\n",
+		bin, env.plugin.pid(), env.plugin.sock, time.Since(t0).Round(time.Millisecond), env.dir)
+	shared = env
+
+	code := m.Run()
+
+	exit, err := env.plugin.stop(15 * time.Second)
+	switch {
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "conformance: stopping the shared plugin: %v\n", err)
+	case exit != 0:
+		fmt.Fprintf(os.Stderr, "conformance: shared plugin exited %d on SIGTERM; log:\n%s\n", exit, env.plugin.logTail(30))
+	}
+	return code
+}

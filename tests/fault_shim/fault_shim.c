@@ -1,0 +1,459 @@
+/*
+ * trousseau_fault_shim: a fault-injecting PKCS#11 module, for tests only.
+ *
+ * It sits between a PKCS#11 client and a real module (SoftHSM in our tests)
+ * and forwards every call of CK_FUNCTION_LIST 2.40. A small control file lets
+ * a test make the "HSM" slow or cut its link, so the plugin's outage and
+ * recovery paths can be exercised against a real token instead of a mock.
+ *
+ * Environment:
+ *   TROUSSEAU_FAULT_SHIM_MODULE   real module (default /usr/lib/softhsm/libsofthsm2.so),
+ *                                 dlopen'ed once, on first C_GetFunctionList/C_Initialize.
+ *   TROUSSEAU_FAULT_SHIM_CONTROL  control file path; unset = pure pass-through.
+ *                                 Read again on every C_Initialize, so one process
+ *                                 can switch between controlled and pass-through.
+ *   TROUSSEAU_FAULT_SHIM_DEBUG=1  diagnostics on stderr (never stdout).
+ *
+ * Control file: whitespace-separated words.
+ *   up | down      link state (default up; the last one wins).
+ *   delay_us=N     sleep N microseconds before forwarding each cryptographic
+ *                  call (Encrypt*, Decrypt*, GenerateRandom): a network HSM.
+ *   Unknown words are ignored. A missing file means "up", no delay.
+ *   The file is re-read only when its mtime (ns), size or inode changes, so
+ *   each call costs one stat(). Writers should write a temp file and rename(2)
+ *   it over the control file: the reader then never sees a half-written file.
+ *
+ * While down, every call returns CKR_DEVICE_ERROR except C_GetFunctionList,
+ * C_Initialize, C_Finalize and C_GetInfo (so a client can finalise and
+ * re-initialise). On the up->down transition the shim closes every real
+ * session (C_CloseAllSessions on each slot), which also destroys session
+ * objects and logs out: after "up" the client's old handles are invalid,
+ * exactly as after a real outage.
+ */
+#define _GNU_SOURCE /* PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP */
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define SHIM_EXPORT __attribute__((visibility("default")))
+
+static const char kDefaultModule[] = "/usr/lib/softhsm/libsofthsm2.so";
+
+/* ---- diagnostics --------------------------------------------------------- */
+
+static bool g_debug;
+
+static void debugf(const char *fmt, ...) {
+  if (!g_debug) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("trousseau_fault_shim: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+/* ---- the real module ----------------------------------------------------- */
+
+/* Written once inside pthread_once, which also publishes it to other threads. */
+static CK_FUNCTION_LIST *g_real;
+static pthread_once_t g_load_once = PTHREAD_ONCE_INIT;
+
+static void load_real(void) {
+  const char *dbg = getenv("TROUSSEAU_FAULT_SHIM_DEBUG");
+  g_debug = dbg != NULL && strcmp(dbg, "1") == 0;
+
+  const char *path = getenv("TROUSSEAU_FAULT_SHIM_MODULE");
+  if (path == NULL || *path == '\0') path = kDefaultModule;
+
+  /* Never dlclose'd: like p11-kit, keep the module for the process lifetime
+   * (unloading SoftHSM/OpenSSL while anything may still call in is a crash). */
+  void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (handle == NULL) {
+    debugf("dlopen(%s) failed: %s", path, dlerror());
+    return;
+  }
+  CK_C_GetFunctionList get_list;
+  void *sym = dlsym(handle, "C_GetFunctionList");
+  memcpy(&get_list, &sym, sizeof get_list); /* object -> function pointer, POSIX-style */
+  CK_FUNCTION_LIST *list = NULL;
+  if (sym == NULL || get_list(&list) != CKR_OK || list == NULL) {
+    debugf("%s: no usable C_GetFunctionList", path);
+    return;
+  }
+  debugf("forwarding to %s", path);
+  g_real = list;
+}
+
+static bool ensure_loaded(void) {
+  pthread_once(&g_load_once, load_real);
+  return g_real != NULL;
+}
+
+/* ---- control state ------------------------------------------------------- */
+
+/* Control file path, NULL = pass-through. Replaced on C_Initialize; the old
+ * string is leaked on purpose because a concurrent caller may still read it
+ * (a few bytes per C_Initialize, tests only). */
+static _Atomic(char *) g_control_path;
+static atomic_bool g_down;
+static atomic_ulong g_delay_us;
+
+/* Identity of the control file as last read. INT64_MIN never matches a stat. */
+static _Atomic int64_t g_seen_mtime_ns = INT64_MIN;
+static _Atomic int64_t g_seen_size = INT64_MIN;
+static _Atomic uint64_t g_seen_ino;
+
+/* Serialises re-reading the file (rare) and the up->down transition. */
+static pthread_mutex_t g_reload_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Every forwarded call holds this for reading while inside the real module;
+ * the up->down transition takes it for writing before closing sessions.
+ * SoftHSM frees its Session objects in C_CloseAllSessions, so closing them
+ * under a concurrent C_Encrypt would be a use-after-free inside SoftHSM.
+ * Writer-preferring, or a busy client would starve the transition forever
+ * (no thread ever takes it twice, so non-recursive is safe). */
+static pthread_rwlock_t g_calls = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+
+struct file_key {
+  int64_t mtime_ns, size;
+  uint64_t ino;
+};
+
+static struct file_key stat_key(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return (struct file_key){-1, -1, 0}; /* missing */
+  return (struct file_key){(int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+                           (int64_t)st.st_size, (uint64_t)st.st_ino};
+}
+
+static bool key_is_seen(struct file_key k) {
+  return k.mtime_ns == atomic_load(&g_seen_mtime_ns) && k.size == atomic_load(&g_seen_size) &&
+         k.ino == atomic_load(&g_seen_ino);
+}
+
+static void parse_control(const char *path, bool *down, unsigned long *delay_us) {
+  *down = false;
+  *delay_us = 0;
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return; /* missing file: up, no delay */
+  char word[64];
+  while (fscanf(f, "%63s", word) == 1) {
+    if (strcmp(word, "down") == 0) {
+      *down = true;
+    } else if (strcmp(word, "up") == 0) {
+      *down = false;
+    } else if (strncmp(word, "delay_us=", 9) == 0) {
+      *delay_us = strtoul(word + 9, NULL, 10);
+    } else {
+      debugf("ignoring control word '%s'", word);
+    }
+  }
+  fclose(f);
+}
+
+/* Like a dropped link: every session of this process is gone. Errors are
+ * ignored (e.g. CKR_CRYPTOKI_NOT_INITIALIZED if the client has finalised). */
+static void close_all_real_sessions(void) {
+  CK_ULONG n = 0;
+  if (g_real->C_GetSlotList(CK_FALSE, NULL, &n) != CKR_OK || n == 0) return;
+  CK_SLOT_ID *slots = calloc(n, sizeof *slots);
+  if (slots == NULL) return;
+  if (g_real->C_GetSlotList(CK_FALSE, slots, &n) == CKR_OK) {
+    for (CK_ULONG i = 0; i < n; i++) {
+      CK_RV rv = g_real->C_CloseAllSessions(slots[i]);
+      debugf("C_CloseAllSessions(slot %lu) = 0x%lx", (unsigned long)slots[i], (unsigned long)rv);
+    }
+  }
+  free(slots);
+}
+
+/* Called with g_reload_mu held. */
+static void apply_control_file(const char *path) {
+  bool down;
+  unsigned long delay_us;
+  parse_control(path, &down, &delay_us);
+  debugf("control: %s delay_us=%lu", down ? "down" : "up", delay_us);
+  atomic_store(&g_delay_us, delay_us);
+  if (down && !atomic_load(&g_down)) {
+    pthread_rwlock_wrlock(&g_calls); /* drain in-flight real calls */
+    atomic_store(&g_down, true);
+    close_all_real_sessions();
+    pthread_rwlock_unlock(&g_calls);
+  } else {
+    atomic_store(&g_down, down);
+  }
+}
+
+/* At most one stat() per call; the file is parsed only when it changed. */
+static void refresh(void) {
+  const char *path = atomic_load(&g_control_path);
+  if (path == NULL) return;
+  /* Stat before reading: a change racing with the read leaves a stale key,
+   * which only causes one extra re-read later, never a missed change. */
+  struct file_key k = stat_key(path);
+  if (key_is_seen(k)) return;
+  pthread_mutex_lock(&g_reload_mu);
+  if (!key_is_seen(k)) {
+    apply_control_file(path);
+    atomic_store(&g_seen_mtime_ns, k.mtime_ns);
+    atomic_store(&g_seen_size, k.size);
+    atomic_store(&g_seen_ino, k.ino);
+  }
+  pthread_mutex_unlock(&g_reload_mu);
+}
+
+/* C_Initialize: pick up TROUSSEAU_FAULT_SHIM_CONTROL again and forget the
+ * cached state, so the next refresh() re-reads the (possibly new) file. */
+static void reset_control_from_env(void) {
+  const char *env = getenv("TROUSSEAU_FAULT_SHIM_CONTROL");
+  pthread_mutex_lock(&g_reload_mu);
+  const char *cur = atomic_load(&g_control_path);
+  if (env == NULL || *env == '\0') {
+    atomic_store(&g_control_path, NULL);
+  } else if (cur == NULL || strcmp(cur, env) != 0) {
+    atomic_store(&g_control_path, strdup(env)); /* strdup failure = pass-through */
+  }
+  atomic_store(&g_down, false);
+  atomic_store(&g_delay_us, 0);
+  atomic_store(&g_seen_mtime_ns, INT64_MIN);
+  atomic_store(&g_seen_size, INT64_MIN);
+  pthread_mutex_unlock(&g_reload_mu);
+  debugf("control file: %s", env != NULL && *env != '\0' ? env : "(none, pass-through)");
+}
+
+/* ---- forwarding ---------------------------------------------------------- */
+
+enum policy {
+  ALWAYS,   /* forwarded even while down (C_Finalize, C_GetInfo) */
+  GATED,    /* CKR_DEVICE_ERROR while down */
+  CRYPTO,   /* GATED, plus the configured delay */
+  UNLOCKED, /* GATED, but may block indefinitely: must not hold g_calls */
+};
+
+static void sleep_us(unsigned long us) {
+  struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static CK_RV enter(enum policy p) {
+  if (!ensure_loaded()) return CKR_GENERAL_ERROR;
+  refresh();
+  if (p != ALWAYS && atomic_load(&g_down)) return CKR_DEVICE_ERROR;
+  if (p == CRYPTO) {
+    unsigned long us = atomic_load(&g_delay_us);
+    if (us != 0) sleep_us(us); /* outside the lock: a slow HSM must not stall a transition */
+  }
+  if (p == UNLOCKED) return CKR_OK;
+  pthread_rwlock_rdlock(&g_calls);
+  /* Re-check under the lock: we may have slept or waited for a transition. */
+  if (p != ALWAYS && atomic_load(&g_down)) {
+    pthread_rwlock_unlock(&g_calls);
+    return CKR_DEVICE_ERROR;
+  }
+  return CKR_OK;
+}
+
+static void leave(enum policy p) {
+  if (p != UNLOCKED) pthread_rwlock_unlock(&g_calls);
+}
+
+/* X(name, policy, (parameters), (arguments)) for every CK_FUNCTION_LIST 2.40
+ * entry except C_Initialize and C_GetFunctionList, written by hand below. */
+#define SHIM_FUNCTIONS(X)                                                                     \
+  X(C_Finalize, ALWAYS, (CK_VOID_PTR reserved), (reserved))                                   \
+  X(C_GetInfo, ALWAYS, (CK_INFO_PTR info), (info))                                            \
+  X(C_GetSlotList, GATED, (CK_BBOOL present, CK_SLOT_ID_PTR slots, CK_ULONG_PTR n),           \
+    (present, slots, n))                                                                      \
+  X(C_GetSlotInfo, GATED, (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info), (slot, info))             \
+  X(C_GetTokenInfo, GATED, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot, info))           \
+  X(C_GetMechanismList, GATED, (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR mechs, CK_ULONG_PTR n), \
+    (slot, mechs, n))                                                                         \
+  X(C_GetMechanismInfo, GATED, (CK_SLOT_ID slot, CK_MECHANISM_TYPE t, CK_MECHANISM_INFO_PTR i), \
+    (slot, t, i))                                                                             \
+  X(C_InitToken, GATED, (CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pl, CK_UTF8CHAR_PTR l), \
+    (slot, pin, pl, l))                                                                       \
+  X(C_InitPIN, GATED, (CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR pin, CK_ULONG pl), (s, pin, pl))  \
+  X(C_SetPIN, GATED,                                                                          \
+    (CK_SESSION_HANDLE s, CK_UTF8CHAR_PTR o, CK_ULONG ol, CK_UTF8CHAR_PTR n, CK_ULONG nl),    \
+    (s, o, ol, n, nl))                                                                        \
+  X(C_OpenSession, GATED,                                                                     \
+    (CK_SLOT_ID slot, CK_FLAGS f, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR s), \
+    (slot, f, app, notify, s))                                                                \
+  X(C_CloseSession, GATED, (CK_SESSION_HANDLE s), (s))                                        \
+  X(C_CloseAllSessions, GATED, (CK_SLOT_ID slot), (slot))                                     \
+  X(C_GetSessionInfo, GATED, (CK_SESSION_HANDLE s, CK_SESSION_INFO_PTR info), (s, info))      \
+  X(C_GetOperationState, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR st, CK_ULONG_PTR stl),      \
+    (s, st, stl))                                                                             \
+  X(C_SetOperationState, GATED,                                                               \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR st, CK_ULONG stl, CK_OBJECT_HANDLE ek, CK_OBJECT_HANDLE ak), \
+    (s, st, stl, ek, ak))                                                                     \
+  X(C_Login, GATED, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG pl),  \
+    (s, u, pin, pl))                                                                          \
+  X(C_Logout, GATED, (CK_SESSION_HANDLE s), (s))                                              \
+  X(C_CreateObject, GATED,                                                                    \
+    (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o), (s, t, n, o)) \
+  X(C_CopyObject, GATED,                                                                      \
+    (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n,                 \
+     CK_OBJECT_HANDLE_PTR no),                                                                \
+    (s, o, t, n, no))                                                                         \
+  X(C_DestroyObject, GATED, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o), (s, o))                \
+  X(C_GetObjectSize, GATED, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ULONG_PTR sz),       \
+    (s, o, sz))                                                                               \
+  X(C_GetAttributeValue, GATED,                                                               \
+    (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))  \
+  X(C_SetAttributeValue, GATED,                                                               \
+    (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, o, t, n))  \
+  X(C_FindObjectsInit, GATED, (CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n), (s, t, n)) \
+  X(C_FindObjects, GATED,                                                                     \
+    (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n), (s, o, max, n)) \
+  X(C_FindObjectsFinal, GATED, (CK_SESSION_HANDLE s), (s))                                    \
+  X(C_EncryptInit, CRYPTO, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
+    (s, m, k))                                                                                \
+  X(C_Encrypt, CRYPTO,                                                                        \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_EncryptUpdate, CRYPTO,                                                                  \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_EncryptFinal, CRYPTO, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR outl),        \
+    (s, out, outl))                                                                           \
+  X(C_DecryptInit, CRYPTO, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
+    (s, m, k))                                                                                \
+  X(C_Decrypt, CRYPTO,                                                                        \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_DecryptUpdate, CRYPTO,                                                                  \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_DecryptFinal, CRYPTO, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR outl),        \
+    (s, out, outl))                                                                           \
+  X(C_DigestInit, GATED, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m), (s, m))                   \
+  X(C_Digest, GATED,                                                                          \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_DigestUpdate, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl), (s, in, inl)) \
+  X(C_DigestKey, GATED, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k), (s, k))                    \
+  X(C_DigestFinal, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR outl),          \
+    (s, out, outl))                                                                           \
+  X(C_SignInit, GATED, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k)) \
+  X(C_Sign, GATED,                                                                            \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR sig, CK_ULONG_PTR sigl),  \
+    (s, in, inl, sig, sigl))                                                                  \
+  X(C_SignUpdate, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl), (s, in, inl))   \
+  X(C_SignFinal, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR sig, CK_ULONG_PTR sigl),            \
+    (s, sig, sigl))                                                                           \
+  X(C_SignRecoverInit, GATED, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),  \
+    (s, m, k))                                                                                \
+  X(C_SignRecover, GATED,                                                                     \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR sig, CK_ULONG_PTR sigl),  \
+    (s, in, inl, sig, sigl))                                                                  \
+  X(C_VerifyInit, GATED, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),       \
+    (s, m, k))                                                                                \
+  X(C_Verify, GATED,                                                                          \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR sig, CK_ULONG sigl),      \
+    (s, in, inl, sig, sigl))                                                                  \
+  X(C_VerifyUpdate, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl), (s, in, inl)) \
+  X(C_VerifyFinal, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR sig, CK_ULONG sigl), (s, sig, sigl)) \
+  X(C_VerifyRecoverInit, GATED, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), \
+    (s, m, k))                                                                                \
+  X(C_VerifyRecover, GATED,                                                                   \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR sig, CK_ULONG sigl, CK_BYTE_PTR out, CK_ULONG_PTR outl), \
+    (s, sig, sigl, out, outl))                                                                \
+  X(C_DigestEncryptUpdate, GATED,                                                             \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_DecryptDigestUpdate, GATED,                                                             \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_SignEncryptUpdate, GATED,                                                               \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_DecryptVerifyUpdate, GATED,                                                             \
+    (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
+    (s, in, inl, out, outl))                                                                  \
+  X(C_GenerateKey, GATED,                                                                     \
+    (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k), \
+    (s, m, t, n, k))                                                                          \
+  X(C_GenerateKeyPair, GATED,                                                                 \
+    (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pubt, CK_ULONG pubn,           \
+     CK_ATTRIBUTE_PTR privt, CK_ULONG privn, CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv), \
+    (s, m, pubt, pubn, privt, privn, pub, priv))                                              \
+  X(C_WrapKey, GATED,                                                                         \
+    (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk, CK_OBJECT_HANDLE k,        \
+     CK_BYTE_PTR out, CK_ULONG_PTR outl),                                                     \
+    (s, m, wk, k, out, outl))                                                                 \
+  X(C_UnwrapKey, GATED,                                                                       \
+    (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk, CK_BYTE_PTR in, CK_ULONG inl, \
+     CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k),                                 \
+    (s, m, uk, in, inl, t, n, k))                                                             \
+  X(C_DeriveKey, GATED,                                                                       \
+    (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE bk, CK_ATTRIBUTE_PTR t, CK_ULONG n, \
+     CK_OBJECT_HANDLE_PTR k),                                                                 \
+    (s, m, bk, t, n, k))                                                                      \
+  X(C_SeedRandom, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR seed, CK_ULONG l), (s, seed, l))   \
+  X(C_GenerateRandom, CRYPTO, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG l), (s, out, l)) \
+  X(C_GetFunctionStatus, GATED, (CK_SESSION_HANDLE s), (s))                                   \
+  X(C_CancelFunction, GATED, (CK_SESSION_HANDLE s), (s))                                      \
+  X(C_WaitForSlotEvent, UNLOCKED, (CK_FLAGS f, CK_SLOT_ID_PTR slot, CK_VOID_PTR r), (f, slot, r))
+
+#define SHIM_DEFINE(name, policy, params, args) \
+  static CK_RV shim_##name params {             \
+    CK_RV rv = enter(policy);                   \
+    if (rv != CKR_OK) return rv;                \
+    rv = g_real->name args;                     \
+    leave(policy);                              \
+    return rv;                                  \
+  }
+SHIM_FUNCTIONS(SHIM_DEFINE)
+
+static CK_FUNCTION_LIST g_list;
+
+static CK_RV shim_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
+  if (out == NULL) return CKR_ARGUMENTS_BAD;
+  if (!ensure_loaded()) return CKR_GENERAL_ERROR;
+  *out = &g_list;
+  return CKR_OK;
+}
+
+static CK_RV shim_C_Initialize(CK_VOID_PTR args) {
+  if (!ensure_loaded()) return CKR_GENERAL_ERROR;
+  reset_control_from_env();
+  CK_RV rv = enter(ALWAYS);
+  if (rv != CKR_OK) return rv;
+  rv = g_real->C_Initialize(args);
+  leave(ALWAYS);
+  return rv;
+}
+
+#define SHIM_ENTRY(name, policy, params, args) .name = shim_##name,
+static CK_FUNCTION_LIST g_list = {
+    .version = {2, 40},
+    .C_Initialize = shim_C_Initialize,
+    .C_GetFunctionList = shim_C_GetFunctionList,
+    SHIM_FUNCTIONS(SHIM_ENTRY)};
+
+/* Every slot of the 2.40 list is filled: the X-list plus the two above. */
+#define SHIM_COUNT(name, policy, params, args) +1
+_Static_assert(2 SHIM_FUNCTIONS(SHIM_COUNT) ==
+                   (sizeof(CK_FUNCTION_LIST) - offsetof(CK_FUNCTION_LIST, C_Initialize)) /
+                       sizeof(CK_C_Initialize),
+               "SHIM_FUNCTIONS must cover all of CK_FUNCTION_LIST");
+
+SHIM_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
+  return shim_C_GetFunctionList(out);
+}
