@@ -38,9 +38,8 @@ Status Pkcs11Module::Initialize() {
   CK_C_INITIALIZE_ARGS args{};
   args.flags = CKF_OS_LOCKING_OK;
   const CK_RV rv = api_->C_Initialize(&args);
-  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-    return UnavailableError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv)));
-  }
+  if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) return OkStatus();  // someone else in this process owns it
+  if (rv != CKR_OK) return UnavailableError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv)));
   initialized_ = true;
   return OkStatus();
 }

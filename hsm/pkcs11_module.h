@@ -18,7 +18,8 @@ class Pkcs11Module {
   Pkcs11Module(const Pkcs11Module&) = delete;
   Pkcs11Module& operator=(const Pkcs11Module&) = delete;
 
-  // C_Initialize with OS locking, since sessions are used from many threads.
+  // C_Initialize with OS locking, since sessions are used from many threads. If another part of
+  // this process already initialised the module, it is used as is and Finalize leaves it alone.
   Status Initialize();
   void Finalize();
   CK_FUNCTION_LIST* api() const { return api_; }

@@ -88,7 +88,8 @@ func newToken(dir, label string) (*token, error) {
 func (tk *token) environ() []string {
 	env := []string{}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SOFTHSM2_CONF=") {
+		// The plugin also takes its PIN from TROUSSEAU_HSM_PIN; the tests give it only the PIN file.
+		if !strings.HasPrefix(kv, "SOFTHSM2_CONF=") && !strings.HasPrefix(kv, "TROUSSEAU_HSM_PIN=") {
 			env = append(env, kv)
 		}
 	}
@@ -175,6 +176,8 @@ func (p *plugin) launch() error {
 	fmt.Fprintf(logf, "==== harness: starting %s at %s\n", p.bin, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, "--listen", p.endpoint(), "--pkcs11-uri", p.tok.uri(p.pinFile))
 	cmd.Env = p.tok.environ()
+	// If the test binary dies (e.g. go test -timeout), take the plugin with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

@@ -21,7 +21,10 @@
  *   Unknown words are ignored. A missing file means "up", no delay.
  *   The file is re-read only when its mtime (ns), size or inode changes, so
  *   each call costs one stat(). Writers should write a temp file and rename(2)
- *   it over the control file: the reader then never sees a half-written file.
+ *   it over the control file: the reader then never sees a half-written file,
+ *   and the new inode is noticed even within one mtime tick.
+ *   The file is only looked at when a call arrives: "down" then "up" with no
+ *   PKCS#11 call in between is no outage at all (no sessions are closed).
  *
  * While down, every call returns CKR_DEVICE_ERROR except C_GetFunctionList,
  * C_Initialize, C_Finalize and C_GetInfo (so a client can finalise and
@@ -105,10 +108,8 @@ static bool ensure_loaded(void) {
 
 /* ---- control state ------------------------------------------------------- */
 
-/* Control file path, NULL = pass-through. Replaced on C_Initialize; the old
- * string is leaked on purpose because a concurrent caller may still read it
- * (a few bytes per C_Initialize, tests only). */
-static _Atomic(char *) g_control_path;
+/* Control file path, NULL = pass-through. Replaced on C_Initialize. */
+static _Atomic(const char *) g_control_path;
 static atomic_bool g_down;
 static atomic_ulong g_delay_us;
 
@@ -216,17 +217,34 @@ static void refresh(void) {
   pthread_mutex_unlock(&g_reload_mu);
 }
 
+/* Every control path ever used, never freed: a concurrent caller may still be
+ * reading an old one. Kept reachable (and deduplicated) so leak checkers stay
+ * quiet and memory is bounded by the number of distinct paths. Guarded by
+ * g_reload_mu. */
+struct known_path {
+  struct known_path *next;
+  char path[];
+};
+static struct known_path *g_known_paths;
+
+static const char *intern_path(const char *path) {
+  for (struct known_path *k = g_known_paths; k != NULL; k = k->next) {
+    if (strcmp(k->path, path) == 0) return k->path;
+  }
+  struct known_path *k = malloc(sizeof *k + strlen(path) + 1);
+  if (k == NULL) return NULL; /* out of memory: pass-through */
+  strcpy(k->path, path);
+  k->next = g_known_paths;
+  g_known_paths = k;
+  return k->path;
+}
+
 /* C_Initialize: pick up TROUSSEAU_FAULT_SHIM_CONTROL again and forget the
  * cached state, so the next refresh() re-reads the (possibly new) file. */
 static void reset_control_from_env(void) {
   const char *env = getenv("TROUSSEAU_FAULT_SHIM_CONTROL");
   pthread_mutex_lock(&g_reload_mu);
-  const char *cur = atomic_load(&g_control_path);
-  if (env == NULL || *env == '\0') {
-    atomic_store(&g_control_path, NULL);
-  } else if (cur == NULL || strcmp(cur, env) != 0) {
-    atomic_store(&g_control_path, strdup(env)); /* strdup failure = pass-through */
-  }
+  atomic_store(&g_control_path, env == NULL || *env == '\0' ? NULL : intern_path(env));
   atomic_store(&g_down, false);
   atomic_store(&g_delay_us, 0);
   atomic_store(&g_seen_mtime_ns, INT64_MIN);

@@ -1,0 +1,236 @@
+// The PKCS#11 backend against a real SoftHSM2 token.
+#include "hsm/pkcs11_backend.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "core/envelope.h"
+#include "core/kms_engine.h"
+#include "hsm/pin_source.h"
+#include "tests/testing/softhsm_token.h"
+
+namespace trousseau {
+namespace {
+
+using testing::SoftHsmToken;
+
+class Pkcs11BackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr) << "softhsm2-util could not create a token";
+  }
+
+  std::shared_ptr<hsm::Pkcs11Backend> NewBackend(hsm::Pkcs11BackendOptions options = {},
+                                                 const std::string& uri_text = "") {
+    StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(uri_text.empty() ? token_->Uri() : uri_text);
+    EXPECT_TRUE(uri.ok()) << uri.status().ToString();
+    StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> backend = hsm::Pkcs11Backend::Create(*std::move(uri), options);
+    EXPECT_TRUE(backend.ok()) << backend.status().ToString();
+    return *std::move(backend);
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+};
+
+TEST_F(Pkcs11BackendTest, SealsAndOpensOnTheDevice) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ((*keys)[0].version, 1u);
+  EXPECT_EQ((*keys)[0].fingerprint.size(), 16u);
+
+  const std::string seed(32, '\x5a');
+  StatusOr<std::string> sealed = backend->Seal(1, seed, "aad");
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  EXPECT_EQ(sealed->size(), seed.size() + backend->SealOverhead());
+  EXPECT_EQ(sealed->find(seed), std::string::npos);
+  StatusOr<SecureBytes> opened = backend->Open(1, *sealed, "aad");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ(opened->view(), seed);
+}
+
+TEST_F(Pkcs11BackendTest, SameInputSealsDifferentlyEachTime) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  ASSERT_TRUE(backend->LoadKeys().ok());
+  EXPECT_NE(*backend->Seal(1, "seed", ""), *backend->Seal(1, "seed", ""));
+}
+
+TEST_F(Pkcs11BackendTest, AnyFlippedBitOrOtherAadFailsAuthenticationAsInvalidArgument) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  ASSERT_TRUE(backend->LoadKeys().ok());
+  const std::string sealed = *backend->Seal(1, "0123456789abcdef0123456789abcdef", "header");
+  for (size_t i = 0; i < sealed.size(); i += 7) {
+    std::string tampered = sealed;
+    tampered[i] ^= 0x01;
+    Status s = backend->Open(1, tampered, "header").status();
+    EXPECT_TRUE(IsInvalidArgument(s)) << "byte " << i << ": " << s.ToString();
+  }
+  EXPECT_TRUE(IsInvalidArgument(backend->Open(1, sealed, "other header").status()));
+  EXPECT_TRUE(IsInvalidArgument(backend->Open(1, sealed.substr(0, 20), "header").status()));
+  // The device stays healthy after forgeries.
+  EXPECT_TRUE(backend->Probe(1).ok());
+}
+
+TEST_F(Pkcs11BackendTest, EveryVersionOpensItsOwnAndOnlyItsOwnCiphertexts) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  auto backend = NewBackend();
+  StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 2u);
+  EXPECT_NE((*keys)[0].fingerprint, (*keys)[1].fingerprint);
+  const std::string by_v1 = *backend->Seal(1, "seed", "");
+  EXPECT_EQ(backend->Open(1, by_v1, "")->view(), "seed");
+  EXPECT_TRUE(IsInvalidArgument(backend->Open(2, by_v1, "").status()));
+  EXPECT_TRUE(IsNotFound(backend->Seal(3, "seed", "").status()));
+}
+
+TEST_F(Pkcs11BackendTest, FingerprintIsStableAcrossConnectionsAndChangesWhenTheKeyIsRecreated) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  std::string first;
+  {
+    auto backend = NewBackend();
+    first = (*backend->LoadKeys())[0].fingerprint;
+  }
+  {
+    auto backend = NewBackend({.sessions = 2, .session_key_copies = false});
+    EXPECT_EQ((*backend->LoadKeys())[0].fingerprint, first);
+  }
+  ASSERT_TRUE(token_->DestroyKey(1).ok());
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  EXPECT_NE((*backend->LoadKeys())[0].fingerprint, first);
+}
+
+TEST_F(Pkcs11BackendTest, ReloadPicksUpNewVersionsAndDropsRemovedOnes) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  ASSERT_EQ(backend->LoadKeys()->size(), 1u);
+  const std::string by_v1 = *backend->Seal(1, "seed", "");
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 2u);
+  EXPECT_EQ(backend->Open(1, by_v1, "")->view(), "seed");
+  ASSERT_TRUE(token_->DestroyKey(1).ok());
+  ASSERT_EQ(backend->LoadKeys()->size(), 1u);
+  EXPECT_TRUE(IsNotFound(backend->Open(1, by_v1, "").status()));
+}
+
+TEST_F(Pkcs11BackendTest, RefusesAnExtractableOrNonSensitiveKey) {
+  ASSERT_TRUE(token_->GenerateUnsafeKey(1).ok());
+  auto backend = NewBackend();
+  Status s = backend->LoadKeys().status();
+  EXPECT_TRUE(IsFailedPrecondition(s)) << s.ToString();
+  EXPECT_NE(s.message().find("extractable"), std::string::npos) << s.message();
+}
+
+TEST_F(Pkcs11BackendTest, AnUnsafeNewVersionLeavesTheLoadedKeysInService) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend();
+  ASSERT_TRUE(backend->LoadKeys().ok());
+  ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
+  EXPECT_TRUE(IsFailedPrecondition(backend->LoadKeys().status()));
+  EXPECT_TRUE(backend->Seal(1, "seed", "").ok());
+}
+
+TEST_F(Pkcs11BackendTest, WorksWithoutSessionKeyCopiesAndWithOneSession) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend({.sessions = 1, .session_key_copies = false});
+  ASSERT_TRUE(backend->LoadKeys().ok());
+  // The tamper path probes the device on a second lease; with one session it must not deadlock.
+  std::string sealed = *backend->Seal(1, "seed", "");
+  sealed.back() ^= 1;
+  EXPECT_TRUE(IsInvalidArgument(backend->Open(1, sealed, "").status()));
+}
+
+TEST_F(Pkcs11BackendTest, MissingTokenIsUnavailable) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto backend = NewBackend({}, "pkcs11:token=no-such-token;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&"
+                                "pin-source=file:" + token_->pin_file());
+  Status s = backend->LoadKeys().status();
+  EXPECT_TRUE(IsUnavailable(s)) << s.ToString();
+  EXPECT_NE(s.message().find("no-such-token"), std::string::npos);
+}
+
+TEST_F(Pkcs11BackendTest, AWrongPinIsTriedOnceNotUntilTheTokenLocks) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  const std::string wrong_pin = token_->dir() + "/wrong.pin";
+  std::ofstream(wrong_pin) << "00000000\n";
+  chmod(wrong_pin.c_str(), 0600);
+  auto backend = NewBackend({.reconnect_interval = std::chrono::milliseconds(0)},
+                            "pkcs11:token=" + token_->label() +
+                                ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:" + wrong_pin);
+  Status first = backend->LoadKeys().status();
+  EXPECT_NE(first.message().find("PIN"), std::string::npos) << first.ToString();
+  EXPECT_EQ(first.message().find("00000000"), std::string::npos);
+  for (int i = 0; i < 20; ++i) {
+    Status again = backend->Seal(1, "x", "").status();
+    EXPECT_TRUE(IsUnavailable(again));
+    EXPECT_NE(again.message().find("not retrying"), std::string::npos) << again.ToString();
+  }
+}
+
+TEST(PinSource, RefusesAPinFileOthersCanRead) {
+  char templ[] = "/tmp/trousseau-pin-XXXXXX";
+  const std::string dir = mkdtemp(templ);
+  const std::string path = dir + "/pin";
+  std::ofstream(path) << "1234\n";
+  chmod(path.c_str(), 0644);
+  StatusOr<SecureBytes> pin = hsm::ReadPinFile(path);
+  EXPECT_TRUE(IsFailedPrecondition(pin.status()));
+  EXPECT_NE(pin.status().message().find("0644"), std::string::npos) << pin.status().message();
+  EXPECT_EQ(pin.status().message().find("1234"), std::string::npos);
+  chmod(path.c_str(), 0600);
+  pin = hsm::ReadPinFile(path);
+  ASSERT_TRUE(pin.ok());
+  EXPECT_EQ(pin->view(), "1234");
+  std::remove(path.c_str());
+  rmdir(dir.c_str());
+}
+
+TEST(PinSource, FallsBackToTheEnvironment) {
+  setenv(hsm::kPinEnvVar, "4321\n", 1);
+  StatusOr<std::optional<SecureBytes>> pin = hsm::LoadPin(std::nullopt);
+  unsetenv(hsm::kPinEnvVar);
+  ASSERT_TRUE(pin.ok() && pin->has_value());
+  EXPECT_EQ((*pin)->view(), "4321");
+  EXPECT_FALSE(hsm::LoadPin(std::nullopt)->has_value());
+}
+
+TEST(Pkcs11UriParse, TakesModuleTokenObjectAndPinSource) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(
+      "pkcs11:token=k8s-kms;serial=abc;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/p");
+  ASSERT_TRUE(uri.ok()) << uri.status().ToString();
+  EXPECT_EQ(uri->module_path(), "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(uri->object_label(), "kek");
+  EXPECT_EQ(uri->pin_file(), "/etc/p");
+  EXPECT_EQ(uri->token_description(), "token 'k8s-kms' serial abc");
+}
+
+TEST(Pkcs11UriParse, RefusesAPinValueWithoutEchoingIt) {
+  StatusOr<hsm::Pkcs11Uri> uri =
+      hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek?module-path=/m.so&pin-value=s3cr3t-pin");
+  EXPECT_TRUE(IsInvalidArgument(uri.status()));
+  EXPECT_EQ(uri.status().message().find("s3cr3t-pin"), std::string::npos);
+  EXPECT_NE(uri.status().message().find("pin-source"), std::string::npos);
+}
+
+TEST(Pkcs11UriParse, ExplainsWhatIsMissingOrWrong) {
+  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("not-a-uri").status()));
+  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek").status()));  // no module
+  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t?module-path=/m.so").status()));  // no object
+  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=k;id=%01?module-path=/m.so").status()));
+  EXPECT_TRUE(IsInvalidArgument(
+      hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=k?module-path=/m.so&pin-source=relative/pin").status()));
+}
+
+}  // namespace
+}  // namespace trousseau
