@@ -67,7 +67,8 @@ StatusOr<std::string> SocketPathFromEndpoint(const std::string& endpoint) {
   } else if (path.find("://") != std::string::npos || path.starts_with("unix-abstract:")) {
     return InvalidArgumentError(StrCat("--listen must be unix:///absolute/path.sock, not ", endpoint));
   }
-  if (path.starts_with("@")) {
+  // kube-apiserver spells an abstract socket unix:///@name.
+  if (path.starts_with("@") || path.starts_with("/@")) {
     return InvalidArgumentError(
         "abstract unix sockets have no file permissions, so any local process could use the KEK; "
         "use unix:///absolute/path.sock");

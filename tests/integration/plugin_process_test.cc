@@ -1,0 +1,189 @@
+// The trousseau-hsm binary as an operator runs it: flags, socket, signals, refusals, key refresh.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::SoftHsmToken;
+using testing::Subprocess;
+
+class PluginProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr);
+    socket_ = token_->dir() + "/run/kms.sock";
+    log_ = token_->dir() + "/plugin.log";
+  }
+
+  std::unique_ptr<Subprocess> StartPlugin(std::vector<std::string> extra = {}, const std::string& uri = "") {
+    std::vector<std::string> argv = {PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
+                                     uri.empty() ? token_->Uri() : uri};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return std::make_unique<Subprocess>(argv, log_);
+  }
+
+  // The v2 Status the apiserver would see, or empty if the plugin does not answer.
+  v2::StatusResponse Status() {
+    KmsClients clients(socket_);
+    v2::StatusResponse status;
+    if (!clients.v2->Status(CallContext(500ms).get(), {}, &status).ok()) return {};
+    return status;
+  }
+
+  bool Serving() { return Status().healthz() == "ok"; }
+
+  std::unique_ptr<SoftHsmToken> token_;
+  std::string socket_;
+  std::string log_;
+};
+
+TEST_F(PluginProcessTest, ServesThenDrainsAndRemovesItsSocketOnSigterm) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  struct stat st {};
+  ASSERT_EQ(stat(socket_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  plugin->Signal(SIGTERM);
+  EXPECT_EQ(plugin->Wait(10s), 0) << plugin->Log();
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "socket left behind";
+}
+
+TEST_F(PluginProcessTest, ReplacesAStaleSocketButNotALiveOne) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  mkdir((token_->dir() + "/run").c_str(), 0700);
+  {  // a socket file nobody listens on, as after a crash
+    const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket_.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    close(fd);
+  }
+  auto first = StartPlugin();
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << first->Log();
+  auto second = StartPlugin();
+  EXPECT_EQ(second->Wait(10s), 2);
+  EXPECT_NE(second->Log().find("another process is serving"), std::string::npos) << second->Log();
+  EXPECT_TRUE(Serving());
+}
+
+TEST_F(PluginProcessTest, RefusesToStartWithAnExtractableKey) {
+  ASSERT_TRUE(token_->GenerateUnsafeKey(1).ok());
+  auto plugin = StartPlugin();
+  EXPECT_EQ(plugin->Wait(10s), 2);
+  EXPECT_NE(plugin->Log().find("extractable"), std::string::npos) << plugin->Log();
+  EXPECT_NE(access(socket_.c_str(), F_OK), 0);
+}
+
+TEST_F(PluginProcessTest, RefusesAPinInTheUriWithoutPrintingIt) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() +
+                                    ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=" +
+                                    testing::kTestUserPin);
+  EXPECT_EQ(plugin->Wait(10s), 2);
+  EXPECT_NE(plugin->Log().find("pin-source"), std::string::npos) << plugin->Log();
+  EXPECT_EQ(plugin->Log().find(testing::kTestUserPin), std::string::npos);
+}
+
+TEST_F(PluginProcessTest, RefusesAWorldReadablePinFile) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  chmod(token_->pin_file().c_str(), 0644);
+  auto plugin = StartPlugin();
+  EXPECT_EQ(plugin->Wait(10s), 2);
+  EXPECT_NE(plugin->Log().find("chmod 600"), std::string::npos) << plugin->Log();
+}
+
+TEST_F(PluginProcessTest, TakesThePinFromTheEnvironment) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  setenv("TROUSSEAU_HSM_PIN", testing::kTestUserPin, 1);
+  auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() + ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so");
+  unsetenv("TROUSSEAU_HSM_PIN");
+  EXPECT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+}
+
+TEST_F(PluginProcessTest, LogsNeitherPinNorPlaintextEvenAtTraceLevel) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin({"--log-level", "trace"});
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  KmsClients clients(socket_);
+  const std::string secret = "PLAINTEXT-MARKER-7f3a9c";
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext(secret);
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  v2::DecryptRequest decrypt;
+  decrypt.set_ciphertext(sealed.ciphertext());
+  decrypt.set_key_id(sealed.key_id());
+  v2::DecryptResponse opened;
+  ASSERT_TRUE(clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok());
+  decrypt.set_ciphertext("garbage");
+  EXPECT_FALSE(clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok());
+  plugin->Signal(SIGTERM);
+  plugin->Wait(10s);
+  const std::string log = plugin->Log();
+  EXPECT_NE(log.find(sealed.key_id()), std::string::npos) << "request logging expected at trace level";
+  EXPECT_EQ(log.find(secret), std::string::npos);
+  EXPECT_EQ(log.find(testing::kTestUserPin), std::string::npos);
+}
+
+TEST_F(PluginProcessTest, SighupMakesANewKeyVersionActiveAndOldCiphertextsStillDecrypt) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin({"--key-refresh-interval", "0"});
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  KmsClients clients(socket_);
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed-before-rotation");
+  v2::EncryptResponse old_sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &old_sealed).ok());
+
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  plugin->Signal(SIGHUP);
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() != old_sealed.key_id() && !Status().key_id().empty(); }, 5s))
+      << plugin->Log();
+  EXPECT_EQ(Status().key_id().rfind("kek-v2-", 0), 0u) << Status().key_id();
+  v2::DecryptRequest decrypt;
+  decrypt.set_ciphertext(old_sealed.ciphertext());
+  decrypt.set_key_id(old_sealed.key_id());
+  v2::DecryptResponse opened;
+  ASSERT_TRUE(clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok());
+  EXPECT_EQ(opened.plaintext(), "seed-before-rotation");
+}
+
+TEST_F(PluginProcessTest, PicksUpANewKeyVersionByItselfOnTheRefreshInterval) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin({"--key-refresh-interval", "200ms"});
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  const std::string before = Status().key_id();
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  EXPECT_TRUE(Eventually([&] { return Status().key_id().rfind("kek-v2-", 0) == 0; }, 5s)) << plugin->Log();
+  EXPECT_NE(Status().key_id(), before);
+}
+
+TEST_F(PluginProcessTest, RejectsAnAbstractOrRelativeSocket) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto abstract = std::make_unique<Subprocess>(
+      std::vector<std::string>{PLUGIN_PATH, "--listen", "unix:///@kms", "--pkcs11-uri", token_->Uri()}, log_);
+  EXPECT_EQ(abstract->Wait(10s), 2);
+  EXPECT_NE(abstract->Log().find("abstract"), std::string::npos) << abstract->Log();
+}
+
+}  // namespace
+}  // namespace trousseau

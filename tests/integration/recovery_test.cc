@@ -1,0 +1,143 @@
+// An HSM outage and its end, through the fault-injecting PKCS#11 shim: while the link is down the
+// plugin answers UNAVAILABLE and Status is not ok; once it is back the plugin recovers without a
+// restart (re-initialise, re-open sessions, log in again) and old ciphertexts decrypt again.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::SoftHsmToken;
+using testing::Subprocess;
+
+class RecoveryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr);
+    ASSERT_TRUE(token_->GenerateKek(1).ok());
+    control_ = token_->dir() + "/shim.control";
+    SetLink("up");
+    setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
+    setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+    socket_ = token_->dir() + "/kms.sock";
+    plugin_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
+                                 token_->Uri("kek", FAULT_SHIM_PATH), "--health-cache", "100ms"},
+        token_->dir() + "/plugin.log");
+    ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
+    clients_ = std::make_unique<KmsClients>(socket_);
+  }
+
+  // The shim notices a control file replaced by rename on its next call.
+  void SetLink(const std::string& state) {
+    const std::string tmp = control_ + ".tmp";
+    std::ofstream(tmp) << state << "\n";
+    std::rename(tmp.c_str(), control_.c_str());
+  }
+
+  v2::StatusResponse Status() {
+    KmsClients clients(socket_);
+    v2::StatusResponse status;
+    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) status.set_healthz("<no answer>");
+    return status;
+  }
+
+  grpc::Status Decrypt(const v2::EncryptResponse& sealed, std::string* plaintext) {
+    v2::DecryptRequest request;
+    request.set_ciphertext(sealed.ciphertext());
+    request.set_key_id(sealed.key_id());
+    v2::DecryptResponse response;
+    grpc::Status status = clients_->v2->Decrypt(CallContext().get(), request, &response);
+    *plaintext = response.plaintext();
+    return status;
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+  std::string control_;
+  std::string socket_;
+  std::unique_ptr<Subprocess> plugin_;
+  std::unique_ptr<KmsClients> clients_;
+};
+
+TEST_F(RecoveryTest, OutageIsUnavailableAndUnhealthyThenRecoversWithoutRestart) {
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed-written-before-the-outage");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients_->v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+
+  SetLink("down");
+  std::string plaintext;
+  grpc::Status during = Decrypt(sealed, &plaintext);
+  EXPECT_EQ(during.error_code(), grpc::StatusCode::UNAVAILABLE) << during.error_message();
+  EXPECT_EQ(clients_->v2->Encrypt(CallContext().get(), encrypt, &sealed).error_code(), grpc::StatusCode::UNAVAILABLE);
+  v2::StatusResponse unhealthy = Status();
+  EXPECT_NE(unhealthy.healthz(), "ok");
+  EXPECT_NE(unhealthy.healthz(), "<no answer>") << "the plugin must keep serving during an outage";
+  EXPECT_EQ(unhealthy.key_id(), sealed.key_id()) << "key_id must not change during an outage";
+  EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << "the plugin died: " << plugin_->Log();
+
+  SetLink("up");
+  EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).ok(); }, 10s)) << plugin_->Log();
+  EXPECT_EQ(plaintext, "seed-written-before-the-outage");
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
+  EXPECT_NE(plugin_->Log().find("reconnected"), std::string::npos) << plugin_->Log();
+}
+
+TEST_F(RecoveryTest, StatusAloneDrivesRecoveryWhenNoRequestsArrive) {
+  SetLink("down");
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() != "ok"; }, 5s));
+  SetLink("up");
+  // kube-apiserver polls Status every 10 s after a failure; that is enough to recover.
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << plugin_->Log();
+}
+
+TEST_F(RecoveryTest, RepeatedOutagesUnderConcurrentLoad) {
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients_->v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  for (int round = 0; round < 3; ++round) {
+    std::atomic<bool> stop{false};
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> load;
+    for (int t = 0; t < 8; ++t) {
+      load.emplace_back([&] {
+        KmsClients clients(socket_);
+        while (!stop) {
+          v2::DecryptRequest request;
+          request.set_ciphertext(sealed.ciphertext());
+          request.set_key_id(sealed.key_id());
+          v2::DecryptResponse response;
+          grpc::Status s = clients.v2->Decrypt(CallContext().get(), request, &response);
+          // Only two outcomes are acceptable: the right plaintext, or UNAVAILABLE.
+          if (s.ok() ? response.plaintext() != "seed" : s.error_code() != grpc::StatusCode::UNAVAILABLE) ++wrong;
+        }
+      });
+    }
+    std::this_thread::sleep_for(100ms);
+    SetLink("down");
+    std::this_thread::sleep_for(300ms);
+    SetLink("up");
+    std::string plaintext;
+    EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).ok(); }, 10s)) << "round " << round;
+    stop = true;
+    for (auto& thread : load) thread.join();
+    EXPECT_EQ(wrong.load(), 0) << "round " << round;
+  }
+  EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << plugin_->Log();
+}
+
+}  // namespace
+}  // namespace trousseau
