@@ -8,13 +8,15 @@
 
 namespace trousseau::hsm {
 
-StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version) {
+StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
+                                              KekOptions options) {
   if (version == 0) return InvalidArgumentError("key versions start at 1");
   const std::string id = VersionToId(version);
   CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
   CK_KEY_TYPE key_type = CKK_AES;
   CK_ULONG value_len = kAes256KeySize;
   CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_BBOOL modifiable = options.modifiable ? CK_TRUE : CK_FALSE;
   CK_ATTRIBUTE attrs[] = {
       {CKA_CLASS, &key_class, sizeof key_class},
       {CKA_KEY_TYPE, &key_type, sizeof key_type},
@@ -32,7 +34,7 @@ StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::strin
       {CKA_SIGN, &no, sizeof no},
       {CKA_VERIFY, &no, sizeof no},
       {CKA_DERIVE, &no, sizeof no},
-      {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_MODIFIABLE, &modifiable, sizeof modifiable},
   };
   CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;

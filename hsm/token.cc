@@ -101,11 +101,13 @@ Status LoginUser(const Session& session, const TokenSlot& token, const std::opti
 StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::string_view label) {
   CK_FUNCTION_LIST* api = session.api();
   CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_BBOOL on_token = CK_TRUE;  // not our own in-session copies of the keys
   CK_ATTRIBUTE query[] = {
       {CKA_CLASS, &key_class, sizeof key_class},
       {CKA_LABEL, Bytes(label), label.size()},
+      {CKA_TOKEN, &on_token, sizeof on_token},
   };
-  if (CK_RV rv = api->C_FindObjectsInit(session.handle(), query, 2); rv != CKR_OK) {
+  if (CK_RV rv = api->C_FindObjectsInit(session.handle(), query, std::size(query)); rv != CKR_OK) {
     return RvStatus(rv, "C_FindObjectsInit");
   }
   std::vector<CK_OBJECT_HANDLE> handles;

@@ -124,6 +124,18 @@ TEST_F(Pkcs11BackendTest, ReloadPicksUpNewVersionsAndDropsRemovedOnes) {
   EXPECT_TRUE(IsNotFound(backend->Open(1, by_v1, "").status()));
 }
 
+TEST_F(Pkcs11BackendTest, ReloadWithSessionCopiesCountsOnlyTokenObjects) {
+  ASSERT_TRUE(token_->GenerateCopyableKek(1).ok());
+  auto backend = NewBackend({.session_key_copies = true});
+  ASSERT_EQ(backend->LoadKeys()->size(), 1u);
+  const std::string by_v1 = *backend->Seal(1, "seed", "");
+  ASSERT_TRUE(token_->GenerateCopyableKek(2).ok());
+  StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  EXPECT_EQ(keys->size(), 2u);
+  EXPECT_EQ(backend->Open(1, by_v1, "")->view(), "seed");
+}
+
 TEST_F(Pkcs11BackendTest, RefusesAnExtractableOrNonSensitiveKey) {
   ASSERT_TRUE(token_->GenerateUnsafeKey(1).ok());
   auto backend = NewBackend();

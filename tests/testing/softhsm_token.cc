@@ -69,6 +69,12 @@ Status SoftHsmToken::GenerateKek(uint64_t version, const std::string& object) co
   });
 }
 
+Status SoftHsmToken::GenerateCopyableKek(uint64_t version, const std::string& object) const {
+  return WithAdminSession(*this, object, [&](const hsm::Session& session) {
+    return hsm::GenerateKekVersion(session, object, version, {.modifiable = true}).status();
+  });
+}
+
 Status SoftHsmToken::GenerateUnsafeKey(uint64_t version, const std::string& object) const {
   return WithAdminSession(*this, object, [&](const hsm::Session& session) -> Status {
     const std::string id = hsm::VersionToId(version);

@@ -30,6 +30,8 @@ class SoftHsmToken {
 
   // Creates KEK version `version` of family `object` with the production key policy.
   Status GenerateKek(uint64_t version, const std::string& object = "kek") const;
+  // The same policy but modifiable, which SoftHSM needs to copy a key into a session.
+  Status GenerateCopyableKek(uint64_t version, const std::string& object = "kek") const;
   // Creates a key that breaks the policy (extractable and not sensitive), to test refusals.
   Status GenerateUnsafeKey(uint64_t version, const std::string& object = "kek") const;
   // Removes version `version` of family `object`.
