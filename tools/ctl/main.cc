@@ -1,0 +1,209 @@
+// trousseauctl: an operator's client for a running trousseau-hsm (or any KMS v2 plugin) socket.
+// Data goes through stdin/stdout, never argv, so it stays out of shell history and `ps`.
+#include <openssl/evp.h>
+
+#include <chrono>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include "v1beta1/kms.grpc.pb.h"
+#include "v2/kms.grpc.pb.h"
+
+namespace {
+
+std::string Base64Encode(const std::string& in) {
+  std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+  out.resize(n);
+  return out;
+}
+
+bool Base64Decode(std::string in, std::string* out) {
+  std::erase_if(in, [](char c) { return c == '\n' || c == '\r' || c == ' '; });
+  if (in.size() % 4 != 0) return false;
+  out->assign(3 * in.size() / 4, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out->data()),
+                                reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+  if (n < 0) return false;
+  size_t padding = 0;
+  if (!in.empty() && in.back() == '=') ++padding;
+  if (in.size() > 1 && in[in.size() - 2] == '=') ++padding;
+  out->resize(static_cast<size_t>(n) - padding);
+  return true;
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string ReadStdin() { return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()}; }
+
+struct Options {
+  std::string socket = "unix:///run/trousseau-hsm/kms.sock";
+  std::string timeout = "3";
+  bool json = false;
+  std::string api = "v2";
+  std::string key_id;
+};
+
+std::unique_ptr<grpc::ClientContext> Context(const Options& o) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(std::stoi(o.timeout)));
+  return context;
+}
+
+std::shared_ptr<grpc::Channel> Channel(const Options& o) {
+  grpc::ChannelArguments args;
+  args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, "localhost");  // as kube-apiserver sends it
+  return grpc::CreateCustomChannel(o.socket, grpc::InsecureChannelCredentials(), args);
+}
+
+int Fail(const grpc::Status& s) {
+  std::cerr << "error: " << s.error_code() << " " << s.error_message() << "\n";
+  return 1;
+}
+
+int Status(const Options& o) {
+  if (o.api == "v1beta1") {
+    auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
+    v1beta1::VersionRequest request;
+    request.set_version("v1beta1");
+    v1beta1::VersionResponse response;
+    if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    if (o.json) {
+      std::cout << "{\"version\":" << JsonString(response.version()) << ",\"runtime_name\":"
+                << JsonString(response.runtime_name()) << ",\"runtime_version\":" << JsonString(response.runtime_version())
+                << "}\n";
+    } else {
+      std::cout << "version: " << response.version() << "\nruntime: " << response.runtime_name() << " "
+                << response.runtime_version() << "\n";
+    }
+    return 0;
+  }
+  auto stub = v2::KeyManagementService::NewStub(Channel(o));
+  v2::StatusResponse response;
+  if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(s);
+  const bool healthy = response.healthz() == "ok" && response.version() == "v2" && !response.key_id().empty();
+  if (o.json) {
+    std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"version\":" << JsonString(response.version())
+              << ",\"healthz\":" << JsonString(response.healthz()) << ",\"key_id\":" << JsonString(response.key_id())
+              << "}\n";
+  } else {
+    std::cout << "healthz: " << response.healthz() << "\nversion: " << response.version()
+              << "\nkey_id:  " << response.key_id() << "\n";
+  }
+  return healthy ? 0 : 3;
+}
+
+int Encrypt(const Options& o) {
+  const std::string plaintext = ReadStdin();
+  std::string ciphertext, key_id;
+  if (o.api == "v1beta1") {
+    auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
+    v1beta1::EncryptRequest request;
+    request.set_version("v1beta1");
+    request.set_plain(plaintext);
+    v1beta1::EncryptResponse response;
+    if (grpc::Status s = stub->Encrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    ciphertext = response.cipher();
+  } else {
+    auto stub = v2::KeyManagementService::NewStub(Channel(o));
+    v2::EncryptRequest request;
+    request.set_plaintext(plaintext);
+    request.set_uid("trousseauctl");
+    v2::EncryptResponse response;
+    if (grpc::Status s = stub->Encrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    ciphertext = response.ciphertext();
+    key_id = response.key_id();
+  }
+  if (o.json) {
+    std::cout << "{\"ciphertext\":" << JsonString(Base64Encode(ciphertext)) << ",\"key_id\":" << JsonString(key_id)
+              << "}\n";
+  } else {
+    std::cout << Base64Encode(ciphertext) << "\n";
+    if (!key_id.empty()) std::cerr << "key_id: " << key_id << "\n";
+  }
+  return 0;
+}
+
+int Decrypt(const Options& o) {
+  std::string ciphertext;
+  if (!Base64Decode(ReadStdin(), &ciphertext)) {
+    std::cerr << "error: stdin is not base64 (as `trousseauctl encrypt` prints it)\n";
+    return 2;
+  }
+  std::string plaintext;
+  if (o.api == "v1beta1") {
+    auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
+    v1beta1::DecryptRequest request;
+    request.set_version("v1beta1");
+    request.set_cipher(ciphertext);
+    v1beta1::DecryptResponse response;
+    if (grpc::Status s = stub->Decrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    plaintext = response.plain();
+  } else {
+    if (o.key_id.empty()) {
+      std::cerr << "error: v2 decrypt needs --key-id (printed by encrypt)\n";
+      return 2;
+    }
+    auto stub = v2::KeyManagementService::NewStub(Channel(o));
+    v2::DecryptRequest request;
+    request.set_ciphertext(ciphertext);
+    request.set_key_id(o.key_id);
+    request.set_uid("trousseauctl");
+    v2::DecryptResponse response;
+    if (grpc::Status s = stub->Decrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    plaintext = response.plaintext();
+  }
+  if (o.json) {
+    std::cout << "{\"plaintext\":" << JsonString(Base64Encode(plaintext)) << "}\n";
+  } else {
+    std::cout << plaintext;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
+               "Data is read from stdin, never from arguments.",
+               "trousseauctl"};
+  app.require_subcommand(1);
+  app.add_option("--socket", o.socket, "Plugin endpoint")->capture_default_str();
+  app.add_option("--timeout", o.timeout, "Seconds per call")->capture_default_str();
+  app.add_option("--api", o.api, "KMS API to use")->check(CLI::IsMember({"v2", "v1beta1"}))->capture_default_str();
+  app.add_flag("--json", o.json, "Machine-readable output");
+  int rc = 0;
+  app.add_subcommand("status", "Print health, API version and key_id; exit 3 when unhealthy")->callback([&] {
+    rc = Status(o);
+  });
+  app.add_subcommand("encrypt", "Encrypt stdin; prints base64 ciphertext (key_id on stderr)")->callback([&] {
+    rc = Encrypt(o);
+  });
+  auto* decrypt = app.add_subcommand("decrypt", "Decrypt base64 ciphertext from stdin to stdout");
+  decrypt->add_option("--key-id", o.key_id, "key_id the ciphertext was made with (v2)");
+  decrypt->callback([&] { rc = Decrypt(o); });
+  CLI11_PARSE(app, argc, argv);
+  return rc;
+}
