@@ -24,7 +24,7 @@ namespace trousseau::hsm {
 
 struct Pkcs11BackendOptions {
   // Sessions in the pool: the number of device calls that can be in flight at once.
-  size_t sessions = 8;
+  size_t sessions = 16;
   // Use an in-session copy of each key (C_CopyObject, CKA_TOKEN=false: still sensitive and
   // non-extractable). SoftHSM serialises token-object use on file locks; a session copy does not.
   bool session_key_copies = true;

@@ -31,7 +31,7 @@ using namespace trousseau;
 struct Flags {
   std::string listen = "unix:///run/trousseau-hsm/kms.sock";
   std::string pkcs11_uri;
-  size_t hsm_sessions = 8;
+  size_t hsm_sessions = 16;
   bool no_session_key_copies = false;
   std::string health_cache = "5s";
   std::string key_refresh_interval = "60s";
