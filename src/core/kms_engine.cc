@@ -1,5 +1,6 @@
 #include "core/kms_engine.h"
 
+#include <type_traits>
 #include <utility>
 
 #include "core/envelope.h"
@@ -14,12 +15,26 @@ std::string Quote(std::string_view text) { return QuoteForMessage(text); }
 
 }  // namespace
 
+template <typename Call>
+auto KmsEngine::Observed(std::string_view name, Call call) {
+  if (options_.observer == nullptr) return call();
+  const auto start = std::chrono::steady_clock::now();
+  auto result = call();
+  const auto latency = std::chrono::steady_clock::now() - start;
+  if constexpr (std::is_same_v<decltype(result), Status>) {
+    options_.observer->OnBackendCall(name, latency, result);
+  } else {
+    options_.observer->OnBackendCall(name, latency, result.status());
+  }
+  return result;
+}
+
 KmsEngine::KmsEngine(std::shared_ptr<KeyBackend> backend, EngineOptions options)
     : backend_(std::move(backend)), options_(std::move(options)), health_(options_.health_ttl) {}
 
 Status KmsEngine::LoadKeyRing() {
   std::lock_guard lock(load_mu_);
-  StatusOr<std::vector<BackendKey>> keys = backend_->LoadKeys();
+  StatusOr<std::vector<BackendKey>> keys = Observed("load_keys", [&] { return backend_->LoadKeys(); });
   if (!keys.ok()) {
     Record(keys.status());
     return keys.status();
@@ -49,7 +64,8 @@ StatusOr<EncryptResult> KmsEngine::Encrypt(std::string_view plaintext, size_t ma
   const uint64_t version = ring->active_version();
   EncryptResult result;
   result.ciphertext = EncodeEnvelopeHeader(version);
-  StatusOr<std::string> sealed = backend_->Seal(version, plaintext, result.ciphertext);
+  StatusOr<std::string> sealed =
+      Observed("seal", [&] { return backend_->Seal(version, plaintext, result.ciphertext); });
   Record(sealed.status());
   if (!sealed.ok()) return sealed.status();
   result.ciphertext += *sealed;
@@ -76,7 +92,8 @@ StatusOr<SecureBytes> KmsEngine::Decrypt(std::string_view ciphertext, std::strin
     return NotFoundError(
         StrCat("ciphertext was made with key version ", envelope->key_version, ", which is not on the device"));
   }
-  StatusOr<SecureBytes> plaintext = backend_->Open(envelope->key_version, envelope->sealed, envelope->header);
+  StatusOr<SecureBytes> plaintext =
+      Observed("open", [&] { return backend_->Open(envelope->key_version, envelope->sealed, envelope->header); });
   Record(plaintext.status());
   return plaintext;
 }
@@ -90,7 +107,7 @@ HealthReport KmsEngine::Health() {
   }
   report.active_key_id = ring->active_key_id();
   const uint64_t version = ring->active_version();
-  Status status = health_.Check([&] { return backend_->Probe(version); });
+  Status status = health_.Check([&] { return Observed("probe", [&] { return backend_->Probe(version); }); });
   report.ok = status.ok();
   report.detail = status.ok() ? "ok" : StrCat("unhealthy: ", status.message());
   return report;

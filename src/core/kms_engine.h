@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/backend_observer.h"
 #include "core/health_tracker.h"
 #include "core/key_backend.h"
 #include "core/key_ring.h"
@@ -22,6 +23,8 @@ struct EngineOptions {
   std::string family_label;
   // How long a device outcome counts as current health before Status probes again.
   std::chrono::milliseconds health_ttl{5000};
+  // Told about every device call; may be null. Must outlive the engine.
+  BackendObserver* observer = nullptr;
 };
 
 struct EncryptResult {
@@ -58,6 +61,9 @@ class KmsEngine {
 
  private:
   void Record(const Status& status);
+  // Times a device call for the observer.
+  template <typename Call>
+  auto Observed(std::string_view name, Call call);
 
   const std::shared_ptr<KeyBackend> backend_;
   const EngineOptions options_;

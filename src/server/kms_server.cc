@@ -80,7 +80,9 @@ StatusOr<std::string> SocketPathFromEndpoint(const std::string& endpoint) {
 }
 
 KmsServer::KmsServer(KmsEngine& engine, const ServerOptions& options, std::string socket_path)
-    : socket_path_(std::move(socket_path)), v2_(engine), v1beta1_(engine, options.runtime_version) {}
+    : socket_path_(std::move(socket_path)),
+      v2_(engine, options.observer),
+      v1beta1_(engine, options.runtime_version, options.observer) {}
 
 StatusOr<std::unique_ptr<KmsServer>> KmsServer::Start(KmsEngine& engine, const ServerOptions& options) {
   if ((options.socket_mode & ~mode_t{0770}) != 0) {

@@ -28,6 +28,8 @@ struct ServerOptions {
   std::optional<uid_t> socket_owner;
   std::optional<gid_t> socket_group;
   std::string runtime_version;
+  // Told about every request (metrics, request log); may be null. Must outlive the server.
+  RequestObserver* observer = nullptr;
 };
 
 // "unix:///abs/path", "unix:/abs/path" or "/abs/path" -> "/abs/path". Abstract sockets are refused:

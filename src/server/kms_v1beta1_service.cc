@@ -1,7 +1,5 @@
 #include "server/kms_v1beta1_service.h"
 
-#include <spdlog/spdlog.h>
-
 #include "core/secure_bytes.h"
 #include "server/grpc_status.h"
 #include "core/status.h"
@@ -22,40 +20,37 @@ grpc::Status CheckVersion(const std::string& version) {
 
 grpc::Status KmsV1beta1Service::Version(grpc::ServerContext*, const v1beta1::VersionRequest* request,
                                         v1beta1::VersionResponse* response) {
-  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return ok;
+  RequestTimer timer(observer_, "v1beta1", "Version", "");
+  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
   response->set_version(kV1beta1Version);
   response->set_runtime_name("trousseau-hsm");
   response->set_runtime_version(runtime_version_);
-  return grpc::Status::OK;
+  return timer.Done(grpc::Status::OK);
 }
 
 grpc::Status KmsV1beta1Service::Encrypt(grpc::ServerContext*, const v1beta1::EncryptRequest* request,
                                         v1beta1::EncryptResponse* response) {
-  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return ok;
+  RequestTimer timer(observer_, "v1beta1", "Encrypt", "");
+  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
   StatusOr<EncryptResult> result = engine_.Encrypt(request->plain(), kV1MaxCiphertext);
   auto& plain = const_cast<std::string&>(request->plain());
   WipeMemory(plain.data(), plain.size());
-  if (!result.ok()) {
-    spdlog::warn("v1beta1 Encrypt failed: {}", result.status().ToString());
-    return ToGrpc(result.status());
-  }
+  if (!result.ok()) return timer.Done(ToGrpc(result.status()));
   response->set_cipher(std::move(result->ciphertext));
-  return grpc::Status::OK;
+  return timer.Done(grpc::Status::OK, result->key_id);
 }
 
 grpc::Status KmsV1beta1Service::Decrypt(grpc::ServerContext*, const v1beta1::DecryptRequest* request,
                                         v1beta1::DecryptResponse* response) {
-  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return ok;
+  RequestTimer timer(observer_, "v1beta1", "Decrypt", "");
+  if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
   if (request->cipher().size() > kV1MaxCiphertext) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cipher is longer than 65535 bytes");
+    return timer.Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cipher is longer than 65535 bytes"));
   }
   StatusOr<SecureBytes> plain = engine_.Decrypt(request->cipher(), /*claimed_key_id=*/"");
-  if (!plain.ok()) {
-    spdlog::warn("v1beta1 Decrypt failed: {}", plain.status().ToString());
-    return ToGrpc(plain.status());
-  }
+  if (!plain.ok()) return timer.Done(ToGrpc(plain.status()));
   response->set_plain(plain->data(), plain->size());
-  return grpc::Status::OK;
+  return timer.Done(grpc::Status::OK);
 }
 
 }  // namespace trousseau::server

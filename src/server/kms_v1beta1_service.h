@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/kms_engine.h"
+#include "server/request_observer.h"
 #include "v1beta1/kms.grpc.pb.h"
 
 namespace trousseau::server {
@@ -15,8 +16,8 @@ inline constexpr size_t kV1MaxCiphertext = 65535;
 
 class KmsV1beta1Service final : public v1beta1::KeyManagementService::Service {
  public:
-  KmsV1beta1Service(KmsEngine& engine, std::string runtime_version)
-      : engine_(engine), runtime_version_(std::move(runtime_version)) {}
+  KmsV1beta1Service(KmsEngine& engine, std::string runtime_version, RequestObserver* observer)
+      : engine_(engine), runtime_version_(std::move(runtime_version)), observer_(observer) {}
 
   grpc::Status Version(grpc::ServerContext* context, const v1beta1::VersionRequest* request,
                        v1beta1::VersionResponse* response) override;
@@ -28,6 +29,7 @@ class KmsV1beta1Service final : public v1beta1::KeyManagementService::Service {
  private:
   KmsEngine& engine_;
   const std::string runtime_version_;
+  RequestObserver* const observer_;
 };
 
 }  // namespace trousseau::server

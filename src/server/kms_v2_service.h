@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core/kms_engine.h"
+#include "server/request_observer.h"
 #include "v2/kms.grpc.pb.h"
 
 namespace trousseau::server {
@@ -13,7 +14,7 @@ inline constexpr char kV2Version[] = "v2";
 
 class KmsV2Service final : public v2::KeyManagementService::Service {
  public:
-  explicit KmsV2Service(KmsEngine& engine) : engine_(engine) {}
+  KmsV2Service(KmsEngine& engine, RequestObserver* observer) : engine_(engine), observer_(observer) {}
 
   grpc::Status Status(grpc::ServerContext* context, const v2::StatusRequest* request,
                       v2::StatusResponse* response) override;
@@ -24,6 +25,7 @@ class KmsV2Service final : public v2::KeyManagementService::Service {
 
  private:
   KmsEngine& engine_;
+  RequestObserver* const observer_;
 };
 
 }  // namespace trousseau::server

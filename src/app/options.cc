@@ -1,0 +1,156 @@
+#include "app/options.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstring>
+#include <iostream>
+#include <map>
+
+#include <CLI/CLI.hpp>
+
+#include "core/strings.h"
+
+#ifndef TROUSSEAU_VERSION
+#define TROUSSEAU_VERSION "dev"
+#endif
+
+namespace trousseau::app {
+namespace {
+
+constexpr char kEnvPrefix[] = "TROUSSEAU_HSM_";
+
+// "pkcs11-uri" -> "TROUSSEAU_HSM_PKCS11_URI"
+std::string EnvName(const std::string& flag) {
+  std::string name = kEnvPrefix;
+  for (char c : flag) name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
+// The --config path may only come from argv or TROUSSEAU_HSM_CONFIG: it has to be known before
+// the other settings are read.
+std::string FindConfigPath(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--config" && i + 1 < argc) return argv[i + 1];
+    if (arg.rfind("--config=", 0) == 0) return arg.substr(9);
+  }
+  const char* env = std::getenv("TROUSSEAU_HSM_CONFIG");
+  return env != nullptr ? env : "";
+}
+
+class DurationValidator : public CLI::Validator {
+ public:
+  DurationValidator() : CLI::Validator("DURATION") {
+    func_ = [](std::string& value) -> std::string {
+      return ParseDuration(value) ? "" : "must be a duration such as 500ms, 5s, 1m or 0";
+    };
+  }
+};
+
+}  // namespace
+
+std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
+  CLI::App app{
+      "trousseau-hsm: Kubernetes KMS v2/v1beta1 plugin. Data keys are wrapped with AES-256-GCM inside a PKCS#11 "
+      "HSM; the key-encryption key never leaves it.\n"
+      "Every flag can also be set as TROUSSEAU_HSM_<FLAG> (e.g. TROUSSEAU_HSM_PKCS11_URI) or as a key of the "
+      "--config YAML file (e.g. pkcs11-uri: ...); flags win over the environment, which wins over the file.\n"
+      "The token PIN comes from the URI's pin-source=file:/path (mode 0600) or the TROUSSEAU_HSM_PIN environment "
+      "variable, never from a flag.",
+      "trousseau-hsm"};
+  app.set_version_flag("--version", std::string("trousseau-hsm ") + TROUSSEAU_VERSION);
+  std::string config_path;
+  std::string health_cache = "5s", key_refresh_interval = "60s", shutdown_grace = "5s", socket_mode = "0600";
+  const DurationValidator duration;
+
+  app.add_option("--config", config_path, "YAML file with settings (keys are flag names without dashes)");
+  app.add_option("--listen", options.listen, "Unix socket to serve on (unix:///path)")->capture_default_str();
+  app.add_option("--pkcs11-uri", options.pkcs11_uri,
+                 "RFC 7512 URI of the key family: pkcs11:token=LABEL;object=KEY?module-path=/path/module.so"
+                 "&pin-source=file:/path");
+  app.add_option("--hsm-sessions", options.hsm_sessions, "HSM sessions in the pool (concurrent device calls)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_flag("--no-session-key-copies", options.no_session_key_copies,
+               "Use the token key objects directly instead of in-session copies");
+  app.add_option("--health-cache", health_cache, "How long a device health result is reused")
+      ->check(duration)
+      ->capture_default_str();
+  app.add_option("--key-refresh-interval", key_refresh_interval,
+                 "Re-read the key family this often (also on SIGHUP); 0 disables")
+      ->check(duration)
+      ->capture_default_str();
+  app.add_option("--socket-mode", socket_mode, "Permissions of the socket (owner/group bits only)")
+      ->capture_default_str();
+  app.add_option("--socket-owner", options.socket_owner, "User (name or uid) to own the socket");
+  app.add_option("--socket-group", options.socket_group, "Group (name or gid) to own the socket");
+  app.add_option("--shutdown-grace", shutdown_grace, "How long in-flight calls may finish on SIGTERM")
+      ->check(duration)
+      ->capture_default_str();
+  app.add_option("--health-listen", options.health_listen,
+                 "HOST:PORT for /healthz, /livez, /readyz and /metrics (e.g. 127.0.0.1:8787); off if empty");
+  app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
+      ->capture_default_str();
+  app.add_option("--log-format", options.log_format, "text, or json (one object per line)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+
+  std::map<std::string, CLI::Option*> by_name;
+  for (CLI::Option* option : app.get_options()) {
+    const std::string name = option->get_single_name();
+    if (name == "help" || name == "version" || name == "config") continue;
+    option->envname(EnvName(name));
+    by_name[name] = option;
+  }
+
+  const std::string config_file = FindConfigPath(argc, argv);
+  if (!config_file.empty()) {
+    try {
+      const YAML::Node root = YAML::LoadFile(config_file);
+      if (!root.IsMap()) throw YAML::Exception(YAML::Mark::null_mark(), "the file must be a mapping of settings");
+      for (const auto& entry : root) {
+        const std::string key = entry.first.as<std::string>();
+        auto it = by_name.find(key);
+        if (it == by_name.end()) {
+          std::cerr << "trousseau-hsm: " << config_file << ": unknown setting '" << key << "'\n";
+          return 2;
+        }
+        // A file value is a default: the environment and the command line still override it.
+        it->second->default_str(entry.second.as<std::string>());
+        if (it->second->get_type_size() == 0) {
+          // A flag: only `true` turns it on.
+          if (entry.second.as<std::string>() == "true") options.no_session_key_copies = true;
+        } else {
+          it->second->default_val(entry.second.as<std::string>());
+        }
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "trousseau-hsm: cannot read --config " << config_file << ": " << e.what() << "\n";
+      return 2;
+    }
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (options.pkcs11_uri.empty()) {
+    std::cerr << "trousseau-hsm: --pkcs11-uri is required (flag, TROUSSEAU_HSM_PKCS11_URI or pkcs11-uri: in "
+                 "--config)\nRun with --help for more information.\n";
+    return 2;
+  }
+  options.health_cache = *ParseDuration(health_cache);
+  options.key_refresh_interval = *ParseDuration(key_refresh_interval);
+  options.shutdown_grace = *ParseDuration(shutdown_grace);
+  std::optional<unsigned> mode = ParseUnsigned<unsigned>(socket_mode, 8);
+  if (!mode) {
+    std::cerr << "trousseau-hsm: --socket-mode must be octal, e.g. 0600\n";
+    return 2;
+  }
+  options.socket_mode = *mode;
+  return std::nullopt;
+}
+
+}  // namespace trousseau::app

@@ -1,0 +1,33 @@
+// The plugin's settings: command-line flags, each also settable by an environment variable
+// TROUSSEAU_HSM_<FLAG> and by a key of the optional --config YAML file. Precedence: flag, then
+// environment, then config file, then the built-in default. There is no setting for a PIN.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+namespace trousseau::app {
+
+struct PluginOptions {
+  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  std::string pkcs11_uri;
+  size_t hsm_sessions = 16;
+  bool no_session_key_copies = false;
+  std::chrono::milliseconds health_cache{5000};
+  std::chrono::milliseconds key_refresh_interval{60000};
+  unsigned socket_mode = 0600;
+  std::string socket_owner;
+  std::string socket_group;
+  std::chrono::milliseconds shutdown_grace{5000};
+  std::string health_listen;  // empty: no HTTP endpoint
+  std::string log_level = "info";
+  std::string log_format = "text";
+};
+
+// Parses argv (+ environment + config file). On --help/--version or an error, returns the exit
+// code to leave with (0 or 2) and has printed what to print.
+std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options);
+
+}  // namespace trousseau::app

@@ -1,0 +1,178 @@
+#include "app/plugin.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "core/kms_engine.h"
+#include "core/strings.h"
+#include "hsm/pkcs11_backend.h"
+#include "hsm/pkcs11_uri.h"
+#include "observability/http_endpoint.h"
+#include "observability/logging.h"
+#include "observability/telemetry.h"
+#include "server/kms_server.h"
+
+#ifndef TROUSSEAU_VERSION
+#define TROUSSEAU_VERSION "dev"
+#endif
+
+namespace trousseau::app {
+namespace {
+
+StatusOr<std::optional<uid_t>> ResolveOwner(const std::string& owner) {
+  if (owner.empty()) return std::optional<uid_t>();
+  if (auto id = ParseUnsigned<uint32_t>(owner)) return std::optional<uid_t>(*id);
+  if (const passwd* pw = getpwnam(owner.c_str())) return std::optional<uid_t>(pw->pw_uid);
+  return InvalidArgumentError(StrCat("--socket-owner: no user '", owner, "'"));
+}
+
+StatusOr<std::optional<gid_t>> ResolveGroup(const std::string& group) {
+  if (group.empty()) return std::optional<gid_t>();
+  if (auto id = ParseUnsigned<uint32_t>(group)) return std::optional<gid_t>(*id);
+  if (const struct group* gr = getgrnam(group.c_str())) return std::optional<gid_t>(gr->gr_gid);
+  return InvalidArgumentError(StrCat("--socket-group: no group '", group, "'"));
+}
+
+void LogKeyRing(const KmsEngine& engine) {
+  auto ring = engine.key_ring();
+  for (const auto& [version, key_id] : ring->key_ids()) {
+    spdlog::info("key version {} key_id={}{}", version, key_id, version == ring->active_version() ? " (active)" : "");
+  }
+}
+
+// Re-reads the key family; a failure keeps the last good ring in force.
+void RefreshKeys(KmsEngine& engine, observability::Telemetry& telemetry, const char* why) {
+  const std::string before = engine.key_ring()->active_key_id();
+  if (Status s = engine.LoadKeyRing(); !s.ok()) {
+    spdlog::error("key refresh ({}) failed, keeping the current key ring: {}", why, s.message());
+    return;
+  }
+  const std::string after = engine.key_ring()->active_key_id();
+  telemetry.SetActiveKey(after);
+  if (after != before) {
+    spdlog::info("active key changed ({}): {} -> {}", why, before, after);
+    LogKeyRing(engine);
+  }
+}
+
+}  // namespace
+
+int RunPlugin(const PluginOptions& options) {
+  observability::SetUpLogging(
+      options.log_format == "json" ? observability::LogFormat::kJson : observability::LogFormat::kText,
+      spdlog::level::from_str(options.log_level));
+
+  // Signals are taken synchronously by this thread only; block them before any other thread exists.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(options.pkcs11_uri);
+  if (!uri.ok()) {
+    spdlog::critical("{}", uri.status().message());
+    return 2;
+  }
+  const std::string family_label = uri->object_label();
+  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created = hsm::Pkcs11Backend::Create(
+      *std::move(uri), {.sessions = options.hsm_sessions, .session_key_copies = !options.no_session_key_copies});
+  if (!created.ok()) {
+    spdlog::critical("{}", created.status().message());
+    return 2;
+  }
+  std::shared_ptr<hsm::Pkcs11Backend> backend = *std::move(created);
+  observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
+
+  KmsEngine engine(backend, EngineOptions{family_label, options.health_cache, &telemetry});
+  if (Status loaded = engine.LoadKeyRing(); !loaded.ok()) {
+    spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
+    return IsUnavailable(loaded) ? 1 : 2;
+  }
+  spdlog::info("using {} with {} session(s)", backend->Describe(), options.hsm_sessions);
+  LogKeyRing(engine);
+  telemetry.SetActiveKey(engine.key_ring()->active_key_id());
+  telemetry.SetBackendUp(true);
+
+  server::ServerOptions server_options;
+  server_options.listen = options.listen;
+  server_options.socket_mode = static_cast<mode_t>(options.socket_mode);
+  StatusOr<std::optional<uid_t>> owner = ResolveOwner(options.socket_owner);
+  StatusOr<std::optional<gid_t>> group = ResolveGroup(options.socket_group);
+  if (!owner.ok() || !group.ok()) {
+    spdlog::critical("{}", !owner.ok() ? owner.status().message() : group.status().message());
+    return 2;
+  }
+  server_options.socket_owner = *owner;
+  server_options.socket_group = *group;
+  server_options.runtime_version = TROUSSEAU_VERSION;
+  server_options.observer = &telemetry;
+  StatusOr<std::unique_ptr<server::KmsServer>> server = server::KmsServer::Start(engine, server_options);
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().message());
+    return 2;
+  }
+  std::atomic<bool> serving{true};
+
+  std::unique_ptr<observability::HttpEndpoint> http;
+  if (!options.health_listen.empty()) {
+    observability::HttpHooks hooks;
+    hooks.ready = [&] { return serving.load() && engine.key_ring() != nullptr; };
+    hooks.before_scrape = [&] {
+      telemetry.SetSessionPool(backend->sessions_in_use(), backend->session_count());
+      telemetry.SetActiveKey(engine.key_ring()->active_key_id());
+    };
+    StatusOr<std::unique_ptr<observability::HttpEndpoint>> started =
+        observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
+    if (!started.ok()) {
+      spdlog::critical("{}", started.status().message());
+      return 2;
+    }
+    http = *std::move(started);
+    spdlog::info("health and metrics on http://{}", options.health_listen);
+  }
+  spdlog::info("serving KMS v2 and v1beta1 on unix://{}", (*server)->socket_path());
+  sd_notify(0, "READY=1\nSTATUS=serving KMS v2 and v1beta1");
+
+  const auto refresh = options.key_refresh_interval;
+  auto next_refresh = std::chrono::steady_clock::now() + refresh;
+  for (;;) {
+    const auto wait = refresh.count() > 0
+                          ? std::max(next_refresh - std::chrono::steady_clock::now(),
+                                     std::chrono::steady_clock::duration::zero())
+                          : std::chrono::steady_clock::duration(std::chrono::hours(24));
+    const auto wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
+    timespec timeout{static_cast<time_t>(wait_ns / 1'000'000'000), static_cast<long>(wait_ns % 1'000'000'000)};
+    const int sig = sigtimedwait(&signals, nullptr, &timeout);
+    if (sig == SIGTERM || sig == SIGINT) {
+      spdlog::info("{} received: draining for up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                   options.shutdown_grace.count());
+      sd_notify(0, "STOPPING=1");
+      serving = false;
+      (*server)->Shutdown(options.shutdown_grace);
+      spdlog::info("stopped");
+      return 0;
+    }
+    if (sig == SIGHUP) {
+      backend->AllowLoginRetry();
+      RefreshKeys(engine, telemetry, "SIGHUP");
+    } else if (sig < 0 && refresh.count() > 0 && std::chrono::steady_clock::now() >= next_refresh) {
+      RefreshKeys(engine, telemetry, "interval");
+      next_refresh = std::chrono::steady_clock::now() + refresh;
+    }
+  }
+}
+
+}  // namespace trousseau::app

@@ -1,0 +1,18 @@
+// Hook for watching device calls (latency, outcome) without the core knowing about metrics.
+#pragma once
+
+#include <chrono>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace trousseau {
+
+class BackendObserver {
+ public:
+  virtual ~BackendObserver() = default;
+  // `call` is "seal", "open", "probe" or "load_keys".
+  virtual void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) = 0;
+};
+
+}  // namespace trousseau

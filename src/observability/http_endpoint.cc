@@ -1,0 +1,81 @@
+#include "observability/http_endpoint.h"
+
+#include <CivetServer.h>
+
+#include <exception>
+#include <vector>
+
+#include "core/strings.h"
+
+namespace trousseau::observability {
+namespace {
+
+void Reply(mg_connection* conn, int code, std::string_view content_type, std::string_view body) {
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: %.*s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n",
+            code, code == 200 ? "OK" : "Service Unavailable", static_cast<int>(content_type.size()),
+            content_type.data(), body.size());
+  mg_write(conn, body.data(), body.size());
+}
+
+class FunctionHandler : public CivetHandler {
+ public:
+  explicit FunctionHandler(std::function<void(mg_connection*)> fn) : fn_(std::move(fn)) {}
+  bool handleGet(CivetServer*, mg_connection* conn) override {
+    fn_(conn);
+    return true;
+  }
+
+ private:
+  std::function<void(mg_connection*)> fn_;
+};
+
+}  // namespace
+
+struct HttpEndpoint::Handlers {
+  std::vector<std::pair<std::string, std::unique_ptr<FunctionHandler>>> routes;
+};
+
+StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen, KmsEngine& engine,
+                                                            Telemetry& telemetry, HttpHooks hooks) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || !ParseUnsigned<uint16_t>(listen.substr(colon + 1))) {
+    return InvalidArgumentError(StrCat("--health-listen must be HOST:PORT (e.g. 127.0.0.1:8787), got ", listen));
+  }
+  auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
+  endpoint->handlers_ = std::make_unique<Handlers>();
+  auto& routes = endpoint->handlers_->routes;
+  routes.emplace_back("/livez", std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
+  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([ready = hooks.ready](mg_connection* c) {
+    if (ready && ready()) {
+      Reply(c, 200, "text/plain", "ok\n");
+    } else {
+      Reply(c, 503, "text/plain", "not ready: keys not loaded or socket not listening\n");
+    }
+  }));
+  routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
+    HealthReport health = engine.Health();
+    Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");
+  }));
+  routes.emplace_back("/metrics", std::make_unique<FunctionHandler>([&telemetry, hooks](mg_connection* c) {
+    if (hooks.before_scrape) hooks.before_scrape();
+    Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
+  }));
+
+  // civetweb wants "HOST:PORT" without brackets for IPv4 and "[::1]:PORT" for IPv6, as given.
+  std::vector<std::string> options = {"listening_ports", listen, "num_threads", "2", "request_timeout_ms", "5000"};
+  try {
+    endpoint->server_ = std::make_unique<CivetServer>(options);
+  } catch (const std::exception& e) {
+    return FailedPreconditionError(StrCat("cannot listen for HTTP on ", listen, ": ", e.what()));
+  }
+  for (auto& [uri, handler] : routes) endpoint->server_->addHandler(uri, handler.get());
+  return endpoint;
+}
+
+HttpEndpoint::~HttpEndpoint() {
+  server_.reset();  // stops the threads before the handlers go
+}
+
+}  // namespace trousseau::observability

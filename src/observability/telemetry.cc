@@ -1,0 +1,156 @@
+#include "observability/telemetry.h"
+
+#include <prometheus/text_serializer.h>
+
+#include <sstream>
+
+#include "core/strings.h"
+#include "observability/logging.h"
+
+namespace trousseau::observability {
+namespace {
+
+// From 50 us (a local HSM op) to 2.5 s (beyond kube-apiserver's 3 s default timeout is moot).
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+
+const char* const kCodeNames[] = {"OK",
+                                  "CANCELLED",
+                                  "UNKNOWN",
+                                  "INVALID_ARGUMENT",
+                                  "DEADLINE_EXCEEDED",
+                                  "NOT_FOUND",
+                                  "ALREADY_EXISTS",
+                                  "PERMISSION_DENIED",
+                                  "RESOURCE_EXHAUSTED",
+                                  "FAILED_PRECONDITION",
+                                  "ABORTED",
+                                  "OUT_OF_RANGE",
+                                  "UNIMPLEMENTED",
+                                  "INTERNAL",
+                                  "UNAVAILABLE",
+                                  "DATA_LOSS",
+                                  "UNAUTHENTICATED"};
+
+double Seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
+
+Telemetry::Telemetry(const std::string& version, const std::string& backend_kind)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& requests = prometheus::BuildCounter()
+                       .Name("trousseau_hsm_operations_total")
+                       .Help("KMS requests by API, operation and gRPC status code")
+                       .Register(*registry_);
+  auto& latency = prometheus::BuildHistogram()
+                      .Name("trousseau_hsm_operation_duration_seconds")
+                      .Help("KMS request latency inside the plugin")
+                      .Register(*registry_);
+  const std::pair<const char*, const char*> kOperations[] = {{"v2", "Status"},      {"v2", "Encrypt"},
+                                                             {"v2", "Decrypt"},     {"v1beta1", "Version"},
+                                                             {"v1beta1", "Encrypt"}, {"v1beta1", "Decrypt"}};
+  for (const auto& [api, operation] : kOperations) {
+    Operation& op = operations_[{api, operation}];
+    for (int code = 0; code < kCodes; ++code) {
+      op.by_code[code] = &requests.Add({{"api", api}, {"operation", operation}, {"code", kCodeNames[code]}});
+    }
+    op.latency = &latency.Add({{"api", api}, {"operation", operation}}, kLatencyBuckets);
+  }
+  auto& backend_latency = prometheus::BuildHistogram()
+                              .Name("trousseau_hsm_backend_call_duration_seconds")
+                              .Help("Key backend (HSM/TPM) call latency")
+                              .Register(*registry_);
+  auto& backend_errors = prometheus::BuildCounter()
+                             .Name("trousseau_hsm_backend_call_errors_total")
+                             .Help("Key backend calls that failed")
+                             .Register(*registry_);
+  for (const char* call : {"seal", "open", "probe", "load_keys"}) {
+    backend_latency_[call] = &backend_latency.Add({{"backend", backend_kind}, {"call", call}}, kLatencyBuckets);
+    backend_errors_[call] = &backend_errors.Add({{"backend", backend_kind}, {"call", call}});
+  }
+  backend_up_ = &prometheus::BuildGauge()
+                     .Name("trousseau_hsm_backend_up")
+                     .Help("1 when the last device round trip succeeded")
+                     .Register(*registry_)
+                     .Add({{"backend", backend_kind}});
+  auto& pool = prometheus::BuildGauge()
+                   .Name("trousseau_hsm_session_pool_sessions")
+                   .Help("Device sessions in the pool, by state")
+                   .Register(*registry_);
+  pool_in_use_ = &pool.Add({{"state", "in_use"}});
+  pool_size_ = &pool.Add({{"state", "total"}});
+  active_key_ = &prometheus::BuildGauge()
+                     .Name("trousseau_hsm_active_key_info")
+                     .Help("The key_id Encrypt uses now (value 1)")
+                     .Register(*registry_);
+  prometheus::BuildGauge()
+      .Name("trousseau_hsm_build_info")
+      .Help("Build information (value 1)")
+      .Register(*registry_)
+      .Add({{"version", version}, {"backend", backend_kind}})
+      .Set(1);
+}
+
+Telemetry::Operation* Telemetry::Find(std::string_view api, std::string_view operation) {
+  auto it = operations_.find(std::make_pair(std::string(api), std::string(operation)));
+  return it == operations_.end() ? nullptr : &it->second;
+}
+
+void Telemetry::OnRequest(const server::RequestRecord& record) {
+  const int code = static_cast<int>(record.status->error_code());
+  if (Operation* op = Find(record.api, record.operation)) {
+    if (code >= 0 && code < kCodes) op->by_code[code]->Increment();
+    op->latency->Observe(Seconds(record.latency));
+  }
+  // Status is polled constantly: trace. Encrypt is rare (a new seed): info. Failures: warn.
+  spdlog::level::level_enum level = spdlog::level::debug;
+  if (record.operation == "Status" || record.operation == "Version") level = spdlog::level::trace;
+  if (record.operation == "Encrypt") level = spdlog::level::info;
+  if (!record.status->ok()) level = spdlog::level::warn;
+  if (!spdlog::should_log(level)) return;
+  const std::string latency = StrCat(Seconds(record.latency));
+  const std::string code_name = code >= 0 && code < kCodes ? kCodeNames[code] : "UNKNOWN";
+  const std::string message =
+      record.status->ok() ? StrCat(record.api, " ", record.operation)
+                          : StrCat(record.api, " ", record.operation, " failed: ", record.status->error_message());
+  LogWithFields(level, message,
+                {{"operation", record.operation},
+                 {"api", record.api},
+                 {"uid", record.uid},
+                 {"key_id", record.key_id},
+                 {"code", code_name},
+                 {"latency", latency}});
+}
+
+void Telemetry::OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) {
+  if (auto it = backend_latency_.find(call); it != backend_latency_.end()) it->second->Observe(Seconds(latency));
+  // A forged ciphertext is not a device error.
+  if (!status.ok() && !IsInvalidArgument(status) && !IsNotFound(status)) {
+    if (auto it = backend_errors_.find(call); it != backend_errors_.end()) it->second->Increment();
+  }
+  if (status.ok() || IsUnavailable(status)) backend_up_->Set(status.ok() ? 1 : 0);
+}
+
+void Telemetry::SetActiveKey(const std::string& key_id) {
+  std::lock_guard lock(active_key_mu_);
+  if (key_id == active_key_id_) return;
+  if (active_key_gauge_ != nullptr) active_key_->Remove(active_key_gauge_);
+  active_key_gauge_ = &active_key_->Add({{"key_id", key_id}});
+  active_key_gauge_->Set(1);
+  active_key_id_ = key_id;
+}
+
+void Telemetry::SetBackendUp(bool up) { backend_up_->Set(up ? 1 : 0); }
+
+void Telemetry::SetSessionPool(size_t in_use, size_t size) {
+  pool_in_use_->Set(static_cast<double>(in_use));
+  pool_size_->Set(static_cast<double>(size));
+}
+
+std::string Telemetry::Render() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  return out.str();
+}
+
+}  // namespace trousseau::observability

@@ -1,0 +1,59 @@
+// Prometheus metrics (prometheus-cpp) and request logs for the plugin, fed by the request and
+// device-call hooks. Metric handles are created up front, so the request path only does atomic
+// updates (no family lookups, no global lock).
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <array>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "core/backend_observer.h"
+#include "server/request_observer.h"
+
+namespace trousseau::observability {
+
+class Telemetry final : public server::RequestObserver, public BackendObserver {
+ public:
+  Telemetry(const std::string& version, const std::string& backend_kind);
+
+  void OnRequest(const server::RequestRecord& record) override;
+  void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) override;
+
+  // State sampled when /metrics is scraped.
+  void SetActiveKey(const std::string& key_id);
+  void SetBackendUp(bool up);
+  void SetSessionPool(size_t in_use, size_t size);
+
+  // Prometheus text exposition format.
+  std::string Render() const;
+
+ private:
+  static constexpr int kCodes = 17;
+  struct Operation {
+    std::array<prometheus::Counter*, kCodes> by_code{};
+    prometheus::Histogram* latency = nullptr;
+  };
+  Operation* Find(std::string_view api, std::string_view operation);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::map<std::pair<std::string, std::string>, Operation, std::less<>> operations_;
+  std::map<std::string, prometheus::Histogram*, std::less<>> backend_latency_;
+  std::map<std::string, prometheus::Counter*, std::less<>> backend_errors_;
+  prometheus::Gauge* backend_up_ = nullptr;
+  prometheus::Gauge* pool_in_use_ = nullptr;
+  prometheus::Gauge* pool_size_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* active_key_ = nullptr;
+  std::mutex active_key_mu_;
+  std::string active_key_id_;
+  prometheus::Gauge* active_key_gauge_ = nullptr;
+};
+
+}  // namespace trousseau::observability
