@@ -1,0 +1,236 @@
+// What operators watch and configure: the health/metrics HTTP endpoint, JSON logs, the YAML config
+// file and TROUSSEAU_HSM_* environment variables, against the real binary on a real SoftHSM token.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::SoftHsmToken;
+using testing::Subprocess;
+
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct HttpResponse {
+  int code = 0;
+  std::string body;
+};
+
+HttpResponse HttpGet(int port, const std::string& path) {
+  HttpResponse response;
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return response;
+  }
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string raw;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) raw.append(buf, n);
+  close(fd);
+  if (raw.rfind("HTTP/1.1 ", 0) == 0) response.code = std::stoi(raw.substr(9, 3));
+  if (size_t end = raw.find("\r\n\r\n"); end != std::string::npos) response.body = raw.substr(end + 4);
+  return response;
+}
+
+class OperationsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr);
+    ASSERT_TRUE(token_->GenerateKek(1).ok());
+    socket_ = token_->dir() + "/kms.sock";
+    log_ = token_->dir() + "/plugin.log";
+    port_ = FreeLoopbackPort();
+  }
+
+  std::unique_ptr<Subprocess> Start(std::vector<std::string> args) {
+    args.insert(args.begin(), PLUGIN_PATH);
+    return std::make_unique<Subprocess>(args, log_);
+  }
+
+  std::vector<std::string> BaseArgs(const std::string& uri = "") {
+    return {"--listen", "unix://" + socket_, "--pkcs11-uri", uri.empty() ? token_->Uri() : uri, "--health-listen",
+            "127.0.0.1:" + std::to_string(port_)};
+  }
+
+  bool Serving(const std::string& socket) {
+    KmsClients clients(socket);
+    v2::StatusResponse status;
+    return clients.v2->Status(CallContext(500ms).get(), {}, &status).ok() && status.healthz() == "ok";
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+  std::string socket_;
+  std::string log_;
+  int port_ = 0;
+};
+
+TEST_F(OperationsTest, ProbesAnswerAndMetricsCountRequestsByApiOperationAndCode) {
+  auto plugin = Start(BaseArgs());
+  ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/readyz").code == 200; }, 5s)) << plugin->Log();
+  EXPECT_EQ(HttpGet(port_, "/livez").code, 200);
+  HttpResponse health = HttpGet(port_, "/healthz");
+  EXPECT_EQ(health.code, 200);
+  EXPECT_EQ(health.body, "ok\n");
+
+  KmsClients clients(socket_);
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  v2::DecryptRequest decrypt;
+  decrypt.set_ciphertext("garbage");
+  decrypt.set_key_id(sealed.key_id());
+  v2::DecryptResponse opened;
+  EXPECT_FALSE(clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok());
+
+  HttpResponse metrics = HttpGet(port_, "/metrics");
+  ASSERT_EQ(metrics.code, 200);
+  const std::string& m = metrics.body;
+  EXPECT_NE(m.find("trousseau_hsm_operations_total{api=\"v2\",code=\"OK\",operation=\"Encrypt\"} 1"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("trousseau_hsm_operations_total{api=\"v2\",code=\"INVALID_ARGUMENT\",operation=\"Decrypt\"} 1"),
+            std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_operation_duration_seconds_bucket{api=\"v2\",operation=\"Encrypt\",le=\"5e-05\"}"),
+            std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_backend_call_duration_seconds_count{backend=\"pkcs11\",call=\"seal\"} 1"),
+            std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 1"), std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_active_key_info{key_id=\"" + sealed.key_id() + "\"} 1"), std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_session_pool_sessions{state=\"total\"} 16"), std::string::npos);
+  EXPECT_NE(m.find("trousseau_hsm_build_info{"), std::string::npos);
+  EXPECT_EQ(HttpGet(port_, "/nothing-here").code, 404);
+}
+
+TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200) {
+  const std::string control = token_->dir() + "/shim.control";
+  std::ofstream(control) << "up\n";
+  setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
+  auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));
+  args.insert(args.end(), {"--health-cache", "100ms"});
+  auto plugin = Start(args);
+  ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 5s)) << plugin->Log();
+  std::ofstream(control + ".tmp") << "down\n";
+  std::rename((control + ".tmp").c_str(), control.c_str());
+  ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 503; }, 5s));
+  HttpResponse down = HttpGet(port_, "/healthz");
+  EXPECT_NE(down.body.find("unavailable"), std::string::npos) << down.body;
+  EXPECT_EQ(HttpGet(port_, "/livez").code, 200);
+  EXPECT_NE(HttpGet(port_, "/metrics").body.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos);
+  std::ofstream(control + ".tmp") << "up\n";
+  std::rename((control + ".tmp").c_str(), control.c_str());
+  EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
+}
+
+TEST_F(OperationsTest, JsonLogsAreOneObjectPerLineWithRequestFieldsAndNoPlaintext) {
+  auto args = BaseArgs();
+  args.insert(args.end(), {"--log-format", "json", "--log-level", "debug"});
+  auto plugin = Start(args);
+  ASSERT_TRUE(Eventually([&] { return Serving(socket_); }, 5s)) << plugin->Log();
+  KmsClients clients(socket_);
+  const std::string secret = "JSON-LOG-PLAINTEXT-MARKER";
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext(secret);
+  encrypt.set_uid("uid-1234");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  plugin->Signal(SIGTERM);
+  ASSERT_EQ(plugin->Wait(10s), 0);
+
+  std::istringstream lines(plugin->Log());
+  std::string line;
+  int parsed = 0;
+  bool saw_request = false;
+  while (std::getline(lines, line)) {
+    nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(record.is_discarded()) << "not JSON: " << line;
+    EXPECT_TRUE(record.contains("ts") && record.contains("level") && record.contains("msg")) << line;
+    if (record.value("operation", "") == "Encrypt") {
+      saw_request = true;
+      EXPECT_EQ(record["uid"], "uid-1234");
+      EXPECT_EQ(record["key_id"], sealed.key_id());
+      EXPECT_EQ(record["code"], "OK");
+      EXPECT_TRUE(record.contains("latency"));
+    }
+    ++parsed;
+  }
+  EXPECT_GT(parsed, 3);
+  EXPECT_TRUE(saw_request);
+  EXPECT_EQ(plugin->Log().find(secret), std::string::npos);
+}
+
+TEST_F(OperationsTest, ConfigFileThenEnvironmentThenFlags) {
+  const std::string config = token_->dir() + "/config.yaml";
+  std::ofstream(config) << "listen: unix://" << token_->dir() << "/from-file.sock\n"
+                        << "pkcs11-uri: \"" << token_->Uri() << "\"\n"
+                        << "key-refresh-interval: 0\n";
+  {
+    auto plugin = Start({"--config", config});
+    EXPECT_TRUE(Eventually([&] { return Serving(token_->dir() + "/from-file.sock"); }, 5s)) << plugin->Log();
+  }
+  setenv("TROUSSEAU_HSM_LISTEN", ("unix://" + token_->dir() + "/from-env.sock").c_str(), 1);
+  {
+    auto plugin = Start({"--config", config});
+    EXPECT_TRUE(Eventually([&] { return Serving(token_->dir() + "/from-env.sock"); }, 5s)) << plugin->Log();
+  }
+  {
+    auto plugin = Start({"--config", config, "--listen", "unix://" + token_->dir() + "/from-flag.sock"});
+    EXPECT_TRUE(Eventually([&] { return Serving(token_->dir() + "/from-flag.sock"); }, 5s)) << plugin->Log();
+  }
+  unsetenv("TROUSSEAU_HSM_LISTEN");
+}
+
+TEST_F(OperationsTest, ConfigFileWithAnUnknownSettingIsRefused) {
+  const std::string config = token_->dir() + "/config.yaml";
+  std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\npin: 87654321\n";
+  auto plugin = Start({"--config", config});
+  EXPECT_EQ(plugin->Wait(10s), 2);
+  EXPECT_NE(plugin->Log().find("unknown setting 'pin'"), std::string::npos) << plugin->Log();
+}
+
+TEST_F(OperationsTest, VersionAndHelp) {
+  auto version = Start({"--version"});
+  EXPECT_EQ(version->Wait(10s), 0);
+  EXPECT_NE(version->Log().find("trousseau-hsm "), std::string::npos);
+  auto help = Start({"--help"});
+  EXPECT_EQ(help->Wait(10s), 0);
+  for (const char* flag : {"--listen", "--pkcs11-uri", "--health-listen", "--log-format", "--config"}) {
+    EXPECT_NE(help->Log().find(flag), std::string::npos) << flag;
+  }
+}
+
+}  // namespace
+}  // namespace trousseau
