@@ -11,8 +11,6 @@
 namespace trousseau::hsm {
 namespace {
 
-// Fixed inputs of the key fingerprint: GCM over an empty message with the IV reserved for it.
-constexpr std::string_view kFingerprintAad = "trousseau-hsm key fingerprint v1";
 // The health probe: a real seal and open on the device.
 constexpr std::string_view kProbePlaintext = "trousseau-hsm health probe";
 constexpr std::string_view kProbeAad = "trousseau-hsm probe";
@@ -141,11 +139,7 @@ Status Pkcs11Backend::ConnectLocked() {
 }
 
 StatusOr<std::string> Pkcs11Backend::Fingerprint(const Connection& conn, CK_OBJECT_HANDLE key) const {
-  std::string tag;
-  if (CK_RV rv = GcmSeal(conn.admin, key, NonceSequence::FingerprintIv(), kFingerprintAad, "", tag); rv != CKR_OK) {
-    return RvStatus(rv, "computing the key fingerprint (AES-GCM on the device)");
-  }
-  return tag;
+  return KeyFingerprint(conn.admin, key);  // shared with trousseau-hsm-init: key_ids must agree
 }
 
 Status Pkcs11Backend::LoadFamilyLocked(Connection& conn) {

@@ -204,6 +204,14 @@ std::string VersionToId(uint64_t version) {
   return id;
 }
 
+StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key) {
+  std::string tag;
+  if (CK_RV rv = GcmSeal(session, key, NonceSequence::FingerprintIv(), kFingerprintAad, "", tag); rv != CKR_OK) {
+    return RvStatus(rv, "computing the key fingerprint (AES-GCM on the device)");
+  }
+  return tag;
+}
+
 CK_RV GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
               std::string_view plaintext, std::string& out) {
   CK_GCM_PARAMS params = GcmParams(iv, aad);

@@ -69,6 +69,15 @@ std::string KekPolicyViolation(const KeyObject& key);
 // Minimal big-endian bytes of `version` (1 -> "\x01").
 std::string VersionToId(uint64_t version);
 
+// The fixed associated data of the key fingerprint.
+inline constexpr std::string_view kFingerprintAad = "trousseau-hsm key fingerprint v1";
+
+// Public bytes that identify the key material: the AES-GCM tag of an empty message under the IV
+// reserved for it (NonceSequence::FingerprintIv(), never drawn for data) and kFingerprintAad,
+// computed on the device. The plugin and trousseau-hsm-init both derive key_ids from it, so they
+// must agree byte for byte. Needs a logged-in session; the key must allow CKA_ENCRYPT.
+StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key);
+
 // AES-GCM (96-bit IV, 128-bit tag) on the device. `out` gets ciphertext || tag.
 CK_RV GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
               std::string_view plaintext, std::string& out);

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "core/strings.h"
+#include "hsm/admin.h"
 #include "hsm/key_admin.h"
 #include "hsm/pkcs11_error.h"
 #include "hsm/pkcs11_module.h"
@@ -22,15 +23,9 @@ template <typename Fn>
 Status WithAdminSession(const SoftHsmToken& token, const std::string& object, Fn fn) {
   StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(token.Uri(object));
   if (!uri.ok()) return uri.status();
-  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module = hsm::Pkcs11Module::Load(uri->module_path());
-  if (!module.ok()) return module.status();
-  if (Status s = (*module)->Initialize(); !s.ok()) return s;
-  StatusOr<hsm::TokenSlot> slot = hsm::FindToken((*module)->api(), *uri);
-  if (!slot.ok()) return slot.status();
-  StatusOr<hsm::Session> session = hsm::OpenSession((*module)->api(), slot->slot, /*read_write=*/true);
-  if (!session.ok()) return session.status();
-  if (Status s = hsm::LoginUser(*session, *slot, uri->pin_file()); !s.ok()) return s;
-  return fn(*session);
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
+  if (!admin.ok()) return admin.status();
+  return fn((*admin)->session());
 }
 
 }  // namespace

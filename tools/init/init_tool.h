@@ -1,0 +1,84 @@
+// trousseau-hsm-init: the commands behind the CLI. Each returns the process exit code and has
+// printed its result (stdout) or its error (stderr). Nothing here ever prints a PIN: PINs only come
+// from files or TROUSSEAU_HSM_PIN and go straight to the token.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "hsm/admin.h"
+#include "hsm/pkcs11_uri.h"
+#include "hsm/token.h"
+
+namespace trousseau::init {
+
+// Exit codes.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // the device failed or the operation was refused
+inline constexpr int kExitUsage = 2;   // bad flags, URI, PIN file or configuration
+
+inline constexpr char kToolName[] = "trousseau-hsm-init";
+
+struct TokenInitOptions {
+  std::string module;
+  std::string label;
+  std::string so_pin_file;
+  std::string pin_file;
+  bool json = false;
+};
+
+struct KeyOptions {
+  std::string pkcs11_uri;
+  bool json = false;
+  uint64_t version = 0;  // key retire
+  bool yes = false;      // key retire
+};
+
+struct ConfigOptions {
+  std::string pkcs11_uri;
+  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  std::string name = "trousseau-hsm";
+  std::string timeout = "3s";
+};
+
+int TokenInit(const TokenInitOptions& options);
+int KeyGenerate(const KeyOptions& options);
+int KeyRotate(const KeyOptions& options);
+int KeyList(const KeyOptions& options);
+int KeyRetire(const KeyOptions& options);
+int Selftest(const KeyOptions& options);
+int Config(const ConfigOptions& options);
+
+// ---- shared helpers (common.cc) ----
+
+// Prints "trousseau-hsm-init: <message>" to stderr and returns `exit_code`.
+int Fail(int exit_code, const std::string& message);
+
+// A JSON string literal.
+std::string JsonString(const std::string& text);
+// Lowercase hex, "01" for CKA_ID 0x01.
+std::string Hex(const std::string& bytes);
+
+// The key family a URI names, on a logged-in read-write session.
+struct Family {
+  std::optional<hsm::Pkcs11Uri> uri;
+  std::unique_ptr<hsm::AdminSession> admin;
+  std::vector<hsm::KeyObject> keys;  // ascending version
+
+  const std::string& label() const { return uri->object_label(); }
+  const hsm::Session& session() const { return admin->session(); }
+  std::string Describe() const;  // "key family 'kek' on token 'k8s-kms'"
+};
+
+// Parses the URI (refusing a pin-value), opens the token and lists the family. On failure prints
+// the error and returns its exit code (2 for configuration, 1 for the device); 0 on success.
+int OpenFamily(const std::string& uri_text, Family& family);
+
+// A Status from the device after the session is open: printed, exit 1.
+int FailStatus(const Status& status);
+
+}  // namespace trousseau::init

@@ -1,0 +1,145 @@
+// trousseau-hsm-init: provision the PKCS#11 token for trousseau-hsm: initialise a token, generate,
+// rotate, list and retire versions of the AES-256 key family, self-test it, and print the
+// kube-apiserver EncryptionConfiguration. PINs come from files or TROUSSEAU_HSM_PIN, never flags.
+#include <iostream>
+#include <limits>
+
+#include <CLI/CLI.hpp>
+
+#include "tools/init/init_tool.h"
+
+#ifndef TROUSSEAU_VERSION
+#define TROUSSEAU_VERSION "dev"
+#endif
+
+namespace {
+
+using namespace trousseau::init;
+
+constexpr char kUriHelp[] =
+    "RFC 7512 URI of the key family, as the plugin takes it: "
+    "pkcs11:token=LABEL;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/path "
+    "(object = the family's CKA_LABEL; no id=, no pin-value=). The user PIN comes from pin-source "
+    "(a file with no group/other access) or the TROUSSEAU_HSM_PIN environment variable";
+
+CLI::Option* AddUri(CLI::App* command, std::string& uri) {
+  return command->add_option("--pkcs11-uri", uri, kUriHelp)->required()->envname("TROUSSEAU_HSM_PKCS11_URI");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "trousseau-hsm-init: provision the PKCS#11 token of trousseau-hsm.\n"
+      "Initialise a token, create and rotate the AES-256 key family (non-extractable, encrypt/decrypt only; "
+      "CKA_LABEL = family, CKA_ID = version, the highest version is active), list and retire versions, "
+      "self-test the keys on the device, and print the kube-apiserver EncryptionConfiguration.\n"
+      "PINs come from files (owner-only permissions) or TROUSSEAU_HSM_PIN, never from a flag.\n"
+      "Exit codes: 0 ok, 1 the operation failed or was refused, 2 usage or configuration error.",
+      "trousseau-hsm-init"};
+  app.set_version_flag("--version", std::string("trousseau-hsm-init ") + TROUSSEAU_VERSION);
+  app.require_subcommand(1);
+  int rc = kExitOk;
+
+  // token init
+  TokenInitOptions token_init;
+  CLI::App* token = app.add_subcommand("token", "Token administration");
+  token->require_subcommand(1);
+  CLI::App* init = token->add_subcommand(
+      "init",
+      "Initialise the token of a free slot (one not yet initialised; SoftHSM always offers one): set its label "
+      "and SO PIN (C_InitToken), then log in as SO and set the user PIN (C_InitPIN). Refuses a label that an "
+      "initialised token already has. Both PIN files must be regular files without group/other permissions.");
+  init->add_option("--module", token_init.module, "Absolute path of the PKCS#11 module")->required();
+  init->add_option("--label", token_init.label, "Token label (1-32 bytes); the URI's token=")->required();
+  init->add_option("--so-pin-file", token_init.so_pin_file, "File holding the new Security Officer PIN (mode 0600)")
+      ->required();
+  init->add_option("--pin-file", token_init.pin_file,
+                   "File holding the new user PIN (mode 0600); the plugin's pin-source")
+      ->required();
+  init->add_flag("--json", token_init.json, "Print the result as JSON");
+  init->callback([&] { rc = TokenInit(token_init); });
+
+  // key generate | rotate | list | retire
+  KeyOptions key_options;
+  CLI::App* key = app.add_subcommand("key", "The KEK family: generate, rotate, list, retire");
+  key->require_subcommand(1);
+
+  CLI::App* generate = key->add_subcommand(
+      "generate",
+      "Create version 1 of the key family: AES-256 generated on the token, token object, private, sensitive, "
+      "never extractable, encrypt/decrypt only, not modifiable, CKA_LABEL = the URI's object, CKA_ID = 01. "
+      "Refuses if the family already has any key (use `key rotate`). Prints the key_id the plugin will report.");
+  AddUri(generate, key_options.pkcs11_uri);
+  generate->add_flag("--json", key_options.json, "Print {\"version\":1,\"key_id\":...} as JSON");
+  generate->callback([&] { rc = KeyGenerate(key_options); });
+
+  CLI::App* rotate = key->add_subcommand(
+      "rotate",
+      "Create version N+1 (N = the highest version present) with the same policy and print its key_id. A running "
+      "plugin makes it active on SIGHUP or within its --key-refresh-interval; older versions keep decrypting. "
+      "See docs/rotation.md for the whole procedure.");
+  AddUri(rotate, key_options.pkcs11_uri);
+  rotate->add_flag("--json", key_options.json, "Print {\"version\":N,\"key_id\":...} as JSON");
+  rotate->callback([&] { rc = KeyRotate(key_options); });
+
+  CLI::App* list = key->add_subcommand(
+      "list",
+      "List every version of the family: version, key_id (as the plugin derives it), CKA_ID, key type and "
+      "size, attributes (sensitive, extractable, always-sensitive, never-extractable, local, modifiable), usages, "
+      "whether the plugin's KEK policy accepts it, and which version is active (the highest).");
+  AddUri(list, key_options.pkcs11_uri);
+  list->add_flag("--json", key_options.json,
+                 "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"id\":\"01\",\"active\":bool,...}]}");
+  list->callback([&] { rc = KeyList(key_options); });
+
+  CLI::App* retire = key->add_subcommand(
+      "retire",
+      "Destroy an old version once every object encrypted under it was re-encrypted (e.g. "
+      "`kubectl get secrets -A -o json | kubectl replace -f -`). Objects still under its key_id become unreadable "
+      "for good. Without --yes only explains what would be lost and exits 1. The active (highest) version can never "
+      "be retired.");
+  AddUri(retire, key_options.pkcs11_uri);
+  retire->add_option("--version", key_options.version, "The version to destroy")
+      ->required()
+      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
+  retire->add_flag("--yes", key_options.yes, "Really destroy it");
+  retire->callback([&] { rc = KeyRetire(key_options); });
+
+  // selftest
+  CLI::App* selftest = app.add_subcommand(
+      "selftest",
+      "Check every version against the plugin's KEK policy (failures: not AES-256, extractable, not sensitive, "
+      "cannot encrypt/decrypt; warnings: extra usages such as wrap/unwrap/sign/verify/derive, modifiable, once "
+      "extractable), then an AES-GCM round trip on the device and a tamper check (a flipped bit must be rejected). "
+      "Exits 0 only if every check passes.");
+  AddUri(selftest, key_options.pkcs11_uri);
+  selftest->add_flag("--json", key_options.json, "Print the results as JSON");
+  selftest->callback([&] { rc = Selftest(key_options); });
+
+  // config
+  ConfigOptions config_options;
+  CLI::App* config = app.add_subcommand(
+      "config",
+      "Print a ready kube-apiserver EncryptionConfiguration (Secrets through the KMS v2 provider, then identity) "
+      "with the matching trousseau-hsm command line. Does not open the token.");
+  AddUri(config, config_options.pkcs11_uri);
+  config->add_option("--listen", config_options.listen, "The plugin's socket (unix:///absolute/path)")
+      ->capture_default_str();
+  config->add_option("--name", config_options.name, "Provider name (no ':'), part of the etcd prefix")
+      ->capture_default_str();
+  config->add_option("--timeout", config_options.timeout, "kube-apiserver's timeout per KMS call")
+      ->capture_default_str();
+  config->callback([&] { rc = Config(config_options); });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    // Not echoed: a misplaced argument may be a secret.
+    return Fail(kExitUsage, "unexpected arguments (not shown); run with --help for the usage");
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  return rc;
+}
