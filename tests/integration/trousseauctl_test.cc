@@ -1,0 +1,296 @@
+// trousseauctl as an operator uses it, against a running trousseau-hsm on a real SoftHSM token: status
+// (text, --json, exit 3 when unhealthy), encrypt/decrypt round trips over KMS v2 and v1beta1 with the data on
+// stdin (never argv), and clear errors for a missing socket or bad input.
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::SoftHsmToken;
+using testing::Subprocess;
+
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Base64Decode(std::string in) {
+  std::erase_if(in, [](char c) { return c == '\n' || c == '\r'; });
+  std::string out(3 * in.size() / 4 + 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+  if (n < 0) return "<not base64>";
+  size_t padding = 0;
+  if (!in.empty() && in.back() == '=') ++padding;
+  if (in.size() > 1 && in[in.size() - 2] == '=') ++padding;
+  out.resize(static_cast<size_t>(n) - padding);
+  return out;
+}
+
+struct CtlResult {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Bytes that a shell or a naive reader would mangle: NUL, newlines, quotes, high bytes.
+constexpr char kAwkward[] = "seed\0with\nNUL 'and' \"quotes\" \xff\xfe end\n";
+const std::string kAwkwardPlaintext(kAwkward, sizeof kAwkward - 1);
+
+class TrousseauctlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr);
+    ASSERT_TRUE(token_->GenerateKek(1).ok());
+    socket_ = token_->dir() + "/kms.sock";
+  }
+
+  void StartPlugin(const std::string& module = testing::kSoftHsmModule) {
+    plugin_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
+                                 token_->Uri("kek", module), "--health-cache", "100ms"},
+        token_->dir() + "/plugin.log");
+    ASSERT_TRUE(Eventually([&] { return GrpcStatus().healthz() == "ok"; }, 10s)) << plugin_->Log();
+  }
+
+  v2::StatusResponse GrpcStatus() {
+    KmsClients clients(socket_);
+    v2::StatusResponse status;
+    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) return {};
+    return status;
+  }
+
+  // Runs trousseauctl with `args`; `input` is its stdin (through a file, so any bytes go through), stdout
+  // and stderr are kept apart.
+  CtlResult Ctl(const std::vector<std::string>& args, const std::string& input = "") {
+    const std::string base = token_->dir() + "/ctl" + std::to_string(++calls_);
+    std::ofstream(base + ".in", std::ios::binary) << input;
+    std::string command = "exec " + ShellQuote(CTL_PATH);
+    for (const std::string& a : args) command += " " + ShellQuote(a);
+    command += " < " + ShellQuote(base + ".in") + " > " + ShellQuote(base + ".out") + " 2> " + ShellQuote(base + ".err");
+    Subprocess ctl({"/bin/sh", "-c", command}, base + ".log");
+    CtlResult result;
+    result.code = ctl.Wait(30s).value_or(-1);
+    result.out = ReadFile(base + ".out");
+    result.err = ReadFile(base + ".err");
+    return result;
+  }
+
+  std::vector<std::string> WithSocket(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--socket", "unix://" + socket_});
+    return args;
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+  std::string socket_;
+  std::unique_ptr<Subprocess> plugin_;
+  int calls_ = 0;
+};
+
+TEST_F(TrousseauctlTest, StatusPrintsHealthAndTheActiveKeyId) {
+  StartPlugin();
+  const std::string key_id = GrpcStatus().key_id();
+  ASSERT_EQ(key_id.rfind("kek-v1-", 0), 0u);
+  const CtlResult r = Ctl(WithSocket({"status"}));
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("healthz: ok"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("version: v2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("key_id:  " + key_id + "\n"), std::string::npos) << r.out;
+}
+
+TEST_F(TrousseauctlTest, StatusJsonParsesWithTheFieldsOfTheV2Status) {
+  StartPlugin();
+  const CtlResult r = Ctl(WithSocket({"--json", "status"}));
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  json status;
+  ASSERT_NO_THROW(status = json::parse(r.out)) << r.out;
+  EXPECT_EQ(status["healthy"], true);
+  EXPECT_EQ(status["version"], "v2");
+  EXPECT_EQ(status["healthz"], "ok");
+  EXPECT_EQ(status["key_id"], GrpcStatus().key_id());
+
+  const CtlResult v1 = Ctl(WithSocket({"--api", "v1beta1", "--json", "status"}));
+  ASSERT_EQ(v1.code, 0) << v1.out << v1.err;
+  json version;
+  ASSERT_NO_THROW(version = json::parse(v1.out)) << v1.out;
+  EXPECT_EQ(version["version"], "v1beta1");
+  EXPECT_EQ(version["runtime_name"], "trousseau-hsm");
+  EXPECT_FALSE(version["runtime_version"].get<std::string>().empty());
+}
+
+TEST_F(TrousseauctlTest, V2EncryptThenDecryptGivesTheSameBytesBack) {
+  StartPlugin();
+  const CtlResult sealed = Ctl(WithSocket({"encrypt"}), kAwkwardPlaintext);
+  ASSERT_EQ(sealed.code, 0) << sealed.err;
+  // stdout: base64 ciphertext only; stderr: the key_id.
+  ASSERT_EQ(sealed.out.back(), '\n');
+  const std::string ciphertext_b64 = sealed.out.substr(0, sealed.out.size() - 1);
+  EXPECT_EQ(ciphertext_b64.find_first_not_of(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="),
+            std::string::npos);
+  EXPECT_EQ(sealed.out.find("seed"), std::string::npos) << "plaintext on stdout";
+  const std::string key_id = GrpcStatus().key_id();
+  ASSERT_EQ(sealed.err, "key_id: " + key_id + "\n");
+
+  // What trousseauctl printed is the plugin's real envelope: it opens with a direct gRPC Decrypt too.
+  KmsClients clients(socket_);
+  v2::DecryptRequest request;
+  request.set_ciphertext(Base64Decode(ciphertext_b64));
+  request.set_key_id(key_id);
+  v2::DecryptResponse response;
+  ASSERT_TRUE(clients.v2->Decrypt(CallContext().get(), request, &response).ok());
+  EXPECT_EQ(response.plaintext(), kAwkwardPlaintext);
+
+  const CtlResult opened = Ctl(WithSocket({"decrypt", "--key-id", key_id}), sealed.out);
+  ASSERT_EQ(opened.code, 0) << opened.err;
+  EXPECT_EQ(opened.out, kAwkwardPlaintext);
+}
+
+TEST_F(TrousseauctlTest, V2JsonEncryptAndDecrypt) {
+  StartPlugin();
+  const CtlResult sealed = Ctl(WithSocket({"--json", "encrypt"}), kAwkwardPlaintext);
+  ASSERT_EQ(sealed.code, 0) << sealed.err;
+  json s;
+  ASSERT_NO_THROW(s = json::parse(sealed.out)) << sealed.out;
+  EXPECT_EQ(s["key_id"], GrpcStatus().key_id());
+  const std::string ciphertext = s["ciphertext"];
+  const CtlResult opened = Ctl(WithSocket({"--json", "decrypt", "--key-id", s["key_id"].get<std::string>()}), ciphertext);
+  ASSERT_EQ(opened.code, 0) << opened.err;
+  json o;
+  ASSERT_NO_THROW(o = json::parse(opened.out)) << opened.out;
+  EXPECT_EQ(Base64Decode(o["plaintext"]), kAwkwardPlaintext);
+}
+
+TEST_F(TrousseauctlTest, V1beta1EncryptThenDecryptGivesTheSameBytesBack) {
+  StartPlugin();
+  const CtlResult sealed = Ctl(WithSocket({"--api", "v1beta1", "encrypt"}), kAwkwardPlaintext);
+  ASSERT_EQ(sealed.code, 0) << sealed.err;
+  EXPECT_EQ(sealed.err, "") << "v1beta1 has no key_id";
+  // A v1beta1 ciphertext opens through v1beta1 without a key_id...
+  const CtlResult opened = Ctl(WithSocket({"--api", "v1beta1", "decrypt"}), sealed.out);
+  ASSERT_EQ(opened.code, 0) << opened.err;
+  EXPECT_EQ(opened.out, kAwkwardPlaintext);
+  // ...and v2 needs one.
+  const CtlResult no_key_id = Ctl(WithSocket({"decrypt"}), sealed.out);
+  EXPECT_EQ(no_key_id.code, 2);
+  EXPECT_NE(no_key_id.err.find("--key-id"), std::string::npos) << no_key_id.err;
+}
+
+TEST_F(TrousseauctlTest, DataIsNeverTakenFromArgv) {
+  StartPlugin();
+  const CtlResult r = Ctl(WithSocket({"encrypt", "secret-from-argv"}), "");
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.out, "") << "nothing may be encrypted from an argument";
+  // The data flag of other tools does not exist here either.
+  const CtlResult flag = Ctl(WithSocket({"encrypt", "--data", "secret-from-argv"}), "");
+  EXPECT_NE(flag.code, 0);
+  EXPECT_EQ(flag.out, "");
+}
+
+TEST_F(TrousseauctlTest, BadInputFailsWithAClearError) {
+  StartPlugin();
+  const std::string key_id = GrpcStatus().key_id();
+  const CtlResult not_base64 = Ctl(WithSocket({"decrypt", "--key-id", key_id}), "this is not base64!\n");
+  EXPECT_EQ(not_base64.code, 2);
+  EXPECT_NE(not_base64.err.find("not base64"), std::string::npos) << not_base64.err;
+
+  // A valid encoding of a forged envelope: the plugin's INVALID_ARGUMENT (code 3) is reported, exit 1.
+  const CtlResult sealed = Ctl(WithSocket({"encrypt"}), "seed");
+  ASSERT_EQ(sealed.code, 0);
+  std::string forged = Base64Decode(sealed.out);
+  forged.back() ^= 1;
+  std::string forged_b64(4 * ((forged.size() + 2) / 3) + 1, '\0');
+  forged_b64.resize(EVP_EncodeBlock(reinterpret_cast<unsigned char*>(forged_b64.data()),
+                                    reinterpret_cast<const unsigned char*>(forged.data()),
+                                    static_cast<int>(forged.size())));
+  const CtlResult tampered = Ctl(WithSocket({"decrypt", "--key-id", key_id}), forged_b64);
+  EXPECT_EQ(tampered.code, 1);
+  EXPECT_EQ(tampered.out, "");
+  EXPECT_EQ(tampered.err.rfind("error: 3 ", 0), 0u) << tampered.err;
+
+  const CtlResult empty = Ctl(WithSocket({"encrypt"}), "");
+  EXPECT_EQ(empty.code, 1) << "the plugin refuses empty plaintext";
+  EXPECT_EQ(empty.err.rfind("error: 3 ", 0), 0u) << empty.err;
+}
+
+TEST_F(TrousseauctlTest, MissingSocketIsAClearErrorNotAHang) {
+  const std::string missing = token_->dir() + "/no-such.sock";
+  const auto start = std::chrono::steady_clock::now();
+  const CtlResult r = Ctl({"--socket", "unix://" + missing, "status"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.code, 3) << "3 means a plugin answered unhealthy";
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(missing), std::string::npos) << "the error names the socket: " << r.err;
+  EXPECT_NE(r.err.find("No such file or directory"), std::string::npos) << r.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+
+  const CtlResult encrypt = Ctl({"--socket", "unix://" + missing, "encrypt"}, "seed");
+  EXPECT_NE(encrypt.code, 0);
+  EXPECT_EQ(encrypt.out, "");
+}
+
+// An HSM outage (the fault shim drops the "link"): Status answers, unhealthy, and trousseauctl exits 3; once
+// the link is back it exits 0 again.
+TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
+  const std::string control = token_->dir() + "/shim.control";
+  auto set_link = [&](const std::string& state) {
+    std::ofstream(control + ".tmp") << state << "\n";
+    std::rename((control + ".tmp").c_str(), control.c_str());
+  };
+  set_link("up");
+  setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
+  setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+  StartPlugin(FAULT_SHIM_PATH);
+  ASSERT_EQ(Ctl(WithSocket({"status"})).code, 0);
+
+  set_link("down");
+  CtlResult down;
+  EXPECT_TRUE(Eventually([&] { return (down = Ctl(WithSocket({"status"}))).code == 3; }, 10s))
+      << down.code << "\n" << down.out << down.err << plugin_->Log();
+  EXPECT_EQ(down.out.find("healthz: ok"), std::string::npos) << down.out;
+  EXPECT_NE(down.out.find("key_id:  kek-v1-"), std::string::npos) << "the key_id is still reported: " << down.out;
+  const CtlResult json_down = Ctl(WithSocket({"--json", "status"}));
+  EXPECT_EQ(json_down.code, 3);
+  json j;
+  ASSERT_NO_THROW(j = json::parse(json_down.out)) << json_down.out;
+  EXPECT_EQ(j["healthy"], false);
+  EXPECT_NE(j["healthz"], "ok");
+  // Encrypting fails while the device is away (UNAVAILABLE = 14), and says so.
+  const CtlResult encrypt = Ctl(WithSocket({"encrypt"}), "seed");
+  EXPECT_EQ(encrypt.code, 1);
+  EXPECT_EQ(encrypt.err.rfind("error: 14 ", 0), 0u) << encrypt.err;
+
+  set_link("up");
+  EXPECT_TRUE(Eventually([&] { return Ctl(WithSocket({"status"})).code == 0; }, 15s)) << plugin_->Log();
+  unsetenv("TROUSSEAU_FAULT_SHIM_CONTROL");
+  unsetenv("TROUSSEAU_FAULT_SHIM_MODULE");
+}
+
+}  // namespace
+}  // namespace trousseau
