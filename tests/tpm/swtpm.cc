@@ -1,0 +1,99 @@
+#include "tests/tpm/swtpm.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+namespace trousseau::testing {
+namespace {
+
+bool CanConnect(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = std::string(base && *base ? base : "/tmp") + "/trousseau-tpm-XXXXXX";
+  if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+}
+
+std::unique_ptr<Swtpm> Swtpm::Start(const std::string& dir) {
+  std::unique_ptr<Swtpm> tpm(new Swtpm());
+  tpm->dir_ = dir;
+  tpm->state_dir_ = dir + "/state";
+  tpm->socket_ = dir + "/tpm.sock";
+  ::mkdir(dir.c_str(), 0700);
+  ::mkdir(tpm->state_dir_.c_str(), 0700);
+  if (!tpm->Launch()) return nullptr;
+  return tpm;
+}
+
+bool Swtpm::Launch() {
+  ::unlink(socket_.c_str());
+  ::unlink((socket_ + ".ctrl").c_str());
+  process_ = std::make_unique<Subprocess>(
+      std::vector<std::string>{"/usr/bin/swtpm", "socket", "--tpm2", "--server", "type=unixio,path=" + socket_,
+                               "--ctrl", "type=unixio,path=" + socket_ + ".ctrl", "--flags",
+                               "startup-clear,not-need-init", "--tpmstate", "dir=" + state_dir_},
+      dir_ + "/swtpm.log");
+  if (!process_->started()) {
+    process_.reset();
+    return false;
+  }
+  // The socket files exist once swtpm listens; connecting to the data socket would take swtpm's one
+  // client slot for a moment, which is harmless.
+  const bool up = Eventually(
+      [&] { return ::access(socket_.c_str(), F_OK) == 0 && ::access((socket_ + ".ctrl").c_str(), F_OK) == 0 &&
+                   CanConnect(socket_ + ".ctrl"); },
+      std::chrono::seconds(10));
+  if (!up) process_.reset();
+  return up;
+}
+
+void Swtpm::Kill() {
+  if (!process_) return;
+  process_->Signal(SIGKILL);
+  process_->Wait(std::chrono::seconds(5));
+  process_.reset();
+}
+
+void Swtpm::Pause() {
+  if (process_) process_->Signal(SIGSTOP);
+}
+
+void Swtpm::Resume() {
+  if (process_) process_->Signal(SIGCONT);
+}
+
+bool Swtpm::Restart() {
+  Kill();
+  return Launch();
+}
+
+std::string Swtpm::Log() const {
+  return process_ ? process_->Log() : std::string();
+}
+
+Swtpm::~Swtpm() { Kill(); }
+
+}  // namespace trousseau::testing

@@ -1,0 +1,43 @@
+// Provisioning of the TPM key directory, for `trousseau-hsm-init tpm ...`. Each call opens its own
+// TPM connection (through a resource manager in production: /dev/tpmrm0 or tabrmd, so it can run
+// while the plugin holds its objects) and closes it before returning.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace trousseau::tpm {
+
+enum class KeyScheme {
+  kAuto,        // AES-CFB + HMAC if the TPM has TPM2_EncryptDecrypt(2) and TPM2_HMAC, else RSA-OAEP
+  kAesCfbHmac,  // refuse (FAILED_PRECONDITION) on TPMs without those commands
+  kRsaOaep,     // the fallback; seeds of at most 190 bytes
+};
+
+struct TpmConfig {
+  std::string tcti = "device:/dev/tpmrm0";
+  std::string key_dir;
+  KeyScheme scheme = KeyScheme::kAuto;  // for new versions (init, rotate)
+};
+
+struct TpmKeyInfo {
+  uint64_t version = 0;
+  std::string fingerprint;  // as the backend reports it (16 bytes)
+  std::string key_id;       // DeriveKeyId("tpm2", family_label, version, fingerprint)
+};
+
+// Creates the key directory (0700) if needed and key version 1 in it. Refuses (ALREADY_EXISTS) if
+// the directory already holds keys.
+StatusOr<TpmKeyInfo> InitKeyDir(const TpmConfig& config, const std::string& family_label);
+// Creates version N+1 (N = highest version in the directory). FAILED_PRECONDITION on an empty one.
+StatusOr<TpmKeyInfo> RotateKey(const TpmConfig& config, const std::string& family_label);
+// Every version in the directory, loaded in this TPM and fingerprinted, lowest first.
+StatusOr<std::vector<TpmKeyInfo>> ListKeys(const TpmConfig& config, const std::string& family_label);
+// Checks the TPM has the commands the backend needs, then loads every version and runs a seal/open
+// round trip (and a forgery that must be refused) with each.
+Status SelfTest(const TpmConfig& config);
+
+}  // namespace trousseau::tpm

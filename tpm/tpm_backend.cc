@@ -1,0 +1,293 @@
+#include "tpm/tpm_backend.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "core/strings.h"
+
+namespace trousseau::tpm {
+namespace {
+
+constexpr std::string_view kProbePlaintext = "trousseau-hsm tpm2 health probe";
+constexpr std::string_view kProbeAad = "trousseau-hsm probe";
+
+// Copyable holder for the job closures (std::function needs copyable callables).
+struct Inputs {
+  SecureBytes plaintext;
+  std::string data;
+  std::string aad;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<TpmBackend>> TpmBackend::Create(TpmBackendOptions options) {
+  if (options.key_dir.empty()) return FailedPreconditionError("the tpm2 backend needs a key directory");
+  if (options.loaded_versions == 0) return FailedPreconditionError("loaded_versions must be at least 1");
+  if (options.max_queue == 0) return FailedPreconditionError("max_queue must be at least 1");
+  if (options.request_timeout <= std::chrono::milliseconds(0)) {
+    return FailedPreconditionError("the TPM request timeout must be positive");
+  }
+  return std::unique_ptr<TpmBackend>(new TpmBackend(std::move(options)));
+}
+
+TpmBackend::TpmBackend(TpmBackendOptions options) : options_(std::move(options)) {
+  worker_ = std::thread([this] { WorkerLoop(); });
+}
+
+TpmBackend::~TpmBackend() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+std::string TpmBackend::Describe() const {
+  return StrCat("TPM 2.0 via TCTI '", options_.tcti, "', key directory ", options_.key_dir);
+}
+
+TpmBackend::Stats TpmBackend::stats() const {
+  return {requests_run_.load(), expired_in_queue_.load(), connects_.load(), connection_losses_.load(),
+          refused_queue_full_.load()};
+}
+
+void TpmBackend::WorkerLoop() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break;  // stopping, and nothing left
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    const bool expired = Clock::now() >= job.deadline;
+    if (expired) {
+      expired_in_queue_.fetch_add(1);
+    } else {
+      requests_run_.fetch_add(1);
+    }
+    job.run(expired);
+  }
+  // Flush our objects (they would otherwise take TPM slots until a reset) before the context goes.
+  loaded_.clear();
+  lru_.clear();
+  device_.reset();
+}
+
+template <typename T>
+StatusOr<T> TpmBackend::Submit(std::chrono::milliseconds timeout, std::function<StatusOr<T>()> op) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<StatusOr<T>> result;
+  };
+  auto shared = std::make_shared<Shared>();
+  const auto queued_at = Clock::now();
+  const auto deadline = queued_at + timeout;
+  Job job;
+  job.deadline = deadline;
+  job.run = [shared, op = std::move(op), timeout](bool expired) {
+    StatusOr<T> result =
+        expired ? StatusOr<T>(UnavailableError(StrCat("the TPM request waited in the queue longer than its deadline (",
+                                                      timeout.count(), " ms); the TPM is busy or stuck")))
+                : op();
+    std::lock_guard lock(shared->mu);
+    shared->result.emplace(std::move(result));
+    shared->cv.notify_all();
+  };
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return UnavailableError("the TPM backend is shutting down");
+    if (queue_.size() >= options_.max_queue) {
+      refused_queue_full_.fetch_add(1);
+      return UnavailableError(StrCat("the TPM request queue is full (", options_.max_queue,
+                                     " waiting); the TPM is stuck or overloaded"));
+    }
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  std::unique_lock lock(shared->mu);
+  if (!shared->cv.wait_until(lock, deadline, [&] { return shared->result.has_value(); })) {
+    return UnavailableError(StrCat("the TPM did not answer within ", timeout.count(), " ms"));
+  }
+  return std::move(*shared->result);
+}
+
+Status TpmBackend::EnsureConnected(Clock::time_point deadline) {
+  if (device_) {
+    device_->set_deadline(deadline);
+    return OkStatus();
+  }
+  StatusOr<std::unique_ptr<TpmDevice>> device = TpmDevice::Open(options_.tcti);
+  if (!device.ok()) return device.status();
+  (*device)->set_deadline(deadline);
+  StatusOr<TpmCapabilities> caps = QueryCapabilities(**device);
+  if (!caps.ok()) return caps.status();
+  device_ = *std::move(device);
+  caps_ = *caps;
+  caps_.encrypt_decrypt2 = caps_.encrypt_decrypt2 && (options_.prefer_encrypt_decrypt2 || !caps_.encrypt_decrypt1);
+  connects_.fetch_add(1);
+  if (connects_.load() > 1) spdlog::info("reconnected to the TPM ({})", Describe());
+  return OkStatus();
+}
+
+void TpmBackend::DropConnection(const Status& why) {
+  if (!device_) return;
+  connection_losses_.fetch_add(1);
+  spdlog::warn("lost the TPM ({}); will reconnect on the next request", why.message());
+  // The TPM may have restarted: our handle numbers may now name someone else's objects. Forget
+  // them without flushing.
+  for (auto& [version, loaded] : loaded_) loaded.Abandon();
+  loaded_.clear();
+  lru_.clear();
+  device_.reset();
+}
+
+StatusOr<const LoadedVersion*> TpmBackend::EnsureLoaded(uint64_t version) {
+  auto key = keys_.find(version);
+  if (key == keys_.end()) return NotFoundError(StrCat("TPM key version ", version, " is not loaded"));
+  auto loaded = loaded_.find(version);
+  if (loaded != loaded_.end()) {
+    lru_.remove(version);
+    lru_.push_front(version);
+    return &loaded->second;
+  }
+  while (loaded_.size() >= options_.loaded_versions && !lru_.empty()) {
+    loaded_.erase(lru_.back());  // flushes both objects
+    lru_.pop_back();
+  }
+  StatusOr<LoadedVersion> fresh = LoadVersion(*device_, caps_, key->second.blobs);
+  if (!fresh.ok()) return fresh.status();
+  lru_.push_front(version);
+  return &loaded_.emplace(version, *std::move(fresh)).first->second;
+}
+
+template <typename T>
+StatusOr<T> TpmBackend::WithDevice(Clock::time_point deadline, const std::function<StatusOr<T>()>& op) {
+  for (int attempt = 0;; ++attempt) {
+    Status connected = EnsureConnected(deadline);
+    if (!connected.ok()) {
+      if (IsConnectionLost(connected) || IsUnavailable(connected)) DropConnection(connected);
+      return connected;
+    }
+    StatusOr<T> result = op();
+    if (!IsConnectionLost(result.status())) return result;
+    DropConnection(result.status());
+    // A TPM that restarted between two requests shows up as stale handles: one clean retry on a
+    // new context is invisible to the caller. A dead link fails again quickly.
+    if (attempt > 0 || Clock::now() >= deadline) return result;
+  }
+}
+
+StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeysOnWorker(Clock::time_point deadline) {
+  StatusOr<std::map<uint64_t, VersionBlobs>> dir = ReadKeyDir(options_.key_dir);
+  if (!dir.ok()) return dir.status();
+  if (dir->empty()) {
+    return FailedPreconditionError(StrCat("no TPM keys in ", options_.key_dir,
+                                          "; create version 1 with `trousseau-hsm-init tpm init`"));
+  }
+  return WithDevice<std::vector<BackendKey>>(deadline, [&]() -> StatusOr<std::vector<BackendKey>> {
+    // Check and fingerprint every version first, so a bad directory leaves the loaded keys alone.
+    std::map<uint64_t, KeyEntry> fresh;
+    for (auto& [version, blobs] : *dir) {
+      KeyEntry entry;
+      entry.blobs = blobs;
+      auto known = keys_.find(version);
+      if (known != keys_.end() && known->second.blobs == blobs) {
+        entry.fingerprint = known->second.fingerprint;  // same blobs, same key
+      } else {
+        // Load outside the cache: the old entry (if any) stays in service until the swap.
+        while (!loaded_.empty() && loaded_.size() + 1 > options_.loaded_versions) {
+          loaded_.erase(lru_.back());
+          lru_.pop_back();
+        }
+        StatusOr<LoadedVersion> loaded = LoadVersion(*device_, caps_, blobs);
+        if (!loaded.ok()) return loaded.status();
+        StatusOr<std::string> fingerprint = Fingerprint(*device_, *loaded);
+        if (!fingerprint.ok()) return fingerprint.status();
+        entry.fingerprint = *std::move(fingerprint);
+      }
+      fresh.emplace(version, std::move(entry));
+    }
+    // Drop loaded objects of versions that vanished or changed.
+    for (auto it = loaded_.begin(); it != loaded_.end();) {
+      auto now = fresh.find(it->first);
+      if (now == fresh.end() || !(now->second.blobs == keys_[it->first].blobs)) {
+        lru_.remove(it->first);
+        it = loaded_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    keys_ = std::move(fresh);
+    seal_overhead_.store(keys_.rbegin()->second.blobs.scheme == Scheme::kRsaOaep ? kRsaSealedSize : kSealOverhead);
+    std::vector<BackendKey> result;
+    for (const auto& [version, entry] : keys_) result.push_back({version, entry.fingerprint});
+    // Keep the active (highest) version loaded: it serves every Encrypt.
+    if (StatusOr<const LoadedVersion*> active = EnsureLoaded(keys_.rbegin()->first); !active.ok()) {
+      return active.status();
+    }
+    return result;
+  });
+}
+
+StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeys() {
+  const auto timeout = std::max(options_.load_timeout, options_.request_timeout);
+  const auto deadline = Clock::now() + timeout;
+  return Submit<std::vector<BackendKey>>(timeout, [this, deadline] { return LoadKeysOnWorker(deadline); });
+}
+
+StatusOr<std::string> TpmBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad) {
+  auto in = std::make_shared<Inputs>();
+  in->plaintext = SecureBytes::CopyOf(plaintext);
+  in->aad = std::string(aad);
+  const auto deadline = Clock::now() + options_.request_timeout;
+  return Submit<std::string>(options_.request_timeout, [this, in, version, deadline] {
+    return WithDevice<std::string>(deadline, [&]() -> StatusOr<std::string> {
+      StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
+      if (!key.ok()) return key.status();
+      return tpm::Seal(*device_, caps_, **key, in->plaintext.view(), in->aad);
+    });
+  });
+}
+
+StatusOr<SecureBytes> TpmBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad) {
+  if (sealed.size() < kSealOverhead) return InvalidArgumentError("ciphertext is too short to hold an IV and a MAC");
+  auto in = std::make_shared<Inputs>();
+  in->data = std::string(sealed);
+  in->aad = std::string(aad);
+  const auto deadline = Clock::now() + options_.request_timeout;
+  return Submit<SecureBytes>(options_.request_timeout, [this, in, version, deadline] {
+    return WithDevice<SecureBytes>(deadline, [&]() -> StatusOr<SecureBytes> {
+      StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
+      if (!key.ok()) return key.status();
+      return tpm::Open(*device_, caps_, **key, in->data, in->aad);
+    });
+  });
+}
+
+Status TpmBackend::Probe(uint64_t version) {
+  const auto deadline = Clock::now() + options_.request_timeout;
+  StatusOr<bool> probed = Submit<bool>(options_.request_timeout, [this, version, deadline] {
+    return WithDevice<bool>(deadline, [&]() -> StatusOr<bool> {
+      StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
+      if (!key.ok()) return key.status();
+      StatusOr<std::string> sealed = tpm::Seal(*device_, caps_, **key, kProbePlaintext, kProbeAad);
+      if (!sealed.ok()) return sealed.status();
+      StatusOr<SecureBytes> opened = tpm::Open(*device_, caps_, **key, *sealed, kProbeAad);
+      if (!opened.ok()) {
+        return IsInvalidArgument(opened.status()) ? UnavailableError("health probe: the TPM returned a bad MAC")
+                                                  : opened.status();
+      }
+      if (opened->view() != kProbePlaintext) return UnavailableError("health probe: the TPM returned wrong data");
+      return true;
+    });
+  });
+  return probed.status();
+}
+
+}  // namespace trousseau::tpm

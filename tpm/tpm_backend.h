@@ -1,0 +1,126 @@
+// KeyBackend on a TPM 2.0: each key version is an AES-256-CFB key and an HMAC-SHA256 key created
+// inside the TPM (fixedTPM | fixedParent | sensitiveDataOrigin: never exported, never duplicated);
+// only their TPM-encrypted blobs live in the key directory. See docs/tpm.md.
+//
+// The TPM is a serial device: one worker thread owns the ESYS context and runs requests one at a
+// time from a queue. Every request has a deadline (request_timeout); a request still queued when
+// its deadline passes fails with UNAVAILABLE without touching the TPM, and a caller whose request
+// is still running at its deadline gets UNAVAILABLE (the result is dropped when it arrives).
+// When the link fails (TCTI error) or the TPM restarted under us, the context is dropped and the
+// next request re-opens it, re-derives the primary and reloads keys: the backend recovers by itself.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/key_backend.h"
+#include "tpm/key_store.h"
+#include "tpm/tpm_aead.h"
+#include "tpm/tpm_device.h"
+
+namespace trousseau::tpm {
+
+struct TpmBackendOptions {
+  // TCTI configuration: "device:/dev/tpmrm0" (default), "tabrmd", "swtpm:path=/run/swtpm/sock", ...
+  std::string tcti = "device:/dev/tpmrm0";
+  // Directory holding the key versions' blobs (see key_store.h).
+  std::string key_dir;
+  // Deadline of each Seal/Open/Probe, from the call until the TPM answered.
+  std::chrono::milliseconds request_timeout{3000};
+  // Deadline of LoadKeys (loads and fingerprints every version).
+  std::chrono::milliseconds load_timeout{30000};
+  // Key versions kept loaded at once (2 transient objects each, plus the primary while loading).
+  // 1 fits the 3 transient slots of a TPM without a resource manager (swtpm, or the kernel's
+  // per-file limit of /dev/tpmrm0).
+  size_t loaded_versions = 1;
+  // Use TPM2_EncryptDecrypt2 when the TPM has it (it takes the data as the first parameter, which
+  // parameter encryption can protect); false forces TPM2_EncryptDecrypt. Same ciphertexts either way.
+  bool prefer_encrypt_decrypt2 = true;
+  // Requests waiting for the worker beyond this are refused at once (UNAVAILABLE): a TPM that hangs
+  // must not let the queue grow without bound.
+  size_t max_queue = 1024;
+};
+
+class TpmBackend final : public KeyBackend {
+ public:
+  // Starts the worker; connects to the TPM on the first request.
+  static StatusOr<std::unique_ptr<TpmBackend>> Create(TpmBackendOptions options);
+  ~TpmBackend() override;
+
+  std::string_view Kind() const override { return "tpm2"; }
+  std::string Describe() const override;
+  StatusOr<std::vector<BackendKey>> LoadKeys() override;
+  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad) override;
+  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad) override;
+  // 48 (IV + MAC) for AES-CFB+HMAC; for an RSA-OAEP active version 256, an upper bound (its sealed
+  // bytes are always 256).
+  size_t SealOverhead() const override { return seal_overhead_.load(); }
+  Status Probe(uint64_t version) override;
+
+  struct Stats {
+    uint64_t requests_run = 0;       // requests that reached the TPM
+    uint64_t expired_in_queue = 0;   // requests failed unrun because their deadline passed
+    uint64_t connects = 0;           // ESYS contexts opened
+    uint64_t connection_losses = 0;  // contexts dropped after a link / restart failure
+    uint64_t refused_queue_full = 0; // requests refused because max_queue were waiting
+  };
+  Stats stats() const;
+
+ private:
+  struct Job {
+    Clock::time_point deadline;
+    // Runs on the worker; `expired` = the deadline passed before it could run.
+    std::function<void(bool expired)> run;
+  };
+  struct KeyEntry {
+    VersionBlobs blobs;
+    std::string fingerprint;
+  };
+
+  explicit TpmBackend(TpmBackendOptions options);
+  // Queues `op` and waits for its result until `timeout` passes.
+  template <typename T>
+  StatusOr<T> Submit(std::chrono::milliseconds timeout, std::function<StatusOr<T>()> op);
+  void WorkerLoop();
+
+  // Worker-thread only below.
+  Status EnsureConnected(Clock::time_point deadline);
+  void DropConnection(const Status& why);
+  StatusOr<const LoadedVersion*> EnsureLoaded(uint64_t version);
+  // Runs `op` on a live connection; if the link was lost or the TPM restarted, drops the
+  // connection, and if the deadline allows, re-opens it and retries once.
+  template <typename T>
+  StatusOr<T> WithDevice(Clock::time_point deadline, const std::function<StatusOr<T>()>& op);
+  StatusOr<std::vector<BackendKey>> LoadKeysOnWorker(Clock::time_point deadline);
+
+  const TpmBackendOptions options_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stopping_ = false;
+  std::atomic<size_t> seal_overhead_{kSealOverhead};
+  std::atomic<uint64_t> requests_run_{0}, expired_in_queue_{0}, connects_{0}, connection_losses_{0},
+      refused_queue_full_{0};
+
+  // Owned by the worker thread.
+  std::unique_ptr<TpmDevice> device_;
+  TpmCapabilities caps_;
+  std::map<uint64_t, KeyEntry> keys_;
+  std::map<uint64_t, LoadedVersion> loaded_;
+  std::list<uint64_t> lru_;  // front = most recently used
+
+  std::thread worker_;  // last: started after everything above exists
+};
+
+}  // namespace trousseau::tpm

@@ -1,0 +1,440 @@
+#include "tpm/tpm_device.h"
+
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "core/strings.h"
+
+namespace trousseau::tpm {
+namespace {
+
+// Frees what ESYS allocated for an output parameter.
+template <typename T>
+struct EsysFreer {
+  void operator()(T* p) const { Esys_Free(p); }
+};
+template <typename T>
+using EsysPtr = std::unique_ptr<T, EsysFreer<T>>;
+
+// The TPM's own response code with the handle/parameter/session number removed.
+TPM2_RC BaseTpmRc(TSS2_RC rc) {
+  if (rc & TPM2_RC_FMT1) return rc & (TPM2_RC_FMT1 | 0x3F);
+  return rc & 0xFFF;
+}
+
+constexpr int kMaxAttempts = 6;
+
+}  // namespace
+
+RcClass ClassifyRc(TSS2_RC rc) {
+  if (rc == TSS2_RC_SUCCESS) return RcClass::kOk;
+  const TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+  if (layer == TSS2_TCTI_RC_LAYER) return RcClass::kTransport;
+  if (layer == TSS2_RESMGR_RC_LAYER) return RcClass::kTransport;
+  if (layer == TSS2_ESAPI_RC_LAYER || layer == TSS2_SYS_RC_LAYER) {
+    switch (rc & 0xFFFF) {
+      case TSS2_BASE_RC_IO_ERROR:
+      case TSS2_BASE_RC_NO_CONNECTION:
+      case TSS2_BASE_RC_MALFORMED_RESPONSE:
+      case TSS2_BASE_RC_INSUFFICIENT_RESPONSE:
+      case TSS2_BASE_RC_BAD_SEQUENCE:
+      case TSS2_BASE_RC_TRY_AGAIN:
+        return RcClass::kTransport;
+      default:
+        return RcClass::kOther;
+    }
+  }
+  if (layer != TSS2_TPM_RC_LAYER && layer != TSS2_RESMGR_TPM_RC_LAYER) return RcClass::kOther;
+  switch (BaseTpmRc(rc)) {
+    case TPM2_RC_RETRY:
+    case TPM2_RC_YIELDED:
+    case TPM2_RC_TESTING:
+    case TPM2_RC_NV_RATE:
+    case TPM2_RC_NV_UNAVAILABLE:
+    case TPM2_RC_MEMORY:
+    case TPM2_RC_OBJECT_MEMORY:
+    case TPM2_RC_SESSION_MEMORY:
+    case TPM2_RC_CANCELED:
+    case TPM2_RC_LOCKOUT:  // our keys are noDA; a lockout seen here is someone else's and passes
+      return RcClass::kRetry;
+    case TPM2_RC_INITIALIZE:
+    case TPM2_RC_REFERENCE_H0:
+    case TPM2_RC_REFERENCE_H1:
+    case TPM2_RC_REFERENCE_H2:
+    case TPM2_RC_HANDLE:
+    case TPM2_RC_REBOOT:
+      return RcClass::kStale;
+    case TPM2_RC_INTEGRITY:
+    case TPM2_RC_SENSITIVE:
+    case TPM2_RC_BAD_CONTEXT:
+      return RcClass::kIntegrity;
+    case TPM2_RC_COMMAND_CODE:
+      return RcClass::kUnsupported;
+    default:
+      return RcClass::kOther;
+  }
+}
+
+std::string DescribeRc(TSS2_RC rc, std::string_view what) {
+  char code[16];
+  std::snprintf(code, sizeof code, "0x%08x", rc);
+  const char* text = Tss2_RC_Decode(rc);
+  return StrCat(what, ": ", text ? text : "unknown error", " (", code, ")");
+}
+
+namespace {
+constexpr std::string_view kLostMarker = "[tpm link lost] ";
+}
+
+Status RcStatus(TSS2_RC rc, std::string_view what) {
+  switch (ClassifyRc(rc)) {
+    case RcClass::kOk:
+      return OkStatus();
+    case RcClass::kTransport:
+    case RcClass::kStale:
+      return UnavailableError(StrCat(kLostMarker, "TPM unreachable or restarted: ", DescribeRc(rc, what)));
+    case RcClass::kIntegrity:
+      return FailedPreconditionError(DescribeRc(rc, what));
+    case RcClass::kUnsupported:
+      return FailedPreconditionError(StrCat("the TPM does not implement a required command: ", DescribeRc(rc, what)));
+    case RcClass::kRetry:
+      return UnavailableError(StrCat("the TPM stayed busy: ", DescribeRc(rc, what)));
+    case RcClass::kOther:
+      break;
+  }
+  return UnavailableError(DescribeRc(rc, what));
+}
+
+bool IsConnectionLost(const Status& status) {
+  return IsUnavailable(status) && status.message().find(kLostMarker) != std::string::npos;
+}
+
+TransientObject& TransientObject::operator=(TransientObject&& other) noexcept {
+  if (this != &other) {
+    Flush();
+    device_ = std::exchange(other.device_, nullptr);
+    handle_ = std::exchange(other.handle_, ESYS_TR_NONE);
+  }
+  return *this;
+}
+
+void TransientObject::Abandon() {
+  if (device_ && handle_ != ESYS_TR_NONE) Esys_TR_Close(device_->esys(), &handle_);  // local only
+  handle_ = ESYS_TR_NONE;
+  device_ = nullptr;
+}
+
+void TransientObject::Flush() {
+  if (device_ && handle_ != ESYS_TR_NONE) {
+    if (Esys_FlushContext(device_->esys(), handle_) != TSS2_RC_SUCCESS) {
+      Esys_TR_Close(device_->esys(), &handle_);
+    }
+  }
+  handle_ = ESYS_TR_NONE;
+  device_ = nullptr;
+}
+
+StatusOr<std::unique_ptr<TpmDevice>> TpmDevice::Open(const std::string& tcti) {
+  std::unique_ptr<TpmDevice> device(new TpmDevice());
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.empty() ? nullptr : tcti.c_str(), &device->tcti_);
+  if (rc != TSS2_RC_SUCCESS) {
+    return UnavailableError(StrCat("cannot open TCTI '", tcti, "': ", DescribeRc(rc, "Tss2_TctiLdr_Initialize")));
+  }
+  rc = Esys_Initialize(&device->esys_, device->tcti_, nullptr);
+  if (rc != TSS2_RC_SUCCESS) {
+    return UnavailableError(StrCat("cannot start ESYS on TCTI '", tcti, "': ", DescribeRc(rc, "Esys_Initialize")));
+  }
+  return device;
+}
+
+TpmDevice::~TpmDevice() {
+  if (esys_) Esys_Finalize(&esys_);
+  if (tcti_) Tss2_TctiLdr_Finalize(&tcti_);
+}
+
+template <typename Call>
+TSS2_RC TpmDevice::Retrying(Call call) {
+  auto backoff = std::chrono::milliseconds(5);
+  for (int attempt = 1;; ++attempt) {
+    ++commands_sent_;
+    const TSS2_RC rc = call();
+    if (ClassifyRc(rc) != RcClass::kRetry || attempt == kMaxAttempts) return rc;
+    if (Clock::now() + backoff >= deadline_) return rc;
+    std::this_thread::sleep_for(backoff);
+    backoff *= 2;
+  }
+}
+
+StatusOr<std::set<TPM2_CC>> TpmDevice::SupportedCommands() {
+  std::set<TPM2_CC> commands;
+  UINT32 next = TPM2_CC_FIRST;
+  for (;;) {
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA* raw = nullptr;
+    TSS2_RC rc = Retrying([&] {
+      return Esys_GetCapability(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_COMMANDS, next,
+                                TPM2_MAX_CAP_CC, &more, &raw);
+    });
+    EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+    if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetCapability(TPM_CAP_COMMANDS)");
+    const TPML_CCA& list = data->data.command;
+    for (UINT32 i = 0; i < list.count; ++i) {
+      commands.insert(list.commandAttributes[i] & TPMA_CC_COMMANDINDEX_MASK);
+    }
+    if (!more || list.count == 0) break;
+    next = (list.commandAttributes[list.count - 1] & TPMA_CC_COMMANDINDEX_MASK) + 1;
+  }
+  return commands;
+}
+
+StatusOr<size_t> TpmDevice::MaxInputBuffer() {
+  TPMI_YES_NO more = TPM2_NO;
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  TSS2_RC rc = Retrying([&] {
+    return Esys_GetCapability(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
+                              TPM2_PT_INPUT_BUFFER, 1, &more, &raw);
+  });
+  EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetCapability(TPM_PT_INPUT_BUFFER)");
+  size_t size = TPM2_MAX_DIGEST_BUFFER;
+  const TPML_TAGGED_TPM_PROPERTY& props = data->data.tpmProperties;
+  if (props.count > 0 && props.tpmProperty[0].property == TPM2_PT_INPUT_BUFFER) {
+    size = std::min<size_t>(size, props.tpmProperty[0].value);
+  }
+  return size;
+}
+
+StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  TPM2B_PUBLIC in_public{};
+  TPMT_PUBLIC& area = in_public.publicArea;
+  area.type = TPM2_ALG_ECC;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
+                          TPMA_OBJECT_DECRYPT;
+  area.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
+  area.parameters.eccDetail.symmetric.keyBits.aes = 128;
+  area.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+  area.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+  area.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+  area.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION pcrs{};
+  ESYS_TR handle = ESYS_TR_NONE;
+  TPM2B_PUBLIC* out_public = nullptr;
+  TPM2B_CREATION_DATA* creation_data = nullptr;
+  TPM2B_DIGEST* creation_hash = nullptr;
+  TPMT_TK_CREATION* ticket = nullptr;
+  TSS2_RC rc = Retrying([&] {
+    return Esys_CreatePrimary(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
+                              &in_public, &outside, &pcrs, &handle, &out_public, &creation_data, &creation_hash,
+                              &ticket);
+  });
+  Esys_Free(out_public);
+  Esys_Free(creation_data);
+  Esys_Free(creation_hash);
+  Esys_Free(ticket);
+  if (rc != TSS2_RC_SUCCESS) {
+    Status s = RcStatus(rc, "TPM2_CreatePrimary(owner, ECC P-256 storage key)");
+    if (BaseTpmRc(rc) == TPM2_RC_AUTH_FAIL || BaseTpmRc(rc) == TPM2_RC_BAD_AUTH) {
+      return FailedPreconditionError(StrCat(s.message(), "; the owner hierarchy needs an empty auth value"));
+    }
+    return s;
+  }
+  return TransientObject(this, handle);
+}
+
+StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKind kind) {
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  TPM2B_PUBLIC in_public{};
+  TPMT_PUBLIC& area = in_public.publicArea;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA;
+  if (kind == KeyKind::kRsa2048Oaep) {
+    area.type = TPM2_ALG_RSA;
+    area.objectAttributes |= TPMA_OBJECT_DECRYPT;
+    area.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    area.parameters.rsaDetail.scheme.scheme = TPM2_ALG_OAEP;
+    area.parameters.rsaDetail.scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
+    area.parameters.rsaDetail.keyBits = 2048;
+    area.parameters.rsaDetail.exponent = 0;  // 65537
+  } else if (kind == KeyKind::kAes256Cfb) {
+    area.type = TPM2_ALG_SYMCIPHER;
+    area.objectAttributes |= TPMA_OBJECT_DECRYPT | TPMA_OBJECT_SIGN_ENCRYPT;
+    area.parameters.symDetail.sym.algorithm = TPM2_ALG_AES;
+    area.parameters.symDetail.sym.keyBits.aes = 256;
+    area.parameters.symDetail.sym.mode.aes = TPM2_ALG_CFB;
+  } else {
+    area.type = TPM2_ALG_KEYEDHASH;
+    area.objectAttributes |= TPMA_OBJECT_SIGN_ENCRYPT;
+    area.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_HMAC;
+    area.parameters.keyedHashDetail.scheme.details.hmac.hashAlg = TPM2_ALG_SHA256;
+  }
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION pcrs{};
+  TPM2B_PRIVATE* out_private = nullptr;
+  TPM2B_PUBLIC* out_public = nullptr;
+  TPM2B_CREATION_DATA* creation_data = nullptr;
+  TPM2B_DIGEST* creation_hash = nullptr;
+  TPMT_TK_CREATION* ticket = nullptr;
+  TSS2_RC rc = Retrying([&] {
+    return Esys_Create(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
+                       &outside, &pcrs, &out_private, &out_public, &creation_data, &creation_hash, &ticket);
+  });
+  EsysPtr<TPM2B_PRIVATE> priv(out_private);
+  EsysPtr<TPM2B_PUBLIC> pub(out_public);
+  Esys_Free(creation_data);
+  Esys_Free(creation_hash);
+  Esys_Free(ticket);
+  const char* what = kind == KeyKind::kAes256Cfb    ? "TPM2_Create(AES-256-CFB key)"
+                     : kind == KeyKind::kHmacSha256 ? "TPM2_Create(HMAC-SHA256 key)"
+                                                    : "TPM2_Create(RSA-2048 OAEP key)";
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, what);
+
+  ObjectBlobs blobs;
+  uint8_t buffer[sizeof(TPM2B_PUBLIC) + sizeof(TPM2B_PRIVATE)];
+  size_t offset = 0;
+  rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub.get(), buffer, sizeof buffer, &offset);
+  if (rc != TSS2_RC_SUCCESS) return InternalError(DescribeRc(rc, "marshalling TPM2B_PUBLIC"));
+  blobs.public_area.assign(reinterpret_cast<char*>(buffer), offset);
+  offset = 0;
+  rc = Tss2_MU_TPM2B_PRIVATE_Marshal(priv.get(), buffer, sizeof buffer, &offset);
+  if (rc != TSS2_RC_SUCCESS) return InternalError(DescribeRc(rc, "marshalling TPM2B_PRIVATE"));
+  blobs.private_area.assign(reinterpret_cast<char*>(buffer), offset);
+  return blobs;
+}
+
+StatusOr<TPM2B_PUBLIC> TpmDevice::ParsePublic(std::string_view marshalled) {
+  TPM2B_PUBLIC pub{};
+  size_t offset = 0;
+  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(reinterpret_cast<const uint8_t*>(marshalled.data()), marshalled.size(),
+                                              &offset, &pub);
+  if (rc != TSS2_RC_SUCCESS || offset != marshalled.size()) {
+    return FailedPreconditionError("not a TPM2B_PUBLIC blob");
+  }
+  return pub;
+}
+
+StatusOr<TransientObject> TpmDevice::Load(const TransientObject& parent, const ObjectBlobs& blobs) {
+  StatusOr<TPM2B_PUBLIC> pub = ParsePublic(blobs.public_area);
+  if (!pub.ok()) return pub.status();
+  TPM2B_PRIVATE priv{};
+  size_t offset = 0;
+  TSS2_RC rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(reinterpret_cast<const uint8_t*>(blobs.private_area.data()),
+                                               blobs.private_area.size(), &offset, &priv);
+  if (rc != TSS2_RC_SUCCESS || offset != blobs.private_area.size()) {
+    return FailedPreconditionError("not a TPM2B_PRIVATE blob");
+  }
+  ESYS_TR handle = ESYS_TR_NONE;
+  rc = Retrying([&] {
+    return Esys_Load(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &*pub, &handle);
+  });
+  WipeMemory(&priv, sizeof priv);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_Load");
+  return TransientObject(this, handle);
+}
+
+StatusOr<std::string> TpmDevice::Name(const TransientObject& object) {
+  TPM2B_NAME* raw = nullptr;
+  TSS2_RC rc = Esys_TR_GetName(esys_, object.handle(), &raw);
+  EsysPtr<TPM2B_NAME> name(raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "Esys_TR_GetName");
+  return std::string(reinterpret_cast<const char*>(name->name), name->size);
+}
+
+StatusOr<std::string> TpmDevice::Hmac(const TransientObject& key, std::string_view data) {
+  TPM2B_MAX_BUFFER buffer{};
+  if (data.size() > sizeof buffer.buffer) return InternalError("HMAC input larger than the TPM buffer");
+  buffer.size = static_cast<UINT16>(data.size());
+  std::memcpy(buffer.buffer, data.data(), data.size());
+  TPM2B_DIGEST* raw = nullptr;
+  TSS2_RC rc = Retrying([&] {
+    return Esys_HMAC(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer, TPM2_ALG_SHA256,
+                     &raw);
+  });
+  EsysPtr<TPM2B_DIGEST> digest(raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_HMAC");
+  return std::string(reinterpret_cast<const char*>(digest->buffer), digest->size);
+}
+
+Status TpmDevice::Cfb(const TransientObject& key, bool decrypt, bool use_v2, size_t chunk, std::string_view iv,
+                      std::string_view in, uint8_t* out) {
+  TPM2B_IV iv_in{};
+  if (iv.size() != 16) return InternalError("AES-CFB needs a 16-byte IV");
+  iv_in.size = 16;
+  std::memcpy(iv_in.buffer, iv.data(), 16);
+  chunk = std::min(chunk, sizeof(TPM2B_MAX_BUFFER::buffer)) / 16 * 16;
+  TPM2B_MAX_BUFFER data{};
+  Status status;
+  for (size_t done = 0; done < in.size();) {
+    const size_t n = std::min(chunk, in.size() - done);
+    data.size = static_cast<UINT16>(n);
+    std::memcpy(data.buffer, in.data() + done, n);
+    TPM2B_MAX_BUFFER* raw_out = nullptr;
+    TPM2B_IV* raw_iv = nullptr;
+    TSS2_RC rc = Retrying([&] {
+      return use_v2 ? Esys_EncryptDecrypt2(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &data,
+                                           decrypt ? TPM2_YES : TPM2_NO, TPM2_ALG_CFB, &iv_in, &raw_out, &raw_iv)
+                    : Esys_EncryptDecrypt(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                          decrypt ? TPM2_YES : TPM2_NO, TPM2_ALG_CFB, &iv_in, &data, &raw_out,
+                                          &raw_iv);
+    });
+    EsysPtr<TPM2B_MAX_BUFFER> result(raw_out);
+    EsysPtr<TPM2B_IV> next_iv(raw_iv);
+    if (rc != TSS2_RC_SUCCESS) {
+      status = RcStatus(rc, use_v2 ? "TPM2_EncryptDecrypt2" : "TPM2_EncryptDecrypt");
+      break;
+    }
+    if (result->size != n || next_iv->size != 16) {
+      status = UnavailableError("the TPM returned a malformed AES-CFB result");
+      break;
+    }
+    std::memcpy(out + done, result->buffer, n);
+    WipeMemory(result->buffer, n);
+    iv_in = *next_iv;
+    done += n;
+  }
+  WipeMemory(&data, sizeof data);
+  return status;
+}
+
+StatusOr<SecureBytes> TpmDevice::RsaOaepDecrypt(const TransientObject& key, std::string_view ciphertext,
+                                                std::string_view label) {
+  TPM2B_PUBLIC_KEY_RSA in{};
+  TPM2B_DATA tpm_label{};
+  if (ciphertext.size() > sizeof in.buffer) return InvalidArgumentError("RSA ciphertext too long");
+  if (label.size() > sizeof tpm_label.buffer) return InternalError("OAEP label too long for the TPM");
+  in.size = static_cast<UINT16>(ciphertext.size());
+  std::memcpy(in.buffer, ciphertext.data(), ciphertext.size());
+  tpm_label.size = static_cast<UINT16>(label.size());
+  std::memcpy(tpm_label.buffer, label.data(), label.size());
+  TPMT_RSA_DECRYPT scheme{};
+  scheme.scheme = TPM2_ALG_OAEP;
+  scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
+  TPM2B_PUBLIC_KEY_RSA* raw = nullptr;
+  TSS2_RC rc = Retrying([&] {
+    return Esys_RSA_Decrypt(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in, &scheme,
+                            &tpm_label, &raw);
+  });
+  EsysPtr<TPM2B_PUBLIC_KEY_RSA> message(raw);
+  if (rc != TSS2_RC_SUCCESS) {
+    if (ClassifyRc(rc) == RcClass::kOther && (BaseTpmRc(rc) == TPM2_RC_VALUE || BaseTpmRc(rc) == TPM2_RC_SIZE)) {
+      return InvalidArgumentError("ciphertext failed authentication (RSA-OAEP padding or label mismatch)");
+    }
+    return RcStatus(rc, "TPM2_RSA_Decrypt");
+  }
+  SecureBytes plaintext = SecureBytes::CopyOf(
+      std::string_view(reinterpret_cast<const char*>(message->buffer), message->size));
+  WipeMemory(message->buffer, message->size);
+  return plaintext;
+}
+
+}  // namespace trousseau::tpm

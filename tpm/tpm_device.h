@@ -1,0 +1,135 @@
+// The only place that talks ESYS: a TPM connection (TCTI + ESYS context) and transient objects,
+// each owned by an RAII type, plus the handful of TPM2 commands the TPM backend needs. Every TPM
+// error is turned into a Status whose message carries Tss2_RC_Decode's text and the raw code.
+//
+// Not thread-safe: one thread owns a TpmDevice (the backend's worker; the provisioning helpers'
+// caller).
+#pragma once
+
+#include <tss2/tss2_esys.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "core/secure_bytes.h"
+#include "core/status.h"
+
+namespace trousseau::tpm {
+
+using Clock = std::chrono::steady_clock;
+
+// How a failed TSS2_RC should be handled.
+enum class RcClass {
+  kOk,
+  kRetry,      // the TPM asks to be asked again (RETRY, YIELDED, TESTING, NV_RATE, memory pressure, ...)
+  kTransport,  // TCTI / transport failure: the link is gone (swtpm stopped, tabrmd restarted, ...)
+  kStale,      // our handles are not valid on the TPM any more (TPM restarted under us)
+  kIntegrity,  // a key blob does not belong to this TPM / parent (TPM_RC_INTEGRITY and friends)
+  kUnsupported,  // TPM_RC_COMMAND_CODE: command not implemented
+  kOther,
+};
+RcClass ClassifyRc(TSS2_RC rc);
+// "Esys_Load: tpm:parameter(1):integrity check failed (0x0000099f)".
+std::string DescribeRc(TSS2_RC rc, std::string_view what);
+// The Status for a failed call: transport/stale/retry/other -> UNAVAILABLE, unsupported/integrity ->
+// FAILED_PRECONDITION. Callers refine where they know better.
+Status RcStatus(TSS2_RC rc, std::string_view what);
+// True if the status came from a lost link or stale handles, i.e. the connection must be dropped.
+bool IsConnectionLost(const Status& status);
+
+class TpmDevice;
+
+// A transient object loaded in the TPM; flushed (TPM2_FlushContext) when destroyed. Must not
+// outlive its TpmDevice.
+class TransientObject {
+ public:
+  TransientObject() = default;
+  TransientObject(TpmDevice* device, ESYS_TR handle) : device_(device), handle_(handle) {}
+  ~TransientObject() { Flush(); }
+  TransientObject(TransientObject&& other) noexcept { *this = std::move(other); }
+  TransientObject& operator=(TransientObject&& other) noexcept;
+  TransientObject(const TransientObject&) = delete;
+  TransientObject& operator=(const TransientObject&) = delete;
+
+  ESYS_TR handle() const { return handle_; }
+  explicit operator bool() const { return handle_ != ESYS_TR_NONE; }
+  // Forgets the object without a TPM command: for a TPM that restarted (the handle may already
+  // belong to someone else) or a link that is gone.
+  void Abandon();
+  void Flush();
+
+ private:
+  TpmDevice* device_ = nullptr;
+  ESYS_TR handle_ = ESYS_TR_NONE;
+};
+
+// Marshalled TPM2B_PUBLIC and TPM2B_PRIVATE of an object: what tpm2_create -u/-r would write.
+struct ObjectBlobs {
+  std::string public_area;
+  std::string private_area;  // encrypted by the TPM under its parent; useless elsewhere
+};
+
+enum class KeyKind { kAes256Cfb, kHmacSha256, kRsa2048Oaep };
+
+class TpmDevice {
+ public:
+  // Loads the TCTI named by `tcti` ("device:/dev/tpmrm0", "tabrmd", "swtpm:path=/run/swtpm/sock";
+  // empty = tctildr's default) and initialises an ESYS context on it. Sends no command.
+  static StatusOr<std::unique_ptr<TpmDevice>> Open(const std::string& tcti);
+  ~TpmDevice();
+  TpmDevice(const TpmDevice&) = delete;
+  TpmDevice& operator=(const TpmDevice&) = delete;
+
+  // Retry budget for TPM warnings (RETRY, YIELDED, TESTING, ...): bounded attempts with
+  // exponential backoff, never past `deadline`.
+  void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
+
+  // Commands the TPM implements (TPM2_GetCapability(TPM_CAP_COMMANDS)).
+  StatusOr<std::set<TPM2_CC>> SupportedCommands();
+  // TPM_PT_INPUT_BUFFER, capped at the TSS buffer size (1024).
+  StatusOr<size_t> MaxInputBuffer();
+
+  // The storage root: ECC NIST P-256 restricted decryption key in the owner hierarchy, the TCG
+  // "SRK" template (AES-128-CFB symmetric, noDA, empty auth). Deterministic: same TPM and owner seed
+  // give the same key every time.
+  StatusOr<TransientObject> CreateStoragePrimary();
+  // A new key under `parent`: fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA,
+  // empty auth. Not loaded.
+  StatusOr<ObjectBlobs> CreateKey(const TransientObject& parent, KeyKind kind);
+  StatusOr<TransientObject> Load(const TransientObject& parent, const ObjectBlobs& blobs);
+  // The object's TPM name (nameAlg || H(public area)).
+  StatusOr<std::string> Name(const TransientObject& object);
+  // Reads the public area of a marshalled TPM2B_PUBLIC (no TPM command).
+  static StatusOr<TPM2B_PUBLIC> ParsePublic(std::string_view marshalled);
+
+  // TPM2_HMAC with a keyed-hash key; `data` at most MaxInputBuffer() bytes.
+  StatusOr<std::string> Hmac(const TransientObject& key, std::string_view data);
+  // AES-CFB with a symmetric key, chunked at `chunk` bytes (a multiple of 16) with the IV chained
+  // through ivOut. `use_v2` picks TPM2_EncryptDecrypt2 over TPM2_EncryptDecrypt.
+  Status Cfb(const TransientObject& key, bool decrypt, bool use_v2, size_t chunk, std::string_view iv,
+             std::string_view in, uint8_t* out);
+
+  // TPM2_RSA_Decrypt with RSAES-OAEP-SHA256 and `label` (at most 64 bytes, must end in a NUL byte). A
+  // padding / label mismatch is INVALID_ARGUMENT.
+  StatusOr<SecureBytes> RsaOaepDecrypt(const TransientObject& key, std::string_view ciphertext, std::string_view label);
+
+  ESYS_CONTEXT* esys() { return esys_; }
+  uint64_t commands_sent() const { return commands_sent_; }
+
+ private:
+  TpmDevice() = default;
+  // Runs `call` (one ESYS command), retrying TPM warnings with backoff within the deadline.
+  template <typename Call>
+  TSS2_RC Retrying(Call call);
+
+  TSS2_TCTI_CONTEXT* tcti_ = nullptr;
+  ESYS_CONTEXT* esys_ = nullptr;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  uint64_t commands_sent_ = 0;
+};
+
+}  // namespace trousseau::tpm
