@@ -1,0 +1,112 @@
+// trousseau-bench: performance benchmark of trousseau-hsm (see docs/benchmarks.md).
+//   trousseau-bench run [options]                 everything, table (and --json) on stdout
+//   trousseau-bench echo-server --listen unix:///path   the gRPC floor, started by `run`
+#include <unistd.h>
+
+#include <climits>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "echo_server.h"
+#include "run.h"
+
+#ifndef TROUSSEAU_BENCH_PLUGIN
+#define TROUSSEAU_BENCH_PLUGIN "trousseau-hsm"
+#endif
+#ifndef TROUSSEAU_BENCH_FAULT_SHIM
+#define TROUSSEAU_BENCH_FAULT_SHIM "libtrousseau_fault_shim.so"
+#endif
+
+namespace {
+
+std::string SelfPath() {
+  char buf[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "/proc/self/exe";
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"trousseau-bench: latency, throughput, start-up and memory of trousseau-hsm against its floors",
+               "trousseau-bench"};
+  app.require_subcommand(1);
+
+  trousseau::bench::EchoServerOptions echo_options;
+  CLI::App* echo = app.add_subcommand("echo-server", "Serve the Echo floor (a sync gRPC server like the plugin's)");
+  echo->add_option("--listen", echo_options.listen, "unix:///path.sock")->required();
+  echo->add_option("--work-us", echo_options.work_us, "Diagnostics: busy-wait this long in every call");
+  echo->add_option("--mode", echo_options.mode, "Diagnostics: sync (as the plugin) or callback")
+      ->check(CLI::IsMember({"sync", "callback"}))
+      ->capture_default_str();
+  echo->add_option("--min-pollers", echo_options.min_pollers, "Diagnostics: gRPC sync server MIN_POLLERS");
+  echo->add_option("--max-pollers", echo_options.max_pollers, "Diagnostics: gRPC sync server MAX_POLLERS");
+
+  trousseau::bench::ProbeOptions probe_options;
+  CLI::App* probe = app.add_subcommand(
+      "probe", "Diagnostics: load one running server (echo-server, or any KMS v2 plugin: Encrypt once, then Decrypt)");
+  probe->add_option("--socket", probe_options.socket, "Socket path")->required();
+  probe->add_option("--kind", probe_options.kind, "echo or decrypt")
+      ->check(CLI::IsMember({"echo", "decrypt"}))
+      ->capture_default_str();
+  probe->add_option("--streams", probe_options.streams, "Concurrent calls (1: sequential blocking calls)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  probe->add_option("--seconds", probe_options.seconds, "Measured seconds")->capture_default_str();
+  probe->add_option("--client-threads", probe_options.client_threads, "Completion-queue threads")
+      ->capture_default_str();
+
+  trousseau::bench::RunOptions o;
+  o.plugin = TROUSSEAU_BENCH_PLUGIN;
+  o.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
+  CLI::App* run = app.add_subcommand("run", "Run every scenario and print the results");
+  run->add_option("--plugin", o.plugin, "trousseau-hsm binary")->capture_default_str();
+  run->add_option("--fault-shim", o.fault_shim, "fault-injecting PKCS#11 shim (for [3])")->capture_default_str();
+  run->add_option("--softhsm-module", o.softhsm_module, "SoftHSM2 PKCS#11 module")->capture_default_str();
+  run->add_option("--variants", o.variants,
+                  "KEK kinds for [1],[2],[4],[5]: production (non-modifiable: SoftHSM uses the token object), "
+                  "copyable (modifiable: the plugin uses a session copy); none skips them")
+      ->delimiter(',')
+      ->capture_default_str();
+  run->add_option("--hsm-sessions", o.hsm_sessions, "--hsm-sessions of the plugin in [1],[2],[4] (0: the plugin's default)")
+      ->capture_default_str();
+  run->add_option("--rounds", o.rounds, "[1] interleaved rounds")->check(CLI::PositiveNumber)->capture_default_str();
+  run->add_option("--latency-calls", o.latency_calls, "[1] calls of each kind per round")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--warmup-calls", o.warmup_calls, "[1] warm-up calls of each kind")->capture_default_str();
+  run->add_option("--streams", o.streams, "[2] concurrent calls")->check(CLI::PositiveNumber)->capture_default_str();
+  run->add_option("--throughput-rounds", o.throughput_rounds, "[2] alternating rounds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--throughput-seconds", o.throughput_seconds, "[2] measured seconds per server per round")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--warmup-seconds", o.warmup_seconds, "[2],[3] warm-up before each measured load")
+      ->capture_default_str();
+  run->add_option("--client-threads", o.client_threads, "[2],[3] client completion-queue threads")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--shim-delay-us", o.shim_delay_us, "[3] fault shim delay per crypto call")->capture_default_str();
+  run->add_option("--shim-concurrency", o.shim_concurrency, "[3] concurrent Decrypts")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--shim-sessions", o.shim_sessions, "[3] --hsm-sessions values to try (0 skips [3])")
+      ->delimiter(',')
+      ->capture_default_str();
+  run->add_option("--shim-seconds", o.shim_seconds, "[3] measured seconds per sessions value")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  run->add_option("--starts", o.starts, "[4] plugin starts per variant (0 skips [4])")->capture_default_str();
+  run->add_flag("--json", o.json, "Print a JSON object on stdout (the table goes to stderr)");
+  run->add_option("--json-file", o.json_file, "Also write the JSON object to this file");
+
+  CLI11_PARSE(app, argc, argv);
+  if (*echo) return trousseau::bench::RunEchoServer(echo_options);
+  if (*probe) return trousseau::bench::Probe(probe_options);
+  std::erase(o.shim_sessions, size_t{0});
+  o.self = SelfPath();
+  return trousseau::bench::Run(o);
+}
