@@ -11,6 +11,11 @@
 
 namespace trousseau::tpm {
 
+// The key family label of the TPM backend, part of every key_id (DeriveKeyId("tpm2", label, ...)).
+// The plugin passes it to its KmsEngine and `trousseau-hsm-init tpm ...` to these calls, so the
+// key_ids the tool prints are the plugin's Status key_ids.
+inline constexpr char kTpmFamilyLabel[] = "kek";
+
 enum class KeyScheme {
   kAuto,        // AES-CFB + HMAC if the TPM has TPM2_EncryptDecrypt(2) and TPM2_HMAC, else RSA-OAEP
   kAesCfbHmac,  // refuse (FAILED_PRECONDITION) on TPMs without those commands

@@ -51,8 +51,8 @@ class DurationValidator : public CLI::Validator {
 
 std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   CLI::App app{
-      "trousseau-hsm: Kubernetes KMS v2/v1beta1 plugin. Data keys are wrapped with AES-256-GCM inside a PKCS#11 "
-      "HSM; the key-encryption key never leaves it.\n"
+      "trousseau-hsm: Kubernetes KMS v2/v1beta1 plugin. Data keys are wrapped inside a PKCS#11 HSM (AES-256-GCM, "
+      "--pkcs11-uri) or the node's TPM 2.0 (--tpm-key-dir); the key-encryption key never leaves the device.\n"
       "Every flag can also be set as TROUSSEAU_HSM_<FLAG> (e.g. TROUSSEAU_HSM_PKCS11_URI) or as a key of the "
       "--config YAML file (e.g. pkcs11-uri: ...); flags win over the environment, which wins over the file.\n"
       "The token PIN comes from the URI's pin-source=file:/path (mode 0600) or the TROUSSEAU_HSM_PIN environment "
@@ -60,7 +60,8 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
       "trousseau-hsm"};
   app.set_version_flag("--version", std::string("trousseau-hsm ") + TROUSSEAU_VERSION);
   std::string config_path;
-  std::string health_cache = "5s", key_refresh_interval = "60s", shutdown_grace = "5s", socket_mode = "0600";
+  std::string health_cache = "5s", key_refresh_interval = "60s", shutdown_grace = "5s", socket_mode = "0600",
+              tpm_timeout = "3s";
   const DurationValidator duration;
 
   app.add_option("--config", config_path, "YAML file with settings (keys are flag names without dashes)");
@@ -73,6 +74,14 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
       ->capture_default_str();
   app.add_flag("--no-session-key-copies", options.no_session_key_copies,
                "Use the token key objects directly instead of in-session copies");
+  app.add_option("--tpm-key-dir", options.tpm_key_dir,
+                 "TPM 2.0 backend instead of PKCS#11: directory of the key versions made by `trousseau-hsm-init tpm init`");
+  app.add_option("--tpm-tcti", options.tpm_tcti,
+                 "TCTI of the TPM: device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock, ...")
+      ->capture_default_str();
+  app.add_option("--tpm-timeout", tpm_timeout, "Deadline of each TPM operation, time queued for the TPM included")
+      ->check(duration)
+      ->capture_default_str();
   app.add_option("--health-cache", health_cache, "How long a device health result is reused")
       ->check(duration)
       ->capture_default_str();
@@ -136,14 +145,20 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  if (options.pkcs11_uri.empty()) {
-    std::cerr << "trousseau-hsm: --pkcs11-uri is required (flag, TROUSSEAU_HSM_PKCS11_URI or pkcs11-uri: in "
-                 "--config)\nRun with --help for more information.\n";
+  if (options.pkcs11_uri.empty() == options.tpm_key_dir.empty()) {
+    std::cerr << "trousseau-hsm: give exactly one backend: --pkcs11-uri (PKCS#11 HSM) or --tpm-key-dir (TPM 2.0), "
+                 "as a flag, TROUSSEAU_HSM_PKCS11_URI / TROUSSEAU_HSM_TPM_KEY_DIR or in --config\n"
+                 "Run with --help for more information.\n";
     return 2;
   }
   options.health_cache = *ParseDuration(health_cache);
   options.key_refresh_interval = *ParseDuration(key_refresh_interval);
   options.shutdown_grace = *ParseDuration(shutdown_grace);
+  options.tpm_timeout = *ParseDuration(tpm_timeout);
+  if (options.tpm_timeout.count() <= 0) {
+    std::cerr << "trousseau-hsm: --tpm-timeout must be positive\n";
+    return 2;
+  }
   std::optional<unsigned> mode = ParseUnsigned<unsigned>(socket_mode, 8);
   if (!mode) {
     std::cerr << "trousseau-hsm: --socket-mode must be octal, e.g. 0600\n";

@@ -12,9 +12,13 @@ namespace trousseau::app {
 
 struct PluginOptions {
   std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  // Exactly one backend: a PKCS#11 key family (pkcs11_uri) or a TPM key directory (tpm_key_dir).
   std::string pkcs11_uri;
   size_t hsm_sessions = 16;
   bool no_session_key_copies = false;
+  std::string tpm_tcti = "device:/dev/tpmrm0";
+  std::string tpm_key_dir;
+  std::chrono::milliseconds tpm_timeout{3000};
   std::chrono::milliseconds health_cache{5000};
   std::chrono::milliseconds key_refresh_interval{60000};
   unsigned socket_mode = 0600;

@@ -14,10 +14,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include "app/backend_factory.h"
 #include "core/kms_engine.h"
 #include "core/strings.h"
-#include "hsm/pkcs11_backend.h"
-#include "hsm/pkcs11_uri.h"
 #include "observability/http_endpoint.h"
 #include "observability/logging.h"
 #include "observability/telemetry.h"
@@ -81,27 +80,20 @@ int RunPlugin(const PluginOptions& options) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(options.pkcs11_uri);
-  if (!uri.ok()) {
-    spdlog::critical("{}", uri.status().message());
+  StatusOr<ConfiguredBackend> configured = MakeBackend(options);
+  if (!configured.ok()) {
+    spdlog::critical("{}", configured.status().message());
     return 2;
   }
-  const std::string family_label = uri->object_label();
-  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created = hsm::Pkcs11Backend::Create(
-      *std::move(uri), {.sessions = options.hsm_sessions, .session_key_copies = !options.no_session_key_copies});
-  if (!created.ok()) {
-    spdlog::critical("{}", created.status().message());
-    return 2;
-  }
-  std::shared_ptr<hsm::Pkcs11Backend> backend = *std::move(created);
+  const std::shared_ptr<KeyBackend> backend = configured->backend;
   observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
 
-  KmsEngine engine(backend, EngineOptions{family_label, options.health_cache, &telemetry});
+  KmsEngine engine(backend, EngineOptions{configured->family_label, options.health_cache, &telemetry});
   if (Status loaded = engine.LoadKeyRing(); !loaded.ok()) {
     spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
     return IsUnavailable(loaded) ? 1 : 2;
   }
-  spdlog::info("using {} with {} session(s)", backend->Describe(), options.hsm_sessions);
+  spdlog::info("using {}{}{}", backend->Describe(), configured->summary.empty() ? "" : " ", configured->summary);
   LogKeyRing(engine);
   telemetry.SetActiveKey(engine.key_ring()->active_key_id());
   telemetry.SetBackendUp(true);
@@ -131,7 +123,11 @@ int RunPlugin(const PluginOptions& options) {
     observability::HttpHooks hooks;
     hooks.ready = [&] { return serving.load() && engine.key_ring() != nullptr; };
     hooks.before_scrape = [&] {
-      telemetry.SetSessionPool(backend->sessions_in_use(), backend->session_count());
+      if (configured->session_pool) {
+        size_t in_use = 0, size = 0;
+        configured->session_pool(in_use, size);
+        telemetry.SetSessionPool(in_use, size);
+      }
       telemetry.SetActiveKey(engine.key_ring()->active_key_id());
     };
     StatusOr<std::unique_ptr<observability::HttpEndpoint>> started =
@@ -166,7 +162,7 @@ int RunPlugin(const PluginOptions& options) {
       return 0;
     }
     if (sig == SIGHUP) {
-      backend->AllowLoginRetry();
+      if (configured->on_reload) configured->on_reload();
       RefreshKeys(engine, telemetry, "SIGHUP");
     } else if (sig < 0 && refresh.count() > 0 && std::chrono::steady_clock::now() >= next_refresh) {
       RefreshKeys(engine, telemetry, "interval");

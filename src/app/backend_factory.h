@@ -1,0 +1,32 @@
+// Builds the KeyBackend the settings ask for (PKCS#11 token or TPM 2.0), plus the few
+// device-specific hooks the run loop needs. The rest of the plugin sees only KeyBackend.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "app/options.h"
+#include "core/key_backend.h"
+#include "core/status.h"
+
+namespace trousseau::app {
+
+struct ConfiguredBackend {
+  std::shared_ptr<KeyBackend> backend;
+  // Part of every key_id: the PKCS#11 URI's object label, or tpm::kTpmFamilyLabel.
+  std::string family_label;
+  // Extra words for the start-up log line, e.g. "with 16 session(s)"; may be empty.
+  std::string summary;
+  // Run on SIGHUP before the key family is re-read (PKCS#11: allow a new login after a rejected PIN).
+  std::function<void()> on_reload;
+  // Sessions in use and in the pool, for the metrics; empty for a backend without a pool.
+  std::function<void(size_t& in_use, size_t& size)> session_pool;
+};
+
+// FAILED_PRECONDITION / INVALID_ARGUMENT for configuration errors (exit 2). Touches no device:
+// the first device contact is the engine's first key ring load.
+StatusOr<ConfiguredBackend> MakeBackend(const PluginOptions& options);
+
+}  // namespace trousseau::app

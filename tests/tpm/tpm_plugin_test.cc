@@ -1,0 +1,226 @@
+// The trousseau-hsm binary on a TPM 2.0 (a real swtpm), driven over its unix socket as
+// kube-apiserver drives it: serving, restart on the same key directory, a foreign TPM, the TPM
+// going away mid-run, and live rotation while the plugin runs.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/subprocess.h"
+#include "tests/tpm/swtpm.h"
+#include "tests/tpm/tabrmd.h"
+#include "tpm/provisioning.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::Subprocess;
+using testing::Swtpm;
+using testing::Tabrmd;
+using testing::TempDir;
+
+const std::string kSeed(32, '\x5a');  // what kube-apiserver sends: a 32-byte seed
+
+class TpmPluginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty());
+    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
+    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
+    key_dir_ = dir_.path() + "/keys";
+    socket_ = dir_.path() + "/kms.sock";
+  }
+
+  tpm::TpmConfig Config(const std::string& tcti) const { return {tcti, key_dir_}; }
+
+  std::string InitKeys(const std::string& tcti) {
+    StatusOr<tpm::TpmKeyInfo> v1 = tpm::InitKeyDir(Config(tcti), tpm::kTpmFamilyLabel);
+    EXPECT_TRUE(v1.ok()) << v1.status().ToString();
+    return v1.ok() ? v1->key_id : "";
+  }
+
+  std::unique_ptr<Subprocess> StartPlugin(const std::string& tcti, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {PLUGIN_PATH,  "--listen",  "unix://" + socket_, "--tpm-tcti", tcti,
+                                     "--tpm-key-dir", key_dir_, "--health-cache", "0s"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return std::make_unique<Subprocess>(argv, dir_.path() + "/plugin.log");
+  }
+
+  v2::StatusResponse Status() {
+    KmsClients clients(socket_);
+    v2::StatusResponse status;
+    if (!clients.v2->Status(CallContext(2s).get(), {}, &status).ok()) return {};
+    return status;
+  }
+
+  bool Healthy() { return Status().healthz() == "ok"; }
+
+  grpc::Status Encrypt(const std::string& plaintext, v2::EncryptResponse& response) {
+    KmsClients clients(socket_);
+    v2::EncryptRequest request;
+    request.set_plaintext(plaintext);
+    request.set_uid("tpm-test");
+    return clients.v2->Encrypt(CallContext().get(), request, &response);
+  }
+
+  grpc::Status Decrypt(const v2::EncryptResponse& sealed, std::string& plaintext) {
+    KmsClients clients(socket_);
+    v2::DecryptRequest request;
+    request.set_ciphertext(sealed.ciphertext());
+    request.set_key_id(sealed.key_id());
+    request.set_uid("tpm-test");
+    for (const auto& [key, value] : sealed.annotations()) (*request.mutable_annotations())[key] = value;
+    v2::DecryptResponse response;
+    grpc::Status status = clients.v2->Decrypt(CallContext().get(), request, &response);
+    plaintext = response.plaintext();
+    return status;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Swtpm> tpm_;
+  std::string key_dir_;
+  std::string socket_;
+};
+
+TEST_F(TpmPluginTest, ServesKmsV2WithTheKeyIdTheProvisioningPrinted) {
+  const std::string key_id = InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin(tpm_->Tcti());
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+
+  const v2::StatusResponse status = Status();
+  EXPECT_EQ(status.version(), "v2");
+  EXPECT_EQ(status.key_id(), key_id);
+
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(Encrypt(kSeed, sealed).ok()) << plugin->Log();
+  EXPECT_EQ(sealed.key_id(), key_id);
+  EXPECT_EQ(sealed.ciphertext().find(kSeed), std::string::npos);
+  EXPECT_LE(sealed.ciphertext().size(), 1024u);
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(sealed, plaintext).ok());
+  EXPECT_EQ(plaintext, kSeed);
+
+  // A flipped bit is refused as bad input, and the plugin keeps serving.
+  v2::EncryptResponse tampered = sealed;
+  std::string bytes = tampered.ciphertext();
+  bytes[bytes.size() / 2] ^= 0x01;
+  tampered.set_ciphertext(bytes);
+  EXPECT_EQ(Decrypt(tampered, plaintext).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(Healthy());
+  EXPECT_NE(plugin->Log().find("using TPM 2.0 via TCTI"), std::string::npos) << plugin->Log();
+  EXPECT_EQ(plugin->Log().find(kSeed), std::string::npos) << "plaintext must never reach the log";
+
+  plugin->Signal(SIGTERM);
+  EXPECT_EQ(plugin->Wait(10s), 0);
+}
+
+TEST_F(TpmPluginTest, ARestartedPluginOnTheSameKeyDirectoryOpensWhatItSealedBefore) {
+  const std::string key_id = InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin(tpm_->Tcti());
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(Encrypt(kSeed, sealed).ok());
+  plugin->Signal(SIGTERM);
+  ASSERT_EQ(plugin->Wait(10s), 0);
+
+  plugin = StartPlugin(tpm_->Tcti());
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  EXPECT_EQ(Status().key_id(), key_id);
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(sealed, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+}
+
+TEST_F(TpmPluginTest, AnotherTpmCannotUseTheKeyDirectoryAndThePluginSaysWhy) {
+  InitKeys(tpm_->Tcti());
+  auto other = Swtpm::Start(dir_.path() + "/other-tpm");  // fresh state: a different TPM
+  ASSERT_NE(other, nullptr);
+  auto plugin = StartPlugin(other->Tcti());
+  // A key policy / configuration error, not a passing outage: exit 2, and never serving.
+  EXPECT_EQ(plugin->Wait(30s), 2) << plugin->Log();
+  EXPECT_NE(plugin->Log().find("cannot use"), std::string::npos) << plugin->Log();
+  EXPECT_FALSE(std::filesystem::exists(socket_));
+}
+
+TEST_F(TpmPluginTest, TheTpmGoingAwayIsUnavailableAndThePluginRecoversWhenItReturns) {
+  InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin(tpm_->Tcti());
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(Encrypt(kSeed, sealed).ok());
+
+  tpm_->Kill();
+  std::string plaintext;
+  EXPECT_EQ(Decrypt(sealed, plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
+  const v2::StatusResponse down = Status();
+  EXPECT_EQ(down.version(), "v2");  // the plugin still answers, and says it is unhealthy
+  EXPECT_NE(down.healthz(), "ok");
+  v2::EncryptResponse refused;
+  EXPECT_EQ(Encrypt(kSeed, refused).error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  ASSERT_TRUE(tpm_->Restart());  // same TPM state: the same TPM, back
+  EXPECT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  ASSERT_TRUE(Decrypt(sealed, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+  EXPECT_FALSE(plugin->Wait(0ms).has_value()) << "the plugin must not exit over a TPM outage";
+}
+
+// On a node the plugin and trousseau-hsm-init share the TPM through a resource manager
+// (/dev/tpmrm0 or tabrmd); here tabrmd in front of the swtpm.
+class TpmPluginRotationTest : public TpmPluginTest {
+ protected:
+  void SetUp() override {
+    TpmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
+    broker_ = Tabrmd::Start(dir_.path(), *tpm_);
+    ASSERT_NE(broker_, nullptr) << "tpm2-abrmd did not start";
+  }
+
+  std::unique_ptr<Tabrmd> broker_;
+};
+
+TEST_F(TpmPluginRotationTest, ANewVersionIsActiveAtOnceOnSighupAndOldCiphertextStillOpens) {
+  const std::string v1 = InitKeys(broker_->Tcti());
+  auto plugin = StartPlugin(broker_->Tcti(), {"--key-refresh-interval", "0"});
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse under_v1;
+  ASSERT_TRUE(Encrypt(kSeed, under_v1).ok());
+
+  // Rotated while the plugin holds its own objects in the same TPM.
+  StatusOr<tpm::TpmKeyInfo> v2 = tpm::RotateKey(Config(broker_->Tcti()), tpm::kTpmFamilyLabel);
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  ASSERT_NE(v2->key_id, v1);
+  EXPECT_EQ(Status().key_id(), v1) << "no refresh interval: nothing changes before SIGHUP";
+
+  plugin->Signal(SIGHUP);
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2->key_id; }, 5s)) << plugin->Log();
+  v2::EncryptResponse under_v2;
+  ASSERT_TRUE(Encrypt(kSeed, under_v2).ok());
+  EXPECT_EQ(under_v2.key_id(), v2->key_id);
+
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(under_v1, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+  ASSERT_TRUE(Decrypt(under_v2, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+  EXPECT_TRUE(Healthy());
+}
+
+TEST_F(TpmPluginRotationTest, TheRefreshIntervalPicksUpANewVersionWithoutASignal) {
+  const std::string v1 = InitKeys(broker_->Tcti());
+  auto plugin = StartPlugin(broker_->Tcti(), {"--key-refresh-interval", "1s"});
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  ASSERT_EQ(Status().key_id(), v1);
+
+  StatusOr<tpm::TpmKeyInfo> v2 = tpm::RotateKey(Config(broker_->Tcti()), tpm::kTpmFamilyLabel);
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  EXPECT_TRUE(Eventually([&] { return Status().key_id() == v2->key_id; }, 10s)) << plugin->Log();
+}
+
+}  // namespace
+}  // namespace trousseau
