@@ -142,8 +142,14 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    // Not echoed: a stray argument may be a secret someone tried to pass as a flag.
+    std::cerr << "trousseau-hsm: unexpected arguments (not shown); run with --help for the usage\n";
+    return 2;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every usage error is a configuration error (exit 2), which
+    // the systemd unit does not restart in a loop.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   if (options.pkcs11_uri.empty() == options.tpm_key_dir.empty()) {
     std::cerr << "trousseau-hsm: give exactly one backend: --pkcs11-uri (PKCS#11 HSM) or --tpm-key-dir (TPM 2.0), "

@@ -185,5 +185,30 @@ TEST_F(PluginProcessTest, RejectsAnAbstractOrRelativeSocket) {
   EXPECT_NE(abstract->Log().find("abstract"), std::string::npos) << abstract->Log();
 }
 
+// Every usage error is exit 2, which the systemd unit (RestartPreventExitStatus=2) does not retry.
+TEST_F(PluginProcessTest, EveryUsageErrorExitsTwoAndAStrayArgumentIsNeverEchoed) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  const std::vector<std::vector<std::string>> usage_errors = {
+      {"--pin", "s3cr3t-pin-value"},           // no such flag: a PIN never goes on the command line
+      {"s3cr3t-pin-value"},                    // a stray positional
+      {"--log-level", "chatty"},               // not one of the levels
+      {"--hsm-sessions", "0"},                 // out of range
+      {"--health-cache", "soon"},              // not a duration
+      {"--tpm-key-dir", token_->dir() + "/keys"},  // two backends at once
+  };
+  for (const auto& extra : usage_errors) {
+    auto plugin = StartPlugin(extra);
+    EXPECT_EQ(plugin->Wait(10s), 2) << extra[0] << "\n" << plugin->Log();
+    EXPECT_EQ(plugin->Log().find("s3cr3t-pin-value"), std::string::npos) << plugin->Log();
+  }
+  setenv("TROUSSEAU_HSM_HEALTH_CACHE", "soon", 1);
+  auto from_env = StartPlugin();
+  unsetenv("TROUSSEAU_HSM_HEALTH_CACHE");
+  EXPECT_EQ(from_env->Wait(10s), 2) << from_env->Log();
+  auto no_backend = std::make_unique<Subprocess>(std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_}, log_);
+  EXPECT_EQ(no_backend->Wait(10s), 2);
+  EXPECT_NE(no_backend->Log().find("exactly one backend"), std::string::npos) << no_backend->Log();
+}
+
 }  // namespace
 }  // namespace trousseau

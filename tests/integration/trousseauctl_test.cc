@@ -204,12 +204,23 @@ TEST_F(TrousseauctlTest, V1beta1EncryptThenDecryptGivesTheSameBytesBack) {
 TEST_F(TrousseauctlTest, DataIsNeverTakenFromArgv) {
   StartPlugin();
   const CtlResult r = Ctl(WithSocket({"encrypt", "secret-from-argv"}), "");
-  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.out, "") << "nothing may be encrypted from an argument";
+  EXPECT_EQ(r.err.find("secret-from-argv"), std::string::npos) << "a stray argument is never echoed: " << r.err;
   // The data flag of other tools does not exist here either.
   const CtlResult flag = Ctl(WithSocket({"encrypt", "--data", "secret-from-argv"}), "");
-  EXPECT_NE(flag.code, 0);
+  EXPECT_EQ(flag.code, 2);
   EXPECT_EQ(flag.out, "");
+  EXPECT_EQ(flag.err.find("secret-from-argv"), std::string::npos) << flag.err;
+}
+
+TEST_F(TrousseauctlTest, GlobalOptionsMayFollowTheSubcommand) {
+  StartPlugin();
+  const CtlResult status = Ctl({"status", "--socket", "unix://" + socket_, "--json", "--timeout", "2"}, "");
+  ASSERT_EQ(status.code, 0) << status.err;
+  EXPECT_TRUE(json::parse(status.out).at("healthy").get<bool>()) << status.out;
+  const CtlResult bad_timeout = Ctl({"status", "--socket", "unix://" + socket_, "--timeout", "soon"}, "");
+  EXPECT_EQ(bad_timeout.code, 2) << "a bad timeout is a usage error, not a crash";
 }
 
 TEST_F(TrousseauctlTest, BadInputFailsWithAClearError) {

@@ -59,7 +59,7 @@ std::string ReadStdin() { return {std::istreambuf_iterator<char>(std::cin), std:
 
 struct Options {
   std::string socket = "unix:///run/trousseau-hsm/kms.sock";
-  std::string timeout = "3";
+  double timeout_seconds = 3;
   bool json = false;
   std::string api = "v2";
   std::string key_id;
@@ -67,7 +67,9 @@ struct Options {
 
 std::unique_ptr<grpc::ClientContext> Context(const Options& o) {
   auto context = std::make_unique<grpc::ClientContext>();
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(std::stoi(o.timeout)));
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                            std::chrono::duration<double>(o.timeout_seconds)));
   return context;
 }
 
@@ -190,8 +192,12 @@ int main(int argc, char** argv) {
                "Data is read from stdin, never from arguments.",
                "trousseauctl"};
   app.require_subcommand(1);
+  // Global options may also follow the subcommand: `trousseauctl status --socket unix:///...`.
+  app.fallthrough();
   app.add_option("--socket", o.socket, "Plugin endpoint")->capture_default_str();
-  app.add_option("--timeout", o.timeout, "Seconds per call")->capture_default_str();
+  app.add_option("--timeout", o.timeout_seconds, "Seconds per call")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--api", o.api, "KMS API to use")->check(CLI::IsMember({"v2", "v1beta1"}))->capture_default_str();
   app.add_flag("--json", o.json, "Machine-readable output");
   int rc = 0;
@@ -204,6 +210,14 @@ int main(int argc, char** argv) {
   auto* decrypt = app.add_subcommand("decrypt", "Decrypt base64 ciphertext from stdin to stdout");
   decrypt->add_option("--key-id", o.key_id, "key_id the ciphertext was made with (v2)");
   decrypt->callback([&] { rc = Decrypt(o); });
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    // Not echoed: data belongs on stdin, and a stray argument may be exactly that data.
+    std::cerr << "trousseauctl: unexpected arguments (not shown); data goes on stdin, see --help\n";
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return rc;
 }
