@@ -54,9 +54,11 @@ void LogKeyRing(const KmsEngine& engine) {
 void RefreshKeys(KmsEngine& engine, observability::Telemetry& telemetry, const char* why) {
   const std::string before = engine.key_ring()->active_key_id();
   if (Status s = engine.LoadKeyRing(); !s.ok()) {
+    telemetry.RecordKeyRefresh(false);
     spdlog::error("key refresh ({}) failed, keeping the current key ring: {}", why, s.message());
     return;
   }
+  telemetry.RecordKeyRefresh(true);
   const std::string after = engine.key_ring()->active_key_id();
   telemetry.SetActiveKey(after);
   if (after != before) {
@@ -95,6 +97,7 @@ int RunPlugin(const PluginOptions& options) {
   }
   spdlog::info("using {}{}{}", backend->Describe(), configured->summary.empty() ? "" : " ", configured->summary);
   LogKeyRing(engine);
+  telemetry.RecordKeyRefresh(true);
   telemetry.SetActiveKey(engine.key_ring()->active_key_id());
   telemetry.SetBackendUp(true);
 

@@ -39,7 +39,9 @@ class RecordFormatter final : public spdlog::formatter {
     if (format_ == LogFormat::kJson) {
       line = "{\"ts\":\"" + Timestamp(msg.time) + "\",\"level\":\"" + std::string(level) + "\",\"msg\":" + JsonQuote(text);
       if (current_fields != nullptr) {
-        for (const LogField& field : *current_fields) line += "," + JsonQuote(field.key) + ":" + JsonQuote(field.value);
+        for (const LogField& field : *current_fields) {
+          line += "," + JsonQuote(field.key) + ":" + (field.numeric ? std::string(field.value) : JsonQuote(field.value));
+        }
       }
       line += "}\n";
     } else {

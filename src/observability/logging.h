@@ -18,6 +18,8 @@ void SetUpLogging(LogFormat format, spdlog::level::level_enum level);
 struct LogField {
   std::string_view key;
   std::string_view value;
+  // A JSON number (written unquoted in json format), e.g. a latency in seconds.
+  bool numeric = false;
 };
 
 // Logs `message` with structured fields: JSON members in json format, key=value pairs in text.

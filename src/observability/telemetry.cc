@@ -83,6 +83,18 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                      .Name("trousseau_hsm_active_key_info")
                      .Help("The key_id Encrypt uses now (value 1)")
                      .Register(*registry_);
+  auto& refreshes = prometheus::BuildCounter()
+                        .Name("trousseau_hsm_key_refresh_total")
+                        .Help("Re-reads of the key family (SIGHUP, interval) by result; a failed one keeps the last "
+                              "good key ring in force")
+                        .Register(*registry_);
+  key_refresh_ok_ = &refreshes.Add({{"result", "ok"}});
+  key_refresh_failed_ = &refreshes.Add({{"result", "failed"}});
+  key_refresh_last_success_ = &prometheus::BuildGauge()
+                                   .Name("trousseau_hsm_key_refresh_last_success_timestamp_seconds")
+                                   .Help("Unix time of the last successful key family load")
+                                   .Register(*registry_)
+                                   .Add({});
   prometheus::BuildGauge()
       .Name("trousseau_hsm_build_info")
       .Help("Build information (value 1)")
@@ -119,7 +131,7 @@ void Telemetry::OnRequest(const server::RequestRecord& record) {
                  {"uid", record.uid},
                  {"key_id", record.key_id},
                  {"code", code_name},
-                 {"latency", latency}});
+                 {"latency", latency, /*numeric=*/true}});
 }
 
 void Telemetry::OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) {
@@ -138,6 +150,14 @@ void Telemetry::SetActiveKey(const std::string& key_id) {
   active_key_gauge_ = &active_key_->Add({{"key_id", key_id}});
   active_key_gauge_->Set(1);
   active_key_id_ = key_id;
+}
+
+void Telemetry::RecordKeyRefresh(bool ok) {
+  (ok ? key_refresh_ok_ : key_refresh_failed_)->Increment();
+  if (ok) {
+    key_refresh_last_success_->Set(
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+  }
 }
 
 void Telemetry::SetBackendUp(bool up) { backend_up_->Set(up ? 1 : 0); }

@@ -31,6 +31,8 @@ class Telemetry final : public server::RequestObserver, public BackendObserver {
   void SetActiveKey(const std::string& key_id);
   void SetBackendUp(bool up);
   void SetSessionPool(size_t in_use, size_t size);
+  // Outcome of a key family load (start-up, SIGHUP, interval).
+  void RecordKeyRefresh(bool ok);
 
   // Prometheus text exposition format.
   std::string Render() const;
@@ -50,6 +52,9 @@ class Telemetry final : public server::RequestObserver, public BackendObserver {
   prometheus::Gauge* backend_up_ = nullptr;
   prometheus::Gauge* pool_in_use_ = nullptr;
   prometheus::Gauge* pool_size_ = nullptr;
+  prometheus::Counter* key_refresh_ok_ = nullptr;
+  prometheus::Counter* key_refresh_failed_ = nullptr;
+  prometheus::Gauge* key_refresh_last_success_ = nullptr;
   prometheus::Family<prometheus::Gauge>* active_key_ = nullptr;
   std::mutex active_key_mu_;
   std::string active_key_id_;

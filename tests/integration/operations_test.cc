@@ -2,6 +2,7 @@
 // file and TROUSSEAU_HSM_* environment variables, against the real binary on a real SoftHSM token.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -155,6 +156,33 @@ TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200)
   EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
 }
 
+// A refresh that finds a bad new version (here an extractable key) keeps serving with the last good
+// key ring, and says so in the metrics, not only in a log line.
+TEST_F(OperationsTest, AFailedKeyRefreshKeepsTheLastGoodRingAndIsCountedInTheMetrics) {
+  auto args = BaseArgs();
+  args.insert(args.end(), {"--key-refresh-interval", "0"});
+  auto plugin = Start(args);
+  ASSERT_TRUE(Eventually([&] { return Serving(socket_); }, 5s)) << plugin->Log();
+  const std::string before = HttpGet(port_, "/metrics").body;
+  EXPECT_NE(before.find("trousseau_hsm_key_refresh_total{result=\"ok\"} 1"), std::string::npos) << before;
+  EXPECT_NE(before.find("trousseau_hsm_key_refresh_last_success_timestamp_seconds "), std::string::npos);
+  KmsClients clients(socket_);
+  v2::StatusResponse v1;
+  ASSERT_TRUE(clients.v2->Status(CallContext().get(), {}, &v1).ok());
+
+  ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
+  plugin->Signal(SIGHUP);
+  EXPECT_TRUE(Eventually([&] {
+    return HttpGet(port_, "/metrics").body.find("trousseau_hsm_key_refresh_total{result=\"failed\"} 1") !=
+           std::string::npos;
+  }, 5s)) << plugin->Log();
+  v2::StatusResponse after;
+  ASSERT_TRUE(clients.v2->Status(CallContext().get(), {}, &after).ok());
+  EXPECT_EQ(after.key_id(), v1.key_id()) << "the unsafe version 2 must never become active";
+  EXPECT_EQ(after.healthz(), "ok") << "the device works; the last good ring still serves";
+  EXPECT_NE(plugin->Log().find("keeping the current key ring"), std::string::npos) << plugin->Log();
+}
+
 TEST_F(OperationsTest, JsonLogsAreOneObjectPerLineWithRequestFieldsAndNoPlaintext) {
   auto args = BaseArgs();
   args.insert(args.end(), {"--log-format", "json", "--log-level", "debug"});
@@ -183,7 +211,7 @@ TEST_F(OperationsTest, JsonLogsAreOneObjectPerLineWithRequestFieldsAndNoPlaintex
       EXPECT_EQ(record["uid"], "uid-1234");
       EXPECT_EQ(record["key_id"], sealed.key_id());
       EXPECT_EQ(record["code"], "OK");
-      EXPECT_TRUE(record.contains("latency"));
+      EXPECT_TRUE(record["latency"].is_number()) << line;
     }
     ++parsed;
   }
