@@ -1,6 +1,7 @@
 // trousseau-hsm-init: the commands behind the CLI. Each returns the process exit code and has
 // printed its result (stdout) or its error (stderr). Nothing here ever prints a PIN: PINs only come
-// from files or TROUSSEAU_HSM_PIN and go straight to the token.
+// from files or TROUSSEAU_HSM_PIN and go straight to the token. Nothing prints key material either
+// (the TPM keys never leave the TPM; only their key_ids are shown).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +46,15 @@ struct ConfigOptions {
   std::string timeout = "3s";
 };
 
+// tpm init | rotate | list | selftest: the TPM 2.0 key directory (tpm_commands.cc, on top of
+// tpm/provisioning.h). key_ids use tpm::kTpmFamilyLabel, as the plugin does.
+struct TpmOptions {
+  std::string tcti = "device:/dev/tpmrm0";
+  std::string key_dir;
+  std::string scheme = "auto";  // init, rotate: auto | aes-cfb-hmac | rsa-oaep
+  bool json = false;
+};
+
 int TokenInit(const TokenInitOptions& options);
 int KeyGenerate(const KeyOptions& options);
 int KeyRotate(const KeyOptions& options);
@@ -52,6 +62,10 @@ int KeyList(const KeyOptions& options);
 int KeyRetire(const KeyOptions& options);
 int Selftest(const KeyOptions& options);
 int Config(const ConfigOptions& options);
+int TpmInit(const TpmOptions& options);
+int TpmRotate(const TpmOptions& options);
+int TpmList(const TpmOptions& options);
+int TpmSelftest(const TpmOptions& options);
 
 // ---- shared helpers (common.cc) ----
 

@@ -1,6 +1,7 @@
 // trousseau-hsm-init: provision the PKCS#11 token for trousseau-hsm: initialise a token, generate,
 // rotate, list and retire versions of the AES-256 key family, self-test it, and print the
 // kube-apiserver EncryptionConfiguration. PINs come from files or TROUSSEAU_HSM_PIN, never flags.
+// `tpm ...` does the same for the TPM 2.0 backend's key directory.
 #include <iostream>
 #include <limits>
 
@@ -26,6 +27,32 @@ CLI::Option* AddUri(CLI::App* command, std::string& uri) {
   return command->add_option("--pkcs11-uri", uri, kUriHelp)->required()->envname("TROUSSEAU_HSM_PKCS11_URI");
 }
 
+// --tpm-tcti and --tpm-key-dir, with the plugin's names, defaults and environment variables.
+void AddTpm(CLI::App* command, TpmOptions& options) {
+  command
+      ->add_option("--tpm-tcti", options.tcti,
+                   "TCTI of the TPM, as the plugin takes it: device:/dev/tpmrm0 (the kernel resource manager), "
+                   "tabrmd, swtpm:path=/run/swtpm/sock, ... (env TROUSSEAU_HSM_TPM_TCTI)")
+      ->envname("TROUSSEAU_HSM_TPM_TCTI")
+      ->capture_default_str();
+  command
+      ->add_option("--tpm-key-dir", options.key_dir,
+                   "The key directory: one file set per key version, TPM-encrypted blobs usable only in this TPM "
+                   "(0700, files 0600); the plugin's --tpm-key-dir (env TROUSSEAU_HSM_TPM_KEY_DIR)")
+      ->required()
+      ->envname("TROUSSEAU_HSM_TPM_KEY_DIR");
+}
+
+void AddScheme(CLI::App* command, TpmOptions& options) {
+  command
+      ->add_option("--scheme", options.scheme,
+                   "How the new version seals: aes-cfb-hmac (AES-256-CFB + HMAC-SHA256, two TPM objects; refused on "
+                   "a TPM without TPM2_EncryptDecrypt(2) and TPM2_HMAC), rsa-oaep (RSA-2048-OAEP, the fallback; "
+                   "seeds of at most 190 bytes), or auto (aes-cfb-hmac if the TPM can, else rsa-oaep)")
+      ->check(CLI::IsMember({"auto", "aes-cfb-hmac", "rsa-oaep"}))
+      ->capture_default_str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -34,6 +61,7 @@ int main(int argc, char** argv) {
       "Initialise a token, create and rotate the AES-256 key family (non-extractable, encrypt/decrypt only; "
       "CKA_LABEL = family, CKA_ID = version, the highest version is active), list and retire versions, "
       "self-test the keys on the device, and print the kube-apiserver EncryptionConfiguration.\n"
+      "`tpm init|rotate|list|selftest` does the same for the TPM 2.0 backend's key directory.\n"
       "PINs come from files (owner-only permissions) or TROUSSEAU_HSM_PIN, never from a flag.\n"
       "Exit codes: 0 ok, 1 the operation failed or was refused, 2 usage or configuration error.",
       "trousseau-hsm-init"};
@@ -61,7 +89,10 @@ int main(int argc, char** argv) {
   init->callback([&] { rc = TokenInit(token_init); });
 
   // key generate | rotate | list | retire
-  KeyOptions key_options;
+  // One options struct per subcommand: CLI11 applies environment variables (TROUSSEAU_HSM_PKCS11_URI) to
+  // the options of every subcommand, invoked or not, so a shared struct would let the environment
+  // overwrite the URI given as a flag to the subcommand that runs.
+  KeyOptions generate_options, rotate_options, list_options, retire_options, selftest_options;
   CLI::App* key = app.add_subcommand("key", "The KEK family: generate, rotate, list, retire");
   key->require_subcommand(1);
 
@@ -70,28 +101,28 @@ int main(int argc, char** argv) {
       "Create version 1 of the key family: AES-256 generated on the token, token object, private, sensitive, "
       "never extractable, encrypt/decrypt only, not modifiable, CKA_LABEL = the URI's object, CKA_ID = 01. "
       "Refuses if the family already has any key (use `key rotate`). Prints the key_id the plugin will report.");
-  AddUri(generate, key_options.pkcs11_uri);
-  generate->add_flag("--json", key_options.json, "Print {\"version\":1,\"key_id\":...} as JSON");
-  generate->callback([&] { rc = KeyGenerate(key_options); });
+  AddUri(generate, generate_options.pkcs11_uri);
+  generate->add_flag("--json", generate_options.json, "Print {\"version\":1,\"key_id\":...} as JSON");
+  generate->callback([&] { rc = KeyGenerate(generate_options); });
 
   CLI::App* rotate = key->add_subcommand(
       "rotate",
       "Create version N+1 (N = the highest version present) with the same policy and print its key_id. A running "
       "plugin makes it active on SIGHUP or within its --key-refresh-interval; older versions keep decrypting. "
       "See docs/rotation.md for the whole procedure.");
-  AddUri(rotate, key_options.pkcs11_uri);
-  rotate->add_flag("--json", key_options.json, "Print {\"version\":N,\"key_id\":...} as JSON");
-  rotate->callback([&] { rc = KeyRotate(key_options); });
+  AddUri(rotate, rotate_options.pkcs11_uri);
+  rotate->add_flag("--json", rotate_options.json, "Print {\"version\":N,\"key_id\":...} as JSON");
+  rotate->callback([&] { rc = KeyRotate(rotate_options); });
 
   CLI::App* list = key->add_subcommand(
       "list",
       "List every version of the family: version, key_id (as the plugin derives it), CKA_ID, key type and "
       "size, attributes (sensitive, extractable, always-sensitive, never-extractable, local, modifiable), usages, "
       "whether the plugin's KEK policy accepts it, and which version is active (the highest).");
-  AddUri(list, key_options.pkcs11_uri);
-  list->add_flag("--json", key_options.json,
+  AddUri(list, list_options.pkcs11_uri);
+  list->add_flag("--json", list_options.json,
                  "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"id\":\"01\",\"active\":bool,...}]}");
-  list->callback([&] { rc = KeyList(key_options); });
+  list->callback([&] { rc = KeyList(list_options); });
 
   CLI::App* retire = key->add_subcommand(
       "retire",
@@ -99,12 +130,12 @@ int main(int argc, char** argv) {
       "`kubectl get secrets -A -o json | kubectl replace -f -`). Objects still under its key_id become unreadable "
       "for good. Without --yes only explains what would be lost and exits 1. The active (highest) version can never "
       "be retired.");
-  AddUri(retire, key_options.pkcs11_uri);
-  retire->add_option("--version", key_options.version, "The version to destroy")
+  AddUri(retire, retire_options.pkcs11_uri);
+  retire->add_option("--version", retire_options.version, "The version to destroy")
       ->required()
       ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
-  retire->add_flag("--yes", key_options.yes, "Really destroy it");
-  retire->callback([&] { rc = KeyRetire(key_options); });
+  retire->add_flag("--yes", retire_options.yes, "Really destroy it");
+  retire->callback([&] { rc = KeyRetire(retire_options); });
 
   // selftest
   CLI::App* selftest = app.add_subcommand(
@@ -113,9 +144,9 @@ int main(int argc, char** argv) {
       "cannot encrypt/decrypt; warnings: extra usages such as wrap/unwrap/sign/verify/derive, modifiable, once "
       "extractable), then an AES-GCM round trip on the device and a tamper check (a flipped bit must be rejected). "
       "Exits 0 only if every check passes.");
-  AddUri(selftest, key_options.pkcs11_uri);
-  selftest->add_flag("--json", key_options.json, "Print the results as JSON");
-  selftest->callback([&] { rc = Selftest(key_options); });
+  AddUri(selftest, selftest_options.pkcs11_uri);
+  selftest->add_flag("--json", selftest_options.json, "Print the results as JSON");
+  selftest->callback([&] { rc = Selftest(selftest_options); });
 
   // config
   ConfigOptions config_options;
@@ -131,6 +162,56 @@ int main(int argc, char** argv) {
   config->add_option("--timeout", config_options.timeout, "kube-apiserver's timeout per KMS call")
       ->capture_default_str();
   config->callback([&] { rc = Config(config_options); });
+
+  // tpm init | rotate | list | selftest. One TpmOptions per subcommand: CLI11 applies environment
+  // variables to the options of every subcommand, invoked or not, so shared variables would let
+  // TROUSSEAU_HSM_TPM_* override the invoked subcommand's flags.
+  TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options;
+  CLI::App* tpm = app.add_subcommand(
+      "tpm",
+      "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest. Keys are "
+      "generated in the TPM (fixedTPM: they never leave it); the directory holds only blobs this TPM can load. "
+      "Run through a resource manager (device:/dev/tpmrm0, tabrmd) while the plugin runs. Exit codes: 0 ok, "
+      "1 the TPM failed or the operation was refused, 2 usage error (bad flag, missing or unreadable key directory)");
+  tpm->require_subcommand(1);
+
+  CLI::App* tpm_init = tpm->add_subcommand(
+      "init",
+      "Create the key directory (0700) if needed and key version 1 in the TPM, load it back and print its key_id "
+      "(as the plugin's Status will report it). Refuses (exit 1) if the directory already holds keys: use "
+      "`tpm rotate` for a new version.");
+  AddTpm(tpm_init, tpm_init_options);
+  AddScheme(tpm_init, tpm_init_options);
+  tpm_init->add_flag("--json", tpm_init_options.json, "Print {\"version\":1,\"key_id\":...,\"scheme\":...} as JSON");
+  tpm_init->callback([&] { rc = TpmInit(tpm_init_options); });
+
+  CLI::App* tpm_rotate = tpm->add_subcommand(
+      "rotate",
+      "Create version N+1 (N = the highest version in the directory) and print its key_id. A running plugin makes "
+      "it active on SIGHUP or within its --key-refresh-interval; older versions keep decrypting until their files "
+      "are removed.");
+  AddTpm(tpm_rotate, tpm_rotate_options);
+  AddScheme(tpm_rotate, tpm_rotate_options);
+  tpm_rotate->add_flag("--json", tpm_rotate_options.json, "Print {\"version\":N,\"key_id\":...,\"scheme\":...} as JSON");
+  tpm_rotate->callback([&] { rc = TpmRotate(tpm_rotate_options); });
+
+  CLI::App* tpm_list = tpm->add_subcommand(
+      "list",
+      "Load every version of the directory in this TPM and list it: version, key_id (as the plugin derives it), "
+      "scheme, and which version is active (the highest). Fails (exit 1) if a version does not load in this TPM.");
+  AddTpm(tpm_list, tpm_list_options);
+  tpm_list->add_flag("--json", tpm_list_options.json,
+                     "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"active\":bool,\"scheme\":...}]}");
+  tpm_list->callback([&] { rc = TpmList(tpm_list_options); });
+
+  CLI::App* tpm_selftest = tpm->add_subcommand(
+      "selftest",
+      "Check the TPM has the commands the keys need, then for every version: load it, seal and open a test "
+      "plaintext, and make sure a forged ciphertext is refused. Exits 0 only if every check passes.");
+  AddTpm(tpm_selftest, tpm_selftest_options);
+  tpm_selftest->add_flag("--json", tpm_selftest_options.json,
+                         "Print {\"ok\":bool,\"failures\":[...],\"keys\":[{\"version\":N,\"key_id\":...}]}");
+  tpm_selftest->callback([&] { rc = TpmSelftest(tpm_selftest_options); });
 
   try {
     app.parse(argc, argv);
