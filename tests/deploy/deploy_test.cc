@@ -700,6 +700,23 @@ TEST(DeployTest, EncryptionConfigurationsUseThePluginSocketAndKeepIdentityLast) 
   }
 }
 
+// The provider-migration example: the plugin first (it encrypts every write), the old provider only
+// for reads, identity last.
+TEST(DeployTest, MigrationExampleWritesThroughThePluginAndOnlyReadsTheOldProvider) {
+  const YAML::Node config = LoadOne(kDeploy / "encryption-configuration-migration.yaml");
+  EXPECT_EQ(config["kind"].as<std::string>(""), "EncryptionConfiguration");
+  ASSERT_EQ(config["resources"].size(), 1u);
+  const YAML::Node providers = config["resources"][0]["providers"];
+  ASSERT_EQ(providers.size(), 3u);
+  const YAML::Node kms = providers[0]["kms"];
+  ASSERT_TRUE(kms) << "the first provider encrypts every write: it must be the plugin";
+  EXPECT_EQ(kms["apiVersion"].as<std::string>(""), "v2");
+  EXPECT_EQ(kms["name"].as<std::string>(""), "trousseau-hsm");
+  EXPECT_EQ(kms["endpoint"].as<std::string>(""), "unix:///var/run/trousseau-hsm/kms.sock");
+  EXPECT_TRUE(providers[1]["aescbc"].IsDefined()) << "the provider being migrated away from, for reads";
+  EXPECT_TRUE(providers[2]["identity"].IsDefined());
+}
+
 // Every --flag written in deploy/ against the binaries' --help.
 TEST(DeployTest, FlagsNamedInDeployAreAcceptedByTheBinaries) {
   ASSERT_GE(PluginCli().flags.size(), 10u) << "could not read " << PLUGIN_PATH << " --help";

@@ -317,6 +317,22 @@ TEST_F(InitToolTest, ListShowsAnEmptyFamilyAndHumanReadableAttributes) {
   EXPECT_NE(list.out.find("usages:     encrypt, decrypt"), std::string::npos) << list.out;
 }
 
+// A flag wins over TROUSSEAU_HSM_PKCS11_URI, for every subcommand (CLI11 fills env values into every
+// subcommand's options, so they must not share storage).
+TEST_F(InitToolTest, TheUriFlagWinsOverTheEnvironmentInEverySubcommand) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  setenv("TROUSSEAU_HSM_PKCS11_URI", "pkcs11:token=no-such-token;object=kek?module-path=/nonexistent.so", 1);
+  for (const std::vector<std::string>& command :
+       {std::vector<std::string>{"key", "list", "--pkcs11-uri", uri_},
+        std::vector<std::string>{"selftest", "--pkcs11-uri", uri_}}) {
+    const ToolResult r = Run(command);
+    EXPECT_EQ(r.code, 0) << command[0] << " " << command[1] << ": " << r.all();
+  }
+  // Without the flag the environment is used (and here names nothing that exists).
+  EXPECT_NE(Run({"key", "list"}).code, 0);
+  unsetenv("TROUSSEAU_HSM_PKCS11_URI");
+}
+
 // ---- key retire ----
 
 TEST_F(InitToolTest, RetireRefusesTheActiveVersionAndWithoutYesThenDestroys) {
