@@ -3,6 +3,8 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
 #include <atomic>
@@ -73,6 +75,12 @@ int RunPlugin(const PluginOptions& options) {
   observability::SetUpLogging(
       options.log_format == "json" ? observability::LogFormat::kJson : observability::LogFormat::kText,
       spdlog::level::from_str(options.log_level));
+
+  // Seeds pass through this process's memory: no core dump may carry them to disk, and no other
+  // process of the same user may read them through ptrace or /proc/PID/mem.
+  const rlimit no_core{0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
   // Signals are taken synchronously by this thread only; block them before any other thread exists.
   sigset_t signals;

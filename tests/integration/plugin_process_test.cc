@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <sstream>
 
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/softhsm_token.h"
@@ -64,6 +65,24 @@ TEST_F(PluginProcessTest, ServesThenDrainsAndRemovesItsSocketOnSigterm) {
   plugin->Signal(SIGTERM);
   EXPECT_EQ(plugin->Wait(10s), 0) << plugin->Log();
   EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "socket left behind";
+}
+
+// Seeds are in its memory: a crash must not write them to a core file.
+TEST_F(PluginProcessTest, NeverDumpsCore) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin();
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  std::ifstream limits("/proc/" + std::to_string(plugin->pid()) + "/limits");
+  std::string line, core;
+  while (std::getline(limits, line)) {
+    if (line.rfind("Max core file size", 0) == 0) core = line;
+  }
+  ASSERT_FALSE(core.empty());
+  std::istringstream fields(core.substr(sizeof("Max core file size") - 1));
+  std::string soft, hard;
+  fields >> soft >> hard;
+  EXPECT_EQ(soft, "0") << core;
+  EXPECT_EQ(hard, "0") << core;
 }
 
 TEST_F(PluginProcessTest, ReplacesAStaleSocketButNotALiveOne) {
