@@ -45,6 +45,10 @@ std::string HexEncode(std::string_view bytes);
 // everything else \xNN, cut at `max` input bytes with "..." appended.
 std::string QuoteForMessage(std::string_view text, size_t max = 80);
 
+// A JSON string literal (quotes included): quote and backslash escaped, control characters and DEL
+// as \uXXXX. Bytes >= 0x80 pass through unchanged.
+std::string JsonQuote(std::string_view text);
+
 // "250ms", "5s", "1m", "2h", "0" -> duration; nullopt if malformed or negative.
 std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text);
 

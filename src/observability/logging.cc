@@ -8,6 +8,8 @@
 #include <ctime>
 #include <vector>
 
+#include "core/strings.h"
+
 namespace trousseau::observability {
 namespace {
 
@@ -63,28 +65,6 @@ class RecordFormatter final : public spdlog::formatter {
 };
 
 }  // namespace
-
-std::string JsonQuote(std::string_view text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
 
 void SetUpLogging(LogFormat format, spdlog::level::level_enum level) {
   auto logger = std::make_shared<spdlog::logger>("trousseau-hsm", std::make_shared<spdlog::sinks::stderr_sink_mt>());

@@ -26,7 +26,4 @@ struct LogField {
 void LogWithFields(spdlog::level::level_enum level, std::string_view message,
                    std::initializer_list<LogField> fields);
 
-// JSON string literal (quotes included) with control characters escaped.
-std::string JsonQuote(std::string_view text);
-
 }  // namespace trousseau::observability

@@ -33,6 +33,7 @@
 
 #include "tests/deploy/helm_render.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/local_http.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
 
@@ -902,38 +903,6 @@ TEST(DeployTest, NoPinValueAnywhereInDeploy) {
 // ---------------------------------------------------------------------------------------------------
 // Against a real plugin on a real SoftHSM token.
 
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-int HttpStatus(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return 0;
-  }
-  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-  (void)!write(fd, request.data(), request.size());
-  std::string raw;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) raw.append(buf, n);
-  close(fd);
-  return raw.rfind("HTTP/1.1 ", 0) == 0 ? std::stoi(raw.substr(9, 3)) : 0;
-}
-
 class DeployPluginTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -965,13 +934,13 @@ TEST_F(DeployPluginTest, SystemdConfigFileDrivesARealPlugin) {
   ASSERT_TRUE(keys["health-listen"]);
 
   // The file as shipped; only the token (URI), the socket and the port are this test's.
-  const int port = FreeLoopbackPort();
+  const int port = testing::FreeLoopbackPort();
   Subprocess plugin({PLUGIN_PATH, "--config", config.string(), "--listen", "unix://" + socket_, "--pkcs11-uri",
                      token_->Uri(), "--health-listen", "127.0.0.1:" + std::to_string(port)},
                     token_->dir() + "/plugin.log");
   ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << plugin.Log();
-  EXPECT_EQ(HttpStatus(port, "/livez"), 200);
-  EXPECT_EQ(HttpStatus(port, "/readyz"), 200);
+  EXPECT_EQ(testing::HttpGet(port, "/livez").code, 200);
+  EXPECT_EQ(testing::HttpGet(port, "/readyz").code, 200);
   // log-format: json came from the file.
   const std::string first_line = Lines(plugin.Log()).at(0);
   EXPECT_NO_THROW(nlohmann::json::parse(first_line)) << first_line;

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/local_http.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
 
@@ -22,49 +23,12 @@ namespace {
 using namespace std::chrono_literals;
 using testing::CallContext;
 using testing::Eventually;
+using testing::FreeLoopbackPort;
+using testing::HttpGet;
+using testing::HttpResponse;
 using testing::KmsClients;
 using testing::SoftHsmToken;
 using testing::Subprocess;
-
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-struct HttpResponse {
-  int code = 0;
-  std::string body;
-};
-
-HttpResponse HttpGet(int port, const std::string& path) {
-  HttpResponse response;
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    close(fd);
-    return response;
-  }
-  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-  (void)!write(fd, request.data(), request.size());
-  std::string raw;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) raw.append(buf, n);
-  close(fd);
-  if (raw.rfind("HTTP/1.1 ", 0) == 0) response.code = std::stoi(raw.substr(9, 3));
-  if (size_t end = raw.find("\r\n\r\n"); end != std::string::npos) response.body = raw.substr(end + 4);
-  return response;
-}
 
 class OperationsTest : public ::testing::Test {
  protected:

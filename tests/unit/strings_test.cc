@@ -55,5 +55,13 @@ TEST(SecureBytes, MoveLeavesTheSourceEmpty) {
   EXPECT_EQ(b.view(), "k");
 }
 
+TEST(JsonQuote, EscapesQuotesBackslashesAndControlCharactersAndKeepsUtf8) {
+  EXPECT_EQ(JsonQuote("plain"), "\"plain\"");
+  EXPECT_EQ(JsonQuote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+  EXPECT_EQ(JsonQuote("line\nnext\ttab"), "\"line\\nnext\\ttab\"");
+  EXPECT_EQ(JsonQuote(std::string("nul\0del\x7f", 8)), "\"nul\\u0000del\\u007f\"");
+  EXPECT_EQ(JsonQuote("cl\xc3\xa9s"), "\"cl\xc3\xa9s\"");
+}
+
 }  // namespace
 }  // namespace trousseau

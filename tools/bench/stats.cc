@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <numeric>
 
+#include "core/strings.h"
+
 namespace trousseau::bench {
 
 int64_t NowNs() {
@@ -38,28 +40,11 @@ Summary Summarize(std::vector<int64_t>& ns, size_t errors, double seconds) {
   return s;
 }
 
-std::string JsonEscape(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
 void Json::Key(std::string_view key) {
   if (!first_.back()) out_ += ",";
   first_.back() = false;
   if (!in_array_.back()) {
-    out_ += JsonEscape(key);
+    out_ += JsonQuote(key);
     out_ += ":";
   }
 }
@@ -96,7 +81,7 @@ Json& Json::CloseArray() {
 
 Json& Json::Str(std::string_view key, std::string_view value) {
   Key(key);
-  out_ += JsonEscape(value);
+  out_ += JsonQuote(value);
   return *this;
 }
 

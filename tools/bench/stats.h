@@ -43,6 +43,4 @@ class Json {
   std::vector<bool> in_array_{true};
 };
 
-std::string JsonEscape(std::string_view s);
-
 }  // namespace trousseau::bench

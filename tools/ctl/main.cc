@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "core/strings.h"
 #include "v1beta1/kms.grpc.pb.h"
 #include "v2/kms.grpc.pb.h"
 
@@ -36,23 +37,6 @@ bool Base64Decode(std::string in, std::string* out) {
   if (in.size() > 1 && in[in.size() - 2] == '=') ++padding;
   out->resize(static_cast<size_t>(n) - padding);
   return true;
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
 }
 
 std::string ReadStdin() { return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()}; }
@@ -92,8 +76,8 @@ int Status(const Options& o) {
     v1beta1::VersionResponse response;
     if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
     if (o.json) {
-      std::cout << "{\"version\":" << JsonString(response.version()) << ",\"runtime_name\":"
-                << JsonString(response.runtime_name()) << ",\"runtime_version\":" << JsonString(response.runtime_version())
+      std::cout << "{\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
+                << trousseau::JsonQuote(response.runtime_name()) << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version())
                 << "}\n";
     } else {
       std::cout << "version: " << response.version() << "\nruntime: " << response.runtime_name() << " "
@@ -106,8 +90,8 @@ int Status(const Options& o) {
   if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(s);
   const bool healthy = response.healthz() == "ok" && response.version() == "v2" && !response.key_id().empty();
   if (o.json) {
-    std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"version\":" << JsonString(response.version())
-              << ",\"healthz\":" << JsonString(response.healthz()) << ",\"key_id\":" << JsonString(response.key_id())
+    std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"version\":" << trousseau::JsonQuote(response.version())
+              << ",\"healthz\":" << trousseau::JsonQuote(response.healthz()) << ",\"key_id\":" << trousseau::JsonQuote(response.key_id())
               << "}\n";
   } else {
     std::cout << "healthz: " << response.healthz() << "\nversion: " << response.version()
@@ -138,7 +122,7 @@ int Encrypt(const Options& o) {
     key_id = response.key_id();
   }
   if (o.json) {
-    std::cout << "{\"ciphertext\":" << JsonString(Base64Encode(ciphertext)) << ",\"key_id\":" << JsonString(key_id)
+    std::cout << "{\"ciphertext\":" << trousseau::JsonQuote(Base64Encode(ciphertext)) << ",\"key_id\":" << trousseau::JsonQuote(key_id)
               << "}\n";
   } else {
     std::cout << Base64Encode(ciphertext) << "\n";
@@ -177,7 +161,7 @@ int Decrypt(const Options& o) {
     plaintext = response.plaintext();
   }
   if (o.json) {
-    std::cout << "{\"plaintext\":" << JsonString(Base64Encode(plaintext)) << "}\n";
+    std::cout << "{\"plaintext\":" << trousseau::JsonQuote(Base64Encode(plaintext)) << "}\n";
   } else {
     std::cout << plaintext;
   }

@@ -13,23 +13,6 @@ int Fail(int exit_code, const std::string& message) {
 
 int FailStatus(const Status& status) { return Fail(kExitFailed, status.message()); }
 
-std::string JsonString(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
 std::string Hex(const std::string& bytes) { return HexEncode(bytes); }
 
 std::string Family::Describe() const {

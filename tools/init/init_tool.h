@@ -72,8 +72,6 @@ int TpmSelftest(const TpmOptions& options);
 // Prints "trousseau-hsm-init: <message>" to stderr and returns `exit_code`.
 int Fail(int exit_code, const std::string& message);
 
-// A JSON string literal.
-std::string JsonString(const std::string& text);
 // Lowercase hex, "01" for CKA_ID 0x01.
 std::string Hex(const std::string& bytes);
 

@@ -61,8 +61,8 @@ int CreateVersion(const Family& family, uint64_t version, bool json, bool rotati
   StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *created);
   if (!key_id.ok()) return FailStatus(key_id.status());
   if (json) {
-    std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonString(*key_id)
-              << ",\"id\":" << JsonString(Hex(created->id)) << ",\"label\":" << JsonString(family.label())
+    std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
+              << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
               << ",\"active\":true}\n";
     return kExitOk;
   }
@@ -125,18 +125,18 @@ int KeyList(const KeyOptions& options) {
     if (options.json) {
       if (!first) out << ",";
       first = false;
-      out << "{\"version\":" << key.version << ",\"key_id\":" << JsonString(key_id.ok() ? *key_id : "")
-          << ",\"id\":" << JsonString(Hex(key.id)) << ",\"active\":" << Bool(is_active)
-          << ",\"key_type\":" << JsonString(KeyTypeName(key)) << ",\"bits\":" << key.value_len * 8
+      out << "{\"version\":" << key.version << ",\"key_id\":" << JsonQuote(key_id.ok() ? *key_id : "")
+          << ",\"id\":" << JsonQuote(Hex(key.id)) << ",\"active\":" << Bool(is_active)
+          << ",\"key_type\":" << JsonQuote(KeyTypeName(key)) << ",\"bits\":" << key.value_len * 8
           << ",\"sensitive\":" << Bool(key.sensitive) << ",\"extractable\":" << Bool(key.extractable)
           << ",\"always_sensitive\":" << Bool(key.always_sensitive)
           << ",\"never_extractable\":" << Bool(key.never_extractable) << ",\"local\":" << Bool(key.local)
           << ",\"modifiable\":" << Bool(key.modifiable) << ",\"usages\":[";
       const std::vector<std::string> usages = Usages(key);
-      for (size_t i = 0; i < usages.size(); ++i) out << (i ? "," : "") << JsonString(usages[i]);
+      for (size_t i = 0; i < usages.size(); ++i) out << (i ? "," : "") << JsonQuote(usages[i]);
       out << "],\"policy_ok\":" << Bool(violation.empty());
-      if (!violation.empty()) out << ",\"policy_violation\":" << JsonString(violation);
-      if (!key_id.ok()) out << ",\"key_id_error\":" << JsonString(key_id.status().message());
+      if (!violation.empty()) out << ",\"policy_violation\":" << JsonQuote(violation);
+      if (!key_id.ok()) out << ",\"key_id_error\":" << JsonQuote(key_id.status().message());
       out << "}";
       continue;
     }

@@ -110,7 +110,7 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
 
 std::string JsonList(const std::vector<std::string>& items) {
   std::string out = "[";
-  for (size_t i = 0; i < items.size(); ++i) StrAppend(out, i ? "," : "", JsonString(items[i]));
+  for (size_t i = 0; i < items.size(); ++i) StrAppend(out, i ? "," : "", JsonQuote(items[i]));
   return out + "]";
 }
 
@@ -150,7 +150,7 @@ int Selftest(const KeyOptions& options) {
     out << "{\"ok\":" << (ok ? "true" : "false") << ",\"failures\":" << JsonList(family_failures) << ",\"keys\":[";
     for (size_t i = 0; i < checks.size(); ++i) {
       const Check& c = checks[i];
-      out << (i ? "," : "") << "{\"version\":" << c.version << ",\"key_id\":" << JsonString(c.key_id)
+      out << (i ? "," : "") << "{\"version\":" << c.version << ",\"key_id\":" << JsonQuote(c.key_id)
           << ",\"active\":" << (c.active ? "true" : "false") << ",\"ok\":" << (c.failures.empty() ? "true" : "false")
           << ",\"round_trip\":" << (c.round_trip ? "true" : "false")
           << ",\"tamper_rejected\":" << (c.tamper_rejected ? "true" : "false")

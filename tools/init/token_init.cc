@@ -50,9 +50,9 @@ int TokenInit(const TokenInitOptions& options) {
   const std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false), ";object=kek?module-path=",
                                  UriEscape(options.module, true), "&pin-source=file:", UriEscape(options.pin_file, true));
   if (options.json) {
-    std::cout << "{\"label\":" << JsonString(token->label) << ",\"serial\":" << JsonString(token->serial)
-              << ",\"module\":" << JsonString(options.module)
-              << ",\"pkcs11_uri\":" << JsonString(uri) << "}\n";
+    std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
+              << ",\"module\":" << JsonQuote(options.module)
+              << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
     return kExitOk;
   }
   std::cout << "initialised token '" << token->label << "' (serial " << token->serial << ") of " << options.module

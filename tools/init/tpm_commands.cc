@@ -126,8 +126,8 @@ tpm::TpmConfig Config(const TpmOptions& options) {
 int PrintCreated(const TpmOptions& options, const tpm::TpmKeyInfo& key, bool rotation) {
   const std::string scheme = SchemeOf(Schemes(options.key_dir), key.version);
   if (options.json) {
-    std::cout << "{\"version\":" << key.version << ",\"key_id\":" << JsonString(key.key_id)
-              << ",\"scheme\":" << JsonString(scheme) << ",\"key_dir\":" << JsonString(options.key_dir)
+    std::cout << "{\"version\":" << key.version << ",\"key_id\":" << JsonQuote(key.key_id)
+              << ",\"scheme\":" << JsonQuote(scheme) << ",\"key_dir\":" << JsonQuote(options.key_dir)
               << ",\"active\":true}\n";
     return kExitOk;
   }
@@ -200,9 +200,9 @@ int TpmList(const TpmOptions& options) {
     out << "{\"keys\":[";
     for (size_t i = 0; i < keys->size(); ++i) {
       const tpm::TpmKeyInfo& key = (*keys)[i];
-      out << (i ? "," : "") << "{\"version\":" << key.version << ",\"key_id\":" << JsonString(key.key_id)
+      out << (i ? "," : "") << "{\"version\":" << key.version << ",\"key_id\":" << JsonQuote(key.key_id)
           << ",\"active\":" << Bool(key.version == active)
-          << ",\"scheme\":" << JsonString(SchemeOf(schemes, key.version)) << "}";
+          << ",\"scheme\":" << JsonQuote(SchemeOf(schemes, key.version)) << "}";
     }
     out << "]}\n";
     std::cout << out.str();
@@ -249,12 +249,12 @@ int TpmSelftest(const TpmOptions& options) {
   std::ostringstream out;
   if (options.json) {
     out << "{\"ok\":" << Bool(ok) << ",\"failures\":[";
-    for (size_t i = 0; i < failures.size(); ++i) out << (i ? "," : "") << JsonString(failures[i]);
+    for (size_t i = 0; i < failures.size(); ++i) out << (i ? "," : "") << JsonQuote(failures[i]);
     out << "],\"keys\":[";
     for (size_t i = 0; i < keys.size(); ++i) {
-      out << (i ? "," : "") << "{\"version\":" << keys[i].version << ",\"key_id\":" << JsonString(keys[i].key_id)
+      out << (i ? "," : "") << "{\"version\":" << keys[i].version << ",\"key_id\":" << JsonQuote(keys[i].key_id)
           << ",\"active\":" << Bool(keys[i].version == active)
-          << ",\"scheme\":" << JsonString(SchemeOf(schemes, keys[i].version)) << ",\"ok\":true}";
+          << ",\"scheme\":" << JsonQuote(SchemeOf(schemes, keys[i].version)) << ",\"ok\":true}";
     }
     out << "]}\n";
   } else {
