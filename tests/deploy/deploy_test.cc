@@ -36,6 +36,8 @@
 #include "tests/testing/local_http.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
+#include "tests/tpm/swtpm.h"
+#include "tpm/provisioning.h"
 
 namespace trousseau {
 namespace {
@@ -68,8 +70,6 @@ const std::set<std::string> kForeignFlags = {
     "--now", "--no-install-recommends", "--parallel", "--target", "--recurse",        // systemctl, apt, cmake
     "--offline", "--threshold",                                                        // systemd-analyze
 };
-// Flags of the planned TPM backend: allowed only in comments until the binary has them.
-const std::set<std::string> kPlannedFlags = {"--tpm-tcti", "--tpm-key-dir"};
 
 // ---------------------------------------------------------------------------------------------------
 // Small helpers.
@@ -429,7 +429,7 @@ void ExpectSecurePluginPod(const YAML::Node& spec, const std::string& what) {
   // Flags (checked against --help in FlagsNamedInDeployAreAcceptedByTheBinaries) and what they imply.
   const std::map<std::string, std::string> args = ArgMap(c);
   ASSERT_TRUE(args.contains("--listen"));
-  ASSERT_TRUE(args.contains("--pkcs11-uri"));
+  ASSERT_NE(args.contains("--pkcs11-uri"), args.contains("--tpm-key-dir")) << "exactly one backend";
   ASSERT_TRUE(args.contains("--health-listen"));
   const std::string listen = args.at("--listen");
   ASSERT_EQ(listen.rfind("unix:///", 0), 0u) << listen;
@@ -477,31 +477,51 @@ void ExpectSecurePluginPod(const YAML::Node& spec, const std::string& what) {
   EXPECT_EQ(sock->host_type, "DirectoryOrCreate");
   EXPECT_FALSE(sock->read_only);
 
-  const std::string uri = args.at("--pkcs11-uri");
-  EXPECT_EQ(UriAttribute(uri, "pin-value"), "") << "no PIN in the URI";
-  const std::string pin_source = UriAttribute(uri, "pin-source");
-  ASSERT_EQ(pin_source.rfind("file:/", 0), 0u) << "the PIN must come from a file: " << uri;
-  const std::string pin_file = pin_source.substr(5);
-  const Mount* pin = MountFor(mounts, pin_file);
-  ASSERT_NE(pin, nullptr) << "PIN file not mounted: " << pin_file;
-  EXPECT_TRUE(pin->read_only);
-  EXPECT_EQ(pin->host_path, pin_file);
-  EXPECT_EQ(pin->host_type, "File");
+  if (args.contains("--tpm-key-dir")) {
+    // TPM: the key directory from the same host path, read-only (rotation writes it from the host); the
+    // resource manager device when the TCTI names it, as a character device.
+    const std::string key_dir = args.at("--tpm-key-dir");
+    const Mount* keys = MountFor(mounts, key_dir + "/v000001.aes.pub");
+    ASSERT_NE(keys, nullptr) << "TPM key directory not mounted: " << key_dir;
+    EXPECT_TRUE(keys->read_only);
+    EXPECT_EQ(keys->host_path, key_dir);
+    const std::string tcti = args.contains("--tpm-tcti") ? args.at("--tpm-tcti") : "device:/dev/tpmrm0";
+    if (tcti.rfind("device:", 0) == 0) {
+      const std::string device = tcti.substr(7);
+      const Mount* dev = MountFor(mounts, device);
+      ASSERT_NE(dev, nullptr) << "TPM device not mounted: " << device;
+      EXPECT_EQ(dev->host_type, "CharDevice");
+      EXPECT_TRUE(psc["supplementalGroups"].IsSequence() && psc["supplementalGroups"].size() > 0)
+          << device << " is root:tss 0660: the pod needs the tss group";
+    }
+  } else {
+    const std::string uri = args.at("--pkcs11-uri");
+    EXPECT_EQ(UriAttribute(uri, "pin-value"), "") << "no PIN in the URI";
+    const std::string pin_source = UriAttribute(uri, "pin-source");
+    ASSERT_EQ(pin_source.rfind("file:/", 0), 0u) << "the PIN must come from a file: " << uri;
+    const std::string pin_file = pin_source.substr(5);
+    const Mount* pin = MountFor(mounts, pin_file);
+    ASSERT_NE(pin, nullptr) << "PIN file not mounted: " << pin_file;
+    EXPECT_TRUE(pin->read_only);
+    EXPECT_EQ(pin->host_path, pin_file);
+    EXPECT_EQ(pin->host_type, "File");
 
-  const std::string module = UriAttribute(uri, "module-path");
-  ASSERT_FALSE(module.empty()) << uri;
-  const Mount* mod = MountFor(mounts, module);
-  ASSERT_NE(mod, nullptr) << "PKCS#11 module not mounted: " << module;
-  EXPECT_TRUE(mod->read_only);
-  // On this (Debian) host the module path may be a symlink: where it really points must be mounted too,
-  // from the same host path, or the container sees a dangling link.
-  std::error_code ec;
-  const fs::path real = fs::canonical(module, ec);
-  if (!ec) {
-    const Mount* real_mount = MountFor(mounts, real.string());
-    ASSERT_NE(real_mount, nullptr) << module << " resolves to " << real << " on this host, which is not mounted";
-    EXPECT_TRUE(real_mount->read_only);
-    EXPECT_EQ(real_mount->host_path, real_mount->mount_path);
+    const std::string module = UriAttribute(uri, "module-path");
+    ASSERT_FALSE(module.empty()) << uri;
+    const Mount* mod = MountFor(mounts, module);
+    ASSERT_NE(mod, nullptr) << "PKCS#11 module not mounted: " << module;
+    EXPECT_TRUE(mod->read_only);
+    // On this (Debian) host the module path may be a symlink: where it really points must be mounted too,
+    // from the same host path, or the container sees a dangling link.
+    std::error_code ec;
+    const fs::path real = fs::canonical(module, ec);
+    if (!ec) {
+      const Mount* real_mount = MountFor(mounts, real.string());
+      ASSERT_NE(real_mount, nullptr) << module << " resolves to " << real << " on this host, which is not mounted";
+      EXPECT_TRUE(real_mount->read_only);
+      EXPECT_EQ(real_mount->host_path, real_mount->mount_path);
+    }
+
   }
 
   if (!softhsm_conf.empty()) {
@@ -572,6 +592,20 @@ TEST(DeployTest, StaticPodIsSecureAndConsistentWithThePlugin) {
   EXPECT_EQ(pod["kind"].as<std::string>(""), "Pod");
   EXPECT_EQ(pod["metadata"]["namespace"].as<std::string>(""), "kube-system");
   ExpectSecurePluginPod(pod["spec"], "static pod");
+}
+
+TEST(DeployTest, TpmStaticPodIsAsSecureAndUsesTheResourceManager) {
+  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm-tpm.yaml");
+  EXPECT_EQ(pod["kind"].as<std::string>(""), "Pod");
+  EXPECT_EQ(pod["metadata"]["name"].as<std::string>(""), "trousseau-hsm") << "replaces the PKCS#11 variant";
+  ExpectSecurePluginPod(pod["spec"], "TPM static pod");
+  const std::map<std::string, std::string> args = ArgMap(PluginContainer(pod["spec"]));
+  EXPECT_EQ(args.at("--tpm-tcti"), "device:/dev/tpmrm0") << "the kernel resource manager, shared with the tool";
+  EXPECT_FALSE(args.contains("--pkcs11-uri"));
+  const std::map<std::string, std::string> pkcs11 =
+      ArgMap(PluginContainer(LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml")["spec"]));
+  EXPECT_EQ(args.at("--listen"), pkcs11.at("--listen")) << "kube-apiserver's configuration must not change";
+  EXPECT_EQ(args.at("--health-listen"), pkcs11.at("--health-listen"));
 }
 
 TEST(DeployTest, HelmDaemonSetIsSecureAndRunsOnTheControlPlane) {
@@ -818,8 +852,7 @@ TEST(DeployTest, FlagsNamedInDeployAreAcceptedByTheBinaries) {
   }
   EXPECT_GE(checked_invocations, 10);
 
-  // Anywhere else (prose, comments): a flag of a project binary or of a known foreign program. The TPM
-  // backend's planned flags only in comments.
+  // Anywhere else (prose, comments): a flag of a project binary or of a known foreign program.
   std::set<std::string> ours;
   CollectFlags(PluginCli(), ours);
   CollectFlags(InitCli(), ours);
@@ -833,11 +866,7 @@ TEST(DeployTest, FlagsNamedInDeployAreAcceptedByTheBinaries) {
       for (auto it = std::sregex_iterator(line.begin(), line.end(), flag); it != std::sregex_iterator(); ++it) {
         const std::string f = (*it)[1];
         const std::string where = path.filename().string() + ":" + std::to_string(number);
-        if (kPlannedFlags.contains(f)) {
-          if (Trim(line).rfind('#', 0) != 0) problems.push_back(where + ": planned flag " + f + " outside a comment");
-        } else if (!ours.contains(f) && !kForeignFlags.contains(f)) {
-          problems.push_back(where + ": unknown flag " + f);
-        }
+        if (!ours.contains(f) && !kForeignFlags.contains(f)) problems.push_back(where + ": unknown flag " + f);
       }
     }
   }
@@ -944,6 +973,35 @@ TEST_F(DeployPluginTest, SystemdConfigFileDrivesARealPlugin) {
   // log-format: json came from the file.
   const std::string first_line = Lines(plugin.Log()).at(0);
   EXPECT_NO_THROW(nlohmann::json::parse(first_line)) << first_line;
+  plugin.Signal(SIGTERM);
+  EXPECT_EQ(plugin.Wait(15s), 0) << plugin.Log();
+}
+
+// The TPM config file as shipped, on a real (software) TPM; only the TPM, key directory, socket and port
+// are this test's.
+TEST(DeployTpmTest, SystemdTpmConfigFileDrivesARealPluginOnATpm) {
+  testing::TempDir dir;
+  auto tpm = testing::Swtpm::Start(dir.path() + "/tpm");
+  ASSERT_NE(tpm, nullptr);
+  const std::string key_dir = dir.path() + "/keys";
+  StatusOr<tpm::TpmKeyInfo> v1 = tpm::InitKeyDir({tpm->Tcti(), key_dir}, tpm::kTpmFamilyLabel);
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  const std::string socket = dir.path() + "/kms.sock";
+  const int port = testing::FreeLoopbackPort();
+  Subprocess plugin({PLUGIN_PATH, "--config", (kDeploy / "systemd" / "config-tpm.yaml").string(), "--listen",
+                     "unix://" + socket, "--tpm-tcti", tpm->Tcti(), "--tpm-key-dir", key_dir, "--health-listen",
+                     "127.0.0.1:" + std::to_string(port)},
+                    dir.path() + "/plugin.log");
+  auto status = [&] {
+    KmsClients clients(socket);
+    v2::StatusResponse response;
+    if (!clients.v2->Status(CallContext(1s).get(), {}, &response).ok()) return v2::StatusResponse();
+    return response;
+  };
+  ASSERT_TRUE(Eventually([&] { return status().healthz() == "ok"; }, 10s)) << plugin.Log();
+  EXPECT_EQ(status().key_id(), v1->key_id);
+  EXPECT_EQ(testing::HttpGet(port, "/readyz").code, 200);
+  EXPECT_EQ(testing::HttpGet(port, "/healthz").code, 200);
   plugin.Signal(SIGTERM);
   EXPECT_EQ(plugin.Wait(15s), 0) << plugin.Log();
 }
@@ -1141,6 +1199,56 @@ bool KnownToApt(const std::string& package) {
   }
   const RunResult policy = Shell("apt-cache policy " + ShellQuote(package));
   return policy.out.find("Candidate:") != std::string::npos && policy.out.find("Candidate: (none)") == std::string::npos;
+}
+
+// The TPM drop-in: the base unit's hardening stays, only the device, the group and the config change; and
+// systemd itself reads the pair without complaint.
+TEST(DeployTest, SystemdTpmDropInOpensOnlyTheTpmAndKeepsTheHardening) {
+  const std::string unit = Slurp(kDeploy / "systemd" / "trousseau-hsm.service");
+  const std::string drop_in = Slurp(kDeploy / "systemd" / "tpm.conf");
+  const auto s = UnitSettings(unit + "\n" + drop_in);  // systemd applies drop-ins after the unit
+  auto get = [&](const std::string& key) {
+    auto range = s.equal_range("Service." + key);
+    return range.first == range.second ? std::string("<unset>") : std::prev(range.second)->second;
+  };
+  EXPECT_EQ(get("PrivateDevices"), "no");
+  EXPECT_EQ(get("DevicePolicy"), "closed");
+  EXPECT_EQ(get("DeviceAllow"), "/dev/tpmrm0 rw");
+  EXPECT_EQ(get("SupplementaryGroups"), "tss");
+  EXPECT_EQ(get("ReadWritePaths"), "") << "no SoftHSM token directory on a TPM node";
+  for (const char* kept : {"NoNewPrivileges", "ProtectSystem", "CapabilityBoundingSet", "LimitCORE", "Type"}) {
+    EXPECT_EQ(UnitSettings(drop_in).count(std::string("Service.") + kept), 0u) << kept << " must stay the unit's";
+  }
+  const auto commands = ShellCommands(get("ExecStart"));
+  ASSERT_EQ(commands.size(), 1u);
+  const std::vector<std::string>& argv = commands[0];
+  const auto config = std::find(argv.begin(), argv.end(), "--config");
+  ASSERT_NE(config, argv.end());
+  EXPECT_EQ(*std::next(config), "/etc/trousseau-hsm/config-tpm.yaml");
+  const YAML::Node keys = LoadOne(kDeploy / "systemd" / "config-tpm.yaml");
+  for (const auto& e : keys) {
+    EXPECT_TRUE(PluginCli().flags.contains("--" + e.first.as<std::string>())) << e.first.as<std::string>();
+  }
+  EXPECT_TRUE(keys["tpm-key-dir"]);
+  EXPECT_FALSE(keys["pkcs11-uri"]) << "one backend per file";
+
+  if (!HasCommand("systemd-analyze")) GTEST_SKIP() << "no systemd-analyze";
+  char dir_template[] = "/tmp/deploy-tpm-unit-XXXXXX";
+  const std::string dir = mkdtemp(dir_template);
+  fs::create_directories(dir + "/trousseau-hsm.service.d");
+  std::ofstream(dir + "/trousseau-hsm.service") << std::regex_replace(unit, std::regex("/usr/local/bin/trousseau-hsm"),
+                                                                      PLUGIN_PATH);
+  std::ofstream(dir + "/trousseau-hsm.service.d/tpm.conf")
+      << std::regex_replace(drop_in, std::regex("/usr/local/bin/trousseau-hsm"), PLUGIN_PATH);
+  const std::string env = "cd " + ShellQuote(dir) + " && SYSTEMD_UNIT_PATH=" + ShellQuote(dir) + ": ";
+  const RunResult verify = Shell(env + "systemd-analyze verify trousseau-hsm.service", true);
+  EXPECT_EQ(verify.code, 0) << verify.out;
+  EXPECT_EQ(verify.out.find("Unknown"), std::string::npos) << verify.out;
+  const RunResult security =
+      Shell(env + "systemd-analyze security --offline=yes --threshold=25 trousseau-hsm.service", true);
+  EXPECT_EQ(security.code, 0) << security.out.substr(security.out.size() > 400 ? security.out.size() - 400 : 0);
+  EXPECT_NE(security.out.find("/dev/tpmrm0:rw"), std::string::npos) << "the drop-in must have been read";
+  fs::remove_all(dir);
 }
 
 TEST(DeployTest, DockerfileBuildsWithCiDependenciesAndRunsAsTheManifestsUser) {

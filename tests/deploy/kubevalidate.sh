@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ctest deploy_kube_validation: validates deploy/'s Kubernetes objects with Kubernetes' own code
-# (tests/deploy/kubevalidate, k8s.io/kubernetes v1.37.2): the static pod, the Helm chart's DaemonSet (rendered
+# (tests/deploy/kubevalidate, k8s.io/kubernetes v1.37.2): the static pods (PKCS#11 and TPM), the Helm chart's DaemonSet (rendered
 # by real helm when HELM or `helm` is available, else by deploy_helm_render) and both EncryptionConfigurations.
 # Never downloads: GOPROXY=off. Exits 77 (ctest: skipped) when there is no Go toolchain or the Kubernetes
 # modules are not in the local module cache (ci/go-tools fills it, and ci/test runs ci/go-tools first);
@@ -34,7 +34,7 @@ if ! (cd "$src" && "$GO" build -o "$work/kubevalidate" .) >"$work/build.log" 2>&
 fi
 
 "$render" "$deploy/helm/trousseau-hsm" >"$work/daemonset.rendered.yaml"
-files=("$deploy/static-pod/trousseau-hsm.yaml" "$deploy"/encryption-configuration*.yaml "$work/daemonset.rendered.yaml")
+files=("$deploy"/static-pod/*.yaml "$deploy"/encryption-configuration*.yaml "$work/daemonset.rendered.yaml")
 helm="${HELM:-helm}"
 if command -v "$helm" >/dev/null 2>&1; then
   "$helm" template trousseau-hsm "$deploy/helm/trousseau-hsm" --namespace kube-system --kube-version 1.33.0 \
