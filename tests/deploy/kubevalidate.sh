@@ -7,7 +7,8 @@
 # under CI (CI=true) that is a failure instead, so CI can never pass by skipping this.
 # Usage: kubevalidate.sh DEPLOY_HELM_RENDER DEPLOY_DIR WORK_DIR
 set -euo pipefail
-render="$1" deploy="$2" work="$3"
+render="$1" deploy="$2"
+work="$(mkdir -p "$3" && cd "$3" && pwd)"   # absolute: the build below runs in another directory
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kubevalidate"
 
 GO="${GO:-}"
