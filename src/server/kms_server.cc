@@ -1,6 +1,7 @@
 #include "server/kms_server.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "server/response_wiper.h"
 
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
@@ -98,6 +100,9 @@ StatusOr<std::unique_ptr<KmsServer>> KmsServer::Start(KmsEngine& engine, const S
   builder.RegisterService(&server->v2_);
   builder.RegisterService(&server->v1beta1_);
   builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<ResponseWiperFactory>(options.after_response_wipe));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   // The socket must never exist with looser permissions, not even between bind and chmod.
   const mode_t old_umask = umask(0177);
   server->server_ = builder.BuildAndStart();

@@ -5,9 +5,11 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <grpcpp/server.h>
 
@@ -30,6 +32,8 @@ struct ServerOptions {
   std::string runtime_version;
   // Told about every request (metrics, request log); may be null. Must outlive the server.
   RequestObserver* observer = nullptr;
+  // Tests only: told after each Decrypt response's plaintext was wiped (see response_wiper.h).
+  std::function<void(std::string_view method, std::string_view wiped_field)> after_response_wipe;
 };
 
 // "unix:///abs/path", "unix:/abs/path" or "/abs/path" -> "/abs/path". Abstract sockets are refused:

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "core/kms_engine.h"
@@ -11,6 +12,7 @@
 #include "server/kms_server.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
 
 namespace trousseau {
 namespace {
@@ -35,6 +37,10 @@ class KmsServiceTest : public ::testing::Test {
     server::ServerOptions options;
     options.listen = "unix://" + socket_;
     options.runtime_version = "test";
+    options.after_response_wipe = [this](std::string_view method, std::string_view field) {
+      std::lock_guard lock(wipes_mu_);
+      wipes_.push_back({std::string(method), std::string(field)});
+    };
     auto server = server::KmsServer::Start(*engine_, options);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = *std::move(server);
@@ -72,6 +78,8 @@ class KmsServiceTest : public ::testing::Test {
   std::unique_ptr<server::KmsServer> server_;
   std::unique_ptr<KmsClients> clients_;
   std::string socket_;
+  std::mutex wipes_mu_;
+  std::vector<std::pair<std::string, std::string>> wipes_;  // (method, field bytes right after the wipe)
 };
 
 TEST_F(KmsServiceTest, StatusIsWhatKubeApiserverRequires) {
@@ -240,6 +248,50 @@ TEST_F(KmsServiceTest, SixtyFourConcurrentClientsAllGetTheirOwnPlaintextBack) {
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+// The plaintext a Decrypt returns does not stay in the plugin's memory once it is sent: the response
+// message's field is overwritten with zeros after gRPC has serialised and sent it, for both APIs; the
+// caller still receives the plaintext.
+TEST_F(KmsServiceTest, DecryptResponsesAreWipedOnceSent) {
+  const std::string seed(32, '\x42');
+  v2::EncryptResponse sealed = EncryptV2(seed);
+  std::string plaintext;
+  ASSERT_TRUE(DecryptV2(sealed.ciphertext(), sealed.key_id(), &plaintext).ok());
+  EXPECT_EQ(plaintext, seed);
+
+  v1beta1::EncryptRequest encrypt;
+  encrypt.set_version("v1beta1");
+  encrypt.set_plain(seed);
+  v1beta1::EncryptResponse v1_sealed;
+  ASSERT_TRUE(clients_->v1beta1->Encrypt(CallContext().get(), encrypt, &v1_sealed).ok());
+  v1beta1::DecryptRequest decrypt;
+  decrypt.set_version("v1beta1");
+  decrypt.set_cipher(v1_sealed.cipher());
+  v1beta1::DecryptResponse v1_opened;
+  ASSERT_TRUE(clients_->v1beta1->Decrypt(CallContext().get(), decrypt, &v1_opened).ok());
+  EXPECT_EQ(v1_opened.plain(), seed);
+
+  // POST_SEND_MESSAGE runs before the status reaches the client, but allow for the ordering.
+  ASSERT_TRUE(testing::Eventually([&] { std::lock_guard l(wipes_mu_); return wipes_.size() == 2; },
+                                  std::chrono::seconds(2)));
+  std::lock_guard lock(wipes_mu_);
+  EXPECT_EQ(wipes_[0].first, "/v2.KeyManagementService/Decrypt");
+  EXPECT_EQ(wipes_[1].first, "/v1beta1.KeyManagementService/Decrypt");
+  for (const auto& [method, field] : wipes_) {
+    EXPECT_EQ(field, std::string(32, '\0')) << method << ": every plaintext byte must be zero";
+  }
+}
+
+// Only Decrypt responses carry plaintext: no other call is intercepted.
+TEST_F(KmsServiceTest, OnlyDecryptResponsesAreIntercepted) {
+  v2::StatusResponse status;
+  ASSERT_TRUE(clients_->v2->Status(CallContext().get(), {}, &status).ok());
+  EncryptV2("seed");
+  std::string plaintext;
+  EXPECT_FALSE(DecryptV2("garbage", status.key_id(), &plaintext).ok());  // no response message is sent
+  std::lock_guard lock(wipes_mu_);
+  EXPECT_TRUE(wipes_.empty());
 }
 
 }  // namespace
