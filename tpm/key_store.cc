@@ -3,6 +3,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +12,8 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/strings.h"
@@ -17,69 +21,135 @@
 namespace trousseau::tpm {
 namespace {
 
+constexpr std::string_view kTempInfix = ".tmp-";  // temp files: ".NAME.tmp-XXXXXX"
+constexpr size_t kTempRandom = 6;                 // mkstemp's X's
+
 std::string Errno(std::string_view what, const std::string& path) {
   return StrCat(what, " ", path, ": ", std::strerror(errno));
 }
 
-StatusOr<std::string> ReadFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return FailedPreconditionError(Errno("cannot open", path));
+std::string Octal(mode_t mode) {
+  char buffer[16];
+  std::snprintf(buffer, sizeof buffer, "%04o", static_cast<unsigned>(mode & 07777));
+  return buffer;
+}
+
+// Owns a file descriptor.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  explicit operator bool() const { return fd_ >= 0; }
+
+ private:
+  int fd_;
+};
+
+// A temp file that is removed when this goes out of scope, unless renamed away (`path` cleared).
+struct TempFile {
+  std::string path;
+  ~TempFile() {
+    if (!path.empty()) ::unlink(path.c_str());
+  }
+};
+
+// Whoever can write the key directory or a key file can swap in keys of their own making (created
+// in this same TPM, they load fine) and so decide which key the plugin encrypts with.
+Status CheckNotWritableByOthers(const struct stat& st, const std::string& path, bool directory) {
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) == 0) return OkStatus();
+  return FailedPreconditionError(StrCat(directory ? "the TPM key directory " : "the TPM key file ", path,
+                                        " is writable by ", (st.st_mode & S_IWOTH) ? "everyone" : "its group",
+                                        " (mode ", Octal(st.st_mode), "): whoever can write there can swap the keys; "
+                                        "fix with `chmod ", directory ? "700 " : "600 ", path, "`"));
+}
+
+bool IsTempName(std::string_view name) {
+  return name.starts_with('.') && name.size() > kTempInfix.size() + kTempRandom &&
+         name.substr(name.size() - kTempRandom - kTempInfix.size(), kTempInfix.size()) == kTempInfix;
+}
+
+// One key file, opened relative to the key directory. NOT_FOUND if it is missing.
+StatusOr<std::string> ReadKeyFile(int dir_fd, const std::string& name, const std::string& path) {
+  // O_NONBLOCK: a FIFO under a key file's name must not hang the plugin (it is then refused as not
+  // a regular file); it changes nothing for regular files.
+  Fd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (!fd && errno == ENOENT) return NotFoundError(Errno("cannot open", path));
+  if (!fd) return FailedPreconditionError(Errno("cannot open", path));
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", path));
+  if (!S_ISREG(st.st_mode)) return FailedPreconditionError(StrCat(path, " is not a regular file"));
+  if (Status s = CheckNotWritableByOthers(st, path, /*directory=*/false); !s.ok()) return s;
   std::string data;
   char buffer[4096];
   for (;;) {
-    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status s = FailedPreconditionError(Errno("cannot read", path));
-      ::close(fd);
-      return s;
-    }
+    if (n < 0) return FailedPreconditionError(Errno("cannot read", path));
     if (n == 0) break;
     data.append(buffer, static_cast<size_t>(n));
-    if (data.size() > 64 * 1024) {
-      ::close(fd);
-      return FailedPreconditionError(StrCat(path, " is too large to be a TPM key blob"));
-    }
+    if (data.size() > 64 * 1024) return FailedPreconditionError(StrCat(path, " is too large to be a TPM key blob"));
   }
-  ::close(fd);
   return data;
 }
 
-Status WriteFileAtomically(const std::string& dir, const std::string& name, const std::string& data) {
-  const std::string path = StrCat(dir, "/", name);
-  const std::string temp = StrCat(dir, "/.", name, ".tmp");
-  ::unlink(temp.c_str());
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return FailedPreconditionError(Errno("cannot create", temp));
+Status WriteAll(int fd, const std::string& data, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status s = FailedPreconditionError(Errno("cannot write", temp));
-      ::close(fd);
-      ::unlink(temp.c_str());
-      return s;
-    }
+    if (n < 0) return FailedPreconditionError(Errno("cannot write", path));
     done += static_cast<size_t>(n);
   }
-  if (::fchmod(fd, 0600) != 0 || ::fsync(fd) != 0) {
-    Status s = FailedPreconditionError(Errno("cannot sync", temp));
-    ::close(fd);
-    ::unlink(temp.c_str());
-    return s;
+  return OkStatus();
+}
+
+// Moves `from` to `to` unless `to` exists (ALREADY_EXISTS then): renameat2(RENAME_NOREPLACE), or
+// link() on filesystems without it. Either way an existing file is never replaced.
+Status RenameNoReplace(const std::string& from, const std::string& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return OkStatus();
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+    if (errno == EEXIST) return AlreadyExistsError(StrCat(to, " already exists"));
+    return FailedPreconditionError(Errno("cannot rename into", to));
   }
-  ::close(fd);
-  if (::rename(temp.c_str(), path.c_str()) != 0) {
-    Status s = FailedPreconditionError(Errno("cannot rename into", path));
-    ::unlink(temp.c_str());
-    return s;
+  if (::link(from.c_str(), to.c_str()) != 0) {
+    if (errno == EEXIST) return AlreadyExistsError(StrCat(to, " already exists"));
+    return FailedPreconditionError(Errno("cannot link into", to));
   }
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  ::unlink(from.c_str());
+  return OkStatus();
+}
+
+void SyncDirectory(const std::string& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd) ::fsync(fd.get());
+}
+
+// Writes `name` through a temp file of its own (a unique name, so a concurrent writer never
+// shares it): 0600, fsync, then rename (or, for `commit`, a rename that refuses to replace an
+// existing file), then fsync of the directory.
+Status WriteFileAtomically(const std::string& dir, const std::string& name, const std::string& data, bool commit) {
+  const std::string path = StrCat(dir, "/", name);
+  std::string pattern = StrCat(dir, "/.", name, kTempInfix, std::string(kTempRandom, 'X'));
+  Fd fd(::mkostemp(pattern.data(), O_CLOEXEC));
+  if (!fd) return FailedPreconditionError(Errno("cannot create a temp file for", path));
+  TempFile temp{pattern};
+  if (Status s = WriteAll(fd.get(), data, temp.path); !s.ok()) return s;
+  if (::fchmod(fd.get(), 0600) != 0 || ::fsync(fd.get()) != 0 || ::close(fd.release()) != 0) {
+    return FailedPreconditionError(Errno("cannot sync", temp.path));
   }
+  if (commit) {
+    if (Status s = RenameNoReplace(temp.path, path); !s.ok()) return s;
+  } else if (::rename(temp.path.c_str(), path.c_str()) != 0) {
+    return FailedPreconditionError(Errno("cannot rename into", path));
+  }
+  temp.path.clear();
+  SyncDirectory(dir);
   return OkStatus();
 }
 
@@ -91,25 +161,48 @@ std::string VersionStem(uint64_t version) {
   return buffer;
 }
 
+Status CheckKeyDirForWriting(const std::string& dir) {
+  if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
+  struct stat st{};
+  if (::stat(dir.c_str(), &st) != 0) return FailedPreconditionError(Errno("cannot access the TPM key directory", dir));
+  if (!S_ISDIR(st.st_mode)) return FailedPreconditionError(StrCat("the key directory ", dir, " is not a directory"));
+  // Its owner can always chmod it open again; only this user or root may be trusted with that.
+  const uid_t me = ::geteuid();
+  if (st.st_uid != me && st.st_uid != 0) {
+    return FailedPreconditionError(StrCat("the TPM key directory ", dir, " is owned by uid ", st.st_uid,
+                                          ", not by this user (uid ", me, ") or root: its owner can swap the keys; "
+                                          "fix with `chown ", me, " ", dir, "` or run as its owner"));
+  }
+  return CheckNotWritableByOthers(st, dir, /*directory=*/true);
+}
+
 Status EnsureKeyDir(const std::string& dir) {
   if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+  if (::mkdir(dir.c_str(), 0700) == 0) {
+    // mkdir's mode went through the umask, which may have taken our own bits too: exactly 0700.
+    if (::chmod(dir.c_str(), 0700) != 0) return FailedPreconditionError(Errno("cannot chmod 700", dir));
+  } else if (errno != EEXIST) {
     return FailedPreconditionError(Errno("cannot create the key directory", dir));
   }
-  struct stat st{};
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    return FailedPreconditionError(StrCat("the key directory ", dir, " is not a directory"));
-  }
-  return OkStatus();
+  return CheckKeyDirForWriting(dir);
 }
 
 StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
   if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
-  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  // The checks and the reads go through one descriptor, so they concern the same directory.
+  Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
+  struct stat st{};
+  if (::fstat(dir_fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", dir));
+  if (Status s = CheckNotWritableByOthers(st, dir, /*directory=*/true); !s.ok()) return s;
+  // fdopendir takes the descriptor; dirfd() lends it back for openat.
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::fdopendir(dir_fd.get()), ::closedir);
   if (!d) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
+  dir_fd.release();
   std::map<uint64_t, VersionBlobs> versions;
   while (dirent* entry = ::readdir(d.get())) {
     std::string_view name = entry->d_name;
+    if (name.starts_with('.')) continue;  // ".", "..", the lock file, temp files: never key files
     Scheme scheme;
     std::string_view marker;
     if (name.ends_with(".aes.pub")) {
@@ -131,7 +224,7 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
     VersionBlobs blobs;
     blobs.version = *version;
     blobs.scheme = scheme;
-    const std::string stem = StrCat(dir, "/", VersionStem(*version));
+    const std::string stem = VersionStem(*version);
     struct Part {
       const char* suffix;
       std::string* into;
@@ -146,10 +239,12 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
       parts = {{".rsa.pub", &blobs.rsa.public_area}, {".rsa.priv", &blobs.rsa.private_area}};
     }
     for (const Part& part : parts) {
-      StatusOr<std::string> data = ReadFile(StrCat(stem, part.suffix));
-      if (!data.ok()) {
+      const std::string file = StrCat(stem, part.suffix);
+      StatusOr<std::string> data = ReadKeyFile(::dirfd(d.get()), file, StrCat(dir, "/", file));
+      if (IsNotFound(data.status())) {
         return FailedPreconditionError(StrCat("key version ", *version, " is incomplete: ", data.status().message()));
       }
+      if (!data.ok()) return FailedPreconditionError(StrCat("key version ", *version, ": ", data.status().message()));
       *part.into = *std::move(data);
     }
     versions.emplace(*version, std::move(blobs));
@@ -174,10 +269,54 @@ Status WriteVersion(const std::string& dir, const VersionBlobs& blobs) {
   } else {
     parts = {{".rsa.priv", &blobs.rsa.private_area}, {".rsa.pub", &blobs.rsa.public_area}};
   }
-  for (const auto& [suffix, data] : parts) {
-    if (Status s = WriteFileAtomically(dir, StrCat(stem, suffix), *data); !s.ok()) return s;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const bool commit = i + 1 == parts.size();
+    Status s = WriteFileAtomically(dir, StrCat(stem, parts[i].first), *parts[i].second, commit);
+    if (commit && s.code() == StatusCode::kAlreadyExists) {
+      return AlreadyExistsError(StrCat("key version ", blobs.version, " appeared in ", dir,
+                                       " while this run wrote it (another writer that does not take ", dir, "/",
+                                       kLockFileName, "?); left it alone"));
+    }
+    if (!s.ok()) return s;
   }
   return OkStatus();
+}
+
+void RemoveStaleTempFiles(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return;
+  while (dirent* entry = ::readdir(d.get())) {
+    if (IsTempName(entry->d_name)) ::unlinkat(::dirfd(d.get()), entry->d_name, 0);
+  }
+}
+
+StatusOr<KeyDirLock> KeyDirLock::Acquire(const std::string& dir, std::chrono::milliseconds wait) {
+  const std::string path = StrCat(dir, "/", kLockFileName);
+  // O_NOFOLLOW: never lock (or create) whatever a planted symlink points to. Read-only is enough
+  // for flock, and works for every run however the umask narrowed the file's mode when it was made.
+  KeyDirLock lock(::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (lock.fd_ < 0) return FailedPreconditionError(Errno("cannot open the lock file", path));
+  (void)::fchmod(lock.fd_, 0600);  // only succeeds for its owner; the mode is cosmetic, it holds no secret
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    if (::flock(lock.fd_, LOCK_EX | LOCK_NB) == 0) return lock;
+    if (errno == EINTR) continue;
+    if (errno != EWOULDBLOCK) return FailedPreconditionError(Errno("cannot lock", path));
+    // Polled rather than a blocking flock: a run stuck on a hung TPM must not block us forever.
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Status(StatusCode::kAborted,
+                    StrCat("another provisioning run holds ", path, " (waited ",
+                           std::chrono::duration_cast<std::chrono::seconds>(wait).count(),
+                           " s); nothing was changed, try again once it has finished"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+KeyDirLock::KeyDirLock(KeyDirLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+
+KeyDirLock::~KeyDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
 }  // namespace trousseau::tpm

@@ -3,6 +3,7 @@
 // while the plugin holds its objects) and closes it before returning.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -23,9 +24,11 @@ enum class KeyScheme {
 };
 
 struct TpmConfig {
-  std::string tcti = "device:/dev/tpmrm0";
+  std::string tcti = "device:/dev/tpmrm0";  // empty: FAILED_PRECONDITION, never tpm2-tss' default
   std::string key_dir;
   KeyScheme scheme = KeyScheme::kAuto;  // for new versions (init, rotate)
+  // How long init/rotate wait for another run holding the key directory's lock (then ABORTED).
+  std::chrono::milliseconds lock_wait = std::chrono::seconds(60);
 };
 
 struct TpmKeyInfo {
@@ -34,10 +37,18 @@ struct TpmKeyInfo {
   std::string key_id;       // DeriveKeyId("tpm2", family_label, version, fingerprint)
 };
 
+// Init and rotate hold the key directory's lock (key_store.h) from reading the directory to
+// committing the new version, so concurrent runs get consecutive versions. Both refuse
+// (FAILED_PRECONDITION) a key directory that is group or world writable or owned by another user
+// than this one or root.
+
 // Creates the key directory (0700) if needed and key version 1 in it. Refuses (ALREADY_EXISTS) if
 // the directory already holds keys.
 StatusOr<TpmKeyInfo> InitKeyDir(const TpmConfig& config, const std::string& family_label);
-// Creates version N+1 (N = highest version in the directory). FAILED_PRECONDITION on an empty one.
+// Creates version N+1 (N = highest version in the directory). FAILED_PRECONDITION on an empty
+// directory, at N = UINT64_MAX (before touching the TPM), and if an existing version does not
+// load in this TPM (wrong TCTI, directory of another TPM): the new version would sit next to keys
+// the plugin cannot load.
 StatusOr<TpmKeyInfo> RotateKey(const TpmConfig& config, const std::string& family_label);
 // Every version in the directory, loaded in this TPM and fingerprinted, lowest first.
 StatusOr<std::vector<TpmKeyInfo>> ListKeys(const TpmConfig& config, const std::string& family_label);

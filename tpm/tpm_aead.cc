@@ -299,7 +299,7 @@ StatusOr<SecureBytes> Open(TpmDevice& device, const TpmCapabilities& caps, const
       return InvalidArgumentError("ciphertext failed authentication (not below the RSA modulus)");
     }
     StatusOr<SecureBytes> opened = device.RsaOaepDecrypt(key.rsa, sealed, OaepLabel(aad));
-    if (opened.ok() || IsInvalidArgument(opened.status()) || IsConnectionLost(opened.status())) return opened;
+    if (opened.ok() || IsInvalidArgument(opened.status()) || device.link_lost()) return opened;
     // TPMs disagree on how they report a bad OAEP padding or label: the spec says TPM_RC_VALUE,
     // libtpms (swtpm) answers TPM_RC_FAILURE without entering failure mode. A round trip that works
     // tells us the ciphertext, not the TPM, is at fault.

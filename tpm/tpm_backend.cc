@@ -24,6 +24,9 @@ struct Inputs {
 
 StatusOr<std::unique_ptr<TpmBackend>> TpmBackend::Create(TpmBackendOptions options) {
   if (options.key_dir.empty()) return FailedPreconditionError("the tpm2 backend needs a key directory");
+  // Refused here too (TpmDevice::Open would at the first request): tpm2-tss' default TPM may not be
+  // the one the keys belong to.
+  if (options.tcti.empty()) return FailedPreconditionError("the tpm2 backend needs a TCTI (e.g. device:/dev/tpmrm0)");
   if (options.loaded_versions == 0) return FailedPreconditionError("loaded_versions must be at least 1");
   if (options.max_queue == 0) return FailedPreconditionError("max_queue must be at least 1");
   if (options.request_timeout <= std::chrono::milliseconds(0)) {
@@ -171,11 +174,12 @@ StatusOr<T> TpmBackend::WithDevice(Clock::time_point deadline, const std::functi
   for (int attempt = 0;; ++attempt) {
     Status connected = EnsureConnected(deadline);
     if (!connected.ok()) {
-      if (IsConnectionLost(connected) || IsUnavailable(connected)) DropConnection(connected);
+      if (IsUnavailable(connected)) DropConnection(connected);
       return connected;
     }
     StatusOr<T> result = op();
-    if (!IsConnectionLost(result.status())) return result;
+    // The device, not the Status, knows whether the link went: messages carry no internal tags.
+    if (result.ok() || !device_->link_lost()) return result;
     DropConnection(result.status());
     // A TPM that restarted between two requests shows up as stale handles: one clean retry on a
     // new context is invisible to the caller. A dead link fails again quickly.

@@ -88,17 +88,13 @@ std::string DescribeRc(TSS2_RC rc, std::string_view what) {
   return StrCat(what, ": ", text ? text : "unknown error", " (", code, ")");
 }
 
-namespace {
-constexpr std::string_view kLostMarker = "[tpm link lost] ";
-}
-
 Status RcStatus(TSS2_RC rc, std::string_view what) {
   switch (ClassifyRc(rc)) {
     case RcClass::kOk:
       return OkStatus();
     case RcClass::kTransport:
     case RcClass::kStale:
-      return UnavailableError(StrCat(kLostMarker, "TPM unreachable or restarted: ", DescribeRc(rc, what)));
+      return UnavailableError(StrCat("TPM unreachable or restarted: ", DescribeRc(rc, what)));
     case RcClass::kIntegrity:
       return FailedPreconditionError(DescribeRc(rc, what));
     case RcClass::kUnsupported:
@@ -109,10 +105,6 @@ Status RcStatus(TSS2_RC rc, std::string_view what) {
       break;
   }
   return UnavailableError(DescribeRc(rc, what));
-}
-
-bool IsConnectionLost(const Status& status) {
-  return IsUnavailable(status) && status.message().find(kLostMarker) != std::string::npos;
 }
 
 TransientObject& TransientObject::operator=(TransientObject&& other) noexcept {
@@ -141,8 +133,9 @@ void TransientObject::Flush() {
 }
 
 StatusOr<std::unique_ptr<TpmDevice>> TpmDevice::Open(const std::string& tcti) {
+  if (tcti.empty()) return FailedPreconditionError(kEmptyTctiMessage);
   std::unique_ptr<TpmDevice> device(new TpmDevice());
-  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.empty() ? nullptr : tcti.c_str(), &device->tcti_);
+  TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &device->tcti_);
   if (rc != TSS2_RC_SUCCESS) {
     return UnavailableError(StrCat("cannot open TCTI '", tcti, "': ", DescribeRc(rc, "Tss2_TctiLdr_Initialize")));
   }
@@ -158,12 +151,18 @@ TpmDevice::~TpmDevice() {
   if (tcti_) Tss2_TctiLdr_Finalize(&tcti_);
 }
 
+TSS2_RC TpmDevice::Note(TSS2_RC rc) {
+  const RcClass c = ClassifyRc(rc);
+  if (c == RcClass::kTransport || c == RcClass::kStale) link_lost_ = true;
+  return rc;
+}
+
 template <typename Call>
 TSS2_RC TpmDevice::Retrying(Call call) {
   auto backoff = std::chrono::milliseconds(5);
   for (int attempt = 1;; ++attempt) {
     ++commands_sent_;
-    const TSS2_RC rc = call();
+    const TSS2_RC rc = Note(call());
     if (ClassifyRc(rc) != RcClass::kRetry || attempt == kMaxAttempts) return rc;
     if (Clock::now() + backoff >= deadline_) return rc;
     std::this_thread::sleep_for(backoff);
@@ -344,7 +343,7 @@ StatusOr<TransientObject> TpmDevice::Load(const TransientObject& parent, const O
 
 StatusOr<std::string> TpmDevice::Name(const TransientObject& object) {
   TPM2B_NAME* raw = nullptr;
-  TSS2_RC rc = Esys_TR_GetName(esys_, object.handle(), &raw);
+  TSS2_RC rc = Note(Esys_TR_GetName(esys_, object.handle(), &raw));
   EsysPtr<TPM2B_NAME> name(raw);
   if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "Esys_TR_GetName");
   return std::string(reinterpret_cast<const char*>(name->name), name->size);

@@ -36,10 +36,15 @@ RcClass ClassifyRc(TSS2_RC rc);
 // "Esys_Load: tpm:parameter(1):integrity check failed (0x0000099f)".
 std::string DescribeRc(TSS2_RC rc, std::string_view what);
 // The Status for a failed call: transport/stale/retry/other -> UNAVAILABLE, unsupported/integrity ->
-// FAILED_PRECONDITION. Callers refine where they know better.
+// FAILED_PRECONDITION. Callers refine where they know better. Whether the link was lost is not in
+// the Status (messages reach operators): ask TpmDevice::link_lost().
 Status RcStatus(TSS2_RC rc, std::string_view what);
-// True if the status came from a lost link or stale handles, i.e. the connection must be dropped.
-bool IsConnectionLost(const Status& status);
+
+// Why an empty TCTI is refused (TpmDevice::Open, provisioning): tctildr would pick a default TPM,
+// maybe not the one the keys belong to.
+inline constexpr char kEmptyTctiMessage[] =
+    "no TCTI configured (an empty one would let tpm2-tss pick a default TPM); name the TPM, e.g. "
+    "device:/dev/tpmrm0, tabrmd or swtpm:path=/run/swtpm/sock";
 
 class TpmDevice;
 
@@ -77,8 +82,9 @@ enum class KeyKind { kAes256Cfb, kHmacSha256, kRsa2048Oaep };
 
 class TpmDevice {
  public:
-  // Loads the TCTI named by `tcti` ("device:/dev/tpmrm0", "tabrmd", "swtpm:path=/run/swtpm/sock";
-  // empty = tctildr's default) and initialises an ESYS context on it. Sends no command.
+  // Loads the TCTI named by `tcti` ("device:/dev/tpmrm0", "tabrmd", "swtpm:path=/run/swtpm/sock")
+  // and initialises an ESYS context on it. Sends no command. An empty `tcti` is FAILED_PRECONDITION:
+  // tctildr would pick some default TPM, maybe not the one the keys belong to.
   static StatusOr<std::unique_ptr<TpmDevice>> Open(const std::string& tcti);
   ~TpmDevice();
   TpmDevice(const TpmDevice&) = delete;
@@ -119,17 +125,23 @@ class TpmDevice {
 
   ESYS_CONTEXT* esys() { return esys_; }
   uint64_t commands_sent() const { return commands_sent_; }
+  // True once a command failed with a transport error or stale handles (RcClass kTransport or
+  // kStale): this context is no good any more and must be dropped. Sticky.
+  bool link_lost() const { return link_lost_; }
 
  private:
   TpmDevice() = default;
   // Runs `call` (one ESYS command), retrying TPM warnings with backoff within the deadline.
   template <typename Call>
   TSS2_RC Retrying(Call call);
+  // Records a lost link; returns `rc`.
+  TSS2_RC Note(TSS2_RC rc);
 
   TSS2_TCTI_CONTEXT* tcti_ = nullptr;
   ESYS_CONTEXT* esys_ = nullptr;
   Clock::time_point deadline_ = Clock::time_point::max();
   uint64_t commands_sent_ = 0;
+  bool link_lost_ = false;
 };
 
 }  // namespace trousseau::tpm

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "core/kms_engine.h"
@@ -250,6 +251,50 @@ TEST_F(InitToolTpmTest, RotateMakesVersionTwoActiveAndKeepsVersionOne) {
   EXPECT_NE(text.output.find("2 version(s), active version 2"), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("version 2  (active"), std::string::npos) << text.output;
   EXPECT_EQ(text.output.find("version 1  (active"), std::string::npos) << text.output;
+}
+
+TEST_F(InitToolTpmTest, TwoRotationsAtOnceGetTheNextTwoVersions) {
+  ASSERT_EQ(Tpm("init").code, kOk);
+  // Two operators (or automation runs) at the same moment: two processes, one lock file. Both wait
+  // their turn; neither reuses the other's version number or temp files.
+  std::vector<std::unique_ptr<Subprocess>> runs;
+  for (int i = 0; i < 2; ++i) {
+    runs.push_back(std::make_unique<Subprocess>(
+        std::vector<std::string>{TOOL_PATH, "tpm", "rotate", "--json", "--tpm-tcti", tpm_->Tcti(), "--tpm-key-dir",
+                                 key_dir_},
+        StrCat(dir_.path(), "/concurrent-", i, ".log")));
+    ASSERT_TRUE(runs.back()->started());
+  }
+  std::set<int> versions;
+  for (auto& run : runs) {
+    const std::optional<int> code = run->Wait(60s);
+    ToolResult result{code.value_or(-1), run->Log()};
+    outputs_.push_back(result.output);
+    ASSERT_EQ(result.code, kOk) << result.output;
+    versions.insert(Json(result)["version"].get<int>());
+  }
+  EXPECT_EQ(versions, (std::set<int>{2, 3}));
+  EXPECT_EQ(ListJson()["keys"].size(), 3u);
+  EXPECT_EQ(Tpm("selftest").code, kOk);
+}
+
+TEST_F(InitToolTpmTest, AKeyDirectoryOthersCanWriteIsAUsageErrorNamingTheFix) {
+  ASSERT_TRUE(std::filesystem::create_directory(key_dir_));
+  ASSERT_EQ(::chmod(key_dir_.c_str(), 0777), 0);
+  ToolResult init = Tpm("init");
+  EXPECT_EQ(init.code, kUsage) << init.output;
+  EXPECT_NE(init.output.find("chmod 700 " + key_dir_), std::string::npos) << init.output;
+  ASSERT_EQ(::chmod(key_dir_.c_str(), 0700), 0);
+  ASSERT_EQ(Tpm("init").code, kOk);
+  ASSERT_EQ(::chmod(key_dir_.c_str(), 0770), 0);
+  ToolResult rotate = Tpm("rotate");
+  EXPECT_EQ(rotate.code, kUsage) << rotate.output;
+  EXPECT_NE(rotate.output.find("writable by its group"), std::string::npos) << rotate.output;
+  ToolResult list = Tpm("list");  // the plugin's reader refuses it too
+  EXPECT_EQ(list.code, kFailed) << list.output;
+  EXPECT_NE(list.output.find("chmod 700 " + key_dir_), std::string::npos) << list.output;
+  ASSERT_EQ(::chmod(key_dir_.c_str(), 0700), 0);
+  EXPECT_EQ(ListJson()["keys"].size(), 1u);
 }
 
 TEST_F(InitToolTpmTest, KeyIdsAreStableAndEqualWhatInitAndRotatePrintedAndWhatThePluginReports) {

@@ -253,6 +253,10 @@ TEST_F(TpmBackendTest, AKilledTpmIsUnavailableAndTheBackendRecoversByItselfWhenI
   tpm_->Kill();
   Status sealing = backend->Seal(1, "seed", "aad").status();
   EXPECT_TRUE(IsUnavailable(sealing)) << sealing.ToString();
+  // The lost link is the device's state (TpmDevice::link_lost), not a tag in what operators read;
+  // it still made the backend drop the context (and the one retry failed to reconnect).
+  EXPECT_EQ(sealing.message().find("link lost"), std::string::npos) << sealing.message();
+  EXPECT_EQ(backend->stats().connection_losses, 1u);
   EXPECT_TRUE(IsUnavailable(backend->Open(1, sealed, "aad").status()));
   EXPECT_TRUE(IsUnavailable(backend->Probe(1)));
   EXPECT_TRUE(IsUnavailable(backend->LoadKeys().status()));

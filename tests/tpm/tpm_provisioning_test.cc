@@ -3,12 +3,17 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <limits>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "core/key_id.h"
 #include "tests/tpm/swtpm.h"
+#include "tpm/key_store.h"
 #include "tpm/tpm_backend.h"
 
 namespace trousseau::tpm {
@@ -47,7 +52,7 @@ TEST_F(TpmProvisioningTest, InitCreatesVersionOneAsFourPrivateFilesAndRefusesToR
     EXPECT_EQ(Mode(entry.path()), 0600u) << entry.path();
   }
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"v000001.aes.priv", "v000001.aes.pub", "v000001.hmac.priv",
+  EXPECT_EQ(names, (std::vector<std::string>{".lock", "v000001.aes.priv", "v000001.aes.pub", "v000001.hmac.priv",
                                              "v000001.hmac.pub"}));
 
   StatusOr<TpmKeyInfo> again = InitKeyDir(Config(), "kek");
@@ -128,6 +133,177 @@ TEST_F(TpmProvisioningTest, AnUnreachableTpmIsUnavailable) {
   tpm_->Kill();
   Status s = InitKeyDir(Config(), "kek").status();
   EXPECT_TRUE(IsUnavailable(s)) << s.ToString();
+}
+
+// Every file name in `dir`, sorted.
+std::vector<std::string> Names(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool Contains(const Status& s, std::string_view text) { return s.message().find(text) != std::string::npos; }
+
+TEST_F(TpmProvisioningTest, ConcurrentRotationsGetConsecutiveVersionsThatAllLoad) {
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  // Without the directory lock these would read the same N and write N+1 through the same temp
+  // names. With it they queue: each sees the version the one before it committed.
+  constexpr int kRuns = 4;
+  std::vector<StatusOr<TpmKeyInfo>> results(kRuns, StatusOr<TpmKeyInfo>(InternalError("not run")));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRuns; ++i) threads.emplace_back([&, i] { results[i] = RotateKey(Config(), "kek"); });
+  for (std::thread& t : threads) t.join();
+  std::set<uint64_t> versions;
+  std::set<std::string> key_ids;
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    versions.insert(r->version);
+    key_ids.insert(r->key_id);
+  }
+  EXPECT_EQ(versions, (std::set<uint64_t>{2, 3, 4, 5}));
+  EXPECT_EQ(key_ids.size(), 4u);
+
+  StatusOr<std::vector<TpmKeyInfo>> listed = ListKeys(Config(), "kek");
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), 5u);
+  for (const TpmKeyInfo& key : *listed) {
+    if (key.version > 1) {
+      EXPECT_EQ(key_ids.count(key.key_id), 1u) << "version " << key.version << " holds another run's files";
+    }
+  }
+  EXPECT_TRUE(SelfTest(Config()).ok());
+  for (const std::string& name : Names(Config().key_dir)) {
+    EXPECT_TRUE(name == ".lock" || name.starts_with("v")) << "left behind: " << name;
+  }
+}
+
+TEST_F(TpmProvisioningTest, ARotationWaitsForTheLockAndRefusesClearlyIfItIsKept) {
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  TpmConfig impatient = Config();
+  impatient.lock_wait = std::chrono::milliseconds(200);
+  {
+    StatusOr<KeyDirLock> acquired = KeyDirLock::Acquire(Config().key_dir, std::chrono::milliseconds(0));
+    ASSERT_TRUE(acquired.ok()) << acquired.status().ToString();
+    std::optional<KeyDirLock> held(*std::move(acquired));  // as another run would hold it
+    Status refused = RotateKey(impatient, "kek").status();
+    EXPECT_EQ(refused.code(), StatusCode::kAborted) << refused.ToString();
+    EXPECT_TRUE(Contains(refused, Config().key_dir + "/.lock")) << refused.message();
+    EXPECT_TRUE(Contains(refused, "nothing was changed")) << refused.message();
+    EXPECT_EQ(ListKeys(Config(), "kek")->size(), 1u);
+
+    // Released while a patient run waits: it proceeds.
+    std::thread release([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      held.reset();
+    });
+    StatusOr<TpmKeyInfo> v2 = RotateKey(Config(), "kek");
+    release.join();
+    ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+    EXPECT_EQ(v2->version, 2u);
+  }
+  EXPECT_EQ(Mode(Config().key_dir + "/.lock"), 0600u);
+}
+
+TEST_F(TpmProvisioningTest, RotateRefusesWhenTheExistingVersionsDoNotLoadInThisTpm) {
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  const std::vector<std::string> before = Names(Config().key_dir);
+  std::unique_ptr<Swtpm> other = Swtpm::Start(dir_.path() + "/other-tpm");  // a wrong TCTI, another TPM
+  ASSERT_NE(other, nullptr);
+  TpmConfig elsewhere = Config();
+  elsewhere.tcti = other->Tcti();
+  Status refused = RotateKey(elsewhere, "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  EXPECT_TRUE(Contains(refused, "refusing to rotate: key version 1 in " + Config().key_dir)) << refused.message();
+  EXPECT_TRUE(Contains(refused, other->Tcti())) << refused.message();
+  EXPECT_TRUE(Contains(refused, "another TPM")) << refused.message();
+  EXPECT_EQ(Names(Config().key_dir), before) << "nothing written";
+
+  StatusOr<TpmKeyInfo> v2 = RotateKey(Config(), "kek");  // its own TPM: fine
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  EXPECT_EQ(v2->version, 2u);
+}
+
+TEST_F(TpmProvisioningTest, RotateRefusesAfterTheHighestPossibleVersionBeforeTouchingTheTpm) {
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  const std::string dir = Config().key_dir;
+  const std::string last = VersionStem(std::numeric_limits<uint64_t>::max());
+  for (const char* suffix : {".hmac.pub", ".hmac.priv", ".aes.priv", ".aes.pub"}) {
+    std::filesystem::copy_file(dir + "/v000001" + suffix, dir + "/" + last + suffix);
+  }
+  ASSERT_EQ(ListKeys(Config(), "kek")->size(), 2u);
+  const std::vector<std::string> before = Names(dir);
+  tpm_->Kill();  // any TPM command would now be UNAVAILABLE
+  Status refused = RotateKey(Config(), "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  EXPECT_TRUE(Contains(refused, "18446744073709551615, the highest possible")) << refused.message();
+  EXPECT_EQ(Names(dir), before);
+}
+
+TEST_F(TpmProvisioningTest, AnEmptyTctiIsRefusedNotTheTssDefault) {
+  TpmConfig blank = Config();
+  blank.tcti = "";
+  Status init = InitKeyDir(blank, "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(init)) << init.ToString();
+  EXPECT_TRUE(Contains(init, "no TCTI configured")) << init.message();
+  EXPECT_FALSE(std::filesystem::exists(blank.key_dir)) << "refused before anything was created";
+
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  EXPECT_TRUE(IsFailedPrecondition(RotateKey(blank, "kek").status()));
+  EXPECT_TRUE(IsFailedPrecondition(ListKeys(blank, "kek").status()));
+  EXPECT_TRUE(IsFailedPrecondition(SelfTest(blank)));
+  EXPECT_TRUE(IsFailedPrecondition(TpmDevice::Open("").status()));
+  EXPECT_TRUE(IsFailedPrecondition(TpmBackend::Create({.tcti = "", .key_dir = blank.key_dir}).status()));
+  EXPECT_EQ(ListKeys(Config(), "kek")->size(), 1u);
+}
+
+TEST_F(TpmProvisioningTest, InitAndRotateRefuseAKeyDirectoryOthersCanWrite) {
+  const std::string dir = Config().key_dir;
+  ASSERT_TRUE(std::filesystem::create_directory(dir));
+  for (mode_t mode : {0777, 0770, 0722, 01777}) {
+    ASSERT_EQ(::chmod(dir.c_str(), mode), 0);
+    Status refused = InitKeyDir(Config(), "kek").status();
+    EXPECT_TRUE(IsFailedPrecondition(refused)) << std::oct << mode << ": " << refused.ToString();
+    EXPECT_TRUE(Contains(refused, "the TPM key directory " + dir + " is writable by")) << refused.message();
+    EXPECT_TRUE(Contains(refused, "chmod 700 " + dir)) << refused.message();
+    EXPECT_TRUE(Names(dir).empty()) << "nothing written, not even the lock";
+  }
+  ASSERT_EQ(::chmod(dir.c_str(), 0750), 0);  // readable by the group is not writable
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+
+  ASSERT_EQ(::chmod(dir.c_str(), 0770), 0);
+  Status refused = RotateKey(Config(), "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  EXPECT_TRUE(Contains(refused, "writable by its group")) << refused.message();
+  ASSERT_EQ(::chmod(dir.c_str(), 0700), 0);
+  EXPECT_EQ(ListKeys(Config(), "kek")->size(), 1u);
+  EXPECT_TRUE(RotateKey(Config(), "kek").ok());
+}
+
+TEST_F(TpmProvisioningTest, InitAndRotateRefuseAKeyDirectoryOwnedByAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a directory to another user";
+  const std::string dir = Config().key_dir;
+  ASSERT_TRUE(InitKeyDir(Config(), "kek").ok());
+  ASSERT_EQ(::chown(dir.c_str(), 65534, 65534), 0);
+  Status refused = RotateKey(Config(), "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  EXPECT_TRUE(Contains(refused, dir + " is owned by uid 65534")) << refused.message();
+  EXPECT_TRUE(Contains(refused, "chown 0 " + dir)) << refused.message();
+  refused = InitKeyDir(Config(), "kek").status();
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  ASSERT_EQ(::chown(dir.c_str(), 0, 0), 0);  // root's own directory is fine
+  EXPECT_TRUE(RotateKey(Config(), "kek").ok());
+}
+
+TEST_F(TpmProvisioningTest, InitMakesTheDirectoryExactly0700AndTheFiles0600WhateverTheUmask) {
+  const mode_t saved = ::umask(0277);  // would leave mkdir(0700) at 0500, not even writable by us
+  StatusOr<TpmKeyInfo> v1 = InitKeyDir(Config(), "kek");
+  StatusOr<TpmKeyInfo> v2 = RotateKey(Config(), "kek");
+  ::umask(saved);
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  EXPECT_EQ(Mode(Config().key_dir), 0700u);
+  for (const std::string& name : Names(Config().key_dir)) EXPECT_EQ(Mode(Config().key_dir + "/" + name), 0600u) << name;
 }
 
 }  // namespace

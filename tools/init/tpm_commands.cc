@@ -172,18 +172,10 @@ int TpmInit(const TpmOptions& options) {
 
 int TpmRotate(const TpmOptions& options) {
   if (int rc = CheckOptions(options, /*must_exist=*/true); rc != kExitOk) return rc;
-  // RotateKey only reads the directory's version numbers: against another TPM (a wrong --tpm-tcti,
-  // a copied directory) it would add a version that TPM can use next to versions it cannot, a
-  // directory the plugin loads nowhere. So every existing version must load in this TPM first.
-  StatusOr<std::vector<tpm::TpmKeyInfo>> existing = tpm::ListKeys(Config(options), tpm::kTpmFamilyLabel);
-  if (!existing.ok()) {
-    return Fail(kExitFailed, StrCat("refusing to rotate: cannot load the existing versions in this TPM first: ",
-                                    existing.status().message(), Hint(existing.status(), options)));
-  }
-  if (existing->empty()) {
-    return Fail(kExitFailed, StrCat(options.key_dir, " holds no TPM keys yet; create version 1 with `", kToolName,
-                                    " tpm init`"));
-  }
+  // A directory others could write to is a usage error, as for init (RotateKey refuses it too).
+  if (Status s = tpm::CheckKeyDirForWriting(options.key_dir); !s.ok()) return Fail(kExitUsage, s.message());
+  // RotateKey itself refuses when the existing versions do not load in this TPM (a wrong
+  // --tpm-tcti, a copied directory), and serialises with concurrent runs on the directory.
   StatusOr<tpm::TpmKeyInfo> key = tpm::RotateKey(Config(options), tpm::kTpmFamilyLabel);
   if (!key.ok()) return FailTpm(key.status(), options);
   return PrintCreated(options, *key, /*rotation=*/true);
