@@ -668,6 +668,24 @@ socketDir: /run/kms-plugin
   EXPECT_NE(init.find("chown 10001:10001 /run/kms-plugin"), std::string::npos) << init;
 }
 
+// tpm.enabled: the TPM backend's flags, key directory and device instead of everything PKCS#11.
+TEST(DeployTest, HelmTpmValuesSwitchToTheTpmBackend) {
+  const YAML::Node ds = RenderedDaemonSet(YAML::Load("{ tpm: { enabled: true }, supplementalGroups: [113] }"));
+  ASSERT_TRUE(ds);
+  const YAML::Node spec = ds["spec"]["template"]["spec"];
+  ExpectSecurePluginPod(spec, "Helm DaemonSet, tpm.enabled");
+  const YAML::Node c = PluginContainer(spec);
+  const auto args = ArgMap(c);
+  EXPECT_EQ(args.at("--tpm-tcti"), "device:/dev/tpmrm0");
+  EXPECT_EQ(args.at("--tpm-key-dir"), "/var/lib/trousseau-hsm/tpm");
+  EXPECT_FALSE(args.contains("--pkcs11-uri"));
+  for (const YAML::Node& v : spec["volumes"]) {
+    const std::string name = v["name"].as<std::string>();
+    EXPECT_TRUE(name == "socket-dir" || name == "tpm-key-dir" || name == "tpm-device") << name;
+  }
+  for (const YAML::Node& e : c["env"]) EXPECT_NE(e["name"].as<std::string>(), "SOFTHSM2_CONF");
+}
+
 // The renderer above stands in for helm where there is none; where there is one, both must agree.
 TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
   const char* env = std::getenv("HELM");
@@ -683,6 +701,22 @@ TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
   std::ofstream(overrides_file) << "softhsm: { enabled: false }\nextraArgs: [\"--hsm-sessions=8\"]\n"
                                    "extraVolumes: [{ name: hsm-conf, hostPath: { path: /etc/hsm, type: Directory } }]\n"
                                    "extraVolumeMounts: [{ name: hsm-conf, mountPath: /etc/hsm, readOnly: true }]\n";
+  const std::string tpm_file = dir + "/tpm.yaml";
+  std::ofstream(tpm_file) << "tpm: { enabled: true }\nsupplementalGroups: [113]\n";
+  {
+    SCOPED_TRACE("tpm.enabled");
+    const RunResult out = Shell(ShellQuote(helm) + " template trousseau-hsm " + ShellQuote(kChart.string()) +
+                                    " --namespace kube-system --kube-version 1.33.0 --values " + ShellQuote(tpm_file),
+                                true);
+    ASSERT_EQ(out.code, 0) << out.out;
+    YAML::Node real;
+    for (const YAML::Node& doc : YAML::LoadAll(out.out)) {
+      if (doc.IsMap() && doc["kind"].as<std::string>("") == "DaemonSet") real = doc;
+    }
+    ASSERT_TRUE(real) << out.out;
+    std::string why;
+    EXPECT_TRUE(deploy::YamlEqual(real, RenderedDaemonSet(YAML::LoadFile(tpm_file)), &why)) << why;
+  }
   for (const bool with_overrides : {false, true}) {
     SCOPED_TRACE(with_overrides ? "with overrides" : "defaults");
     const RunResult out = Shell(ShellQuote(helm) + " template trousseau-hsm " + ShellQuote(kChart.string()) +
