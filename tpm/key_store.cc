@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -69,6 +70,27 @@ Status CheckNotWritableByOthers(const struct stat& st, const std::string& path, 
                                         "fix with `chmod ", directory ? "700 " : "600 ", path, "`"));
 }
 
+// The blobs load, in this TPM, for anyone who can open the TPM (the keys have an empty auth value):
+// on this node, reading them is using the KEK, and a readable RSA public key lets one forge
+// envelopes. So a key file grants nothing to group or others, not even read.
+Status CheckKeyFileIsPrivate(const struct stat& st, const std::string& path) {
+  if ((st.st_mode & (S_IRWXG | S_IRWXO)) == 0) return OkStatus();
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) return CheckNotWritableByOthers(st, path, /*directory=*/false);
+  return FailedPreconditionError(StrCat("the TPM key file ", path, " is readable by ",
+                                        (st.st_mode & S_IROTH) ? "everyone" : "its group", " (mode ",
+                                        Octal(st.st_mode), "): on this node whoever can read it and open the TPM "
+                                        "can use the key; fix with `chmod 600 ", path, "`"));
+}
+
+// The directory's owner can always chmod it open again: only the reading user or root may own it.
+Status CheckKeyDirOwner(const struct stat& st, const std::string& dir) {
+  const uid_t me = ::geteuid();
+  if (st.st_uid == me || st.st_uid == 0) return OkStatus();
+  return FailedPreconditionError(StrCat("the TPM key directory ", dir, " is owned by uid ", st.st_uid,
+                                        ", not by this user (uid ", me, ") or root: its owner can swap the keys; "
+                                        "fix with `chown ", me, " ", dir, "` or run as its owner"));
+}
+
 bool IsTempName(std::string_view name) {
   return name.starts_with('.') && name.size() > kTempInfix.size() + kTempRandom &&
          name.substr(name.size() - kTempRandom - kTempInfix.size(), kTempInfix.size()) == kTempInfix;
@@ -84,7 +106,7 @@ StatusOr<std::string> ReadKeyFile(int dir_fd, const std::string& name, const std
   struct stat st{};
   if (::fstat(fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", path));
   if (!S_ISREG(st.st_mode)) return FailedPreconditionError(StrCat(path, " is not a regular file"));
-  if (Status s = CheckNotWritableByOthers(st, path, /*directory=*/false); !s.ok()) return s;
+  if (Status s = CheckKeyFileIsPrivate(st, path); !s.ok()) return s;
   std::string data;
   char buffer[4096];
   for (;;) {
@@ -166,18 +188,20 @@ Status CheckKeyDirForWriting(const std::string& dir) {
   struct stat st{};
   if (::stat(dir.c_str(), &st) != 0) return FailedPreconditionError(Errno("cannot access the TPM key directory", dir));
   if (!S_ISDIR(st.st_mode)) return FailedPreconditionError(StrCat("the key directory ", dir, " is not a directory"));
-  // Its owner can always chmod it open again; only this user or root may be trusted with that.
-  const uid_t me = ::geteuid();
-  if (st.st_uid != me && st.st_uid != 0) {
-    return FailedPreconditionError(StrCat("the TPM key directory ", dir, " is owned by uid ", st.st_uid,
-                                          ", not by this user (uid ", me, ") or root: its owner can swap the keys; "
-                                          "fix with `chown ", me, " ", dir, "` or run as its owner"));
-  }
+  if (Status s = CheckKeyDirOwner(st, dir); !s.ok()) return s;
   return CheckNotWritableByOthers(st, dir, /*directory=*/true);
 }
 
 Status EnsureKeyDir(const std::string& dir) {
   if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
+  // Parents as a package would make them (/var/lib/trousseau-hsm on a fresh node): 0755.
+  std::error_code ec;
+  const std::filesystem::path parent = std::filesystem::path(dir).parent_path();
+  if (!parent.empty() && !std::filesystem::exists(parent, ec)) {
+    std::filesystem::create_directories(parent, ec);
+    if (ec) return FailedPreconditionError(StrCat("cannot create ", parent.string(), ": ", ec.message()));
+    std::filesystem::permissions(parent, std::filesystem::perms(0755), ec);
+  }
   if (::mkdir(dir.c_str(), 0700) == 0) {
     // mkdir's mode went through the umask, which may have taken our own bits too: exactly 0700.
     if (::chmod(dir.c_str(), 0700) != 0) return FailedPreconditionError(Errno("cannot chmod 700", dir));
@@ -194,6 +218,7 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
   if (!dir_fd) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
   struct stat st{};
   if (::fstat(dir_fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", dir));
+  if (Status s = CheckKeyDirOwner(st, dir); !s.ok()) return s;
   if (Status s = CheckNotWritableByOthers(st, dir, /*directory=*/true); !s.ok()) return s;
   // fdopendir takes the descriptor; dirfd() lends it back for openat.
   std::unique_ptr<DIR, int (*)(DIR*)> d(::fdopendir(dir_fd.get()), ::closedir);

@@ -1,10 +1,13 @@
 #include "tpm/tpm_device.h"
 
+#include <fcntl.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -137,7 +140,19 @@ StatusOr<std::unique_ptr<TpmDevice>> TpmDevice::Open(const std::string& tcti) {
   std::unique_ptr<TpmDevice> device(new TpmDevice());
   TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &device->tcti_);
   if (rc != TSS2_RC_SUCCESS) {
-    return UnavailableError(StrCat("cannot open TCTI '", tcti, "': ", DescribeRc(rc, "Tss2_TctiLdr_Initialize")));
+    std::string why = DescribeRc(rc, "Tss2_TctiLdr_Initialize");
+    // The device TCTI reports the errno only in its own log line (silenced by TSS2_LOG): say it here,
+    // since EACCES (not in the tss group) and EPERM (a container's device cgroup) need different fixes.
+    if (tcti.rfind("device:", 0) == 0) {
+      const std::string path = tcti.substr(7);
+      const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOCTTY);
+      if (fd >= 0) {
+        ::close(fd);
+      } else {
+        why = StrCat("open ", path, ": ", std::strerror(errno), "; ", why);
+      }
+    }
+    return UnavailableError(StrCat("cannot open TCTI '", tcti, "': ", why));
   }
   rc = Esys_Initialize(&device->esys_, device->tcti_, nullptr);
   if (rc != TSS2_RC_SUCCESS) {

@@ -79,8 +79,12 @@ int RunPlugin(const PluginOptions& options) {
   // Seeds pass through this process's memory: no core dump may carry them to disk, and no other
   // process of the same user may read them through ptrace or /proc/PID/mem.
   const rlimit no_core{0, 0};
-  setrlimit(RLIMIT_CORE, &no_core);
-  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  const bool core_off = setrlimit(RLIMIT_CORE, &no_core) == 0;
+  const bool undumpable = prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0;
+  if (!core_off || !undumpable) {
+    spdlog::warn("could not turn core dumps off ({}): a crash may write recent seeds to a core file",
+                 !core_off ? "setrlimit RLIMIT_CORE" : "prctl PR_SET_DUMPABLE");
+  }
 
   // Signals are taken synchronously by this thread only; block them before any other thread exists.
   sigset_t signals;

@@ -3,6 +3,9 @@
 // wiping; a server interceptor sees the message before serialisation (PRE_SEND_MESSAGE) and is called
 // again once the send completed (POST_SEND_MESSAGE), while the message still exists. The serialised
 // copy in gRPC's own buffers stays out of reach (docs/design.md).
+// This relies on the synchronous unary path (the response lives in gRPC's unary handler until the
+// send has completed) and on being the only interceptor that sees the message: moving the services
+// to the callback API, or adding an interceptor that replaces the message, must revisit it.
 #pragma once
 
 #include <functional>

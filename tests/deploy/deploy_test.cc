@@ -66,7 +66,7 @@ const std::set<std::string> kForeignFlags = {
     "--set", "--kube-version", "--dry-run",                                            // helm
     "--build-arg", "--file", "--tag", "--entrypoint", "--user", "--rm", "--volume",    // docker
     "--system", "--uid", "--gid", "--no-create-home", "--home-dir", "--shell",        // useradd/groupadd
-    "--reuid", "--regid", "--clear-groups",                                            // setpriv
+    "--reuid", "--regid", "--clear-groups", "--groups",                                          // setpriv
     "--now", "--no-install-recommends", "--parallel", "--target", "--recurse",        // systemctl, apt, cmake
     "--offline", "--threshold",                                                        // systemd-analyze
 };

@@ -97,8 +97,16 @@ TEST_F(KeyStoreTest, TheReaderRefusesAWritableDirectoryOrKeyFileAndThePluginKeep
     EXPECT_TRUE(Contains(refused, "chmod 600 " + file)) << refused.message();
     EXPECT_TRUE(IsFailedPrecondition(backend->LoadKeys().status()));
   }
+  // Readable is refused too: on this node, whoever reads the blobs and opens the TPM uses the key.
+  for (mode_t mode : {0640, 0604, 0644}) {
+    ASSERT_EQ(::chmod(file.c_str(), mode), 0);
+    Status refused = ReadKeyDir(key_dir_).status();
+    EXPECT_TRUE(IsFailedPrecondition(refused)) << std::oct << mode << ": " << refused.ToString();
+    EXPECT_TRUE(Contains(refused, "the TPM key file " + file + " is readable by")) << refused.message();
+    EXPECT_TRUE(Contains(refused, "chmod 600 " + file)) << refused.message();
+  }
   EXPECT_EQ(backend->Open(1, sealed, "aad")->view(), "seed") << "the loaded keys stayed in service";
-  ASSERT_EQ(::chmod(file.c_str(), 0644), 0);
+  ASSERT_EQ(::chmod(file.c_str(), 0600), 0);
   EXPECT_TRUE(backend->LoadKeys().ok());
 }
 

@@ -170,6 +170,15 @@ TEST_F(TpmPluginTest, TheTpmGoingAwayIsUnavailableAndThePluginRecoversWhenItRetu
   EXPECT_FALSE(plugin->Wait(0ms).has_value()) << "the plugin must not exit over a TPM outage";
 }
 
+// A TPM device the plugin cannot open: unavailable (exit 1), and the log says why in the OS's words
+// (tpm2-tss's own log lines, which would carry the errno, are silenced).
+TEST_F(TpmPluginTest, AnUnopenableTpmDeviceIsExitOneWithTheReason) {
+  InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin("device:" + dir_.path() + "/no-such-tpmrm0");
+  EXPECT_EQ(plugin->Wait(30s), 1) << plugin->Log();
+  EXPECT_NE(plugin->Log().find("no-such-tpmrm0: No such file or directory"), std::string::npos) << plugin->Log();
+}
+
 // On a node the plugin and trousseau-hsm-init share the TPM through a resource manager
 // (/dev/tpmrm0 or tabrmd); here tabrmd in front of the swtpm.
 class TpmPluginRotationTest : public TpmPluginTest {

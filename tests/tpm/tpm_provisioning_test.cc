@@ -295,6 +295,21 @@ TEST_F(TpmProvisioningTest, InitAndRotateRefuseAKeyDirectoryOwnedByAnotherUser) 
   EXPECT_TRUE(RotateKey(Config(), "kek").ok());
 }
 
+// The documented command on a fresh node: /var/lib/trousseau-hsm does not exist yet.
+TEST_F(TpmProvisioningTest, InitCreatesMissingParentDirectories) {
+  const std::string parent = dir_.path() + "/var/lib/trousseau-hsm";
+  TpmConfig config = Config();
+  config.key_dir = parent + "/tpm";
+  StatusOr<TpmKeyInfo> v1 = InitKeyDir(config, "kek");
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  struct stat st{};
+  ASSERT_EQ(::stat(parent.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+  ASSERT_EQ(::stat(config.key_dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  EXPECT_TRUE(ReadKeyDir(config.key_dir).ok());
+}
+
 TEST_F(TpmProvisioningTest, InitMakesTheDirectoryExactly0700AndTheFiles0600WhateverTheUmask) {
   const mode_t saved = ::umask(0277);  // would leave mkdir(0700) at 0500, not even writable by us
   StatusOr<TpmKeyInfo> v1 = InitKeyDir(Config(), "kek");

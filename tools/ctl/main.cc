@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   app.fallthrough();
   app.add_option("--socket", o.socket, "Plugin endpoint")->capture_default_str();
   app.add_option("--timeout", o.timeout_seconds, "Seconds per call")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(0.001, 86400.0))
       ->capture_default_str();
   app.add_option("--api", o.api, "KMS API to use")->check(CLI::IsMember({"v2", "v1beta1"}))->capture_default_str();
   app.add_flag("--json", o.json, "Machine-readable output");
