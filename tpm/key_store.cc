@@ -307,6 +307,23 @@ Status WriteVersion(const std::string& dir, const VersionBlobs& blobs) {
   return OkStatus();
 }
 
+Status RemoveVersion(const std::string& dir, uint64_t version) {
+  const std::string stem = VersionStem(version);
+  struct stat st{};
+  const bool aes = ::lstat(StrCat(dir, "/", stem, ".aes.pub").c_str(), &st) == 0;
+  const bool rsa = !aes && ::lstat(StrCat(dir, "/", stem, ".rsa.pub").c_str(), &st) == 0;
+  if (!aes && !rsa) return NotFoundError(StrCat("key version ", version, " is not in ", dir));
+  const std::vector<const char*> parts = aes ? std::vector<const char*>{".aes.pub", ".aes.priv", ".hmac.pub", ".hmac.priv"}
+                                             : std::vector<const char*>{".rsa.pub", ".rsa.priv"};
+  for (const char* part : parts) {
+    const std::string path = StrCat(dir, "/", stem, part);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) return FailedPreconditionError(Errno("cannot remove", path));
+    if (part == parts.front()) SyncDirectory(dir);  // the version is gone before its private parts go
+  }
+  SyncDirectory(dir);
+  return OkStatus();
+}
+
 void RemoveStaleTempFiles(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
   if (!d) return;

@@ -57,6 +57,11 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir);
 // complete version, also one that appears while it writes. Call it holding the KeyDirLock.
 Status WriteVersion(const std::string& dir, const VersionBlobs& blobs);
 
+// Deletes one version's files, its marker (`.aes.pub` / `.rsa.pub`) first so that a crash half-way
+// leaves no version, only leftovers. NOT_FOUND if the version does not exist. Call it holding the
+// KeyDirLock.
+Status RemoveVersion(const std::string& dir, uint64_t version);
+
 // Creates `dir` (mode 0700) if missing, then checks it like CheckKeyDirForWriting.
 Status EnsureKeyDir(const std::string& dir);
 

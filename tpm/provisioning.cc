@@ -137,6 +137,22 @@ StatusOr<TpmKeyInfo> RotateKey(const TpmConfig& config, const std::string& famil
   return CreateAndWrite(*tpm, config, highest + 1, family_label);
 }
 
+Status RetireKey(const TpmConfig& config, uint64_t version) {
+  if (Status s = CheckKeyDirForWriting(config.key_dir); !s.ok()) return s;
+  StatusOr<KeyDirLock> lock = LockKeyDir(config);
+  if (!lock.ok()) return lock.status();
+  StatusOr<Versions> existing = ReadKeyDir(config.key_dir);
+  if (!existing.ok()) return existing.status();
+  if (!existing->contains(version)) {
+    return NotFoundError(StrCat("key version ", version, " is not in ", config.key_dir));
+  }
+  if (version == existing->rbegin()->first) {
+    return FailedPreconditionError(StrCat("version ", version, " is the active (highest) version in ", config.key_dir,
+                                          " and can never be retired: new encryptions use it"));
+  }
+  return RemoveVersion(config.key_dir, version);
+}
+
 StatusOr<std::vector<TpmKeyInfo>> ListKeys(const TpmConfig& config, const std::string& family_label) {
   if (Status s = CheckConfig(config); !s.ok()) return s;
   StatusOr<Versions> existing = ReadKeyDir(config.key_dir);

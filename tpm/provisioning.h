@@ -50,6 +50,10 @@ StatusOr<TpmKeyInfo> InitKeyDir(const TpmConfig& config, const std::string& fami
 // load in this TPM (wrong TCTI, directory of another TPM): the new version would sit next to keys
 // the plugin cannot load.
 StatusOr<TpmKeyInfo> RotateKey(const TpmConfig& config, const std::string& family_label);
+// Deletes an old version's files (no TPM command: the TPM never stored the key, the blobs were its
+// only copy, so backups of them must go too). FAILED_PRECONDITION for the active (highest) version,
+// NOT_FOUND for one that is not there. Serialised with init/rotate on the directory's lock.
+Status RetireKey(const TpmConfig& config, uint64_t version);
 // Every version in the directory, loaded in this TPM and fingerprinted, lowest first.
 StatusOr<std::vector<TpmKeyInfo>> ListKeys(const TpmConfig& config, const std::string& family_label);
 // Checks the TPM has the commands the backend needs, then loads every version and runs a seal/open

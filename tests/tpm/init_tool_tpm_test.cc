@@ -224,6 +224,36 @@ TEST_F(InitToolTpmTest, InitRefusesADirectoryThatAlreadyHoldsKeys) {
   EXPECT_EQ(listed["keys"][0]["key_id"], key_id);
 }
 
+TEST_F(InitToolTpmTest, RetireRefusesTheActiveVersionExplainsWithoutYesThenDeletesTheFiles) {
+  ASSERT_EQ(Tpm("init").code, kOk);
+  ASSERT_EQ(Tpm("rotate").code, kOk);
+
+  ToolResult active = Tpm("retire", {"--version", "2", "--yes"});
+  EXPECT_EQ(active.code, kFailed) << active.output;
+  EXPECT_NE(active.output.find("active (highest) version"), std::string::npos) << active.output;
+  ToolResult missing = Tpm("retire", {"--version", "7", "--yes"});
+  EXPECT_EQ(missing.code, kFailed) << missing.output;
+  EXPECT_NE(missing.output.find("has no version 7"), std::string::npos) << missing.output;
+
+  ToolResult unsure = Tpm("retire", {"--version", "1"});
+  EXPECT_EQ(unsure.code, kFailed) << unsure.output;
+  EXPECT_NE(unsure.output.find("not retiring without --yes"), std::string::npos) << unsure.output;
+  EXPECT_NE(unsure.output.find("kubectl get secrets -A -o json | kubectl replace -f -"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::exists(key_dir_ + "/v000001.aes.pub")) << "nothing deleted without --yes";
+
+  ToolResult retired = Tpm("retire", {"--version", "1", "--yes"});
+  ASSERT_EQ(retired.code, kOk) << retired.output;
+  EXPECT_NE(retired.output.find("SIGHUP"), std::string::npos) << retired.output;
+  for (const char* part : {".aes.pub", ".aes.priv", ".hmac.pub", ".hmac.priv"}) {
+    EXPECT_FALSE(std::filesystem::exists(key_dir_ + "/v000001" + part)) << part;
+  }
+  json listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["keys"][0]["version"], 2);
+  EXPECT_EQ(listed["keys"][0]["active"], true);
+  EXPECT_EQ(Tpm("selftest").code, kOk);
+}
+
 TEST_F(InitToolTpmTest, RotateMakesVersionTwoActiveAndKeepsVersionOne) {
   ToolResult init = Tpm("init", {"--json"});
   ASSERT_EQ(init.code, kOk) << init.output;

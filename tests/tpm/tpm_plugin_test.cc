@@ -220,6 +220,26 @@ TEST_F(TpmPluginRotationTest, ANewVersionIsActiveAtOnceOnSighupAndOldCiphertextS
   EXPECT_TRUE(Healthy());
 }
 
+TEST_F(TpmPluginRotationTest, ARetiredVersionIsDroppedOnSighupAndItsCiphertextsAreNotFound) {
+  InitKeys(broker_->Tcti());
+  auto plugin = StartPlugin(broker_->Tcti(), {"--key-refresh-interval", "0"});
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse under_v1;
+  ASSERT_TRUE(Encrypt(kSeed, under_v1).ok());
+  StatusOr<tpm::TpmKeyInfo> v2 = tpm::RotateKey(Config(broker_->Tcti()), tpm::kTpmFamilyLabel);
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  EXPECT_TRUE(IsFailedPrecondition(tpm::RetireKey(Config(broker_->Tcti()), 2))) << "the active version stays";
+  ASSERT_TRUE(tpm::RetireKey(Config(broker_->Tcti()), 1).ok());
+
+  plugin->Signal(SIGHUP);
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2->key_id; }, 5s)) << plugin->Log();
+  std::string plaintext;
+  EXPECT_TRUE(Eventually([&] { return Decrypt(under_v1, plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
+                         5s))
+      << "retired means unreadable, never a wrong plaintext: " << plugin->Log();
+  EXPECT_TRUE(Healthy()) << "the plugin keeps serving with the active version";
+}
+
 TEST_F(TpmPluginRotationTest, TheRefreshIntervalPicksUpANewVersionWithoutASignal) {
   const std::string v1 = InitKeys(broker_->Tcti());
   auto plugin = StartPlugin(broker_->Tcti(), {"--key-refresh-interval", "1s"});

@@ -53,6 +53,8 @@ struct TpmOptions {
   std::string key_dir;
   std::string scheme = "auto";  // init, rotate: auto | aes-cfb-hmac | rsa-oaep
   bool json = false;
+  uint64_t version = 0;  // retire
+  bool yes = false;      // retire
 };
 
 int TokenInit(const TokenInitOptions& options);
@@ -66,6 +68,7 @@ int TpmInit(const TpmOptions& options);
 int TpmRotate(const TpmOptions& options);
 int TpmList(const TpmOptions& options);
 int TpmSelftest(const TpmOptions& options);
+int TpmRetire(const TpmOptions& options);
 
 // ---- shared helpers (common.cc) ----
 

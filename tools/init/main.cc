@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
   // tpm init | rotate | list | selftest. One TpmOptions per subcommand: CLI11 applies environment
   // variables to the options of every subcommand, invoked or not, so shared variables would let
   // TROUSSEAU_HSM_TPM_* override the invoked subcommand's flags.
-  TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options;
+  TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options, tpm_retire_options;
   CLI::App* tpm = app.add_subcommand(
       "tpm",
       "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest. Keys are "
@@ -212,6 +212,20 @@ int main(int argc, char** argv) {
   tpm_selftest->add_flag("--json", tpm_selftest_options.json,
                          "Print {\"ok\":bool,\"failures\":[...],\"keys\":[{\"version\":N,\"key_id\":...}]}");
   tpm_selftest->callback([&] { rc = TpmSelftest(tpm_selftest_options); });
+
+  CLI::App* tpm_retire = tpm->add_subcommand(
+      "retire",
+      "Delete an old version's files once every object encrypted under it was re-encrypted (e.g. "
+      "`kubectl get secrets -A -o json | kubectl replace -f -`). The TPM never stored the key: those files (and any "
+      "backup of them) are its only copy, so objects still under its key_id become unreadable for good. Without "
+      "--yes only explains what would be lost and exits 1. The active (highest) version can never be retired. "
+      "Touches no TPM; serialised with init/rotate on the directory's lock.");
+  AddTpm(tpm_retire, tpm_retire_options);
+  tpm_retire->add_option("--version", tpm_retire_options.version, "The version to delete")
+      ->required()
+      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
+  tpm_retire->add_flag("--yes", tpm_retire_options.yes, "Really delete it");
+  tpm_retire->callback([&] { rc = TpmRetire(tpm_retire_options); });
 
   try {
     app.parse(argc, argv);

@@ -219,6 +219,38 @@ int TpmList(const TpmOptions& options) {
   return kExitOk;
 }
 
+int TpmRetire(const TpmOptions& options) {
+  if (int rc = CheckOptions(options, /*must_exist=*/true); rc != kExitOk) return rc;
+  if (Status s = tpm::CheckKeyDirForWriting(options.key_dir); !s.ok()) return Fail(kExitUsage, s.message());
+  StatusOr<std::map<uint64_t, tpm::VersionBlobs>> versions = tpm::ReadKeyDir(options.key_dir);
+  if (!versions.ok()) return FailTpm(versions.status(), options);
+  if (!versions->contains(options.version)) {
+    return Fail(kExitFailed, StrCat(Where(options), " has no version ", options.version));
+  }
+  const uint64_t active = versions->rbegin()->first;
+  if (options.version == active) {
+    return Fail(kExitFailed, StrCat("version ", options.version, " is the active (highest) version in ", Where(options),
+                                    " and can never be retired: new encryptions use it. Rotate first (`tpm rotate`), "
+                                    "re-encrypt, then retire the old version"));
+  }
+  if (!options.yes) {
+    std::cerr << kToolName << ": not retiring without --yes. Retiring deletes version " << options.version << " in "
+              << Where(options) << " for good: the TPM never stored the key, these files are its only copy\n"
+              << "(delete their backups too). Everything still encrypted under its key_id becomes unreadable:\n"
+              << "kube-apiserver gets NOT_FOUND from the plugin and cannot read those objects any more.\n"
+              << "Re-encrypt first, so every object is rewritten under the active version " << active << ":\n"
+              << "  kubectl get secrets -A -o json | kubectl replace -f -\n"
+              << "(and the same for every other resource your EncryptionConfiguration encrypts), make sure it\n"
+              << "completed for all objects (docs/rotation.md), then run this command again with --yes.\n";
+    return kExitFailed;
+  }
+  if (Status s = tpm::RetireKey(Config(options), options.version); !s.ok()) return FailTpm(s, options);
+  std::cout << "retired version " << options.version << " in " << Where(options) << ": its files are deleted.\n"
+            << "Send SIGHUP to trousseau-hsm (or wait for its --key-refresh-interval) so it drops the version;\n"
+            << "decrypting anything still under it then fails with NOT_FOUND. Active version: " << active << ".\n";
+  return kExitOk;
+}
+
 int TpmSelftest(const TpmOptions& options) {
   if (int rc = CheckOptions(options, /*must_exist=*/true); rc != kExitOk) return rc;
   std::vector<std::string> failures;
