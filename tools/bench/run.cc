@@ -427,6 +427,13 @@ trousseau::bench::EchoMessage SizedEcho(size_t wire_bytes) {
   return message;
 }
 
+// A connected v2 stub and the Decrypt kube-apiserver would send: a fresh random seed, sealed by the
+// plugin itself.
+struct SeededPlugin {
+  std::unique_ptr<v2::KeyManagementService::Stub> stub;
+  Workload workload;
+};
+
 std::string RandomSeed() {
   std::random_device rd;
   std::string seed(32, '\0');
@@ -445,6 +452,20 @@ std::optional<v2::EncryptResponse> EncryptSeed(v2::KeyManagementService::Stub& s
     return std::nullopt;
   }
   return response;
+}
+
+std::optional<SeededPlugin> SealASeed(const std::string& socket) {
+  auto channel = UnixChannel(socket);
+  WaitConnected(channel, 5s);
+  SeededPlugin seeded{v2::KeyManagementService::NewStub(channel), {}};
+  Workload& w = seeded.workload;
+  w.seed = RandomSeed();
+  std::optional<v2::EncryptResponse> sealed = EncryptSeed(*seeded.stub, w.seed);
+  if (!sealed) return std::nullopt;
+  w.decrypt.set_ciphertext(sealed->ciphertext());
+  w.decrypt.set_uid(kUid);
+  w.decrypt.set_key_id(sealed->key_id());
+  return seeded;
 }
 
 bool CallDecrypt(v2::KeyManagementService::Stub& stub, const Workload& w) {
@@ -535,17 +556,10 @@ std::optional<VariantResult> MeasureVariant(const RunOptions& o, const SoftHsmTo
   std::optional<Plugin> plugin =
       StartPlugin(o, token, "plugin-" + name, token.Uri(family, o.softhsm_module), o.hsm_sessions);
   if (!plugin) return std::nullopt;
-  auto channel = UnixChannel(plugin->socket);
-  WaitConnected(channel, 5s);
-  auto stub = v2::KeyManagementService::NewStub(channel);
-
-  Workload w;
-  w.seed = RandomSeed();
-  std::optional<v2::EncryptResponse> sealed = EncryptSeed(*stub, w.seed);
-  if (!sealed) return std::nullopt;
-  w.decrypt.set_ciphertext(sealed->ciphertext());
-  w.decrypt.set_uid(kUid);
-  w.decrypt.set_key_id(sealed->key_id());
+  std::optional<SeededPlugin> seeded = SealASeed(plugin->socket);
+  if (!seeded) return std::nullopt;
+  auto& stub = seeded->stub;
+  Workload& w = seeded->workload;
   w.echo_sized = SizedEcho(w.decrypt.ByteSizeLong());
   if (!CallDecrypt(*stub, w)) {
     Progress("[%s] the plugin does not decrypt its own ciphertext", name.c_str());
@@ -683,16 +697,10 @@ std::optional<SlowResult> MeasureSlowHsm(const RunOptions& o, const SoftHsmToken
   std::optional<Plugin> plugin = StartPlugin(o, token, StrCat("plugin-shim-", sessions),
                                              token.Uri("kek", o.fault_shim), sessions);
   if (!plugin) return std::nullopt;
-  auto channel = UnixChannel(plugin->socket);
-  WaitConnected(channel, 5s);
-  auto stub = v2::KeyManagementService::NewStub(channel);
-  Workload w;
-  w.seed = RandomSeed();
-  std::optional<v2::EncryptResponse> sealed = EncryptSeed(*stub, w.seed);
-  if (!sealed) return std::nullopt;
-  w.decrypt.set_ciphertext(sealed->ciphertext());
-  w.decrypt.set_uid(kUid);
-  w.decrypt.set_key_id(sealed->key_id());
+  std::optional<SeededPlugin> seeded = SealASeed(plugin->socket);
+  if (!seeded) return std::nullopt;
+  auto& stub = seeded->stub;
+  Workload& w = seeded->workload;
 
   PhaseResult single;
   TimeSequential(3, [&] { return CallDecrypt(*stub, w); }, single);
