@@ -1072,20 +1072,27 @@ TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
                              " && mount -o remount,bind,ro " + ShellQuote(tokens) + " && exec " +
                              ShellQuote(PLUGIN_PATH) + " --listen " + ShellQuote("unix://" + ro_socket) +
                              " --pkcs11-uri " + ShellQuote(token_->Uri()) + " --key-refresh-interval 0";
+  // The read-only plugin opens the token first and alone: a second SoftHSM opening the same files at that
+  // moment is a different, racy experiment.
   Subprocess read_only({"/usr/bin/unshare", "-m", "/bin/sh", "-c", script}, token_->dir() + "/ro.log");
+  const bool read_only_served = Eventually([&] { return Status(ro_socket).healthz() == "ok"; }, 10s);
+  if (!read_only_served) {
+    // Some hosts' SoftHSM does not load a token it cannot lock at all (seen in CI): the same lesson, sooner.
+    EXPECT_NE(read_only.Log().find("cannot use PKCS#11 token"), std::string::npos) << read_only.Log();
+  } else {
+    ASSERT_EQ(Status(ro_socket).key_id().rfind("kek-v1-", 0), 0u);
+  }
   Subprocess writable({PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", token_->Uri(),
                        "--key-refresh-interval", "0"},
                       token_->dir() + "/rw.log");
-  ASSERT_TRUE(Eventually([&] { return Status(ro_socket).healthz() == "ok"; }, 10s)) << read_only.Log();
   ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << writable.Log();
-  ASSERT_EQ(Status(ro_socket).key_id().rfind("kek-v1-", 0), 0u);
 
   ASSERT_TRUE(token_->GenerateKek(2).ok());  // as `trousseau-hsm-init key rotate` on the host
   read_only.Signal(SIGHUP);
   writable.Signal(SIGHUP);
   EXPECT_TRUE(Eventually([&] { return Status().key_id().rfind("kek-v2-", 0) == 0; }, 5s)) << writable.Log();
   std::this_thread::sleep_for(1s);
-  EXPECT_EQ(Status(ro_socket).key_id().rfind("kek-v1-", 0), 0u)
+  EXPECT_NE(Status(ro_socket).key_id().rfind("kek-v2-", 0), 0u)
       << "SoftHSM now sees new keys through a read-only token directory: the manifests could mount it "
          "read-only\n"
       << read_only.Log();
