@@ -41,4 +41,8 @@ bool Eventually(Predicate predicate, std::chrono::milliseconds timeout) {
   return predicate();
 }
 
+// Whether a process listens on the unix socket at `path`. The file alone is no proof: it exists from
+// bind() on, a moment before listen().
+bool UnixSocketAccepts(const std::string& path);
+
 }  // namespace trousseau::testing

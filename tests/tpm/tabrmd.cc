@@ -14,7 +14,7 @@ std::unique_ptr<Tabrmd> Tabrmd::Start(const std::string& dir, const Swtpm& tpm) 
                                "--address=" + bus_address},
       dir + "/dbus.log");
   if (!broker->bus_->started()) return nullptr;
-  if (!Eventually([&] { return ::access((dir + "/dbus.sock").c_str(), F_OK) == 0; }, std::chrono::seconds(10))) {
+  if (!Eventually([&] { return UnixSocketAccepts(dir + "/dbus.sock"); }, std::chrono::seconds(10))) {
     return nullptr;
   }
   ::setenv("DBUS_SESSION_BUS_ADDRESS", bus_address.c_str(), /*overwrite=*/1);
