@@ -109,6 +109,9 @@ int CheckOptions(const TpmOptions& options, bool must_exist) {
                                    options.key_dir, ": ", std::strerror(errno),
                                    " (run as the plugin's user or root)"));
   }
+  // The plugin's reader refuses a directory others own or can write to (they could plant key files):
+  // for every command that is a usage error naming the fix, not a failure found later.
+  if (Status s = tpm::CheckKeyDirForWriting(options.key_dir); !s.ok()) return Fail(kExitUsage, s.message());
   return kExitOk;
 }
 
@@ -172,8 +175,6 @@ int TpmInit(const TpmOptions& options) {
 
 int TpmRotate(const TpmOptions& options) {
   if (int rc = CheckOptions(options, /*must_exist=*/true); rc != kExitOk) return rc;
-  // A directory others could write to is a usage error, as for init (RotateKey refuses it too).
-  if (Status s = tpm::CheckKeyDirForWriting(options.key_dir); !s.ok()) return Fail(kExitUsage, s.message());
   // RotateKey itself refuses when the existing versions do not load in this TPM (a wrong
   // --tpm-tcti, a copied directory), and serialises with concurrent runs on the directory.
   StatusOr<tpm::TpmKeyInfo> key = tpm::RotateKey(Config(options), tpm::kTpmFamilyLabel);
@@ -221,7 +222,6 @@ int TpmList(const TpmOptions& options) {
 
 int TpmRetire(const TpmOptions& options) {
   if (int rc = CheckOptions(options, /*must_exist=*/true); rc != kExitOk) return rc;
-  if (Status s = tpm::CheckKeyDirForWriting(options.key_dir); !s.ok()) return Fail(kExitUsage, s.message());
   StatusOr<std::map<uint64_t, tpm::VersionBlobs>> versions = tpm::ReadKeyDir(options.key_dir);
   if (!versions.ok()) return FailTpm(versions.status(), options);
   if (!versions->contains(options.version)) {
