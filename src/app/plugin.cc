@@ -111,7 +111,12 @@ int RunPlugin(const PluginOptions& options) {
   LogKeyRing(engine);
   telemetry.RecordKeyRefresh(true);
   telemetry.SetActiveKey(engine.key_ring()->active_key_id());
-  telemetry.SetBackendUp(true);
+  // One round trip with the active key before serving: it proves the key works, not only that it is
+  // listed, and sets health and the backend_up gauge from a fact. A failure here is an outage like any
+  // other: serve, report it, and recover.
+  if (HealthReport first = engine.Health(); !first.ok) {
+    spdlog::warn("the first round trip with the active key failed, serving and retrying: {}", first.detail);
+  }
 
   server::ServerOptions server_options;
   server_options.listen = options.listen;

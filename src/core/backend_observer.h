@@ -11,7 +11,7 @@ namespace trousseau {
 class BackendObserver {
  public:
   virtual ~BackendObserver() = default;
-  // `call` is "seal", "open", "probe" or "load_keys".
+  // `call` is "seal", "open", "probe" (round trips with a key) or "load_keys" (a listing).
   virtual void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) = 0;
 };
 

@@ -140,7 +140,12 @@ void Telemetry::OnBackendCall(std::string_view call, std::chrono::nanoseconds la
   if (!status.ok() && !IsInvalidArgument(status) && !IsNotFound(status)) {
     if (auto it = backend_errors_.find(call); it != backend_errors_.end()) it->second->Increment();
   }
-  if (status.ok() || IsUnavailable(status)) backend_up_->Set(status.ok() ? 1 : 0);
+  // Up means a key round trip worked, as for /healthz; a listing that works proves less.
+  if (IsUnavailable(status)) {
+    backend_up_->Set(0);
+  } else if (status.ok() && call != "load_keys") {
+    backend_up_->Set(1);
+  }
 }
 
 void Telemetry::SetActiveKey(const std::string& key_id) {
@@ -160,7 +165,6 @@ void Telemetry::RecordKeyRefresh(bool ok) {
   }
 }
 
-void Telemetry::SetBackendUp(bool up) { backend_up_->Set(up ? 1 : 0); }
 
 void Telemetry::SetSessionPool(size_t in_use, size_t size) {
   pool_in_use_->Set(static_cast<double>(in_use));

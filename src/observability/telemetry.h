@@ -29,7 +29,6 @@ class Telemetry final : public server::RequestObserver, public BackendObserver {
 
   // State sampled when /metrics is scraped.
   void SetActiveKey(const std::string& key_id);
-  void SetBackendUp(bool up);
   void SetSessionPool(size_t in_use, size_t size);
   // Outcome of a key family load (start-up, SIGHUP, interval).
   void RecordKeyRefresh(bool ok);

@@ -18,6 +18,11 @@
  *   up | down      link state (default up; the last one wins).
  *   delay_us=N     sleep N microseconds before forwarding each cryptographic
  *                  call (Encrypt*, Decrypt*, GenerateRandom): a network HSM.
+ *   crypto_fail    each cryptographic call fails with CKR_DEVICE_ERROR while
+ *                  everything else (sessions, login, object search) works: an
+ *                  HSM whose crypto engine has failed (a self-test or
+ *                  tamper error state) but which still answers lookups.
+ *                  "up" or "down" later in the file does not clear it.
  *   Unknown words are ignored. A missing file means "up", no delay.
  *   The file is re-read only when its mtime (ns), size or inode changes, so
  *   each call costs one stat(). Writers should write a temp file and rename(2)
@@ -112,6 +117,7 @@ static bool ensure_loaded(void) {
 static _Atomic(const char *) g_control_path;
 static atomic_bool g_down;
 static atomic_ulong g_delay_us;
+static atomic_bool g_crypto_fail;
 
 /* Identity of the control file as last read. INT64_MIN never matches a stat. */
 static _Atomic int64_t g_seen_mtime_ns = INT64_MIN;
@@ -146,9 +152,10 @@ static bool key_is_seen(struct file_key k) {
          k.ino == atomic_load(&g_seen_ino);
 }
 
-static void parse_control(const char *path, bool *down, unsigned long *delay_us) {
+static void parse_control(const char *path, bool *down, unsigned long *delay_us, bool *crypto_fail) {
   *down = false;
   *delay_us = 0;
+  *crypto_fail = false;
   FILE *f = fopen(path, "r");
   if (f == NULL) return; /* missing file: up, no delay */
   char word[64];
@@ -159,6 +166,8 @@ static void parse_control(const char *path, bool *down, unsigned long *delay_us)
       *down = false;
     } else if (strncmp(word, "delay_us=", 9) == 0) {
       *delay_us = strtoul(word + 9, NULL, 10);
+    } else if (strcmp(word, "crypto_fail") == 0) {
+      *crypto_fail = true;
     } else {
       debugf("ignoring control word '%s'", word);
     }
@@ -184,11 +193,12 @@ static void close_all_real_sessions(void) {
 
 /* Called with g_reload_mu held. */
 static void apply_control_file(const char *path) {
-  bool down;
+  bool down, crypto_fail;
   unsigned long delay_us;
-  parse_control(path, &down, &delay_us);
-  debugf("control: %s delay_us=%lu", down ? "down" : "up", delay_us);
+  parse_control(path, &down, &delay_us, &crypto_fail);
+  debugf("control: %s delay_us=%lu%s", down ? "down" : "up", delay_us, crypto_fail ? " crypto_fail" : "");
   atomic_store(&g_delay_us, delay_us);
+  atomic_store(&g_crypto_fail, crypto_fail);
   if (down && !atomic_load(&g_down)) {
     pthread_rwlock_wrlock(&g_calls); /* drain in-flight real calls */
     atomic_store(&g_down, true);
@@ -247,6 +257,7 @@ static void reset_control_from_env(void) {
   atomic_store(&g_control_path, env == NULL || *env == '\0' ? NULL : intern_path(env));
   atomic_store(&g_down, false);
   atomic_store(&g_delay_us, 0);
+  atomic_store(&g_crypto_fail, false);
   atomic_store(&g_seen_mtime_ns, INT64_MIN);
   atomic_store(&g_seen_size, INT64_MIN);
   pthread_mutex_unlock(&g_reload_mu);
@@ -272,6 +283,7 @@ static CK_RV enter(enum policy p) {
   if (!ensure_loaded()) return CKR_GENERAL_ERROR;
   refresh();
   if (p != ALWAYS && atomic_load(&g_down)) return CKR_DEVICE_ERROR;
+  if (p == CRYPTO && atomic_load(&g_crypto_fail)) return CKR_DEVICE_ERROR;
   if (p == CRYPTO) {
     unsigned long us = atomic_load(&g_delay_us);
     if (us != 0) sleep_us(us); /* outside the lock: a slow HSM must not stall a transition */

@@ -326,6 +326,30 @@ TEST_F(FaultShimTest, UpAfterDownInvalidatesOldSessionsUntilReconnect) {
   EXPECT_EQ(RoundTrip(session_, key_), CKR_OK);
 }
 
+TEST_F(FaultShimTest, CryptoFailBreaksOnlyCryptographicCallsAndKeepsSessions) {
+  ASSERT_EQ(RoundTrip(session_, key_), CKR_OK);
+  WriteControl("crypto_fail");
+  Gcm gcm;
+  CK_BYTE out[8];
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &gcm.mech, key_), CKR_DEVICE_ERROR);
+  EXPECT_EQ(g_p11->C_DecryptInit(session_, &gcm.mech, key_), CKR_DEVICE_ERROR);
+  EXPECT_EQ(g_p11->C_GenerateRandom(session_, out, sizeof out), CKR_DEVICE_ERROR);
+  // Lookups, sessions and login state still answer: the plugin can list its keys.
+  CK_SESSION_INFO sinfo{};
+  ASSERT_EQ(g_p11->C_GetSessionInfo(session_, &sinfo), CKR_OK);
+  EXPECT_EQ(sinfo.state, CKS_RW_USER_FUNCTIONS);
+  CK_OBJECT_CLASS secret = CKO_SECRET_KEY;
+  CK_ATTRIBUTE by_class{CKA_CLASS, &secret, sizeof secret};
+  ASSERT_EQ(g_p11->C_FindObjectsInit(session_, &by_class, 1), CKR_OK);
+  CK_OBJECT_HANDLE found[4];
+  CK_ULONG count = 0;
+  EXPECT_EQ(g_p11->C_FindObjects(session_, found, 4, &count), CKR_OK);
+  EXPECT_GE(count, 1u);
+  EXPECT_EQ(g_p11->C_FindObjectsFinal(session_), CKR_OK);
+  WriteControl("up");
+  EXPECT_EQ(RoundTrip(session_, key_), CKR_OK) << "the same session works again";
+}
+
 TEST_F(FaultShimTest, InPlaceRewriteOfControlFileIsNoticed) {
   ASSERT_EQ(RoundTrip(session_, key_), CKR_OK);
   RewriteControlInPlace("down");

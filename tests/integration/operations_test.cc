@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
@@ -29,6 +30,15 @@ using testing::HttpResponse;
 using testing::KmsClients;
 using testing::SoftHsmToken;
 using testing::Subprocess;
+
+// The value of the sample `series` (name and labels as exposed) in a Prometheus text page; -1 if absent.
+double Metric(const std::string& page, const std::string& series) {
+  std::istringstream lines(page);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
 
 class OperationsTest : public ::testing::Test {
  protected:
@@ -117,6 +127,44 @@ TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200)
   EXPECT_NE(HttpGet(port_, "/metrics").body.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos);
   std::ofstream(control + ".tmp") << "up\n";
   std::rename((control + ".tmp").c_str(), control.c_str());
+  EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
+}
+
+// An HSM whose crypto engine has failed but which still answers lookups and keeps its sessions (a
+// self-test or tamper error state): /healthz, Status and backend_up say down for as long as it lasts,
+// across key refreshes (which fail too: the key fingerprint is a GCM operation), and recover after.
+TEST_F(OperationsTest, AnHsmThatAnswersLookupsButCannotEncryptIsDownUntilItCanAgain) {
+  const std::string control = token_->dir() + "/shim.control";
+  auto write_control = [&](const char* words) {
+    std::ofstream(control + ".tmp") << words << "\n";
+    std::rename((control + ".tmp").c_str(), control.c_str());
+  };
+  write_control("up");
+  setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
+  auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));
+  args.insert(args.end(), {"--health-cache", "300ms", "--key-refresh-interval", "100ms"});
+  auto plugin = Start(args);
+  ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 5s)) << plugin->Log();
+  const std::string before = HttpGet(port_, "/metrics").body;
+  EXPECT_NE(before.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 1"), std::string::npos) << before;
+
+  write_control("crypto_fail");
+  ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 503; }, 5s)) << plugin->Log();
+  // Twenty refresh intervals and several cache lifetimes: never healthy.
+  int healthy = 0, polls = 0;
+  for (const auto end = std::chrono::steady_clock::now() + 2s; std::chrono::steady_clock::now() < end; ++polls) {
+    healthy += HttpGet(port_, "/healthz").code == 200 ? 1 : 0;
+    healthy += Serving(socket_) ? 1 : 0;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(healthy, 0) << "of " << polls << " polls\n" << plugin->Log();
+  const std::string during = HttpGet(port_, "/metrics").body;
+  EXPECT_NE(during.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos) << during;
+  EXPECT_GT(Metric(during, "trousseau_hsm_key_refresh_total{result=\"failed\"}"),
+            Metric(before, "trousseau_hsm_key_refresh_total{result=\"failed\"}") + 5)
+      << during;
+
+  write_control("up");
   EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
 }
 

@@ -72,6 +72,10 @@ bool Swtpm::Restart() {
   return Launch();
 }
 
+bool Swtpm::Stop() {
+  return std::system(("/usr/bin/swtpm_ioctl --unix '" + socket_ + ".ctrl' --stop >/dev/null 2>&1").c_str()) == 0;
+}
+
 std::string Swtpm::Log() const {
   return process_ ? process_->Log() : std::string();
 }

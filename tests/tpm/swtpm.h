@@ -26,6 +26,9 @@ class Swtpm {
   // SIGSTOP / SIGCONT: a TPM that hangs mid-command.
   void Pause();
   void Resume();
+  // Through the control channel (swtpm_ioctl --stop): the link stays up but the TPM answers every
+  // command with TPM_RC_FAILURE, like a chip in failure mode, until Restart. False if it failed.
+  bool Stop();
   bool running() const { return process_ != nullptr; }
   std::string Log() const;
 

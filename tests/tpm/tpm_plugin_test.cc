@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/subprocess.h"
@@ -44,9 +45,10 @@ class TpmPluginTest : public ::testing::Test {
     return v1.ok() ? v1->key_id : "";
   }
 
-  std::unique_ptr<Subprocess> StartPlugin(const std::string& tcti, std::vector<std::string> extra = {}) {
+  std::unique_ptr<Subprocess> StartPlugin(const std::string& tcti, std::vector<std::string> extra = {},
+                                          const std::string& health_cache = "0s") {
     std::vector<std::string> argv = {PLUGIN_PATH,  "--listen",  "unix://" + socket_, "--tpm-tcti", tcti,
-                                     "--tpm-key-dir", key_dir_, "--health-cache", "0s"};
+                                     "--tpm-key-dir", key_dir_, "--health-cache", health_cache};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return std::make_unique<Subprocess>(argv, dir_.path() + "/plugin.log");
   }
@@ -119,6 +121,33 @@ TEST_F(TpmPluginTest, ServesKmsV2WithTheKeyIdTheProvisioningPrinted) {
   EXPECT_EQ(plugin->Wait(10s), 0);
 }
 
+
+// A TPM that still answers but fails every command (a chip in failure mode): re-reading the unchanged
+// key directory sends it nothing, so the periodic key refresh keeps succeeding. That must not count as
+// health: Status stays unhealthy until a real round trip works again.
+TEST_F(TpmPluginTest, ATpmInFailureModeStaysUnhealthyThoughKeyRefreshesSucceed) {
+  InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin(tpm_->Tcti(), {"--key-refresh-interval", "100ms"}, /*health_cache=*/"300ms");
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+
+  ASSERT_TRUE(tpm_->Stop());
+  ASSERT_TRUE(Eventually([&] { return !Healthy(); }, 5s)) << plugin->Log();
+  v2::EncryptResponse sealed;
+  EXPECT_EQ(Encrypt(kSeed, sealed).error_code(), grpc::StatusCode::UNAVAILABLE);
+  int healthy = 0, polls = 0;
+  for (const auto end = std::chrono::steady_clock::now() + 2s; std::chrono::steady_clock::now() < end; ++polls) {
+    healthy += Healthy() ? 1 : 0;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(healthy, 0) << "of " << polls << " Status calls over 20 refresh intervals\n" << plugin->Log();
+
+  ASSERT_TRUE(tpm_->Restart());  // a power cycle, the way out of failure mode: the plugin recovers by itself
+  EXPECT_TRUE(Eventually([&] { return Healthy(); }, 15s)) << plugin->Log();
+  ASSERT_TRUE(Encrypt(kSeed, sealed).ok()) << plugin->Log();
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(sealed, plaintext).ok());
+  EXPECT_EQ(plaintext, kSeed);
+}
 TEST_F(TpmPluginTest, ARestartedPluginOnTheSameKeyDirectoryOpensWhatItSealedBefore) {
   const std::string key_id = InitKeys(tpm_->Tcti());
   auto plugin = StartPlugin(tpm_->Tcti());
