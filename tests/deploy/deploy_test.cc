@@ -293,6 +293,9 @@ YAML::Node RenderedDaemonSet(const YAML::Node& overrides = {}) {
   return {};
 }
 
+// The values a TPM node installs the chart with (113: the tss group, owner of /dev/tpmrm0).
+YAML::Node TpmValues() { return YAML::Load("{ tpm: { enabled: true }, supplementalGroups: [113] }"); }
+
 YAML::Node PluginContainer(const YAML::Node& pod_spec) {
   for (const YAML::Node& c : pod_spec["containers"]) {
     if (c["name"].as<std::string>("") == kPluginName) return c;
@@ -670,7 +673,7 @@ socketDir: /run/kms-plugin
 
 // tpm.enabled: the TPM backend's flags, key directory and device instead of everything PKCS#11.
 TEST(DeployTest, HelmTpmValuesSwitchToTheTpmBackend) {
-  const YAML::Node ds = RenderedDaemonSet(YAML::Load("{ tpm: { enabled: true }, supplementalGroups: [113] }"));
+  const YAML::Node ds = RenderedDaemonSet(TpmValues());
   ASSERT_TRUE(ds);
   const YAML::Node spec = ds["spec"]["template"]["spec"];
   ExpectSecurePluginPod(spec, "Helm DaemonSet, tpm.enabled");
@@ -790,12 +793,17 @@ TEST(DeployTest, FlagsNamedInDeployAreAcceptedByTheBinaries) {
     }
   };
 
-  // Static pod and chart: the container's args, parsed.
-  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml");
-  for (const YAML::Node& spec : {pod["spec"], RenderedDaemonSet()["spec"]["template"]["spec"]}) {
+  // Static pods and chart, for both backends: the plugin container's args, parsed.
+  for (const auto& [where, pod_spec] :
+       {std::pair<std::string, YAML::Node>{"static pod", LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml")["spec"]},
+        {"TPM static pod", LoadOne(kDeploy / "static-pod" / "trousseau-hsm-tpm.yaml")["spec"]},
+        {"Helm DaemonSet", RenderedDaemonSet()["spec"]["template"]["spec"]},
+        {"Helm DaemonSet, tpm.enabled", RenderedDaemonSet(TpmValues())["spec"]["template"]["spec"]}}) {
+    const YAML::Node container = pod_spec.IsMap() ? PluginContainer(pod_spec) : YAML::Node();
     std::vector<std::string> args;
-    for (const YAML::Node& a : PluginContainer(spec)["args"]) args.push_back(a.as<std::string>());
-    check_plugin_args(args, "container args");
+    for (const YAML::Node& a : container["args"]) args.push_back(a.as<std::string>());
+    EXPECT_FALSE(args.empty()) << where << ": no " << kPluginName << " container args to check";
+    check_plugin_args(args, where + " container args");
   }
   // Chart templates as text: every --word in them is for the plugin.
   for (const fs::path& path : DeployFiles()) {
@@ -809,17 +817,20 @@ TEST(DeployTest, FlagsNamedInDeployAreAcceptedByTheBinaries) {
     EXPECT_FALSE(found.empty()) << path;
     check_plugin_args(found, path.filename().string());
   }
-  // systemd ExecStart.
-  {
-    std::string unit = Slurp(kDeploy / "systemd" / "trousseau-hsm.service");
+  // systemd ExecStart, of the unit and of the TPM drop-in (which first resets it with an empty ExecStart=).
+  for (const char* file : {"trousseau-hsm.service", "tpm.conf"}) {
+    std::string unit = Slurp(kDeploy / "systemd" / file);
     unit = std::regex_replace(unit, std::regex("\\\\\n"), " ");
+    int exec_starts = 0;
     for (const std::string& line : Lines(unit)) {
-      if (line.rfind("ExecStart=", 0) != 0) continue;
+      if (line.rfind("ExecStart=", 0) != 0 || Trim(line.substr(10)).empty()) continue;
+      ++exec_starts;
       const auto commands = ShellCommands(line.substr(10));
-      ASSERT_EQ(commands.size(), 1u);
-      EXPECT_EQ(CliFor(commands[0][0]), &PluginCli()) << line;
-      check_plugin_args(commands[0], "ExecStart");
+      ASSERT_EQ(commands.size(), 1u) << file << ": " << line;
+      EXPECT_EQ(CliFor(commands[0][0]), &PluginCli()) << file << ": " << line;
+      check_plugin_args(commands[0], std::string(file) + " ExecStart");
     }
+    EXPECT_EQ(exec_starts, 1) << file << ": one command line for the plugin";
   }
   // Dockerfile ENTRYPOINT + CMD (JSON arrays).
   {
