@@ -88,29 +88,17 @@ Status Pkcs11Backend::Reconnect() {
     return UnavailableError(StrCat("HSM unavailable: ", last_error_.message()));
   }
   last_attempt_ = now;
-  Status connected = ConnectLocked();
+  Status connected = ConnectLocked(/*restore=*/true);
   if (!connected.ok()) {
     last_error_ = connected;
     if (IsPermissionDenied(connected)) login_block_ = connected;
     return UnavailableError(StrCat("HSM unavailable: ", connected.message()));
   }
-  // The key ring was derived from these fingerprints; a key re-created under the same version while
-  // we were away would otherwise be used under the old key_id.
-  for (auto it = conn_->keys.begin(); it != conn_->keys.end();) {
-    auto known = known_fingerprints_.find(it->first);
-    if (known != known_fingerprints_.end() && known->second != it->second.fingerprint) {
-      spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
-                    uri_.object_label(), it->first);
-      it = conn_->keys.erase(it);
-    } else {
-      ++it;
-    }
-  }
   spdlog::info("reconnected to {}", Describe());
   return OkStatus();
 }
 
-Status Pkcs11Backend::ConnectLocked() {
+Status Pkcs11Backend::ConnectLocked(bool restore) {
   conn_.reset();  // close old sessions before their handle numbers can be reused
   broken_.store(true);
   module_->Finalize();
@@ -132,7 +120,7 @@ Status Pkcs11Backend::ConnectLocked() {
     sessions.push_back(*std::move(session));
   }
   conn->pool = std::make_unique<SessionPool>(std::move(sessions));
-  if (Status s = LoadFamilyLocked(*conn); !s.ok()) return s;
+  if (Status s = LoadFamilyLocked(*conn, restore); !s.ok()) return s;
   conn_ = std::move(conn);
   broken_.store(false, std::memory_order_release);
   return OkStatus();
@@ -142,18 +130,36 @@ StatusOr<std::string> Pkcs11Backend::Fingerprint(const Connection& conn, CK_OBJE
   return KeyFingerprint(conn.admin, key);  // shared with trousseau-hsm-init: key_ids must agree
 }
 
-Status Pkcs11Backend::LoadFamilyLocked(Connection& conn) {
+Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
   StatusOr<std::vector<KeyObject>> family = ListKeyFamily(conn.admin, uri_.object_label());
   if (!family.ok()) return family.status();
+  // Restoring after an outage brings back exactly the last good key ring: the same versions, each
+  // only if its key still has the fingerprint its key_id was derived from. A bad key that appeared
+  // meanwhile must not turn the outage into a permanent one; the next refresh judges it, and fails
+  // without touching the ring.
+  restore = restore && !known_fingerprints_.empty();
   // First check every key, so a bad family leaves the loaded keys untouched.
   std::map<uint64_t, std::pair<CK_OBJECT_HANDLE, std::string>> found;  // version -> (object, fingerprint)
   for (const KeyObject& key : *family) {
-    if (std::string why = KekPolicyViolation(key); !why.empty()) {
+    auto known = known_fingerprints_.find(key.version);
+    if (restore && known == known_fingerprints_.end()) continue;  // new since the last refresh
+    if (std::string why = KekPolicyViolation(key); !why.empty() && restore) {
+      spdlog::error("key '{}' version {} is no longer usable ({}); it stays out of service", uri_.object_label(),
+                    key.version, why);
+      continue;
+    } else if (!why.empty()) {
       return FailedPreconditionError(StrCat("refusing key '", uri_.object_label(), "' version ",
                                                         key.version, ": ", why));
     }
     StatusOr<std::string> fingerprint = Fingerprint(conn, key.handle);
     if (!fingerprint.ok()) return fingerprint.status();
+    if (restore && *fingerprint != known->second) {
+      // Re-created under the same version while we were away: it must not serve under the old key_id.
+      spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
+                    uri_.object_label(), key.version);
+      continue;
+    }
+    if (restore && found.contains(key.version)) continue;  // the known key is already found
     if (!found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint))).second) {
       return FailedPreconditionError(StrCat("key family '", uri_.object_label(),
                                                         "' has two keys with version ", key.version));
@@ -201,12 +207,12 @@ StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys() {
   std::unique_lock lock(mu_);
   Status loaded = UnavailableError("not connected");
   if (conn_ && !broken_.load()) {
-    loaded = LoadFamilyLocked(*conn_);
+    loaded = LoadFamilyLocked(*conn_, /*restore=*/false);
     if (IsUnavailable(loaded)) broken_.store(true);
   }
   if (IsUnavailable(loaded) && login_block_.ok()) {
     last_attempt_ = std::chrono::steady_clock::now();
-    loaded = ConnectLocked();
+    loaded = ConnectLocked(/*restore=*/false);
     if (!loaded.ok()) last_error_ = loaded;
     if (IsPermissionDenied(loaded)) {
       login_block_ = loaded;

@@ -75,8 +75,10 @@ class Pkcs11Backend final : public KeyBackend {
   template <typename T>
   StatusOr<T> Run(const std::function<StatusOr<T>(Connection&)>& op);
   Status Reconnect();
-  Status ConnectLocked();
-  Status LoadFamilyLocked(Connection& conn);
+  // `restore`: after an outage, bring back only the last good key ring (see LoadFamilyLocked);
+  // otherwise (start-up, refresh) the whole family is judged and any bad key fails the load.
+  Status ConnectLocked(bool restore);
+  Status LoadFamilyLocked(Connection& conn, bool restore);
   StatusOr<std::string> Fingerprint(const Connection& conn, CK_OBJECT_HANDLE key) const;
   Status ProbeOn(Connection& conn, uint64_t version);
   std::vector<BackendKey> ListLoaded() const;

@@ -95,6 +95,44 @@ TEST_F(RecoveryTest, OutageIsUnavailableAndUnhealthyThenRecoversWithoutRestart) 
   EXPECT_NE(plugin_->Log().find("reconnected"), std::string::npos) << plugin_->Log();
 }
 
+// A bad key put on the token (here an extractable version 2) is refused by the refresh, which keeps the
+// last good ring. An outage after that must still end: reconnecting restores that ring and does not
+// judge the newcomer again, and a re-created version 1 (new key, old version number) stays out of it.
+TEST_F(RecoveryTest, ABadNewKeyOnTheTokenDoesNotStopRecoveryFromAnOutage) {
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients_->v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
+  plugin_->Signal(SIGHUP);
+  ASSERT_TRUE(Eventually([&] { return plugin_->Log().find("it is extractable") != std::string::npos; }, 5s))
+      << plugin_->Log();
+  EXPECT_EQ(Status().key_id(), sealed.key_id()) << "the refused refresh keeps the last good ring";
+
+  SetLink("down");
+  std::string plaintext;
+  EXPECT_EQ(Decrypt(sealed, &plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
+  SetLink("up");
+  EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).ok(); }, 10s)) << plugin_->Log();
+  EXPECT_EQ(plaintext, "seed");
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
+  v2::EncryptResponse again;
+  ASSERT_TRUE(clients_->v2->Encrypt(CallContext().get(), encrypt, &again).ok());
+  EXPECT_EQ(again.key_id(), sealed.key_id()) << "the bad version 2 must not have become active";
+
+  // Version 1 re-created while the link is down: after it, the old key_id no longer opens anything.
+  SetLink("down");
+  EXPECT_EQ(Decrypt(sealed, &plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
+  SetLink("up");
+  ASSERT_TRUE(token_->DestroyKey(1).ok());
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
+                         10s))
+      << plugin_->Log();
+  EXPECT_NE(plugin_->Log().find("version 1 was replaced on the token"), std::string::npos) << plugin_->Log();
+  EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << plugin_->Log();
+}
+
 TEST_F(RecoveryTest, StatusAloneDrivesRecoveryWhenNoRequestsArrive) {
   SetLink("down");
   EXPECT_TRUE(Eventually([&] { return Status().healthz() != "ok"; }, 5s));
