@@ -125,7 +125,7 @@ StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::stri
     KeyObject key;
     key.handle = handle;
     CK_BBOOL sensitive, extractable, always_sensitive, never_extractable, local, encrypt, decrypt, wrap, unwrap,
-        sign, verify, derive, modifiable;
+        sign, verify, derive, modifiable, is_private;
     CK_BYTE id[64];
     CK_ATTRIBUTE attrs[] = {
         {CKA_ID, id, sizeof id},
@@ -144,6 +144,7 @@ StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::stri
         {CKA_VERIFY, &verify, sizeof verify},
         {CKA_DERIVE, &derive, sizeof derive},
         {CKA_MODIFIABLE, &modifiable, sizeof modifiable},
+        {CKA_PRIVATE, &is_private, sizeof is_private},
     };
     // Attributes a module does not report come back with ulValueLen = -1 (CKR_ATTRIBUTE_TYPE_INVALID);
     // they keep their safe defaults (e.g. extractable = true, so an unknown key is refused).
@@ -180,6 +181,7 @@ StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::stri
     key.verify = flag(attrs[13], false);
     key.derive = flag(attrs[14], false);
     key.modifiable = flag(attrs[15], true);
+    key.is_private = flag(attrs[16], false);
     keys.push_back(std::move(key));
   }
   std::sort(keys.begin(), keys.end(), [](const KeyObject& a, const KeyObject& b) { return a.version < b.version; });
@@ -191,6 +193,9 @@ std::string KekPolicyViolation(const KeyObject& key) {
   if (key.value_len != kAes256KeySize) return StrCat("it is AES-", key.value_len * 8, ", not AES-256");
   if (key.extractable) return "it is extractable (CKA_EXTRACTABLE=true): its value could leave the HSM";
   if (!key.sensitive) return "it is not sensitive (CKA_SENSITIVE=false): its value could be read";
+  if (!key.is_private) {
+    return "it is not private (CKA_PRIVATE=false): any process that can open a session could use it without the PIN";
+  }
   if (!key.encrypt || !key.decrypt) return "it may not encrypt and decrypt (CKA_ENCRYPT/CKA_DECRYPT)";
   return "";
 }

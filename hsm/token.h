@@ -56,14 +56,15 @@ struct KeyObject {
   bool verify = false;
   bool derive = false;
   bool modifiable = true;
+  bool is_private = false;  // CKA_PRIVATE: usable only after C_Login
 };
 
 // Every secret key labelled `label`, with attributes, sorted by version. A key whose CKA_ID is not
 // a 1..8 byte big-endian version >= 1 is an error (it would be ambiguous which version it is).
 StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::string_view label);
 
-// Empty when the key may serve as a KEK, else why not: it must be AES-256, sensitive and
-// non-extractable, and allowed to encrypt and decrypt.
+// Empty when the key may serve as a KEK, else why not: it must be AES-256, sensitive,
+// non-extractable, private (usable only after login), and allowed to encrypt and decrypt.
 std::string KekPolicyViolation(const KeyObject& key);
 
 // Minimal big-endian bytes of `version` (1 -> "\x01").

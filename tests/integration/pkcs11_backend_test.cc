@@ -144,6 +144,15 @@ TEST_F(Pkcs11BackendTest, RefusesAnExtractableOrNonSensitiveKey) {
   EXPECT_NE(s.message().find("extractable"), std::string::npos) << s.message();
 }
 
+// A key that is not CKA_PRIVATE can be used by any process that opens a session, without the PIN.
+TEST_F(Pkcs11BackendTest, RefusesAKeyUsableWithoutLogin) {
+  ASSERT_TRUE(token_->GeneratePublicKey(1).ok());
+  auto backend = NewBackend();
+  Status s = backend->LoadKeys().status();
+  EXPECT_TRUE(IsFailedPrecondition(s)) << s.ToString();
+  EXPECT_NE(s.message().find("not private (CKA_PRIVATE=false)"), std::string::npos) << s.message();
+}
+
 TEST_F(Pkcs11BackendTest, AnUnsafeNewVersionLeavesTheLoadedKeysInService) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   auto backend = NewBackend();

@@ -70,25 +70,47 @@ Status SoftHsmToken::GenerateCopyableKek(uint64_t version, const std::string& ob
   });
 }
 
-Status SoftHsmToken::GenerateUnsafeKey(uint64_t version, const std::string& object) const {
-  return WithAdminSession(*this, object, [&](const hsm::Session& session) -> Status {
+namespace {
+
+struct KeyFlags {
+  CK_BBOOL sensitive, extractable, is_private;
+};
+
+Status GenerateAesKey(const SoftHsmToken& token, uint64_t version, const std::string& object, KeyFlags flags) {
+  return WithAdminSession(token, object, [&](const hsm::Session& session) -> Status {
     const std::string id = hsm::VersionToId(version);
     CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
     CK_KEY_TYPE key_type = CKK_AES;
     CK_ULONG value_len = 32;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE attrs[] = {
-        {CKA_CLASS, &key_class, sizeof key_class},   {CKA_KEY_TYPE, &key_type, sizeof key_type},
-        {CKA_VALUE_LEN, &value_len, sizeof value_len}, {CKA_LABEL, const_cast<char*>(object.data()), object.size()},
-        {CKA_ID, const_cast<char*>(id.data()), id.size()}, {CKA_TOKEN, &yes, sizeof yes},
-        {CKA_SENSITIVE, &no, sizeof no},               {CKA_EXTRACTABLE, &yes, sizeof yes},
-        {CKA_ENCRYPT, &yes, sizeof yes},               {CKA_DECRYPT, &yes, sizeof yes},
+        {CKA_CLASS, &key_class, sizeof key_class},
+        {CKA_KEY_TYPE, &key_type, sizeof key_type},
+        {CKA_VALUE_LEN, &value_len, sizeof value_len},
+        {CKA_LABEL, const_cast<char*>(object.data()), object.size()},
+        {CKA_ID, const_cast<char*>(id.data()), id.size()},
+        {CKA_TOKEN, &yes, sizeof yes},
+        {CKA_SENSITIVE, &flags.sensitive, sizeof flags.sensitive},
+        {CKA_EXTRACTABLE, &flags.extractable, sizeof flags.extractable},
+        {CKA_PRIVATE, &flags.is_private, sizeof flags.is_private},
+        {CKA_ENCRYPT, &yes, sizeof yes},
+        {CKA_DECRYPT, &yes, sizeof yes},
     };
     CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
     CK_OBJECT_HANDLE handle;
     CK_RV rv = session.api()->C_GenerateKey(session.handle(), &mechanism, attrs, std::size(attrs), &handle);
     return rv == CKR_OK ? OkStatus() : hsm::RvStatus(rv, "C_GenerateKey");
   });
+}
+
+}  // namespace
+
+Status SoftHsmToken::GenerateUnsafeKey(uint64_t version, const std::string& object) const {
+  return GenerateAesKey(*this, version, object, {.sensitive = CK_FALSE, .extractable = CK_TRUE, .is_private = CK_TRUE});
+}
+
+Status SoftHsmToken::GeneratePublicKey(uint64_t version, const std::string& object) const {
+  return GenerateAesKey(*this, version, object, {.sensitive = CK_TRUE, .extractable = CK_FALSE, .is_private = CK_FALSE});
 }
 
 Status SoftHsmToken::DestroyKey(uint64_t version, const std::string& object) const {

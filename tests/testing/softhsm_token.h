@@ -34,6 +34,8 @@ class SoftHsmToken {
   Status GenerateCopyableKek(uint64_t version, const std::string& object = "kek") const;
   // Creates a key that breaks the policy (extractable and not sensitive), to test refusals.
   Status GenerateUnsafeKey(uint64_t version, const std::string& object = "kek") const;
+  // Sensitive and non-extractable, but not private: usable by a session that never logged in.
+  Status GeneratePublicKey(uint64_t version, const std::string& object = "kek") const;
   // Removes version `version` of family `object`.
   Status DestroyKey(uint64_t version, const std::string& object = "kek") const;
 
