@@ -1,10 +1,11 @@
 // The trousseau-hsm binary on a TPM 2.0 (a real swtpm), driven over its unix socket as
 // kube-apiserver drives it: serving, restart on the same key directory, a foreign TPM, the TPM
-// going away mid-run, and live rotation while the plugin runs.
+// going away mid-run, and live rotation while the plugin runs (by the library and by trousseau-hsm-init).
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "tests/testing/kms_clients.h"
@@ -219,7 +220,23 @@ class TpmPluginRotationTest : public TpmPluginTest {
     ASSERT_NE(broker_, nullptr) << "tpm2-abrmd did not start";
   }
 
+  struct ToolRun {
+    int code = -1;
+    std::string output;  // stdout and stderr
+  };
+
+  // trousseau-hsm-init `args...` as a child process, as the operator runs it on the node; it reaches the
+  // broker through the D-Bus session bus Tabrmd::Start exported to this process's children.
+  ToolRun RunTool(std::vector<std::string> args) {
+    args.insert(args.begin(), TOOL_PATH);
+    Subprocess tool(args, dir_.path() + "/tool-" + std::to_string(tool_runs_++) + ".log");
+    if (!tool.started()) return {-1, std::string("cannot start ") + TOOL_PATH};
+    const std::optional<int> code = tool.Wait(60s);  // a hung tool is SIGKILLed by ~Subprocess
+    return {code.value_or(-1), code ? tool.Log() : "the tool hung:\n" + tool.Log()};
+  }
+
   std::unique_ptr<Tabrmd> broker_;
+  int tool_runs_ = 0;
 };
 
 TEST_F(TpmPluginRotationTest, ANewVersionIsActiveAtOnceOnSighupAndOldCiphertextStillOpens) {
@@ -243,6 +260,40 @@ TEST_F(TpmPluginRotationTest, ANewVersionIsActiveAtOnceOnSighupAndOldCiphertextS
 
   std::string plaintext;
   ASSERT_TRUE(Decrypt(under_v1, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+  ASSERT_TRUE(Decrypt(under_v2, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+  EXPECT_TRUE(Healthy());
+}
+
+// The same rotation as an operator does it: `trousseau-hsm-init tpm rotate --json`, a separate process on
+// the shared TPM; the key_id it prints is the one the plugin serves after SIGHUP.
+TEST_F(TpmPluginRotationTest, TheToolsRotationIsActiveOnSighupWithTheKeyIdItPrinted) {
+  const std::string v1 = InitKeys(broker_->Tcti());
+  auto plugin = StartPlugin(broker_->Tcti(), {"--key-refresh-interval", "0"});
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse under_v1;
+  ASSERT_TRUE(Encrypt(kSeed, under_v1).ok());
+
+  const ToolRun rotate = RunTool({"tpm", "rotate", "--tpm-tcti", broker_->Tcti(), "--tpm-key-dir", key_dir_, "--json"});
+  ASSERT_EQ(rotate.code, 0) << rotate.output;
+  const nlohmann::json printed = nlohmann::json::parse(rotate.output, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(printed.is_object() && printed.contains("key_id") && printed["key_id"].is_string())
+      << "not the JSON of --json:\n" << rotate.output;
+  const std::string printed_key_id = printed["key_id"].get<std::string>();
+  EXPECT_EQ(printed.value("version", 0), 2) << rotate.output;
+  ASSERT_NE(printed_key_id, v1);
+  EXPECT_EQ(Status().key_id(), v1) << "no refresh interval: nothing changes before SIGHUP";
+
+  plugin->Signal(SIGHUP);
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == printed_key_id; }, 5s))
+      << "Status key_id " << Status().key_id() << ", the tool printed " << printed_key_id << "\n" << plugin->Log();
+  v2::EncryptResponse under_v2;
+  ASSERT_TRUE(Encrypt(kSeed, under_v2).ok()) << plugin->Log();
+  EXPECT_EQ(under_v2.key_id(), printed_key_id);
+
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(under_v1, plaintext).ok()) << "made before the rotation: " << plugin->Log();
   EXPECT_EQ(plaintext, kSeed);
   ASSERT_TRUE(Decrypt(under_v2, plaintext).ok()) << plugin->Log();
   EXPECT_EQ(plaintext, kSeed);
