@@ -64,7 +64,8 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
               tpm_timeout = "3s";
   const DurationValidator duration;
 
-  app.add_option("--config", config_path, "YAML file with settings (keys are flag names without dashes)");
+  app.add_option("--config", config_path,
+                 "YAML file with settings (keys are flag names without the leading --, e.g. pkcs11-uri)");
   app.add_option("--listen", options.listen, "Unix socket to serve on (unix:///path)")->capture_default_str();
   app.add_option("--pkcs11-uri", options.pkcs11_uri,
                  "RFC 7512 URI of the key family: pkcs11:token=LABEL;object=KEY?module-path=/path/module.so"
@@ -125,14 +126,10 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
           std::cerr << "trousseau-hsm: " << config_file << ": unknown setting '" << key << "'\n";
           return 2;
         }
-        // A file value is a default: the environment and the command line still override it.
+        // A file value is a default: the environment and the command line still override it. CLI11
+        // converts it as it would the flag's own value (a flag takes true/false, yes/no, on/off, 1/0).
         it->second->default_str(entry.second.as<std::string>());
-        if (it->second->get_type_size() == 0) {
-          // A flag: only `true` turns it on.
-          if (entry.second.as<std::string>() == "true") options.no_session_key_copies = true;
-        } else {
-          it->second->default_val(entry.second.as<std::string>());
-        }
+        it->second->default_val(entry.second.as<std::string>());
       }
     } catch (const std::exception& e) {
       std::cerr << "trousseau-hsm: cannot read --config " << config_file << ": " << e.what() << "\n";

@@ -261,6 +261,23 @@ TEST_F(OperationsTest, ConfigFileWithAnUnknownSettingIsRefused) {
   EXPECT_NE(plugin->Log().find("unknown setting 'pin'"), std::string::npos) << plugin->Log();
 }
 
+// A flag in the file takes any YAML boolean; a value that is none is refused, not silently ignored.
+TEST_F(OperationsTest, ConfigFileFlagsAreYamlBooleans) {
+  const std::string config = token_->dir() + "/config.yaml";
+  std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\nno-session-key-copies: yes\n";
+  {
+    auto plugin = Start({"--config", config, "--listen", "unix://" + socket_});
+    ASSERT_TRUE(Eventually([&] { return Serving(socket_); }, 5s)) << plugin->Log();
+    // With copies on, this token's non-modifiable key makes the plugin say it cannot copy it.
+    EXPECT_EQ(plugin->Log().find("does not copy key version 1"), std::string::npos) << plugin->Log();
+  }
+  std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\nno-session-key-copies: maybe\n";
+  auto refused = Start({"--config", config, "--listen", "unix://" + socket_});
+  EXPECT_EQ(refused->Wait(10s), 2);
+  EXPECT_NE(refused->Log().find("Could not convert: --no-session-key-copies = maybe"), std::string::npos)
+      << refused->Log();
+}
+
 TEST_F(OperationsTest, VersionAndHelp) {
   auto version = Start({"--version"});
   EXPECT_EQ(version->Wait(10s), 0);
