@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
       "Initialise a token, create and rotate the AES-256 key family (non-extractable, encrypt/decrypt only; "
       "CKA_LABEL = family, CKA_ID = version, the highest version is active), list and retire versions, "
       "self-test the keys on the device, and print the kube-apiserver EncryptionConfiguration.\n"
-      "`tpm init|rotate|list|selftest` does the same for the TPM 2.0 backend's key directory.\n"
+      "`tpm init|rotate|list|selftest|retire` does the same for the TPM 2.0 backend's key directory.\n"
       "PINs come from files (owner-only permissions) or TROUSSEAU_HSM_PIN, never from a flag.\n"
       "Exit codes: 0 ok, 1 the operation failed or was refused, 2 usage or configuration error.",
       "trousseau-hsm-init"};
@@ -163,13 +163,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   config->callback([&] { rc = Config(config_options); });
 
-  // tpm init | rotate | list | selftest. One TpmOptions per subcommand: CLI11 applies environment
+  // tpm init | rotate | list | selftest | retire. One TpmOptions per subcommand: CLI11 applies environment
   // variables to the options of every subcommand, invoked or not, so shared variables would let
   // TROUSSEAU_HSM_TPM_* override the invoked subcommand's flags.
   TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options, tpm_retire_options;
   CLI::App* tpm = app.add_subcommand(
       "tpm",
-      "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest. Keys are "
+      "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest, retire. Keys are "
       "generated in the TPM (fixedTPM: they never leave it); the directory holds only blobs this TPM can load. "
       "Run through a resource manager (device:/dev/tpmrm0, tabrmd) while the plugin runs. Exit codes: 0 ok, "
       "1 the TPM failed or the operation was refused, 2 usage error (bad flag, missing or unreadable key directory)");
