@@ -141,6 +141,8 @@ TEST_F(TrousseauctlTest, StatusJsonParsesWithTheFieldsOfTheV2Status) {
   EXPECT_EQ(version["version"], "v1beta1");
   EXPECT_EQ(version["runtime_name"], "trousseau-hsm");
   EXPECT_FALSE(version["runtime_version"].get<std::string>().empty());
+  EXPECT_EQ(version["healthy"], true) << "checked with an Encrypt and Decrypt, as kube-apiserver checks KMS v1";
+  EXPECT_EQ(version["healthz"], "ok");
 }
 
 TEST_F(TrousseauctlTest, V2EncryptThenDecryptGivesTheSameBytesBack) {
@@ -296,6 +298,10 @@ TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   const CtlResult encrypt = Ctl(WithSocket({"encrypt"}), "seed");
   EXPECT_EQ(encrypt.code, 1);
   EXPECT_EQ(encrypt.err.rfind("error: 14 ", 0), 0u) << encrypt.err;
+  // The v1beta1 API has no health field: its status is an Encrypt and Decrypt, which fail now.
+  const CtlResult v1_down = Ctl(WithSocket({"--api", "v1beta1", "status"}));
+  EXPECT_EQ(v1_down.code, 3) << v1_down.out << v1_down.err;
+  EXPECT_NE(v1_down.out.find("healthz: Encrypt failed: "), std::string::npos) << v1_down.out;
 
   set_link("up");
   EXPECT_TRUE(Eventually([&] { return Ctl(WithSocket({"status"})).code == 0; }, 15s)) << plugin_->Log();

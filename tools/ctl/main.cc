@@ -75,15 +75,38 @@ int Status(const Options& o) {
     request.set_version("v1beta1");
     v1beta1::VersionResponse response;
     if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    // The v1beta1 API reports no health: check it as kube-apiserver's KMS v1 health check does, with an
+    // Encrypt and Decrypt of a fixed probe.
+    const std::string probe = "trousseauctl health probe";
+    std::string healthz = "ok";
+    v1beta1::EncryptRequest encrypt;
+    encrypt.set_version("v1beta1");
+    encrypt.set_plain(probe);
+    v1beta1::EncryptResponse sealed;
+    v1beta1::DecryptResponse opened;
+    if (grpc::Status s = stub->Encrypt(Context(o).get(), encrypt, &sealed); !s.ok()) {
+      healthz = "Encrypt failed: " + s.error_message();
+    } else {
+      v1beta1::DecryptRequest decrypt;
+      decrypt.set_version("v1beta1");
+      decrypt.set_cipher(sealed.cipher());
+      if (grpc::Status d = stub->Decrypt(Context(o).get(), decrypt, &opened); !d.ok()) {
+        healthz = "Decrypt failed: " + d.error_message();
+      } else if (opened.plain() != probe) {
+        healthz = "Decrypt returned other bytes than were encrypted";
+      }
+    }
+    const bool healthy = healthz == "ok";
     if (o.json) {
-      std::cout << "{\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
+      std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"healthz\":" << trousseau::JsonQuote(healthz)
+                << ",\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
                 << trousseau::JsonQuote(response.runtime_name()) << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version())
                 << "}\n";
     } else {
-      std::cout << "version: " << response.version() << "\nruntime: " << response.runtime_name() << " "
-                << response.runtime_version() << "\n";
+      std::cout << "healthz: " << healthz << "\nversion: " << response.version() << "\nruntime: " << response.runtime_name()
+                << " " << response.runtime_version() << "\n";
     }
-    return 0;
+    return healthy ? 0 : 3;
   }
   auto stub = v2::KeyManagementService::NewStub(Channel(o));
   v2::StatusResponse response;
