@@ -133,6 +133,27 @@ TEST_F(RecoveryTest, ABadNewKeyOnTheTokenDoesNotStopRecoveryFromAnOutage) {
   EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << plugin_->Log();
 }
 
+// A key refresh (SIGHUP) while the HSM is away fails like any device call: Status is unhealthy, the
+// key ring and key_id stay, and once the HSM is back the plugin is healthy again by itself.
+TEST_F(RecoveryTest, AKeyRefreshDuringAnOutageKeepsTheRingAndRecovers) {
+  const std::string key_id = Status().key_id();
+  ASSERT_FALSE(key_id.empty());
+  SetLink("down");
+  plugin_->Signal(SIGHUP);
+  EXPECT_TRUE(Eventually([&] { return plugin_->Log().find("key refresh (SIGHUP) failed") != std::string::npos; }, 5s))
+      << plugin_->Log();
+  v2::StatusResponse during = Status();
+  EXPECT_NE(during.healthz(), "ok");
+  EXPECT_EQ(during.key_id(), key_id);
+  SetLink("up");
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << plugin_->Log();
+  EXPECT_EQ(Status().key_id(), key_id);
+  // And a refresh after the outage works again: a version added now becomes active on SIGHUP.
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  plugin_->Signal(SIGHUP);
+  EXPECT_TRUE(Eventually([&] { return Status().key_id().rfind("kek-v2-", 0) == 0; }, 5s)) << plugin_->Log();
+}
+
 TEST_F(RecoveryTest, StatusAloneDrivesRecoveryWhenNoRequestsArrive) {
   SetLink("down");
   EXPECT_TRUE(Eventually([&] { return Status().healthz() != "ok"; }, 5s));
