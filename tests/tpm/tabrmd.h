@@ -13,19 +13,20 @@ namespace trousseau::testing {
 
 class Tabrmd {
  public:
-  // Starts dbus-daemon and tpm2-abrmd under `dir` for `tpm`, and points this process's
-  // DBUS_SESSION_BUS_ADDRESS at that bus (children started afterwards inherit it). Null on failure.
+  // Starts tpm2-abrmd for `tpm`, logging under `dir`, on this process's private D-Bus session bus
+  // (started on first use; DBUS_SESSION_BUS_ADDRESS points at it, so children started afterwards
+  // reach it too). Each broker owns its own bus name. Null on failure.
   static std::unique_ptr<Tabrmd> Start(const std::string& dir, const Swtpm& tpm);
   ~Tabrmd();
 
   // The TCTI clients use.
-  std::string Tcti() const { return "tabrmd:bus_type=session"; }
+  std::string Tcti() const { return "tabrmd:bus_name=" + bus_name_ + ",bus_type=session"; }
   std::string Log() const;
 
  private:
   Tabrmd() = default;
 
-  std::unique_ptr<Subprocess> bus_;
+  std::string bus_name_;
   std::unique_ptr<Subprocess> broker_;
 };
 
