@@ -1,12 +1,136 @@
 #include "hsm/key_admin.h"
 
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <random>
 #include <string>
+#include <thread>
 
 #include "core/strings.h"
 #include "hsm/pkcs11_error.h"
 #include "hsm/token.h"
 
 namespace trousseau::hsm {
+
+namespace {
+
+// How a concurrent creation is decided (CreateNextKekVersion, Settle).
+//
+// A run creates version v, then reads the family again on a fresh module, as often as it needs to:
+//  - no other object has version v: it keeps v, for good;
+//  - another object with version v has a lower fingerprint than its own key: it withdraws (destroys
+//    its own object, found by its fingerprint) and tries again above the highest version present;
+//  - every other object with version v has a higher fingerprint: it waits for them to go, and keeps v
+//    once they have; if one is still there at the settle deadline, it withdraws after all.
+//
+// Safe: a run keeps v only after a read, taken after its own key existed, that shows no other v, and a
+// kept key is never destroyed. Had runs A and B both kept v, A's read missed B's key, so B created it
+// after that read and so after A's key existed; B's read came later still and showed A's key (A kept
+// it), so B could not have kept. Withdrawing is always safe. The argument needs reads that show every
+// key existing at that moment, hence each read after C_GenerateKey is made on a freshly loaded module
+// (Reopen): SoftHSM caches the object list per process, and its own C_GenerateKey marks that cache
+// current, hiding keys other processes created just before (seen: both runs kept the same version).
+//
+// Why fingerprints (KeyFingerprint: the device's AES-GCM tag over nothing, one value per key, the same
+// in every process, and what the key_id is made of): both runs must reach opposite decisions from what
+// each can read, and object handles cannot give that, they mean nothing outside their own session. The
+// lower fingerprint may not keep at once, though: the other key may belong to a run that read the
+// family before ours existed, saw itself alone and kept it; that run never looks again, so ours waits
+// and gives way at the deadline. Without the order both runs would withdraw and meet again, and a run
+// reading the family while a doomed key still stood would skip its number.
+
+using Clock = std::chrono::steady_clock;
+
+// Worth another try: a token briefly not there or a call that failed (UNAVAILABLE, INTERNAL), not a
+// rejected PIN (PERMISSION_DENIED, never retried: the token locks) nor a configuration error.
+bool Transient(const Status& s) { return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kInternal; }
+
+void SleepMs(int low, int high) {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(low, high)(rng)));
+}
+
+std::string Versions(const std::vector<KeyObject>& keys) {
+  std::vector<std::string> versions;
+  for (const KeyObject& key : keys) versions.push_back(StrCat(key.version));
+  return StrJoin(versions, ", ");
+}
+
+// Closes `admin` (its session, the login, the module) and opens the token again, so that what is read
+// next is the token's present state, not a view the module cached.
+Status Reopen(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri) {
+  admin.reset();
+  StatusOr<std::unique_ptr<AdminSession>> reopened = OpenAdminSessionPatiently(uri);
+  if (!reopened.ok()) return reopened.status();
+  admin = *std::move(reopened);
+  return OkStatus();
+}
+
+enum class Decision { kKeep, kWithdraw };
+
+struct Settled {
+  Decision decision = Decision::kWithdraw;
+  KeyObject key;  // kKeep: our key as listed in admin's session
+  int lower = 0;  // kWithdraw: how many keys of the version had a lower fingerprint than ours
+};
+
+// Decides whether the key with fingerprint `mine_fp`, just created as `version`, keeps it (see above).
+// kWithdraw has destroyed that key already. An error means the family could not be read on a fresh
+// module until the deadline; the key may then still be there (the message says so).
+StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri, uint64_t version,
+                         const std::string& mine_fp, Clock::time_point deadline) {
+  const std::string& label = uri.object_label();
+  for (;;) {
+    Status problem = Reopen(admin, uri);
+    if (!problem.ok() && !Transient(problem)) return problem;
+    if (problem.ok()) {
+      StatusOr<std::vector<KeyObject>> keys = ListKeyFamily(admin->session(), label);
+      if (keys.ok()) {
+        std::optional<KeyObject> mine;
+        bool undecided = false;
+        int lower = 0;
+        for (const KeyObject& key : *keys) {
+          if (key.version != version) continue;
+          StatusOr<std::string> fp = KeyFingerprint(admin->session(), key.handle);
+          if (!fp.ok()) {
+            undecided = true;  // may be going away right now; look again
+          } else if (*fp == mine_fp && !mine.has_value()) {
+            mine = key;
+          } else if (*fp <= mine_fp) {
+            ++lower;
+          }
+        }
+        if (!mine.has_value()) {
+          problem = InternalError(StrCat("the token does not list the new key '", label, "' version ", version));
+        } else {
+          const bool alone = !undecided && std::count_if(keys->begin(), keys->end(), [&](const KeyObject& k) {
+                                             return k.version == version;
+                                           }) == 1;
+          if (alone) return Settled{Decision::kKeep, *mine};
+          if (lower > 0 || Clock::now() >= deadline) {
+            if (Status s = DestroyKeyObject(admin->session(), mine->handle); !s.ok()) {
+              return Status(s.code(), StrCat("another run created key '", label, "' version ", version,
+                                             " at the same time, and destroying this run's copy failed (", s.message(),
+                                             "): the family may hold version ", version, " twice; check `key list`"));
+            }
+            return Settled{Decision::kWithdraw, {}, lower};
+          }
+        }
+      } else {
+        problem = keys.status();
+      }
+    }
+    if (!problem.ok() && Clock::now() >= deadline) {
+      return Status(problem.code(), StrCat(problem.message(), "; version ", version,
+                                           " was created but could not be checked against other runs: check "
+                                           "`key list` for version ", version, " twice"));
+    }
+    SleepMs(15, 40);
+  }
+}
+
+}  // namespace
 
 StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
                                               KekOptions options) {
@@ -43,6 +167,87 @@ StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::strin
     return RvStatus(rv, StrCat("generating AES-256 key '", label, "' version ", version));
   }
   return handle;
+}
+
+StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Uri& uri) {
+  constexpr int kTries = 8;
+  for (int attempt = 1;; ++attempt) {
+    StatusOr<std::unique_ptr<AdminSession>> admin = AdminSession::Open(uri);
+    if (admin.ok() || attempt == kTries || !Transient(admin.status())) return admin;
+    SleepMs(10, 50);
+  }
+}
+
+StatusOr<std::vector<KeyObject>> ListKeyFamilyPatiently(const Session& session, std::string_view label) {
+  constexpr int kTries = 5;
+  for (int attempt = 1;; ++attempt) {
+    StatusOr<std::vector<KeyObject>> keys = ListKeyFamily(session, label);
+    if (keys.ok() || attempt == kTries || !Transient(keys.status())) return keys;
+    SleepMs(5, 20);
+  }
+}
+
+StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri,
+                                             NextKekOptions options) {
+  const std::string& label = uri.object_label();
+  NewKekVersion result;
+  const int attempts = std::max(1, options.max_attempts);
+  int lower = 0;  // of the last contest this run lost
+  for (int attempt = 1; attempt <= attempts; ++attempt) {
+    if (attempt > 1) {
+      // Runs that lost the same contest retry one after the other, in fingerprint order, so they do not
+      // all meet again on the next version (only timing: a run that misjudges it just meets another
+      // contest). Then a fresh module, so the choice sees the versions they took meanwhile.
+      SleepMs(10, 30);
+      if (lower > 1) std::this_thread::sleep_for(std::chrono::milliseconds(80 * (lower - 1)));
+      if (Status s = Reopen(admin, uri); !s.ok()) return s;
+    }
+    StatusOr<std::vector<KeyObject>> keys = ListKeyFamilyPatiently(admin->session(), label);
+    if (!keys.ok()) return keys.status();
+    uint64_t version = 1;
+    if (options.first_version) {
+      if (!keys->empty()) {
+        return AlreadyExistsError(StrCat("key family '", label, "' already has version(s) ", Versions(*keys),
+                                         "; refusing to generate version 1 again. Use `key rotate` for a new version"));
+      }
+    } else {
+      if (keys->empty()) {
+        return FailedPreconditionError(
+            StrCat("key family '", label, "' has no key yet; create version 1 with `key generate`"));
+      }
+      if (keys->back().version == std::numeric_limits<uint64_t>::max()) {
+        return FailedPreconditionError("the highest key version is already the largest possible one");
+      }
+      version = keys->back().version + 1;
+    }
+    StatusOr<CK_OBJECT_HANDLE> handle = GenerateKekVersion(admin->session(), label, version, options.key);
+    if (!handle.ok()) return handle.status();
+    // The fingerprint names our key across sessions (handles do not survive the reopen) and decides
+    // contests. A key the device cannot fingerprint could never serve as a KEK either.
+    StatusOr<std::string> fp = KeyFingerprint(admin->session(), *handle);
+    if (!fp.ok()) {
+      const Status destroyed = DestroyKeyObject(admin->session(), *handle);
+      return Status(fp.status().code(),
+                    StrCat("the token created key '", label, "' version ", version, " but cannot fingerprint it (",
+                           fp.status().message(), "), so the plugin could not use it; ",
+                           destroyed.ok() ? "it was destroyed again"
+                                          : StrCat("destroying it failed too (", destroyed.message(),
+                                                   "): remove it with the token's own tools")));
+    }
+    StatusOr<Settled> settled = Settle(admin, uri, version, *fp, Clock::now() + options.settle_timeout);
+    if (!settled.ok()) return settled.status();
+    if (settled->decision == Decision::kKeep) {
+      result.key = settled->key;
+      return result;
+    }
+    result.lost.push_back(version);
+    lower = settled->lower;
+  }
+  std::vector<std::string> lost;
+  for (uint64_t v : result.lost) lost.push_back(StrCat(v));
+  return Status(StatusCode::kAborted,
+                StrCat("other runs created the version this run chose ", attempts, " times in a row (versions ",
+                       StrJoin(lost, ", "), "), each at the same moment; this run created nothing. Run it again"));
 }
 
 Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object) {

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
@@ -81,8 +83,17 @@ class InitToolTest : public ::testing::Test {
     }
   }
 
+  // A tool process started by Start(), collected by Finish().
+  struct Started {
+    pid_t pid = -1;
+    std::string base;  // its stdout and stderr go to base.out and base.err
+  };
+
   // Runs the tool with `args`; stdout and stderr apart.
-  ToolResult Run(std::vector<std::string> args) {
+  ToolResult Run(std::vector<std::string> args) { return Finish(Start(std::move(args))); }
+
+  // Starts the tool with `args` without waiting for it, so several runs can overlap.
+  Started Start(std::vector<std::string> args) {
     const std::string base = StrCatPath("tool-", runs_++);
     args.insert(args.begin(), TOOL_PATH);
     std::vector<char*> argv;
@@ -102,11 +113,19 @@ class InitToolTest : public ::testing::Test {
     const int spawned = posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&actions);
-    ToolResult result;
     if (spawned != 0) {
       ADD_FAILURE() << "cannot start " << TOOL_PATH;
-      return result;
+      return {};
     }
+    return {pid, base};
+  }
+
+  // Waits for a run from Start() (killing it after 30 s) and collects its exit code and output.
+  ToolResult Finish(const Started& started) {
+    ToolResult result;
+    if (started.pid < 0) return result;
+    const pid_t pid = started.pid;
+    const std::string& base = started.base;
     int status = 0;
     const auto deadline = std::chrono::steady_clock::now() + 30s;
     while (waitpid(pid, &status, WNOHANG) == 0) {
@@ -302,6 +321,75 @@ TEST_F(InitToolTest, RotateCreatesTheNextVersionAndPrintsItsKeyId) {
   EXPECT_EQ(list["keys"][1]["active"], false);
   EXPECT_EQ(list["keys"][2]["active"], true);
   EXPECT_EQ(list["keys"][2]["key_id"], third["key_id"]);
+}
+
+// Two operators, or automation on two control-plane nodes sharing a network HSM, rotating at the same
+// moment. A lock cannot span hosts, so the tool checks after C_GenerateKey whether another run created
+// the same version and then backs off to the next one (hsm/key_admin.h). Every run must succeed with
+// its own version, and the family must never hold a version twice (the plugin refuses such a family).
+// Before the check, three rounds of two runs gave versions 1,2,2,3,3,4,4; a check on the module that
+// created the key was not enough either, SoftHSM's per-process object cache hid the other run's key.
+TEST_F(InitToolTest, ConcurrentRotationsGetDistinctVersionsAndNeverADuplicate) {
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_}).code, 0);
+  constexpr int kRounds = 4;
+  constexpr int kAtOnce = 3;
+  std::map<uint64_t, std::string> printed;  // version -> key_id, as the runs printed them
+  int backed_off = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<Started> runs;
+    for (int i = 0; i < kAtOnce; ++i) runs.push_back(Start({"key", "rotate", "--pkcs11-uri", uri_, "--json"}));
+    std::vector<ToolResult> results;
+    for (const Started& run : runs) results.push_back(Finish(run));  // all of them, before any ASSERT
+    for (const ToolResult& result : results) {
+      ASSERT_EQ(result.code, 0) << "round " << round << ":\n" << result.all();
+      const json created = json::parse(result.out, nullptr, /*allow_exceptions=*/false);
+      ASSERT_TRUE(created.is_object()) << result.out;
+      const uint64_t version = created["version"].get<uint64_t>();
+      EXPECT_TRUE(printed.emplace(version, created["key_id"].get<std::string>()).second)
+          << "two runs printed version " << version;
+      for (size_t at = 0; (at = result.err.find("at the same time", at)) != std::string::npos; ++at) ++backed_off;
+    }
+  }
+  // Versions 1..N, each exactly once, and each the key the run that created it printed.
+  const json list = ListJson();
+  ASSERT_EQ(list["keys"].size(), 1u + kRounds * kAtOnce) << list.dump();
+  for (size_t i = 0; i < list["keys"].size(); ++i) {
+    const json& key = list["keys"][i];
+    EXPECT_EQ(key["version"], i + 1) << list.dump();
+    EXPECT_EQ(key["active"], i + 1 == list["keys"].size()) << list.dump();
+    if (i > 0) {
+      EXPECT_EQ(key["key_id"], printed[i + 1]) << list.dump();
+    }
+  }
+  EXPECT_EQ(Run({"selftest", "--pkcs11-uri", uri_}).code, 0);
+  std::cout << "[ info     ] " << backed_off
+            << " run(s) backed off from a version another run created at the same time\n";
+}
+
+// Two `key generate` at once on an empty family: one creates version 1, the other refuses as a
+// second generate does, and leaves nothing behind.
+TEST_F(InitToolTest, ConcurrentGeneratesCreateVersionOneOnce) {
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Started> runs;
+    for (int i = 0; i < 2; ++i) runs.push_back(Start({"key", "generate", "--pkcs11-uri", uri_, "--json"}));
+    std::vector<ToolResult> results;
+    for (const Started& run : runs) results.push_back(Finish(run));
+    int created = 0;
+    for (const ToolResult& result : results) {
+      if (result.code == 0) {
+        ++created;
+        EXPECT_EQ(json::parse(result.out, nullptr, false)["version"], 1) << result.out;
+      } else {
+        EXPECT_EQ(result.code, 1) << result.all();
+        EXPECT_NE(result.err.find("already has version(s) 1"), std::string::npos) << result.err;
+      }
+    }
+    EXPECT_EQ(created, 1) << "round " << round;
+    const json list = ListJson();
+    ASSERT_EQ(list["keys"].size(), 1u) << list.dump();
+    EXPECT_EQ(list["keys"][0]["version"], 1);
+    ASSERT_TRUE(token_->DestroyKey(1).ok());
+  }
 }
 
 TEST_F(InitToolTest, ListShowsAnEmptyFamilyAndHumanReadableAttributes) {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/strings.h"
+#include "hsm/admin.h"
 #include "hsm/key_admin.h"
 #include "tools/init/init_tool.h"
 
@@ -39,20 +40,42 @@ std::vector<std::string> Usages(const hsm::KeyObject& key) {
 
 const char* Bool(bool b) { return b ? "true" : "false"; }
 
-// Creates `version`, checks what the token made of it, and prints its key_id.
-int CreateVersion(const Family& family, uint64_t version, bool json, bool rotation) {
-  StatusOr<CK_OBJECT_HANDLE> handle = hsm::GenerateKekVersion(family.session(), family.label(), version);
-  if (!handle.ok()) return FailStatus(handle.status());
-  // Read it back as the plugin will, so a token that ignored part of the template is caught now.
-  StatusOr<std::vector<hsm::KeyObject>> keys = hsm::ListKeyFamily(family.session(), family.label());
+// OpenFamily for generate and rotate, which other runs may be doing at the same moment: opening the
+// token is tried again while it is briefly unavailable (OpenAdminSessionPatiently).
+int OpenFamilyToChange(const std::string& uri_text, Family& family) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(uri_text);
+  if (!uri.ok()) return Fail(kExitUsage, uri.status().message());
+  family.uri = *std::move(uri);
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::OpenAdminSessionPatiently(*family.uri);
+  if (!admin.ok()) {
+    // As OpenFamily: configuration is a usage error; a missing token, a device failure or a rejected
+    // PIN is an operation failure.
+    const Status& s = admin.status();
+    return Fail(IsFailedPrecondition(s) || IsInvalidArgument(s) ? kExitUsage : kExitFailed, s.message());
+  }
+  family.admin = *std::move(admin);
+  StatusOr<std::vector<hsm::KeyObject>> keys = hsm::ListKeyFamilyPatiently(family.session(), family.label());
   if (!keys.ok()) return FailStatus(keys.status());
-  const hsm::KeyObject* created = nullptr;
-  for (const hsm::KeyObject& key : *keys) {
-    if (key.handle == *handle) created = &key;
+  family.keys = *std::move(keys);
+  return kExitOk;
+}
+
+// Creates the next version (1 for `key generate`), checks what the token made of it, and prints its
+// key_id. Runs at the same moment (another operator, automation on another control-plane node sharing
+// the HSM) each get their own version: see CreateNextKekVersion.
+int CreateVersion(Family& family, bool json, bool rotation) {
+  hsm::NextKekOptions next;
+  next.first_version = !rotation;
+  StatusOr<hsm::NewKekVersion> made = hsm::CreateNextKekVersion(family.admin, *family.uri, next);
+  if (!made.ok()) return FailStatus(made.status());
+  const uint64_t version = made->key.version;
+  for (uint64_t lost : made->lost) {
+    std::cerr << kToolName << ": another run created version " << lost << " of " << family.Describe()
+              << " at the same time; this run left it to that run and took the next version\n";
   }
-  if (created == nullptr) {
-    return Fail(kExitFailed, StrCat("the token does not list the new key '", family.label(), "' version ", version));
-  }
+  // The new key as the token lists it, read back as the plugin will, so a token that ignored part of
+  // the template is caught now.
+  const hsm::KeyObject* created = &made->key;
   if (std::string why = hsm::KekPolicyViolation(*created); !why.empty()) {
     return Fail(kExitFailed, StrCat("the token created version ", version, " but the plugin would refuse it: ", why,
                                     ". The token did not apply the requested template; remove the object with the token's own "
@@ -85,25 +108,24 @@ int CreateVersion(const Family& family, uint64_t version, bool json, bool rotati
 
 int KeyGenerate(const KeyOptions& options) {
   Family family;
-  if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
+  if (int rc = OpenFamilyToChange(options.pkcs11_uri, family); rc != kExitOk) return rc;
   if (!family.keys.empty()) {
     return Fail(kExitFailed, StrCat(family.Describe(), " already has version(s) ", Versions(family.keys),
                                     "; refusing to generate version 1 again. Use `key rotate` for a new version"));
   }
-  return CreateVersion(family, 1, options.json, /*rotation=*/false);
+  return CreateVersion(family, options.json, /*rotation=*/false);
 }
 
 int KeyRotate(const KeyOptions& options) {
   Family family;
-  if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
+  if (int rc = OpenFamilyToChange(options.pkcs11_uri, family); rc != kExitOk) return rc;
   if (family.keys.empty()) {
     return Fail(kExitFailed, StrCat(family.Describe(), " has no key yet; create version 1 with `key generate`"));
   }
-  const uint64_t highest = family.keys.back().version;
-  if (highest == std::numeric_limits<uint64_t>::max()) {
+  if (family.keys.back().version == std::numeric_limits<uint64_t>::max()) {
     return Fail(kExitFailed, "the highest key version is already the largest possible one");
   }
-  return CreateVersion(family, highest + 1, options.json, /*rotation=*/true);
+  return CreateVersion(family, options.json, /*rotation=*/true);
 }
 
 int KeyList(const KeyOptions& options) {
