@@ -463,6 +463,7 @@ TEST_F(InitToolTest, SelftestPassesOnAGoodFamily) {
   EXPECT_EQ(human.code, 0) << human.all();
   EXPECT_NE(human.out.find("selftest passed"), std::string::npos) << human.out;
   EXPECT_EQ(human.out.find("FAIL"), std::string::npos) << human.out;
+  EXPECT_EQ(Run({"selftest", "--pkcs11-uri", uri_, "--strict"}).code, 0) << "key generate's policy is the strict one";
 
   ToolResult machine = Run({"selftest", "--pkcs11-uri", uri_, "--json"});
   EXPECT_EQ(machine.code, 0) << machine.all();
@@ -482,6 +483,11 @@ TEST_F(InitToolTest, SelftestFailsOnAnExtractableKeyAndWarnsOnAModifiableOne) {
   ToolResult modifiable = Run({"selftest", "--pkcs11-uri", uri_});
   EXPECT_EQ(modifiable.code, 0) << "a warning is not a failure\n" << modifiable.all();
   EXPECT_NE(modifiable.out.find("WARN modifiable"), std::string::npos) << modifiable.out;
+  // --strict holds keys to exactly the policy `key generate` gives: the warning fails.
+  ToolResult strict = Run({"selftest", "--pkcs11-uri", uri_, "--strict"});
+  EXPECT_EQ(strict.code, 1) << strict.all();
+  EXPECT_NE(strict.out.find("FAIL (strict) modifiable"), std::string::npos) << strict.out;
+  EXPECT_NE(strict.out.find("selftest FAILED"), std::string::npos) << strict.out;
 
   ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
   ToolResult unsafe = Run({"selftest", "--pkcs11-uri", uri_, "--json"});

@@ -37,6 +37,7 @@ struct KeyOptions {
   bool json = false;
   uint64_t version = 0;  // key retire
   bool yes = false;      // key retire
+  bool strict = false;   // selftest: warnings fail too
 };
 
 struct ConfigOptions {

@@ -140,12 +140,15 @@ int main(int argc, char** argv) {
   // selftest
   CLI::App* selftest = app.add_subcommand(
       "selftest",
-      "Check every version against the plugin's KEK policy (failures: not AES-256, extractable, not sensitive, "
+      "Check every version against the plugin's KEK policy (failures: not AES-256, extractable, not sensitive, not private, "
       "cannot encrypt/decrypt; warnings: extra usages such as wrap/unwrap/sign/verify/derive, modifiable, once "
       "extractable), then an AES-GCM round trip on the device and a tamper check (a flipped bit must be rejected). "
       "Exits 0 only if every check passes.");
   AddUri(selftest, selftest_options.pkcs11_uri);
   selftest->add_flag("--json", selftest_options.json, "Print the results as JSON");
+  selftest->add_flag("--strict", selftest_options.strict,
+                     "Warnings fail too: every version must have exactly the policy `key generate` gives (a gate "
+                     "for keys made with other tools)");
   selftest->callback([&] { rc = Selftest(selftest_options); });
 
   // config

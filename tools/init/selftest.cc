@@ -43,7 +43,7 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
   if (std::string why = hsm::KekPolicyViolation(key); !why.empty()) {
     check.failures.push_back(StrCat("KEK policy: ", why, " (the plugin refuses the whole family)"));
   } else {
-    check.passed.push_back("KEK policy: AES-256, sensitive, not extractable, may encrypt and decrypt");
+    check.passed.push_back("KEK policy: AES-256, sensitive, not extractable, private, may encrypt and decrypt");
   }
   std::vector<std::string> extra;
   if (key.wrap) extra.push_back("wrap");
@@ -141,7 +141,7 @@ int Selftest(const KeyOptions& options) {
   bool ok = family_failures.empty();
   size_t warnings = 0;
   for (const Check& c : checks) {
-    ok = ok && c.failures.empty();
+    ok = ok && c.failures.empty() && !(options.strict && !c.warnings.empty());
     warnings += c.warnings.size();
   }
 
@@ -151,7 +151,8 @@ int Selftest(const KeyOptions& options) {
     for (size_t i = 0; i < checks.size(); ++i) {
       const Check& c = checks[i];
       out << (i ? "," : "") << "{\"version\":" << c.version << ",\"key_id\":" << JsonQuote(c.key_id)
-          << ",\"active\":" << (c.active ? "true" : "false") << ",\"ok\":" << (c.failures.empty() ? "true" : "false")
+          << ",\"active\":" << (c.active ? "true" : "false")
+          << ",\"ok\":" << (c.failures.empty() && !(options.strict && !c.warnings.empty()) ? "true" : "false")
           << ",\"round_trip\":" << (c.round_trip ? "true" : "false")
           << ",\"tamper_rejected\":" << (c.tamper_rejected ? "true" : "false")
           << ",\"failures\":" << JsonList(c.failures) << ",\"warnings\":" << JsonList(c.warnings)
@@ -165,7 +166,7 @@ int Selftest(const KeyOptions& options) {
       out << "\nversion " << c.version << (c.active ? " (active)" : "") << "  "
           << (c.key_id.empty() ? "(no key_id)" : c.key_id) << "\n";
       for (const std::string& p : c.passed) out << "  PASS " << p << "\n";
-      for (const std::string& w : c.warnings) out << "  WARN " << w << "\n";
+      for (const std::string& w : c.warnings) out << (options.strict ? "  FAIL (strict) " : "  WARN ") << w << "\n";
       for (const std::string& f : c.failures) out << "  FAIL " << f << "\n";
     }
     out << "\n"
