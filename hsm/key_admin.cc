@@ -72,6 +72,7 @@ enum class Decision { kKeep, kWithdraw };
 struct Settled {
   Decision decision = Decision::kWithdraw;
   KeyObject key;  // kKeep: our key as listed in admin's session
+  uint64_t highest = 0;  // kKeep: the family's highest version at that read (another run may have gone higher)
   int lower = 0;  // kWithdraw: how many keys of the version had a lower fingerprint than ours
 };
 
@@ -107,14 +108,14 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
           const bool alone = !undecided && std::count_if(keys->begin(), keys->end(), [&](const KeyObject& k) {
                                              return k.version == version;
                                            }) == 1;
-          if (alone) return Settled{Decision::kKeep, *mine};
+          if (alone) return Settled{Decision::kKeep, *mine, 0, keys->back().version};
           if (lower > 0 || Clock::now() >= deadline) {
             if (Status s = DestroyKeyObject(admin->session(), mine->handle); !s.ok()) {
               return Status(s.code(), StrCat("another run created key '", label, "' version ", version,
                                              " at the same time, and destroying this run's copy failed (", s.message(),
                                              "): the family may hold version ", version, " twice; check `key list`"));
             }
-            return Settled{Decision::kWithdraw, {}, lower};
+            return Settled{Decision::kWithdraw, {}, lower, 0};
           }
         }
       } else {
@@ -205,6 +206,14 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
     StatusOr<std::vector<KeyObject>> keys = ListKeyFamilyPatiently(admin->session(), label);
     if (!keys.ok()) return keys.status();
     uint64_t version = 1;
+    if (options.first_version && !keys->empty() && attempt > 1) {
+      // What this run saw may be a rival's version 1 that is about to be withdrawn too (both can
+      // withdraw): once every contest over it is decided, look again.
+      std::this_thread::sleep_for(options.settle_timeout + std::chrono::milliseconds(200));
+      if (Status s = Reopen(admin, uri); !s.ok()) return s;
+      keys = ListKeyFamilyPatiently(admin->session(), label);
+      if (!keys.ok()) return keys.status();
+    }
     if (options.first_version) {
       if (!keys->empty()) {
         return AlreadyExistsError(StrCat("key family '", label, "' already has version(s) ", Versions(*keys),
@@ -238,6 +247,7 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
     if (!settled.ok()) return settled.status();
     if (settled->decision == Decision::kKeep) {
       result.key = settled->key;
+      result.highest = settled->highest;
       return result;
     }
     result.lost.push_back(version);

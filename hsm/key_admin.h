@@ -44,6 +44,7 @@ struct NextKekOptions {
 struct NewKekVersion {
   KeyObject key;               // the new version as the token lists it, in the session `admin` holds now
   std::vector<uint64_t> lost;  // versions other runs created at the same time; this run withdrew from them
+  uint64_t highest = 0;        // the highest version in the family at the read that decided (>= key.version)
 };
 
 // Creates the next version of the family `uri` names, safely against other runs doing the same at the

@@ -341,6 +341,7 @@ TEST_F(InitToolTest, ConcurrentRotationsGetDistinctVersionsAndNeverADuplicate) {
     std::vector<ToolResult> results;
     for (const Started& run : runs) results.push_back(Finish(run));  // all of them, before any ASSERT
     for (const ToolResult& result : results) {
+      if (result.code == 1 && result.err.find("this run created nothing") != std::string::npos) continue;  // ABORTED
       ASSERT_EQ(result.code, 0) << "round " << round << ":\n" << result.all();
       const json created = json::parse(result.out, nullptr, /*allow_exceptions=*/false);
       ASSERT_TRUE(created.is_object()) << result.out;
@@ -350,16 +351,19 @@ TEST_F(InitToolTest, ConcurrentRotationsGetDistinctVersionsAndNeverADuplicate) {
       for (size_t at = 0; (at = result.err.find("at the same time", at)) != std::string::npos; ++at) ++backed_off;
     }
   }
-  // Versions 1..N, each exactly once, and each the key the run that created it printed.
+  // Version 1 and exactly the versions the runs printed, each once and each the key its run printed.
+  // A version number may be skipped (a run chose above a rival's key that was then withdrawn), and a
+  // run may give up after five contests in a row; neither leaves anything behind.
+  ASSERT_GE(printed.size(), static_cast<size_t>(kRounds)) << "at least one run per round must succeed";
   const json list = ListJson();
-  ASSERT_EQ(list["keys"].size(), 1u + kRounds * kAtOnce) << list.dump();
-  for (size_t i = 0; i < list["keys"].size(); ++i) {
+  ASSERT_EQ(list["keys"].size(), 1u + printed.size()) << list.dump();
+  EXPECT_EQ(list["keys"][0]["version"], 1) << list.dump();
+  for (size_t i = 1; i < list["keys"].size(); ++i) {
     const json& key = list["keys"][i];
-    EXPECT_EQ(key["version"], i + 1) << list.dump();
+    const uint64_t version = key["version"].get<uint64_t>();
+    ASSERT_TRUE(printed.contains(version)) << "version " << version << " was printed by no run\n" << list.dump();
+    EXPECT_EQ(key["key_id"], printed[version]) << list.dump();
     EXPECT_EQ(key["active"], i + 1 == list["keys"].size()) << list.dump();
-    if (i > 0) {
-      EXPECT_EQ(key["key_id"], printed[i + 1]) << list.dump();
-    }
   }
   EXPECT_EQ(Run({"selftest", "--pkcs11-uri", uri_}).code, 0);
   std::cout << "[ info     ] " << backed_off

@@ -83,16 +83,21 @@ int CreateVersion(Family& family, bool json, bool rotation) {
   }
   StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *created);
   if (!key_id.ok()) return FailStatus(key_id.status());
+  // Another run may have kept a higher version at the same moment: then that one is active.
+  const bool active = made->highest <= version;
   if (json) {
     std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
               << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
-              << ",\"active\":true}\n";
+              << ",\"active\":" << (active ? "true" : "false") << "}\n";
     return kExitOk;
   }
   std::cout << "created version " << version << " of " << family.Describe()
             << ": AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n"
             << "key_id: " << *key_id << "\n";
-  if (rotation) {
+  if (rotation && !active) {
+    std::cout << "Another run created version " << made->highest << " at the same time; that one is the active key.\n"
+              << "Check with `" << kToolName << " key list`. See docs/rotation.md.\n";
+  } else if (rotation) {
     std::cout << "Version " << version << " is now the highest version, so it becomes the active key: a running\n"
               << "trousseau-hsm picks it up on SIGHUP or within its --key-refresh-interval (60s by default);\n"
               << "check with `" << kToolName << " key list` and the plugin's Status key_id. Then re-encrypt\n"
