@@ -2,6 +2,7 @@
 // device-specific hooks the run loop needs. The rest of the plugin sees only KeyBackend.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -21,6 +22,8 @@ struct ConfiguredBackend {
   std::string summary;
   // Run on SIGHUP before the key family is re-read (PKCS#11: allow a new login after a rejected PIN).
   std::function<void()> on_reload;
+  // EngineOptions::new_version_settle for this backend.
+  std::chrono::milliseconds new_version_settle{0};
   // Sessions in use and in the pool, for the metrics; empty for a backend without a pool.
   std::function<void(size_t& in_use, size_t& size)> session_pool;
 };

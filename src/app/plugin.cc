@@ -102,7 +102,8 @@ int RunPlugin(const PluginOptions& options) {
   const std::shared_ptr<KeyBackend> backend = configured->backend;
   observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
 
-  KmsEngine engine(backend, EngineOptions{configured->family_label, options.health_cache, &telemetry});
+  KmsEngine engine(backend, EngineOptions{configured->family_label, options.health_cache, &telemetry,
+                                          configured->new_version_settle});
   if (Status loaded = engine.LoadKeyRing(); !loaded.ok()) {
     spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
     return IsUnavailable(loaded) ? 1 : 2;

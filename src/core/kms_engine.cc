@@ -1,5 +1,6 @@
 #include "core/kms_engine.h"
 
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -46,6 +47,23 @@ Status KmsEngine::LoadKeyRing() {
     return FailedPreconditionError(StrCat(
         "the active key version ", current->active_version(), " disappeared from the device; keeping ",
         current->active_key_id(), " active rather than flipping back to version ", ring->active_version()));
+  }
+  if (current && ring->active_version() > current->active_version() && options_.new_version_settle.count() > 0) {
+    std::this_thread::sleep_for(options_.new_version_settle);  // requests keep using the current ring
+    StatusOr<std::vector<BackendKey>> again = Observed("load_keys", [&] { return backend_->LoadKeys(); });
+    if (!again.ok()) {
+      Record(again.status());
+      return again.status();
+    }
+    StatusOr<KeyRing> confirmed = KeyRing::Build(backend_->Kind(), options_.family_label, *again);
+    if (!confirmed.ok()) return confirmed.status();
+    if (confirmed->active_key_id() != ring->active_key_id()) {
+      return FailedPreconditionError(StrCat(
+          "the new active key ", ring->active_key_id(), " did not stay (", confirmed->active_key_id(),
+          " a moment later: a rotation still deciding?); keeping ", current->active_key_id(),
+          " until the next refresh"));
+    }
+    ring = std::move(confirmed);
   }
   // No health success here: a key listing shows that the device answers lookups, not that its keys
   // work (and a TPM backend answers an unchanged directory from its cache). Only Seal, Open and the

@@ -25,6 +25,10 @@ struct EngineOptions {
   std::chrono::milliseconds health_ttl{5000};
   // Told about every device call; may be null. Must outlive the engine.
   BackendObserver* observer = nullptr;
+  // A reload that finds a new active version reads the device again this much later and switches only
+  // if the second read agrees. A key another process is still deciding about (two rotations at once)
+  // may vanish within that time; encrypting under it would lose the data. Zero: switch at once.
+  std::chrono::milliseconds new_version_settle{0};
 };
 
 struct EncryptResult {

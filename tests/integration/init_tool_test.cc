@@ -681,7 +681,7 @@ TEST_F(InitToolTest, SighupActivatesARotationAndARetiredKeyGivesNotFound) {
   usleep(200'000);
   EXPECT_EQ(Status().key_id(), old_sealed.key_id());
   plugin->Signal(SIGHUP);
-  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2; }, 2s)) << plugin->Log();
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2; }, 6s)) << plugin->Log();
   const v2::EncryptResponse new_sealed = Encrypt("sealed-under-v2");
   std::string plaintext;
   ASSERT_TRUE(Decrypt(old_sealed, &plaintext).ok()) << plugin->Log();

@@ -1,5 +1,6 @@
 // The trousseau-hsm binary as an operator runs it: flags, socket, signals, refusals, key refresh.
 #include <gtest/gtest.h>
+#include <thread>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -184,6 +185,38 @@ TEST_F(PluginProcessTest, SighupMakesANewKeyVersionActiveAndOldCiphertextsStillD
   v2::DecryptResponse opened;
   ASSERT_TRUE(clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok());
   EXPECT_EQ(opened.plaintext(), "seed-before-rotation");
+}
+
+// Two `key rotate` runs at once each create the version they chose, and the loser destroys its key a
+// moment later. A plugin refreshing in between must not start encrypting under that key: a new active
+// version counts only once a second read, two seconds later, still shows it.
+TEST_F(PluginProcessTest, ANewVersionThatVanishesAMomentLaterNeverBecomesActive) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  auto plugin = StartPlugin({"--key-refresh-interval", "0"});
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  const std::string v1 = Status().key_id();
+
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  plugin->Signal(SIGHUP);
+  std::this_thread::sleep_for(300ms);  // the plugin has read version 2 by now (a read takes ~1 ms)
+  ASSERT_TRUE(token_->DestroyKey(2).ok());
+  bool switched = false;
+  for (const auto end = std::chrono::steady_clock::now() + 3s; std::chrono::steady_clock::now() < end;) {
+    switched |= Status().key_id() != v1;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_FALSE(switched) << plugin->Log();
+  EXPECT_NE(plugin->Log().find("did not stay"), std::string::npos) << plugin->Log();
+  KmsClients clients(socket_);
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &sealed).ok()) << plugin->Log();
+  EXPECT_EQ(sealed.key_id(), v1);
+
+  ASSERT_TRUE(token_->GenerateKek(2).ok());  // a version that stays becomes active after the second read
+  plugin->Signal(SIGHUP);
+  EXPECT_TRUE(Eventually([&] { return Status().key_id().rfind("kek-v2-", 0) == 0; }, 6s)) << plugin->Log();
 }
 
 TEST_F(PluginProcessTest, PicksUpANewKeyVersionByItselfOnTheRefreshInterval) {
