@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <set>
 #include <utility>
 
 #include "hsm/pkcs11_error.h"
@@ -140,6 +141,7 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
   restore = restore && !known_fingerprints_.empty();
   // First check every key, so a bad family leaves the loaded keys untouched.
   std::map<uint64_t, std::pair<CK_OBJECT_HANDLE, std::string>> found;  // version -> (object, fingerprint)
+  std::set<uint64_t> replaced;  // restore: versions with an object whose fingerprint is not the known one
   for (const KeyObject& key : *family) {
     auto known = known_fingerprints_.find(key.version);
     if (restore && known == known_fingerprints_.end()) continue;  // new since the last refresh
@@ -154,9 +156,7 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
     StatusOr<std::string> fingerprint = Fingerprint(conn, key.handle);
     if (!fingerprint.ok()) return fingerprint.status();
     if (restore && *fingerprint != known->second) {
-      // Re-created under the same version while we were away: it must not serve under the old key_id.
-      spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
-                    uri_.object_label(), key.version);
+      replaced.insert(key.version);  // another key under a known version: it must not serve under that key_id
       continue;
     }
     if (restore && found.contains(key.version)) continue;  // the known key is already found
@@ -164,6 +164,11 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
       return FailedPreconditionError(StrCat("key family '", uri_.object_label(),
                                                         "' has two keys with version ", key.version));
     }
+  }
+  for (uint64_t version : replaced) {
+    if (found.contains(version)) continue;  // the known key is still there too (a duplicate): it serves
+    spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
+                  uri_.object_label(), version);
   }
   std::map<uint64_t, LoadedKey> loaded;
   for (auto& [version, object_and_fingerprint] : found) {
@@ -212,8 +217,15 @@ StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys() {
   }
   if (IsUnavailable(loaded) && login_block_.ok()) {
     last_attempt_ = std::chrono::steady_clock::now();
-    loaded = ConnectLocked(/*restore=*/false);
-    if (!loaded.ok()) last_error_ = loaded;
+    // Reconnect to the last good ring first, so a bad new key cannot keep the device out of service;
+    // then judge the whole family on the live connection, as any refresh does.
+    loaded = ConnectLocked(/*restore=*/true);
+    if (!loaded.ok()) {
+      last_error_ = loaded;
+    } else if (!known_fingerprints_.empty()) {
+      loaded = LoadFamilyLocked(*conn_, /*restore=*/false);
+      if (IsUnavailable(loaded)) broken_.store(true);
+    }
     if (IsPermissionDenied(loaded)) {
       login_block_ = loaded;
       loaded = UnavailableError(loaded.message());

@@ -18,7 +18,8 @@
  *   up | down      link state (default up; the last one wins).
  *   delay_us=N     sleep N microseconds before forwarding each cryptographic
  *                  call (Encrypt*, Decrypt*, GenerateRandom): a network HSM.
- *   crypto_fail    each cryptographic call fails with CKR_DEVICE_ERROR while
+ *   crypto_fail    C_EncryptInit, C_DecryptInit and C_GenerateRandom fail with
+ *                  CKR_DEVICE_ERROR (an operation already begun may finish) while
  *                  everything else (sessions, login, object search) works: an
  *                  HSM whose crypto engine has failed (a self-test or
  *                  tamper error state) but which still answers lookups.
@@ -270,6 +271,7 @@ enum policy {
   ALWAYS,   /* forwarded even while down (C_Finalize, C_GetInfo) */
   GATED,    /* CKR_DEVICE_ERROR while down */
   CRYPTO,   /* GATED, plus the configured delay */
+  CRYPTO_START, /* CRYPTO, and CKR_DEVICE_ERROR under crypto_fail: starts an operation */
   UNLOCKED, /* GATED, but may block indefinitely: must not hold g_calls */
 };
 
@@ -283,8 +285,8 @@ static CK_RV enter(enum policy p) {
   if (!ensure_loaded()) return CKR_GENERAL_ERROR;
   refresh();
   if (p != ALWAYS && atomic_load(&g_down)) return CKR_DEVICE_ERROR;
-  if (p == CRYPTO && atomic_load(&g_crypto_fail)) return CKR_DEVICE_ERROR;
-  if (p == CRYPTO) {
+  if (p == CRYPTO_START && atomic_load(&g_crypto_fail)) return CKR_DEVICE_ERROR;
+  if (p == CRYPTO || p == CRYPTO_START) {
     unsigned long us = atomic_load(&g_delay_us);
     if (us != 0) sleep_us(us); /* outside the lock: a slow HSM must not stall a transition */
   }
@@ -352,7 +354,7 @@ static void leave(enum policy p) {
   X(C_FindObjects, GATED,                                                                     \
     (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n), (s, o, max, n)) \
   X(C_FindObjectsFinal, GATED, (CK_SESSION_HANDLE s), (s))                                    \
-  X(C_EncryptInit, CRYPTO, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
+  X(C_EncryptInit, CRYPTO_START, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
     (s, m, k))                                                                                \
   X(C_Encrypt, CRYPTO,                                                                        \
     (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
@@ -362,7 +364,7 @@ static void leave(enum policy p) {
     (s, in, inl, out, outl))                                                                  \
   X(C_EncryptFinal, CRYPTO, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG_PTR outl),        \
     (s, out, outl))                                                                           \
-  X(C_DecryptInit, CRYPTO, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
+  X(C_DecryptInit, CRYPTO_START, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
     (s, m, k))                                                                                \
   X(C_Decrypt, CRYPTO,                                                                        \
     (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
@@ -436,7 +438,7 @@ static void leave(enum policy p) {
      CK_OBJECT_HANDLE_PTR k),                                                                 \
     (s, m, bk, t, n, k))                                                                      \
   X(C_SeedRandom, GATED, (CK_SESSION_HANDLE s, CK_BYTE_PTR seed, CK_ULONG l), (s, seed, l))   \
-  X(C_GenerateRandom, CRYPTO, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG l), (s, out, l)) \
+  X(C_GenerateRandom, CRYPTO_START, (CK_SESSION_HANDLE s, CK_BYTE_PTR out, CK_ULONG l), (s, out, l)) \
   X(C_GetFunctionStatus, GATED, (CK_SESSION_HANDLE s), (s))                                   \
   X(C_CancelFunction, GATED, (CK_SESSION_HANDLE s), (s))                                      \
   X(C_WaitForSlotEvent, UNLOCKED, (CK_FLAGS f, CK_SLOT_ID_PTR slot, CK_VOID_PTR r), (f, slot, r))

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/softhsm_token.h"
@@ -131,6 +132,31 @@ TEST_F(RecoveryTest, ABadNewKeyOnTheTokenDoesNotStopRecoveryFromAnOutage) {
       << plugin_->Log();
   EXPECT_NE(plugin_->Log().find("version 1 was replaced on the token"), std::string::npos) << plugin_->Log();
   EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << plugin_->Log();
+}
+
+// The same with refreshes coming faster than reconnects are tried (a short --key-refresh-interval, or
+// SIGHUP in a loop): the refresh itself reconnects to the last good ring, so it cannot keep the plugin
+// down by failing over the bad key again and again.
+TEST_F(RecoveryTest, FrequentRefreshesWithABadNewKeyDoNotHoldTheOutageOpen) {
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("seed");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients_->v2->Encrypt(CallContext().get(), encrypt, &sealed).ok());
+  ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
+  SetLink("down");
+  std::string plaintext;
+  EXPECT_EQ(Decrypt(sealed, &plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
+  plugin_->Signal(SIGHUP);
+  std::this_thread::sleep_for(100ms);
+  SetLink("up");
+  bool recovered = false;
+  for (const auto end = std::chrono::steady_clock::now() + 6s; !recovered && std::chrono::steady_clock::now() < end;) {
+    plugin_->Signal(SIGHUP);
+    std::this_thread::sleep_for(200ms);
+    recovered = Decrypt(sealed, &plaintext).ok();
+  }
+  EXPECT_TRUE(recovered) << plugin_->Log();
+  EXPECT_EQ(Status().key_id(), sealed.key_id());
 }
 
 // A key refresh (SIGHUP) while the HSM is away fails like any device call: Status is unhealthy, the

@@ -175,7 +175,8 @@ int main(int argc, char** argv) {
       "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest, retire. Keys are "
       "generated in the TPM (fixedTPM: they never leave it); the directory holds only blobs this TPM can load. "
       "Run through a resource manager (device:/dev/tpmrm0, tabrmd) while the plugin runs. Exit codes: 0 ok, "
-      "1 the TPM failed or the operation was refused, 2 usage error (bad flag, missing or unreadable key directory)");
+      "1 the TPM failed or the operation was refused, 2 usage error (bad flag; a key directory that is missing, "
+      "unreadable, or that others own or can write to)");
   tpm->require_subcommand(1);
 
   CLI::App* tpm_init = tpm->add_subcommand(
