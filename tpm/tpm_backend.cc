@@ -53,8 +53,13 @@ std::string TpmBackend::Describe() const {
 }
 
 TpmBackend::Stats TpmBackend::stats() const {
+  size_t waiting;
+  {
+    std::lock_guard lock(mu_);
+    waiting = queue_.size();
+  }
   return {requests_run_.load(), expired_in_queue_.load(), connects_.load(), connection_losses_.load(),
-          refused_queue_full_.load()};
+          refused_queue_full_.load(), waiting};
 }
 
 void TpmBackend::WorkerLoop() {

@@ -73,6 +73,7 @@ class TpmBackend final : public KeyBackend {
     uint64_t connects = 0;           // ESYS contexts opened
     uint64_t connection_losses = 0;  // contexts dropped after a link / restart failure
     uint64_t refused_queue_full = 0; // requests refused because max_queue were waiting
+    uint64_t waiting = 0;            // requests in the queue now (not the one the TPM is running)
   };
   Stats stats() const;
 
@@ -105,7 +106,7 @@ class TpmBackend final : public KeyBackend {
 
   const TpmBackendOptions options_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> queue_;
   bool stopping_ = false;

@@ -340,12 +340,15 @@ TEST_F(TpmBackendTest, AHungTpmCannotMakeTheQueueGrowWithoutBound) {
   options.max_queue = 2;
   auto backend = LoadedBackend(options);
   const std::string sealed = *backend->Seal(1, "seed", "");
+  const uint64_t run_before = backend->stats().requests_run;
   tpm_->Pause();
   std::vector<std::thread> callers;
-  for (int i = 0; i < 3; ++i) {  // one runs (stuck), two wait
-    callers.emplace_back([&] { EXPECT_TRUE(IsUnavailable(backend->Open(1, sealed, "").status())); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  auto call = [&] { callers.emplace_back([&] { EXPECT_TRUE(IsUnavailable(backend->Open(1, sealed, "").status())); }); };
+  call();  // runs, and is stuck in the TPM
+  ASSERT_TRUE(Eventually([&] { return backend->stats().requests_run == run_before + 1; }, std::chrono::seconds(1)));
+  call();
+  call();  // these two wait
+  ASSERT_TRUE(Eventually([&] { return backend->stats().waiting == 2; }, std::chrono::seconds(1)));
   Status refused = backend->Open(1, sealed, "").status();
   EXPECT_TRUE(IsUnavailable(refused)) << refused.ToString();
   EXPECT_NE(refused.message().find("queue is full"), std::string::npos) << refused.message();
