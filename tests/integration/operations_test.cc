@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/testing/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
 #include "tests/testing/softhsm_token.h"
@@ -112,21 +113,19 @@ TEST_F(OperationsTest, ProbesAnswerAndMetricsCountRequestsByApiOperationAndCode)
 
 TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200) {
   const std::string control = token_->dir() + "/shim.control";
-  std::ofstream(control) << "up\n";
+  testing::WriteShimControl(control, "up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
   auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));
   args.insert(args.end(), {"--health-cache", "100ms"});
   auto plugin = Start(args);
   ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 5s)) << plugin->Log();
-  std::ofstream(control + ".tmp") << "down\n";
-  std::rename((control + ".tmp").c_str(), control.c_str());
+  testing::WriteShimControl(control, "down");
   ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 503; }, 5s));
   HttpResponse down = HttpGet(port_, "/healthz");
   EXPECT_NE(down.body.find("unavailable"), std::string::npos) << down.body;
   EXPECT_EQ(HttpGet(port_, "/livez").code, 200);
   EXPECT_NE(HttpGet(port_, "/metrics").body.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos);
-  std::ofstream(control + ".tmp") << "up\n";
-  std::rename((control + ".tmp").c_str(), control.c_str());
+  testing::WriteShimControl(control, "up");
   EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
 }
 
@@ -135,10 +134,7 @@ TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200)
 // across key refreshes (which fail too: the key fingerprint is a GCM operation), and recover after.
 TEST_F(OperationsTest, AnHsmThatAnswersLookupsButCannotEncryptIsDownUntilItCanAgain) {
   const std::string control = token_->dir() + "/shim.control";
-  auto write_control = [&](const char* words) {
-    std::ofstream(control + ".tmp") << words << "\n";
-    std::rename((control + ".tmp").c_str(), control.c_str());
-  };
+  auto write_control = [&](const char* words) { testing::WriteShimControl(control, words); };
   write_control("up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
   auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "tests/testing/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
@@ -43,9 +44,7 @@ class RecoveryTest : public ::testing::Test {
 
   // The shim notices a control file replaced by rename on its next call.
   void SetLink(const std::string& state) {
-    const std::string tmp = control_ + ".tmp";
-    std::ofstream(tmp) << state << "\n";
-    std::rename(tmp.c_str(), control_.c_str());
+    testing::WriteShimControl(control_, state);
   }
 
   v2::StatusResponse Status() {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "tests/testing/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
@@ -272,10 +273,7 @@ TEST_F(TrousseauctlTest, MissingSocketIsAClearErrorNotAHang) {
 // the link is back it exits 0 again.
 TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   const std::string control = token_->dir() + "/shim.control";
-  auto set_link = [&](const std::string& state) {
-    std::ofstream(control + ".tmp") << state << "\n";
-    std::rename((control + ".tmp").c_str(), control.c_str());
-  };
+  auto set_link = [&](const std::string& state) { testing::WriteShimControl(control, state); };
   set_link("up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
   setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
