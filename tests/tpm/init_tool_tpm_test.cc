@@ -16,7 +16,7 @@
 #include "core/kms_engine.h"
 #include "core/strings.h"
 #include "tests/testing/subprocess.h"
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
 #include "tpm/tpm_backend.h"
 
@@ -76,13 +76,11 @@ class ScopedEnv {
   const char* name_;
 };
 
-class InitToolTpmTest : public ::testing::Test {
+class InitToolTpmTest : public testing::SwtpmTest {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty());
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
-    key_dir_ = dir_.path() + "/keys";
+    SwtpmTest::SetUp();
+    if (HasFatalFailure()) return;
     // The test's own environment must not configure the tool behind its back.
     ::unsetenv("TROUSSEAU_HSM_TPM_TCTI");
     ::unsetenv("TROUSSEAU_HSM_TPM_KEY_DIR");
@@ -171,9 +169,6 @@ class InitToolTpmTest : public ::testing::Test {
     return engine.key_ring()->key_ids();
   }  // the backend flushes its TPM objects here: the tool may use all of swtpm's slots again
 
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
-  std::string key_dir_;
   std::vector<std::string> outputs_;
   int runs_ = 0;
 };

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
 #include "tpm/tpm_backend.h"
 
@@ -18,21 +18,16 @@ namespace {
 using testing::Swtpm;
 using testing::TempDir;
 
-class KeyStoreTest : public ::testing::Test {
+class KeyStoreTest : public testing::SwtpmTest {
  protected:
   void SetUp() override {
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
-    key_dir_ = dir_.path() + "/keys";
+    SwtpmTest::SetUp();
+    if (HasFatalFailure()) return;
     StatusOr<TpmKeyInfo> v1 = InitKeyDir({tpm_->Tcti(), key_dir_}, "kek");
     ASSERT_TRUE(v1.ok()) << v1.status().ToString();
   }
 
   std::string Path(const std::string& name) const { return key_dir_ + "/" + name; }
-
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
-  std::string key_dir_;
 };
 
 bool Contains(const Status& s, std::string_view text) { return s.message().find(text) != std::string::npos; }

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <thread>
 
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
 
 namespace trousseau::tpm {
@@ -18,15 +18,8 @@ using testing::Eventually;
 using testing::Swtpm;
 using testing::TempDir;
 
-class TpmBackendTest : public ::testing::Test {
+class TpmBackendTest : public testing::SwtpmTest {
  protected:
-  void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty());
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
-    key_dir_ = dir_.path() + "/keys";
-  }
-
   TpmConfig Config() const { return {tpm_->Tcti(), key_dir_}; }
 
   void InitKeys() {
@@ -48,10 +41,6 @@ class TpmBackendTest : public ::testing::Test {
     EXPECT_TRUE(keys.ok()) << keys.status().ToString();
     return backend;
   }
-
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
-  std::string key_dir_;
 };
 
 TEST_F(TpmBackendTest, SealsAndOpensEveryPlaintextSizeTheApiserverCanSend) {

@@ -10,7 +10,7 @@
 
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/subprocess.h"
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tests/tpm/tabrmd.h"
 #include "tpm/provisioning.h"
 
@@ -28,13 +28,11 @@ using testing::TempDir;
 
 const std::string kSeed(32, '\x5a');  // what kube-apiserver sends: a 32-byte seed
 
-class TpmPluginTest : public ::testing::Test {
+class TpmPluginTest : public testing::SwtpmTest {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty());
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
-    key_dir_ = dir_.path() + "/keys";
+    SwtpmTest::SetUp();
+    if (HasFatalFailure()) return;
     socket_ = dir_.path() + "/kms.sock";
   }
 
@@ -84,9 +82,6 @@ class TpmPluginTest : public ::testing::Test {
     return status;
   }
 
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
-  std::string key_dir_;
   std::string socket_;
 };
 

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "core/key_id.h"
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tpm/key_store.h"
 #include "tpm/tpm_backend.h"
 
@@ -22,16 +22,9 @@ namespace {
 using testing::Swtpm;
 using testing::TempDir;
 
-class TpmProvisioningTest : public ::testing::Test {
+class TpmProvisioningTest : public testing::SwtpmTest {
  protected:
-  void SetUp() override {
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr) << "swtpm did not start";
-  }
-  TpmConfig Config() const { return {tpm_->Tcti(), dir_.path() + "/keys"}; }
-
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
+  TpmConfig Config() const { return {tpm_->Tcti(), key_dir_}; }
 };
 
 mode_t Mode(const std::string& path) {

@@ -4,7 +4,7 @@
 
 #include <filesystem>
 
-#include "tests/tpm/swtpm.h"
+#include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
 #include "tpm/tpm_backend.h"
 
@@ -14,12 +14,12 @@ namespace {
 using testing::Swtpm;
 using testing::TempDir;
 
-class TpmRsaFallbackTest : public ::testing::Test {
+class TpmRsaFallbackTest : public testing::SwtpmTest {
  protected:
   void SetUp() override {
-    tpm_ = Swtpm::Start(dir_.path() + "/tpm");
-    ASSERT_NE(tpm_, nullptr);
-    config_ = {tpm_->Tcti(), dir_.path() + "/keys", KeyScheme::kRsaOaep};
+    SwtpmTest::SetUp();
+    if (HasFatalFailure()) return;
+    config_ = {tpm_->Tcti(), key_dir_, KeyScheme::kRsaOaep};
   }
   std::unique_ptr<TpmBackend> Backend() {
     auto backend = *TpmBackend::Create({.tcti = config_.tcti, .key_dir = config_.key_dir});
@@ -28,8 +28,6 @@ class TpmRsaFallbackTest : public ::testing::Test {
     return backend;
   }
 
-  TempDir dir_;
-  std::unique_ptr<Swtpm> tpm_;
   TpmConfig config_;
 };
 
