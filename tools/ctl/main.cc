@@ -1,7 +1,9 @@
 // trousseauctl: an operator's client for a running trousseau-hsm (or any KMS v2 plugin) socket.
 // Data goes through stdin/stdout, never argv, so it stays out of shell history and `ps`.
 #include <openssl/evp.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <iostream>
 #include <iterator>
@@ -11,6 +13,8 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "core/process_hardening.h"
+#include "core/secure_bytes.h"
 #include "core/strings.h"
 #include "v1beta1/kms.grpc.pb.h"
 #include "v2/kms.grpc.pb.h"
@@ -39,7 +43,49 @@ bool Base64Decode(std::string in, std::string* out) {
   return true;
 }
 
-std::string ReadStdin() { return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()}; }
+// Plaintext and base64 of plaintext live in std::strings (protobuf wants them); each is wiped before
+// it is freed, and grown only by copying into a larger one and wiping the old.
+void Wipe(std::string& secret) {
+  trousseau::WipeMemory(secret.data(), secret.size());
+  secret.clear();
+}
+
+struct WipedString {
+  std::string value;
+  WipedString() = default;
+  WipedString(const WipedString&) = delete;
+  WipedString& operator=(const WipedString&) = delete;
+  ~WipedString() { Wipe(value); }
+};
+
+// Reads all of stdin without leaving unwiped copies behind in freed memory.
+bool ReadStdin(std::string& out) {
+  std::string buffer;
+  buffer.reserve(4096);
+  char chunk[4096];
+  for (;;) {
+    const ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      trousseau::WipeMemory(chunk, sizeof chunk);
+      Wipe(buffer);
+      return false;
+    }
+    if (n == 0) break;
+    if (buffer.size() + static_cast<size_t>(n) > buffer.capacity()) {
+      std::string larger;
+      larger.reserve(2 * (buffer.size() + static_cast<size_t>(n)));
+      larger.assign(buffer);
+      Wipe(buffer);
+      buffer.swap(larger);
+    }
+    buffer.append(chunk, static_cast<size_t>(n));
+  }
+  trousseau::WipeMemory(chunk, sizeof chunk);
+  out.swap(buffer);
+  Wipe(buffer);
+  return true;
+}
 
 struct Options {
   std::string socket = "unix:///run/trousseau-hsm/kms.sock";
@@ -124,23 +170,31 @@ int Status(const Options& o) {
 }
 
 int Encrypt(const Options& o) {
-  const std::string plaintext = ReadStdin();
+  WipedString plaintext;
+  if (!ReadStdin(plaintext.value)) {
+    std::cerr << "error: cannot read stdin\n";
+    return 2;
+  }
   std::string ciphertext, key_id;
   if (o.api == "v1beta1") {
     auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
     v1beta1::EncryptRequest request;
     request.set_version("v1beta1");
-    request.set_plain(plaintext);
+    request.mutable_plain()->swap(plaintext.value);
     v1beta1::EncryptResponse response;
-    if (grpc::Status s = stub->Encrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    grpc::Status s = stub->Encrypt(Context(o).get(), request, &response);
+    Wipe(*request.mutable_plain());
+    if (!s.ok()) return Fail(s);
     ciphertext = response.cipher();
   } else {
     auto stub = v2::KeyManagementService::NewStub(Channel(o));
     v2::EncryptRequest request;
-    request.set_plaintext(plaintext);
+    request.mutable_plaintext()->swap(plaintext.value);
     request.set_uid("trousseauctl");
     v2::EncryptResponse response;
-    if (grpc::Status s = stub->Encrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+    grpc::Status s = stub->Encrypt(Context(o).get(), request, &response);
+    Wipe(*request.mutable_plaintext());
+    if (!s.ok()) return Fail(s);
     ciphertext = response.ciphertext();
     key_id = response.key_id();
   }
@@ -155,20 +209,22 @@ int Encrypt(const Options& o) {
 }
 
 int Decrypt(const Options& o) {
-  std::string ciphertext;
-  if (!Base64Decode(ReadStdin(), &ciphertext)) {
+  std::string encoded_ciphertext, ciphertext;
+  if (!ReadStdin(encoded_ciphertext) || !Base64Decode(std::move(encoded_ciphertext), &ciphertext)) {
     std::cerr << "error: stdin is not base64 (as `trousseauctl encrypt` prints it)\n";
     return 2;
   }
-  std::string plaintext;
+  WipedString plaintext;
   if (o.api == "v1beta1") {
     auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
     v1beta1::DecryptRequest request;
     request.set_version("v1beta1");
     request.set_cipher(ciphertext);
     v1beta1::DecryptResponse response;
-    if (grpc::Status s = stub->Decrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
-    plaintext = response.plain();
+    grpc::Status s = stub->Decrypt(Context(o).get(), request, &response);
+    plaintext.value.swap(*response.mutable_plain());
+    Wipe(*response.mutable_plain());
+    if (!s.ok()) return Fail(s);
   } else {
     if (o.key_id.empty()) {
       std::cerr << "error: v2 decrypt needs --key-id (printed by encrypt)\n";
@@ -180,20 +236,31 @@ int Decrypt(const Options& o) {
     request.set_key_id(o.key_id);
     request.set_uid("trousseauctl");
     v2::DecryptResponse response;
-    if (grpc::Status s = stub->Decrypt(Context(o).get(), request, &response); !s.ok()) return Fail(s);
-    plaintext = response.plaintext();
+    grpc::Status s = stub->Decrypt(Context(o).get(), request, &response);
+    plaintext.value.swap(*response.mutable_plaintext());
+    Wipe(*response.mutable_plaintext());
+    if (!s.ok()) return Fail(s);
   }
   if (o.json) {
-    std::cout << "{\"plaintext\":" << trousseau::JsonQuote(Base64Encode(plaintext)) << "}\n";
+    WipedString encoded, quoted;
+    encoded.value = Base64Encode(plaintext.value);
+    quoted.value = trousseau::JsonQuote(encoded.value);
+    std::cout << "{\"plaintext\":" << quoted.value << "}\n";
   } else {
-    std::cout << plaintext;
+    std::cout << plaintext.value;
   }
+  std::cout.flush();
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Plaintext passes through this process: keep it out of core files and away from ptrace.
+  if (trousseau::HardeningResult hardened = trousseau::HardenProcess(); !hardened.ok()) {
+    std::cerr << "trousseauctl: warning: " << hardened.failed_step()
+              << " failed: a crash may write plaintext to a core file\n";
+  }
   Options o;
   CLI::App app{"trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
                "Data is read from stdin, never from arguments.",
