@@ -5,9 +5,8 @@
 #include <set>
 #include <utility>
 
-#include "hsm/pkcs11_error.h"
-#include "core/status.h"
 #include "core/strings.h"
+#include "hsm/pkcs11_error.h"
 
 namespace trousseau::hsm {
 namespace {
@@ -25,7 +24,48 @@ StatusOr<GcmIv> SplitIv(std::string_view sealed) {
   return iv;
 }
 
+// What C_Decrypt answers, once C_DecryptInit took the key and IV, for a tag that does not verify.
+// The standard code is CKR_ENCRYPTED_DATA_INVALID; SoftHSM says CKR_GENERAL_ERROR, others
+// CKR_FUNCTION_FAILED or CKR_DATA_INVALID. It is the caller's bytes, not the device: never a probe,
+// never an outage, so a flood of forged ciphertexts costs the device one operation each.
+bool IsTagMismatch(CK_RV rv) {
+  return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR ||
+         rv == CKR_FUNCTION_FAILED || rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE;
+}
+
 }  // namespace
+
+struct Pkcs11Backend::KeyHandle {
+  CK_OBJECT_HANDLE token_object = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE session_copy = CK_INVALID_HANDLE;  // ends with the admin session
+  std::string fingerprint;
+  NonceSequence ivs;
+  CK_OBJECT_HANDLE handle() const { return session_copy != CK_INVALID_HANDLE ? session_copy : token_object; }
+};
+
+struct Pkcs11Backend::Connection {
+  TokenSlot token;
+  Session admin;                  // logs in, finds keys and owns the session copies (admin lane only)
+  std::vector<Session> sessions;  // sessions[i] is used by lane i only
+  std::atomic<std::shared_ptr<const KeyTable>> keys{std::make_shared<const KeyTable>()};
+  // Shared by a call on one of the sessions; exclusive to tear the connection down, which waits
+  // (with a deadline) for calls still inside the device.
+  std::shared_timed_mutex use;
+  bool closed = false;  // guarded by `use`
+
+  // The sessions end with the module's C_Finalize, which every reconnect does before it opens new
+  // ones. Closing them here instead, perhaps after that, could close a new session that the module
+  // gave the same handle number.
+  ~Connection() {
+    admin.Release();
+    for (Session& session : sessions) session.Release();
+  }
+};
+
+bool Pkcs11Backend::PinFileStamp::operator==(const PinFileStamp& o) const {
+  return exists == o.exists && dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+         mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
+}
 
 StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Pkcs11Uri uri, Pkcs11BackendOptions options) {
   if (options.sessions == 0) return InvalidArgumentError("the session pool needs at least one session");
@@ -35,77 +75,240 @@ StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Pkcs11Uri uri, Pk
 }
 
 Pkcs11Backend::Pkcs11Backend(Pkcs11Uri uri, Pkcs11BackendOptions options, std::unique_ptr<Pkcs11Module> module)
-    : uri_(std::move(uri)), options_(options), module_(std::move(module)) {}
+    : uri_(std::move(uri)), options_(options), module_(std::move(module)), lanes_(options_.sessions) {}
 
-Pkcs11Backend::~Pkcs11Backend() {
-  std::unique_lock lock(mu_);
-  conn_.reset();  // before the module finalises
-}
+Pkcs11Backend::~Pkcs11Backend() = default;  // lanes join first; the module finalises last
 
 std::string Pkcs11Backend::Describe() const {
   return StrCat("PKCS#11 ", uri_.token_description(), " via ", uri_.module_path(), ", key family '",
-                      uri_.object_label(), "'");
+                uri_.object_label(), "'");
 }
 
-size_t Pkcs11Backend::sessions_in_use() const {
-  std::shared_lock lock(mu_);
-  return conn_ && conn_->pool ? conn_->pool->in_use() : 0;
+std::shared_ptr<Pkcs11Backend::Connection> Pkcs11Backend::Current() const {
+  std::lock_guard lock(conn_mu_);
+  return conn_;
 }
 
-void Pkcs11Backend::AllowLoginRetry() {
-  std::unique_lock lock(mu_);
-  login_block_ = OkStatus();
-  last_attempt_ = {};
+Status Pkcs11Backend::NotConnected() const {
+  std::lock_guard lock(conn_mu_);
+  return UnavailableError(last_loss_.ok() ? std::string("HSM unavailable: not connected yet")
+                                          : StrCat("HSM unavailable: ", last_loss_.message()));
 }
 
-template <typename T>
-StatusOr<T> Pkcs11Backend::Run(const std::function<StatusOr<T>(Connection&)>& op) {
-  for (int attempt = 0;; ++attempt) {
-    {
-      std::shared_lock lock(mu_);
-      if (conn_ && !broken_.load(std::memory_order_acquire)) {
-        StatusOr<T> result = op(*conn_);
-        if (!IsUnavailable(result.status())) return result;
-        if (!broken_.exchange(true)) {
-          spdlog::warn("lost the HSM connection ({}); will reconnect", result.status().message());
-        }
-        if (attempt > 0) return result;
-      }
+void Pkcs11Backend::MarkBroken(const std::shared_ptr<Connection>& conn, const Status& why) {
+  std::lock_guard lock(conn_mu_);
+  if (conn_ != conn) return;  // someone else noticed first
+  spdlog::warn("lost the HSM connection ({}); reconnecting when the device answers again", why.message());
+  broken_.push_back(std::move(conn_));
+  conn_.reset();
+  last_loss_ = why;
+}
+
+std::optional<Pkcs11Backend::PinFileStamp> Pkcs11Backend::StampPinFile() const {
+  if (!uri_.pin_file()) return std::nullopt;  // TROUSSEAU_HSM_PIN: only SIGHUP says it changed
+  PinFileStamp stamp;
+  struct stat st {};
+  if (stat(uri_.pin_file()->c_str(), &st) == 0) {
+    stamp = {true, st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+  }
+  return stamp;
+}
+
+// ---- requests, on the lanes --------------------------------------------------------------------
+
+StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                                          Deadline deadline) {
+  // The call may outlive this request (a hung device): it gets its own copies.
+  auto input = std::make_shared<const SecureBytes>(SecureBytes::CopyOf(plaintext));
+  return lanes_.Run<std::string>(deadline, "AES-GCM encrypt on the device",
+                                 [this, version, input, aad = std::string(aad)](size_t lane) {
+                                   return SealOnLane(lane, version, input->view(), aad);
+                                 });
+}
+
+StatusOr<SecureBytes> Pkcs11Backend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                                          Deadline deadline) {
+  if (StatusOr<GcmIv> iv = SplitIv(sealed); !iv.ok()) return iv.status();
+  return lanes_.Run<SecureBytes>(deadline, "AES-GCM decrypt on the device",
+                                 [this, version, sealed = std::string(sealed), aad = std::string(aad)](size_t lane) {
+                                   return OpenOnLane(lane, version, sealed, aad);
+                                 });
+}
+
+Status Pkcs11Backend::Probe(uint64_t version, Deadline deadline) {
+  if (Current() == nullptr) {
+    // Not connected (an outage, or the start failed): this is where recovery happens.
+    const Deadline connect_deadline = std::max(deadline, std::chrono::steady_clock::now() + options_.connect_timeout);
+    StatusOr<bool> reconnected = admin_lane_.Run<bool>(connect_deadline, "reconnecting to the HSM",
+                                                       [this](size_t) -> StatusOr<bool> {
+                                                         if (Status s = ReconnectOnAdmin(); !s.ok()) return s;
+                                                         return true;
+                                                       });
+    if (!reconnected.ok()) return reconnected.status();
+  }
+  return lanes_.Run<bool>(deadline, "health probe", [this, version](size_t lane) { return ProbeOnLane(lane, version); })
+      .status();
+}
+
+StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, std::string_view plaintext,
+                                                std::string_view aad) {
+  std::shared_ptr<Connection> conn = Current();
+  if (!conn) return NotConnected();
+  std::shared_lock use(conn->use);
+  if (conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
+  std::shared_ptr<const KeyTable> keys = conn->keys.load();
+  auto key = keys->find(version);
+  if (key == keys->end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
+  StatusOr<GcmIv> iv = key->second->ivs.Next();
+  if (!iv.ok()) return iv.status();
+  std::string body;
+  if (CK_RV rv = GcmSeal(conn->sessions[lane], key->second->handle(), *iv, aad, plaintext, body); rv != CKR_OK) {
+    Status failed = RvStatus(rv, "AES-GCM encrypt on the device");
+    if (IsConnectionLost(rv)) MarkBroken(conn, failed);
+    return failed;
+  }
+  std::string sealed(reinterpret_cast<const char*>(iv->data()), iv->size());
+  sealed += body;
+  return sealed;
+}
+
+StatusOr<SecureBytes> Pkcs11Backend::OpenOnLane(size_t lane, uint64_t version, std::string_view sealed,
+                                                std::string_view aad) {
+  std::shared_ptr<Connection> conn = Current();
+  if (!conn) return NotConnected();
+  std::shared_lock use(conn->use);
+  if (conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
+  std::shared_ptr<const KeyTable> keys = conn->keys.load();
+  auto key = keys->find(version);
+  if (key == keys->end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
+  GcmIv iv;
+  std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
+  SecureBytes plaintext;
+  bool reached_tag_check = false;
+  CK_RV rv = GcmOpen(conn->sessions[lane], key->second->handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext,
+                     &reached_tag_check);
+  if (rv == CKR_OK) return plaintext;
+  if (reached_tag_check && IsTagMismatch(rv)) {
+    return InvalidArgumentError("ciphertext failed authentication (tampered, truncated or not ours)");
+  }
+  Status failed = RvStatus(rv, "AES-GCM decrypt on the device");
+  if (IsConnectionLost(rv)) MarkBroken(conn, failed);
+  return failed;
+}
+
+StatusOr<bool> Pkcs11Backend::ProbeOnLane(size_t lane, uint64_t version) {
+  StatusOr<std::string> sealed = SealOnLane(lane, version, kProbePlaintext, kProbeAad);
+  if (!sealed.ok()) return sealed.status();
+  StatusOr<SecureBytes> opened = OpenOnLane(lane, version, *sealed, kProbeAad);
+  if (!opened.ok()) {
+    // Our own fresh ciphertext must open: a mismatch here is the device's fault.
+    return IsInvalidArgument(opened.status()) ? UnavailableError("health probe: the device failed to decrypt")
+                                              : opened.status();
+  }
+  if (opened->view() != kProbePlaintext) return UnavailableError("health probe: the device returned wrong data");
+  return true;
+}
+
+// ---- connection management, on the admin lane ------------------------------------------------
+
+StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys(Deadline deadline) {
+  return admin_lane_.Run<std::vector<BackendKey>>(deadline, "loading the key family",
+                                                  [this](size_t) { return LoadKeysOnAdmin(); });
+}
+
+StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeysOnAdmin() {
+  std::shared_ptr<Connection> conn = Current();
+  Status loaded = UnavailableError("not connected");
+  if (conn) {
+    loaded = LoadFamily(*conn, /*restore=*/false);
+    if (IsUnavailable(loaded)) MarkBroken(conn, loaded);
+  }
+  if (IsUnavailable(loaded)) {
+    // Reconnect to the last good ring first, so a bad new key cannot keep the device out of service;
+    // then judge the whole family on the live connection, as any refresh does.
+    loaded = ReconnectOnAdmin();
+    conn = Current();
+    if (loaded.ok() && conn && !known_fingerprints_.empty()) {
+      loaded = LoadFamily(*conn, /*restore=*/false);
+      if (IsUnavailable(loaded)) MarkBroken(conn, loaded);
     }
-    if (Status reconnected = Reconnect(); !reconnected.ok()) return reconnected;
-    if (attempt > 0) return UnavailableError("the HSM connection keeps failing");
   }
+  if (!loaded.ok()) return loaded;
+  std::vector<BackendKey> keys;
+  for (const auto& [version, key] : *conn->keys.load()) keys.push_back({version, key->fingerprint});
+  known_fingerprints_.clear();
+  for (const BackendKey& key : keys) known_fingerprints_[key.version] = key.fingerprint;
+  return keys;
 }
 
-Status Pkcs11Backend::Reconnect() {
-  std::unique_lock lock(mu_);
-  if (conn_ && !broken_.load()) return OkStatus();  // another thread got there first
-  if (!login_block_.ok()) {
-    return UnavailableError(StrCat(login_block_.message(),
-                                               "; not retrying (it would lock the token): fix the PIN, then send SIGHUP"));
+Status Pkcs11Backend::LoginBlocked() {
+  if (login_block_.ok()) return OkStatus();
+  const bool asked = login_retry_requested_.exchange(false);
+  const std::optional<PinFileStamp> stamp = StampPinFile();
+  if (asked || (stamp && blocked_pin_stamp_ && !(*stamp == *blocked_pin_stamp_))) {
+    spdlog::info("{}: trying to log in again", asked ? "SIGHUP" : "the PIN file changed");
+    login_block_ = OkStatus();
+    return OkStatus();
   }
-  const auto now = std::chrono::steady_clock::now();
-  if (now - last_attempt_ < options_.reconnect_interval) {
-    return UnavailableError(StrCat("HSM unavailable: ", last_error_.message()));
+  return PermissionDeniedError(StrCat(
+      login_block_.message(), "; not trying that PIN again (each try counts towards locking the token): ",
+      uri_.pin_file() ? "fix the PIN file (a change is noticed at once), or send SIGHUP to try it again"
+                      : "restart with the right TROUSSEAU_HSM_PIN, or send SIGHUP to try the same PIN again"));
+}
+
+Status Pkcs11Backend::RetireBrokenConnections() {
+  std::vector<std::shared_ptr<Connection>> broken;
+  {
+    std::lock_guard lock(conn_mu_);
+    broken.swap(broken_);
   }
-  last_attempt_ = now;
-  Status connected = ConnectLocked(/*restore=*/true);
-  if (!connected.ok()) {
-    last_error_ = connected;
-    if (IsPermissionDenied(connected)) login_block_ = connected;
-    return UnavailableError(StrCat("HSM unavailable: ", connected.message()));
+  Status result;
+  for (auto& conn : broken) {
+    // Short: calls still inside a hung device keep their connection; the next attempt tries again.
+    std::unique_lock use(conn->use, std::defer_lock);
+    if (use.try_lock_for(std::chrono::milliseconds(100))) {
+      conn->closed = true;
+      continue;
+    }
+    result = UnavailableError(
+        "calls are still stuck in the device; the module is re-initialised once the device returns them");
+    std::lock_guard lock(conn_mu_);
+    broken_.push_back(std::move(conn));
   }
-  spdlog::info("reconnected to {}", Describe());
+  return result;
+}
+
+Status Pkcs11Backend::ReconnectOnAdmin() {
+  if (Current() != nullptr) return OkStatus();  // a reconnect queued behind another one
+  if (Status blocked = LoginBlocked(); !blocked.ok()) return blocked;
+  if (Status retired = RetireBrokenConnections(); !retired.ok()) return retired;
+  StatusOr<std::shared_ptr<Connection>> conn = Connect(/*restore=*/true);
+  if (!conn.ok()) {
+    // A refused key or an ambiguous token is configuration: said as such. Anything else is an outage.
+    Status failed = IsFailedPrecondition(conn.status()) || IsInvalidArgument(conn.status())
+                        ? conn.status()
+                        : UnavailableError(StrCat("HSM unavailable: ", conn.status().message()));
+    if (IsPermissionDenied(conn.status())) {
+      login_block_ = conn.status();
+      blocked_pin_stamp_ = StampPinFile();
+      failed = LoginBlocked();
+    }
+    std::lock_guard lock(conn_mu_);
+    last_loss_ = failed;
+    return failed;
+  }
+  {
+    std::lock_guard lock(conn_mu_);
+    conn_ = *std::move(conn);
+  }
+  spdlog::info("{} {}", known_fingerprints_.empty() ? "connected to" : "reconnected to", Describe());
   return OkStatus();
 }
 
-Status Pkcs11Backend::ConnectLocked(bool restore) {
-  conn_.reset();  // close old sessions before their handle numbers can be reused
-  broken_.store(true);
-  module_->Finalize();
+StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::Connect(bool restore) {
+  module_->Finalize();  // closes every session of the old connection (none is in use: retired)
   if (Status s = module_->Initialize(); !s.ok()) return s;
-
-  auto conn = std::make_unique<Connection>();
+  auto conn = std::make_shared<Connection>();
   StatusOr<TokenSlot> token = FindToken(module_->api(), uri_);
   if (!token.ok()) return token.status();
   conn->token = *token;
@@ -113,25 +316,16 @@ Status Pkcs11Backend::ConnectLocked(bool restore) {
   if (!admin.ok()) return admin.status();
   conn->admin = *std::move(admin);
   if (Status s = LoginUser(conn->admin, conn->token, uri_.pin_file()); !s.ok()) return s;
-
-  std::vector<Session> sessions;
   for (size_t i = 0; i < options_.sessions; ++i) {
     StatusOr<Session> session = OpenSession(module_->api(), token->slot, /*read_write=*/false);
     if (!session.ok()) return session.status();
-    sessions.push_back(*std::move(session));
+    conn->sessions.push_back(*std::move(session));
   }
-  conn->pool = std::make_unique<SessionPool>(std::move(sessions));
-  if (Status s = LoadFamilyLocked(*conn, restore); !s.ok()) return s;
-  conn_ = std::move(conn);
-  broken_.store(false, std::memory_order_release);
-  return OkStatus();
+  if (Status s = LoadFamily(*conn, restore); !s.ok()) return s;
+  return conn;
 }
 
-StatusOr<std::string> Pkcs11Backend::Fingerprint(const Connection& conn, CK_OBJECT_HANDLE key) const {
-  return KeyFingerprint(conn.admin, key);  // shared with trousseau-hsm-init: key_ids must agree
-}
-
-Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
+Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
   StatusOr<std::vector<KeyObject>> family = ListKeyFamily(conn.admin, uri_.object_label());
   if (!family.ok()) return family.status();
   // Restoring after an outage brings back exactly the last good key ring: the same versions, each
@@ -150,10 +344,10 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
                     key.version, why);
       continue;
     } else if (!why.empty()) {
-      return FailedPreconditionError(StrCat("refusing key '", uri_.object_label(), "' version ",
-                                                        key.version, ": ", why));
+      return FailedPreconditionError(
+          StrCat("refusing key '", uri_.object_label(), "' version ", key.version, ": ", why));
     }
-    StatusOr<std::string> fingerprint = Fingerprint(conn, key.handle);
+    StatusOr<std::string> fingerprint = KeyFingerprint(conn.admin, key.handle);  // as trousseau-hsm-init computes it
     if (!fingerprint.ok()) return fingerprint.status();
     if (restore && *fingerprint != known->second) {
       replaced.insert(key.version);  // another key under a known version: it must not serve under that key_id
@@ -161,8 +355,8 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
     }
     if (restore && found.contains(key.version)) continue;  // the known key is already found
     if (!found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint))).second) {
-      return FailedPreconditionError(StrCat("key family '", uri_.object_label(),
-                                                        "' has two keys with version ", key.version));
+      return FailedPreconditionError(
+          StrCat("key family '", uri_.object_label(), "' has two keys with version ", key.version));
     }
   }
   for (uint64_t version : replaced) {
@@ -170,144 +364,35 @@ Status Pkcs11Backend::LoadFamilyLocked(Connection& conn, bool restore) {
     spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
                   uri_.object_label(), version);
   }
-  std::map<uint64_t, LoadedKey> loaded;
+  std::shared_ptr<const KeyTable> previous = conn.keys.load();
+  auto table = std::make_shared<KeyTable>();
   for (auto& [version, object_and_fingerprint] : found) {
     auto& [object, fingerprint] = object_and_fingerprint;
-    auto previous = conn.keys.find(version);
-    if (previous != conn.keys.end() && previous->second.token_object == object &&
-        previous->second.fingerprint == fingerprint) {
-      loaded.emplace(version, std::move(previous->second));  // keeps its copy and IV sequence
+    auto same = previous->find(version);
+    if (same != previous->end() && same->second->token_object == object && same->second->fingerprint == fingerprint) {
+      table->emplace(version, same->second);  // keeps its copy and IV sequence
       continue;
     }
-    LoadedKey entry;
-    entry.token_object = object;
-    entry.fingerprint = std::move(fingerprint);
+    auto key = std::make_shared<KeyHandle>();
+    key->token_object = object;
+    key->fingerprint = std::move(fingerprint);
     if (options_.session_key_copies) {
-      CK_BBOOL session_only = CK_FALSE;
-      CK_ATTRIBUTE copy_template[] = {{CKA_TOKEN, &session_only, sizeof session_only}};
-      CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
-      CK_RV rv = module_->api()->C_CopyObject(conn.admin.handle(), object, copy_template, 1, &copy);
-      if (rv == CKR_OK) {
-        entry.session_copy = SessionObject(module_->api(), conn.admin.handle(), copy);
-      } else if (IsConnectionLost(rv)) {
-        return RvStatus(rv, "C_CopyObject");
+      StatusOr<CK_OBJECT_HANDLE> copy = CopyToSessionObject(conn.admin, object);
+      if (copy.ok()) {
+        key->session_copy = *copy;
+      } else if (IsUnavailable(copy.status())) {
+        return copy.status();
       } else {
         spdlog::info("the token does not copy key version {} into the session ({}); using the token object",
-                     version, RvName(rv));
+                     version, copy.status().message());
       }
     }
-    loaded.emplace(version, std::move(entry));
+    table->emplace(version, std::move(key));
   }
-  conn.keys = std::move(loaded);
+  // A version gone from the table keeps its session copy until the admin session ends: a call that
+  // took the old table may still be using it.
+  conn.keys.store(std::move(table));
   return OkStatus();
-}
-
-std::vector<BackendKey> Pkcs11Backend::ListLoaded() const {
-  std::vector<BackendKey> keys;
-  for (const auto& [version, key] : conn_->keys) keys.push_back({version, key.fingerprint});
-  return keys;
-}
-
-StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys() {
-  std::unique_lock lock(mu_);
-  Status loaded = UnavailableError("not connected");
-  if (conn_ && !broken_.load()) {
-    loaded = LoadFamilyLocked(*conn_, /*restore=*/false);
-    if (IsUnavailable(loaded)) broken_.store(true);
-  }
-  if (IsUnavailable(loaded) && login_block_.ok()) {
-    last_attempt_ = std::chrono::steady_clock::now();
-    // Reconnect to the last good ring first, so a bad new key cannot keep the device out of service;
-    // then judge the whole family on the live connection, as any refresh does.
-    loaded = ConnectLocked(/*restore=*/true);
-    if (!loaded.ok()) {
-      last_error_ = loaded;
-    } else if (!known_fingerprints_.empty()) {
-      loaded = LoadFamilyLocked(*conn_, /*restore=*/false);
-      if (IsUnavailable(loaded)) broken_.store(true);
-    }
-    if (IsPermissionDenied(loaded)) {
-      login_block_ = loaded;
-      loaded = UnavailableError(loaded.message());
-    }
-  } else if (!login_block_.ok()) {
-    loaded = UnavailableError(StrCat(login_block_.message(), "; fix the PIN, then send SIGHUP"));
-  }
-  if (!loaded.ok()) return loaded;
-  std::vector<BackendKey> keys = ListLoaded();
-  known_fingerprints_.clear();
-  for (const BackendKey& key : keys) known_fingerprints_[key.version] = key.fingerprint;
-  return keys;
-}
-
-StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad) {
-  return Run<std::string>([&](Connection& conn) -> StatusOr<std::string> {
-    auto key = conn.keys.find(version);
-    if (key == conn.keys.end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
-    StatusOr<GcmIv> iv = key->second.ivs->Next();
-    if (!iv.ok()) return iv.status();
-    std::string body;
-    CK_RV rv;
-    {
-      SessionPool::Lease lease = conn.pool->Acquire();
-      rv = GcmSeal(lease.session(), key->second.handle(), *iv, aad, plaintext, body);
-    }
-    if (rv != CKR_OK) return RvStatus(rv, "AES-GCM encrypt on the device");
-    std::string sealed(reinterpret_cast<const char*>(iv->data()), iv->size());
-    sealed += body;
-    return sealed;
-  });
-}
-
-StatusOr<SecureBytes> Pkcs11Backend::Open(uint64_t version, std::string_view sealed, std::string_view aad) {
-  StatusOr<GcmIv> iv = SplitIv(sealed);
-  if (!iv.ok()) return iv.status();
-  return Run<SecureBytes>([&](Connection& conn) -> StatusOr<SecureBytes> {
-    auto key = conn.keys.find(version);
-    if (key == conn.keys.end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
-    SecureBytes plaintext;
-    CK_RV rv;
-    {
-      SessionPool::Lease lease = conn.pool->Acquire();
-      rv = GcmOpen(lease.session(), key->second.handle(), *iv, aad, sealed.substr(kGcmIvSize), plaintext);
-    }
-    if (rv == CKR_OK) return plaintext;
-    if (rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_SESSION_HANDLE_INVALID ||
-        rv == CKR_SESSION_CLOSED || rv == CKR_CRYPTOKI_NOT_INITIALIZED || rv == CKR_TOKEN_NOT_PRESENT ||
-        rv == CKR_USER_NOT_LOGGED_IN || rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
-      return RvStatus(rv, "AES-GCM decrypt on the device");
-    }
-    // Modules report a failed tag check with various codes (SoftHSM: CKR_GENERAL_ERROR). A round
-    // trip that works tells us the ciphertext, not the device, is at fault.
-    if (Status device = ProbeOn(conn, version); !device.ok()) return device;
-    return InvalidArgumentError("ciphertext failed authentication (tampered, truncated or not ours)");
-  });
-}
-
-Status Pkcs11Backend::ProbeOn(Connection& conn, uint64_t version) {
-  auto key = conn.keys.find(version);
-  if (key == conn.keys.end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
-  StatusOr<GcmIv> iv = key->second.ivs->Next();
-  if (!iv.ok()) return iv.status();
-  SessionPool::Lease lease = conn.pool->Acquire();
-  std::string sealed;
-  if (CK_RV rv = GcmSeal(lease.session(), key->second.handle(), *iv, kProbeAad, kProbePlaintext, sealed); rv != CKR_OK) {
-    return RvStatus(rv, "health probe encrypt");
-  }
-  SecureBytes opened;
-  if (CK_RV rv = GcmOpen(lease.session(), key->second.handle(), *iv, kProbeAad, sealed, opened); rv != CKR_OK) {
-    return RvStatus(rv, "health probe decrypt");
-  }
-  if (opened.view() != kProbePlaintext) return UnavailableError("health probe: the device returned wrong data");
-  return OkStatus();
-}
-
-Status Pkcs11Backend::Probe(uint64_t version) {
-  StatusOr<bool> probed = Run<bool>([&](Connection& conn) -> StatusOr<bool> {
-    if (Status s = ProbeOn(conn, version); !s.ok()) return s;
-    return true;
-  });
-  return probed.status();
 }
 
 }  // namespace trousseau::hsm

@@ -1,104 +1,134 @@
 // KeyBackend on a PKCS#11 token: the KEK family is AES-256 secret keys that never leave the token;
-// every seal/open is CKM_AES_GCM on the device. Recovers by itself from a lost device: the next
-// request (or health probe) re-initialises the module, re-opens sessions and logs in again.
+// every seal/open is CKM_AES_GCM on the device.
+//
+// Deadlines: every device call runs on a lane (device_lanes.h), one per session, and the caller
+// waits only until its deadline. Connecting, logging in and listing keys run on one more lane, the
+// admin lane, with their own deadline. No thread of the caller ever waits on the device unbounded.
+//
+// Recovery: a call that finds the device gone marks the connection broken. The next Probe() or
+// LoadKeys() (the engine's prober retries with backoff) tears it down once no call is inside it any
+// more, re-initialises the module, finds the token again by its URI, re-opens the sessions, logs in
+// and restores the last good key ring. A PIN the token rejected is never tried again (it would lock
+// the token) until the PIN file changes or AllowLoginRetry() (SIGHUP).
 #pragma once
+
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
+#include <vector>
 
 #include "core/key_backend.h"
 #include "core/nonce_sequence.h"
+#include "core/status.h"
+#include "hsm/device_lanes.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/session_pool.h"
 #include "hsm/token.h"
-#include "core/status.h"
 
 namespace trousseau::hsm {
 
 struct Pkcs11BackendOptions {
-  // Sessions in the pool: the number of device calls that can be in flight at once.
+  // Sessions, each with its own lane: the number of device calls that can be in flight at once.
   size_t sessions = 16;
   // Use an in-session copy of each key (C_CopyObject, CKA_TOKEN=false: still sensitive and
   // non-extractable). SoftHSM serialises token-object use on file locks; a session copy does not.
   bool session_key_copies = true;
-  // Minimum time between two attempts to re-establish a lost connection.
-  std::chrono::milliseconds reconnect_interval{1000};
+  // Deadline of a reconnect (initialise, find the token, open sessions, log in, restore the keys)
+  // started by a probe, whose own deadline is meant for one round trip.
+  std::chrono::milliseconds connect_timeout{10000};
 };
 
 class Pkcs11Backend final : public KeyBackend {
  public:
   // Loads the module; connects on the first LoadKeys().
   static StatusOr<std::unique_ptr<Pkcs11Backend>> Create(Pkcs11Uri uri, Pkcs11BackendOptions options);
+  // Waits for calls still in the device (see DeviceLanes); the plugin exits instead when some are stuck.
   ~Pkcs11Backend() override;
 
+  using KeyBackend::LoadKeys;
+  using KeyBackend::Open;
+  using KeyBackend::Probe;
+  using KeyBackend::Seal;
   std::string_view Kind() const override { return "pkcs11"; }
   std::string Describe() const override;
-  StatusOr<std::vector<BackendKey>> LoadKeys() override;
-  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad) override;
-  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad) override;
+  StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) override;
+  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                             Deadline deadline) override;
+  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                             Deadline deadline) override;
   size_t SealOverhead() const override { return kGcmIvSize + kGcmTagSize; }
-  Status Probe(uint64_t version) override;
+  Status Probe(uint64_t version, Deadline deadline) override;
 
-  // After the token rejected the PIN, logins stop (a retry loop would lock the token) until this is
-  // called, e.g. on SIGHUP once the operator fixed the PIN file.
-  void AllowLoginRetry();
-  size_t sessions_in_use() const;
+  // After the token rejected the PIN, logins stop until the PIN file changes or this is called
+  // (SIGHUP, e.g. after fixing TROUSSEAU_HSM_PIN's source). Returns at once.
+  void AllowLoginRetry() { login_retry_requested_.store(true); }
+  size_t sessions_in_use() const { return lanes_.busy(); }
   size_t session_count() const { return options_.sessions; }
+  // Calls whose caller gave up at its deadline and that the device has not returned yet.
+  size_t calls_stuck() const { return lanes_.abandoned() + admin_lane_.abandoned(); }
 
  private:
-  struct LoadedKey {
-    CK_OBJECT_HANDLE token_object = CK_INVALID_HANDLE;
-    std::string fingerprint;
-    SessionObject session_copy;
-    std::unique_ptr<NonceSequence> ivs = std::make_unique<NonceSequence>();
-    CK_OBJECT_HANDLE handle() const {
-      return session_copy.handle() != CK_INVALID_HANDLE ? session_copy.handle() : token_object;
-    }
-  };
-  struct Connection {
-    TokenSlot token;
-    Session admin;  // logs in, finds keys and owns the session copies
-    std::unique_ptr<SessionPool> pool;
-    std::map<uint64_t, LoadedKey> keys;  // last: copies are destroyed before their session closes
+  struct KeyHandle;
+  struct Connection;
+  using KeyTable = std::map<uint64_t, std::shared_ptr<KeyHandle>>;
+  // Identity of the PIN file, to notice an operator's fix without reading the PIN.
+  struct PinFileStamp {
+    bool exists = false;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    timespec mtime{}, ctime{};
+    bool operator==(const PinFileStamp& o) const;
   };
 
   Pkcs11Backend(Pkcs11Uri uri, Pkcs11BackendOptions options, std::unique_ptr<Pkcs11Module> module);
 
-  // Runs `op` on a live connection; if the device was lost, reconnects once and retries.
-  template <typename T>
-  StatusOr<T> Run(const std::function<StatusOr<T>(Connection&)>& op);
-  Status Reconnect();
-  // `restore`: after an outage, bring back only the last good key ring (see LoadFamilyLocked);
-  // otherwise (start-up, refresh) the whole family is judged and any bad key fails the load.
-  Status ConnectLocked(bool restore);
-  Status LoadFamilyLocked(Connection& conn, bool restore);
-  StatusOr<std::string> Fingerprint(const Connection& conn, CK_OBJECT_HANDLE key) const;
-  Status ProbeOn(Connection& conn, uint64_t version);
-  std::vector<BackendKey> ListLoaded() const;
+  std::shared_ptr<Connection> Current() const;
+  Status NotConnected() const;
+  // A call on `conn` found the device gone: later calls fail at once until a reconnect.
+  void MarkBroken(const std::shared_ptr<Connection>& conn, const Status& why);
+  std::optional<PinFileStamp> StampPinFile() const;
+
+  // On a lane.
+  StatusOr<std::string> SealOnLane(size_t lane, uint64_t version, std::string_view plaintext, std::string_view aad);
+  StatusOr<SecureBytes> OpenOnLane(size_t lane, uint64_t version, std::string_view sealed, std::string_view aad);
+  StatusOr<bool> ProbeOnLane(size_t lane, uint64_t version);
+
+  // On the admin lane only.
+  StatusOr<std::vector<BackendKey>> LoadKeysOnAdmin();
+  Status ReconnectOnAdmin();
+  Status RetireBrokenConnections();
+  // `restore`: after an outage, bring back only the last good key ring (see LoadFamily); otherwise
+  // (start-up, refresh) the whole family is judged and any bad key fails the load.
+  StatusOr<std::shared_ptr<Connection>> Connect(bool restore);
+  Status LoadFamily(Connection& conn, bool restore);
+  Status LoginBlocked();
 
   const Pkcs11Uri uri_;
   const Pkcs11BackendOptions options_;
   const std::unique_ptr<Pkcs11Module> module_;
 
-  // Shared by device operations; exclusive for (re)connecting and reloading keys, so no operation
-  // ever runs on a handle from a torn-down connection.
-  mutable std::shared_mutex mu_;
-  std::unique_ptr<Connection> conn_;
-  std::atomic<bool> broken_{false};
-  // Fingerprints the key ring was built from: a reconnect must not swap another key in under them.
-  std::map<uint64_t, std::string> known_fingerprints_;
+  mutable std::mutex conn_mu_;
+  std::shared_ptr<Connection> conn_;                   // null: not connected, or broken
+  std::vector<std::shared_ptr<Connection>> broken_;    // to tear down before the module re-initialises
+  Status last_loss_;                                   // why the last connection broke
 
-  // Guarded by mu_ held exclusively.
-  std::chrono::steady_clock::time_point last_attempt_{};
-  Status last_error_;
-  Status login_block_;  // set when the PIN was rejected
+  // Admin lane only.
+  std::map<uint64_t, std::string> known_fingerprints_;  // the key ring a reconnect restores
+  Status login_block_;                                  // the PIN was rejected
+  std::optional<PinFileStamp> blocked_pin_stamp_;
+  std::atomic<bool> login_retry_requested_{false};
+
+  // Last: their threads stop (and are joined) before anything above goes.
+  DeviceLanes lanes_;
+  DeviceLanes admin_lane_{1};
 };
 
 }  // namespace trousseau::hsm

@@ -55,6 +55,8 @@ class Session {
 
   CK_SESSION_HANDLE handle() const { return handle_; }
   CK_FUNCTION_LIST* api() const { return api_; }
+  // Forgets the session without closing it: for owners that end it with C_Finalize instead.
+  void Release() { handle_ = CK_INVALID_HANDLE; }
 
  private:
   void Close() {

@@ -234,12 +234,13 @@ CK_RV GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std
 }
 
 CK_RV GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-              std::string_view in, SecureBytes& out) {
+              std::string_view in, SecureBytes& out, bool* reached_tag_check) {
   if (in.size() < kGcmTagSize) return CKR_ENCRYPTED_DATA_LEN_RANGE;
   CK_GCM_PARAMS params = GcmParams(iv, aad);
   CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
   CK_FUNCTION_LIST* api = session.api();
   if (CK_RV rv = api->C_DecryptInit(session.handle(), &mechanism, key); rv != CKR_OK) return rv;
+  if (reached_tag_check != nullptr) *reached_tag_check = true;
   // Some modules want room for the whole input before they strip the tag.
   SecureBytes plain(in.size());
   CK_ULONG out_len = plain.size();
@@ -249,6 +250,16 @@ CK_RV GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std
   plain.Truncate(out_len);
   out = std::move(plain);
   return CKR_OK;
+}
+
+StatusOr<CK_OBJECT_HANDLE> CopyToSessionObject(const Session& session, CK_OBJECT_HANDLE key) {
+  CK_BBOOL session_only = CK_FALSE;
+  CK_ATTRIBUTE copy_template[] = {{CKA_TOKEN, &session_only, sizeof session_only}};
+  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+  if (CK_RV rv = session.api()->C_CopyObject(session.handle(), key, copy_template, 1, &copy); rv != CKR_OK) {
+    return RvStatus(rv, "C_CopyObject");
+  }
+  return copy;
 }
 
 }  // namespace trousseau::hsm

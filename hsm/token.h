@@ -82,8 +82,13 @@ StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE ke
 // AES-GCM (96-bit IV, 128-bit tag) on the device. `out` gets ciphertext || tag.
 CK_RV GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
               std::string_view plaintext, std::string& out);
-// `in` is ciphertext || tag; `out` gets the plaintext.
+// `in` is ciphertext || tag; `out` gets the plaintext. `reached_tag_check` (optional) tells whether
+// the device took key and IV (C_DecryptInit) and so a failure is about the bytes themselves.
 CK_RV GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-              std::string_view in, SecureBytes& out);
+              std::string_view in, SecureBytes& out, bool* reached_tag_check = nullptr);
+
+// A copy of `key` that lives in `session` (CKA_TOKEN=false), as sensitive and non-extractable as the
+// original. Ends with the session.
+StatusOr<CK_OBJECT_HANDLE> CopyToSessionObject(const Session& session, CK_OBJECT_HANDLE key);
 
 }  // namespace trousseau::hsm

@@ -87,23 +87,28 @@ void TpmBackend::WorkerLoop() {
 }
 
 template <typename T>
-StatusOr<T> TpmBackend::Submit(std::chrono::milliseconds timeout, std::function<StatusOr<T>()> op) {
+StatusOr<T> TpmBackend::Submit(Clock::time_point deadline, std::function<StatusOr<T>()> op) {
   struct Shared {
     std::mutex mu;
     std::condition_variable cv;
     std::optional<StatusOr<T>> result;
+    bool caller_gone = false;
   };
   auto shared = std::make_shared<Shared>();
   const auto queued_at = Clock::now();
-  const auto deadline = queued_at + timeout;
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - queued_at);
   Job job;
   job.deadline = deadline;
-  job.run = [shared, op = std::move(op), timeout](bool expired) {
+  job.run = [this, shared, op = std::move(op), timeout](bool expired) {
     StatusOr<T> result =
         expired ? StatusOr<T>(UnavailableError(StrCat("the TPM request waited in the queue longer than its deadline (",
                                                       timeout.count(), " ms); the TPM is busy or stuck")))
                 : op();
     std::lock_guard lock(shared->mu);
+    if (shared->caller_gone) {
+      abandoned_.fetch_sub(1);  // the worker is past it: no longer stuck
+      return;
+    }
     shared->result.emplace(std::move(result));
     shared->cv.notify_all();
   };
@@ -120,6 +125,8 @@ StatusOr<T> TpmBackend::Submit(std::chrono::milliseconds timeout, std::function<
   cv_.notify_one();
   std::unique_lock lock(shared->mu);
   if (!shared->cv.wait_until(lock, deadline, [&] { return shared->result.has_value(); })) {
+    shared->caller_gone = true;
+    abandoned_.fetch_add(1);
     return UnavailableError(StrCat("the TPM did not answer within ", timeout.count(), " ms"));
   }
   return std::move(*shared->result);
@@ -244,18 +251,22 @@ StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeysOnWorker(Clock::time_point
   });
 }
 
-StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeys() {
-  const auto timeout = std::max(options_.load_timeout, options_.request_timeout);
-  const auto deadline = Clock::now() + timeout;
-  return Submit<std::vector<BackendKey>>(timeout, [this, deadline] { return LoadKeysOnWorker(deadline); });
+Clock::time_point TpmBackend::RequestDeadline(Deadline deadline) const {
+  return std::min(deadline, Clock::now() + options_.request_timeout);
 }
 
-StatusOr<std::string> TpmBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad) {
+StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeys(Deadline deadline) {
+  deadline = std::min(deadline, Clock::now() + std::max(options_.load_timeout, options_.request_timeout));
+  return Submit<std::vector<BackendKey>>(deadline, [this, deadline] { return LoadKeysOnWorker(deadline); });
+}
+
+StatusOr<std::string> TpmBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                                       Deadline request_deadline) {
   auto in = std::make_shared<Inputs>();
   in->plaintext = SecureBytes::CopyOf(plaintext);
   in->aad = std::string(aad);
-  const auto deadline = Clock::now() + options_.request_timeout;
-  return Submit<std::string>(options_.request_timeout, [this, in, version, deadline] {
+  const auto deadline = RequestDeadline(request_deadline);
+  return Submit<std::string>(deadline, [this, in, version, deadline] {
     return WithDevice<std::string>(deadline, [&]() -> StatusOr<std::string> {
       StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
       if (!key.ok()) return key.status();
@@ -264,13 +275,14 @@ StatusOr<std::string> TpmBackend::Seal(uint64_t version, std::string_view plaint
   });
 }
 
-StatusOr<SecureBytes> TpmBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad) {
+StatusOr<SecureBytes> TpmBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                                       Deadline request_deadline) {
   if (sealed.size() < kSealOverhead) return InvalidArgumentError("ciphertext is too short to hold an IV and a MAC");
   auto in = std::make_shared<Inputs>();
   in->data = std::string(sealed);
   in->aad = std::string(aad);
-  const auto deadline = Clock::now() + options_.request_timeout;
-  return Submit<SecureBytes>(options_.request_timeout, [this, in, version, deadline] {
+  const auto deadline = RequestDeadline(request_deadline);
+  return Submit<SecureBytes>(deadline, [this, in, version, deadline] {
     return WithDevice<SecureBytes>(deadline, [&]() -> StatusOr<SecureBytes> {
       StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
       if (!key.ok()) return key.status();
@@ -279,9 +291,9 @@ StatusOr<SecureBytes> TpmBackend::Open(uint64_t version, std::string_view sealed
   });
 }
 
-Status TpmBackend::Probe(uint64_t version) {
-  const auto deadline = Clock::now() + options_.request_timeout;
-  StatusOr<bool> probed = Submit<bool>(options_.request_timeout, [this, version, deadline] {
+Status TpmBackend::Probe(uint64_t version, Deadline request_deadline) {
+  const auto deadline = RequestDeadline(request_deadline);
+  StatusOr<bool> probed = Submit<bool>(deadline, [this, version, deadline] {
     return WithDevice<bool>(deadline, [&]() -> StatusOr<bool> {
       StatusOr<const LoadedVersion*> key = EnsureLoaded(version);
       if (!key.ok()) return key.status();

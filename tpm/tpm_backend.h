@@ -35,7 +35,8 @@ struct TpmBackendOptions {
   std::string tcti = "device:/dev/tpmrm0";
   // Directory holding the key versions' blobs (see key_store.h).
   std::string key_dir;
-  // Deadline of each Seal/Open/Probe, from the call until the TPM answered.
+  // Deadline of each Seal/Open/Probe, from the call until the TPM answered (or the caller's
+  // deadline, when sooner).
   std::chrono::milliseconds request_timeout{3000};
   // Deadline of LoadKeys (loads and fingerprints every version).
   std::chrono::milliseconds load_timeout{30000};
@@ -57,15 +58,21 @@ class TpmBackend final : public KeyBackend {
   static StatusOr<std::unique_ptr<TpmBackend>> Create(TpmBackendOptions options);
   ~TpmBackend() override;
 
+  using KeyBackend::LoadKeys;
+  using KeyBackend::Open;
+  using KeyBackend::Probe;
+  using KeyBackend::Seal;
   std::string_view Kind() const override { return "tpm2"; }
   std::string Describe() const override;
-  StatusOr<std::vector<BackendKey>> LoadKeys() override;
-  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad) override;
-  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad) override;
+  StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) override;
+  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                             Deadline deadline) override;
+  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                             Deadline deadline) override;
   // 48 (IV + MAC) for AES-CFB+HMAC; for an RSA-OAEP active version 256, an upper bound (its sealed
   // bytes are always 256).
   size_t SealOverhead() const override { return seal_overhead_.load(); }
-  Status Probe(uint64_t version) override;
+  Status Probe(uint64_t version, Deadline deadline) override;
 
   struct Stats {
     uint64_t requests_run = 0;       // requests that reached the TPM
@@ -76,6 +83,9 @@ class TpmBackend final : public KeyBackend {
     uint64_t waiting = 0;            // requests in the queue now (not the one the TPM is running)
   };
   Stats stats() const;
+  // Requests whose caller gave up at its deadline and that the worker has not got past yet (it is
+  // stuck in, or queued behind, a TPM command that does not return).
+  size_t calls_stuck() const { return abandoned_.load(); }
 
  private:
   struct Job {
@@ -89,9 +99,11 @@ class TpmBackend final : public KeyBackend {
   };
 
   explicit TpmBackend(TpmBackendOptions options);
-  // Queues `op` and waits for its result until `timeout` passes.
+  // Queues `op` and waits for its result until `deadline`.
   template <typename T>
-  StatusOr<T> Submit(std::chrono::milliseconds timeout, std::function<StatusOr<T>()> op);
+  StatusOr<T> Submit(Clock::time_point deadline, std::function<StatusOr<T>()> op);
+  // The sooner of the caller's deadline and request_timeout from now.
+  Clock::time_point RequestDeadline(Deadline deadline) const;
   void WorkerLoop();
 
   // Worker-thread only below.
@@ -111,6 +123,7 @@ class TpmBackend final : public KeyBackend {
   std::deque<Job> queue_;
   bool stopping_ = false;
   std::atomic<size_t> seal_overhead_{kSealOverhead};
+  std::atomic<size_t> abandoned_{0};
   std::atomic<uint64_t> requests_run_{0}, expired_in_queue_{0}, connects_{0}, connection_losses_{0},
       refused_queue_full_{0};
 

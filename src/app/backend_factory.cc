@@ -33,6 +33,8 @@ StatusOr<ConfiguredBackend> MakePkcs11Backend(const PluginOptions& options) {
     in_use = backend->sessions_in_use();
     size = backend->session_count();
   };
+  configured.device_timeout = options.hsm_timeout;
+  configured.calls_stuck = [backend] { return backend->calls_stuck(); };
   return configured;
 }
 
@@ -43,9 +45,12 @@ StatusOr<ConfiguredBackend> MakeTpmBackend(const PluginOptions& options) {
   StatusOr<std::unique_ptr<tpm::TpmBackend>> created = tpm::TpmBackend::Create(
       {.tcti = options.tpm_tcti, .key_dir = options.tpm_key_dir, .request_timeout = options.tpm_timeout});
   if (!created.ok()) return created.status();
+  std::shared_ptr<tpm::TpmBackend> backend = *std::move(created);
   ConfiguredBackend configured;
-  configured.backend = std::shared_ptr<tpm::TpmBackend>(*std::move(created));
+  configured.backend = backend;
   configured.family_label = tpm::kTpmFamilyLabel;
+  configured.device_timeout = options.tpm_timeout;
+  configured.calls_stuck = [backend] { return backend->calls_stuck(); };
   return configured;
 }
 

@@ -26,6 +26,11 @@ struct ConfiguredBackend {
   std::chrono::milliseconds new_version_settle{0};
   // Sessions in use and in the pool, for the metrics; empty for a backend without a pool.
   std::function<void(size_t& in_use, size_t& size)> session_pool;
+  // Deadline of one device call (--hsm-timeout / --tpm-timeout).
+  std::chrono::milliseconds device_timeout{2000};
+  // Device calls whose caller gave up and that the device has not returned: at exit, the process
+  // leaves without joining them.
+  std::function<size_t()> calls_stuck;
 };
 
 // FAILED_PRECONDITION / INVALID_ARGUMENT for configuration errors (exit 2). Touches no device:

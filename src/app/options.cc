@@ -61,7 +61,7 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   app.set_version_flag("--version", std::string("trousseau-hsm ") + TROUSSEAU_VERSION);
   std::string config_path;
   std::string health_cache = "5s", key_refresh_interval = "60s", shutdown_grace = "5s", socket_mode = "0600",
-              tpm_timeout = "3s";
+              tpm_timeout = "2s", hsm_timeout = "2s";
   const DurationValidator duration;
 
   app.add_option("--config", config_path,
@@ -73,6 +73,12 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   app.add_option("--hsm-sessions", options.hsm_sessions, "HSM sessions in the pool (concurrent device calls)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_option("--hsm-timeout", hsm_timeout,
+                 "Deadline of each HSM call (or the request's own deadline, when sooner); a device that does not "
+                 "answer in time costs UNAVAILABLE and opens the circuit breaker. Keep it under kube-apiserver's "
+                 "KMS timeout (3s)")
+      ->check(duration)
+      ->capture_default_str();
   app.add_flag("--no-session-key-copies", options.no_session_key_copies,
                "Use the token key objects directly instead of in-session copies");
   app.add_option("--tpm-key-dir", options.tpm_key_dir,
@@ -80,10 +86,13 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   app.add_option("--tpm-tcti", options.tpm_tcti,
                  "TCTI of the TPM: device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock, ...")
       ->capture_default_str();
-  app.add_option("--tpm-timeout", tpm_timeout, "Deadline of each TPM operation, time queued for the TPM included")
+  app.add_option("--tpm-timeout", tpm_timeout,
+                 "Deadline of each TPM operation, time queued for the TPM included (or the request's own deadline, "
+                 "when sooner); keep it under kube-apiserver's KMS timeout (3s)")
       ->check(duration)
       ->capture_default_str();
-  app.add_option("--health-cache", health_cache, "How long a device health result is reused")
+  app.add_option("--health-cache", health_cache,
+                 "How long a device round trip counts as health; when idle, the plugin probes the device this often")
       ->check(duration)
       ->capture_default_str();
   app.add_option("--key-refresh-interval", key_refresh_interval,
@@ -94,7 +103,8 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
       ->capture_default_str();
   app.add_option("--socket-owner", options.socket_owner, "User (name or uid) to own the socket");
   app.add_option("--socket-group", options.socket_group, "Group (name or gid) to own the socket");
-  app.add_option("--shutdown-grace", shutdown_grace, "How long in-flight calls may finish on SIGTERM")
+  app.add_option("--shutdown-grace", shutdown_grace,
+                 "How long in-flight calls may finish on SIGTERM; calls stuck in a hung device are abandoned then")
       ->check(duration)
       ->capture_default_str();
   app.add_option("--health-listen", options.health_listen,
@@ -158,8 +168,10 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   options.key_refresh_interval = *ParseDuration(key_refresh_interval);
   options.shutdown_grace = *ParseDuration(shutdown_grace);
   options.tpm_timeout = *ParseDuration(tpm_timeout);
-  if (options.tpm_timeout.count() <= 0) {
-    std::cerr << "trousseau-hsm: --tpm-timeout must be positive\n";
+  options.hsm_timeout = *ParseDuration(hsm_timeout);
+  if (options.tpm_timeout.count() <= 0 || options.hsm_timeout.count() <= 0) {
+    std::cerr << "trousseau-hsm: --" << (options.tpm_timeout.count() <= 0 ? "tpm" : "hsm")
+              << "-timeout must be positive\n";
     return 2;
   }
   std::optional<unsigned> mode = ParseUnsigned<unsigned>(socket_mode, 8);

@@ -18,7 +18,8 @@ struct PluginOptions {
   bool no_session_key_copies = false;
   std::string tpm_tcti = "device:/dev/tpmrm0";
   std::string tpm_key_dir;
-  std::chrono::milliseconds tpm_timeout{3000};
+  std::chrono::milliseconds tpm_timeout{2000};
+  std::chrono::milliseconds hsm_timeout{2000};
   std::chrono::milliseconds health_cache{5000};
   std::chrono::milliseconds key_refresh_interval{60000};
   unsigned socket_mode = 0600;

@@ -8,8 +8,12 @@
 #include <systemd/sd-daemon.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <chrono>
-#include <ctime>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "app/backend_factory.h"
+#include "app/key_refresher.h"
 #include "core/kms_engine.h"
 #include "core/strings.h"
 #include "observability/http_endpoint.h"
@@ -45,28 +50,23 @@ StatusOr<std::optional<gid_t>> ResolveGroup(const std::string& group) {
   return InvalidArgumentError(StrCat("--socket-group: no group '", group, "'"));
 }
 
-void LogKeyRing(const KmsEngine& engine) {
-  auto ring = engine.key_ring();
-  for (const auto& [version, key_id] : ring->key_ids()) {
-    spdlog::info("key version {} key_id={}{}", version, key_id, version == ring->active_version() ? " (active)" : "");
-  }
-}
-
-// Re-reads the key family; a failure keeps the last good ring in force.
-void RefreshKeys(KmsEngine& engine, observability::Telemetry& telemetry, const char* why) {
-  const std::string before = engine.key_ring()->active_key_id();
-  if (Status s = engine.LoadKeyRing(); !s.ok()) {
-    telemetry.RecordKeyRefresh(false);
-    spdlog::error("key refresh ({}) failed, keeping the current key ring: {}", why, s.message());
-    return;
-  }
-  telemetry.RecordKeyRefresh(true);
-  const std::string after = engine.key_ring()->active_key_id();
-  telemetry.SetActiveKey(after);
-  if (after != before) {
-    spdlog::info("active key changed ({}): {} -> {}", why, before, after);
-    LogKeyRing(engine);
-  }
+// Runs `work` on its own thread and waits for it until `deadline`. False if it is still running then:
+// it is left to run, and the caller must leave the process without destroying what it uses.
+bool FinishesBy(std::chrono::steady_clock::time_point deadline, std::function<void()> work) {
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  auto done = std::make_shared<Done>();
+  std::thread([done, work = std::move(work)] {
+    work();
+    std::lock_guard lock(done->mu);
+    done->done = true;
+    done->cv.notify_all();
+  }).detach();
+  std::unique_lock lock(done->mu);
+  return done->cv.wait_until(lock, deadline, [&] { return done->done; });
 }
 
 }  // namespace
@@ -94,62 +94,44 @@ int RunPlugin(const PluginOptions& options) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // Everything that can be checked without the device is checked, and every listener bound, before
+  // the first login: a configuration error must not cost a login attempt, and must say so at once.
   StatusOr<ConfiguredBackend> configured = MakeBackend(options);
   if (!configured.ok()) {
     spdlog::critical("{}", configured.status().message());
     return 2;
   }
   const std::shared_ptr<KeyBackend> backend = configured->backend;
-  observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
-
-  KmsEngine engine(backend, EngineOptions{configured->family_label, options.health_cache, &telemetry,
-                                          configured->new_version_settle});
-  if (Status loaded = engine.LoadKeyRing(); !loaded.ok()) {
-    spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
-    return IsUnavailable(loaded) ? 1 : 2;
-  }
-  spdlog::info("using {}{}{}", backend->Describe(), configured->summary.empty() ? "" : " ", configured->summary);
-  LogKeyRing(engine);
-  telemetry.RecordKeyRefresh(true);
-  telemetry.SetActiveKey(engine.key_ring()->active_key_id());
-  // One round trip with the active key before serving: it proves the key works, not only that it is
-  // listed, and sets health and the backend_up gauge from a fact. A failure here is an outage like any
-  // other: serve, report it, and recover.
-  if (HealthReport first = engine.Health(); !first.ok) {
-    spdlog::warn("the first round trip with the active key failed, serving and retrying: {}", first.detail);
-  }
-
-  server::ServerOptions server_options;
-  server_options.listen = options.listen;
-  server_options.socket_mode = static_cast<mode_t>(options.socket_mode);
   StatusOr<std::optional<uid_t>> owner = ResolveOwner(options.socket_owner);
   StatusOr<std::optional<gid_t>> group = ResolveGroup(options.socket_group);
   if (!owner.ok() || !group.ok()) {
     spdlog::critical("{}", !owner.ok() ? owner.status().message() : group.status().message());
     return 2;
   }
-  server_options.socket_owner = *owner;
-  server_options.socket_group = *group;
-  server_options.runtime_version = TROUSSEAU_VERSION;
-  server_options.observer = &telemetry;
-  StatusOr<std::unique_ptr<server::KmsServer>> server = server::KmsServer::Start(engine, server_options);
-  if (!server.ok()) {
-    spdlog::critical("{}", server.status().message());
-    return 2;
-  }
-  std::atomic<bool> serving{true};
+  observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
+  KmsEngine engine(backend, EngineOptions{.family_label = configured->family_label,
+                                          .health_ttl = options.health_cache,
+                                          .device_timeout = configured->device_timeout,
+                                          .observer = &telemetry,
+                                          .new_version_settle = configured->new_version_settle});
+  KeyRefresher refresher(engine, telemetry, options.key_refresh_interval);
+  std::atomic<bool> serving{false};
 
   std::unique_ptr<observability::HttpEndpoint> http;
   if (!options.health_listen.empty()) {
     observability::HttpHooks hooks;
-    hooks.ready = [&] { return serving.load() && engine.key_ring() != nullptr; };
+    hooks.not_ready_because = [&]() -> std::string {
+      if (!serving.load()) return "not serving: starting or stopping";
+      HealthReport health = engine.Health();
+      return health.ok ? "" : health.detail;
+    };
     hooks.before_scrape = [&] {
       if (configured->session_pool) {
         size_t in_use = 0, size = 0;
         configured->session_pool(in_use, size);
         telemetry.SetSessionPool(in_use, size);
       }
-      telemetry.SetActiveKey(engine.key_ring()->active_key_id());
+      if (auto ring = engine.key_ring()) telemetry.SetActiveKey(ring->active_key_id());
     };
     StatusOr<std::unique_ptr<observability::HttpEndpoint>> started =
         observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
@@ -158,37 +140,64 @@ int RunPlugin(const PluginOptions& options) {
       return 2;
     }
     http = *std::move(started);
-    spdlog::info("health and metrics on http://{}", options.health_listen);
   }
+
+  server::ServerOptions server_options;
+  server_options.listen = options.listen;
+  server_options.socket_mode = static_cast<mode_t>(options.socket_mode);
+  server_options.socket_owner = *owner;
+  server_options.socket_group = *group;
+  server_options.runtime_version = TROUSSEAU_VERSION;
+  server_options.observer = &telemetry;
+  // Until the first key ring loads, every request answers UNAVAILABLE and Status says why.
+  StatusOr<std::unique_ptr<server::KmsServer>> server = server::KmsServer::Start(engine, server_options);
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().message());
+    return 2;
+  }
+
+  // The device, last. Only a configuration or key-policy error ends the process here (exit 2); a
+  // device that is down, or a PIN the token refused, is an outage to serve through (UNAVAILABLE,
+  // unhealthy) and recover from: a supervisor restarting the process would try the refused PIN once
+  // per restart until the token locks.
+  spdlog::info("using {}{}{}", backend->Describe(), configured->summary.empty() ? "" : " ", configured->summary);
+  if (Status loaded = refresher.RefreshNow("start"); !loaded.ok()) {
+    if (IsFailedPrecondition(loaded) || IsInvalidArgument(loaded)) {
+      spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
+      return 2;
+    }
+  }
+  engine.StartProber();
+  refresher.Start();
+  serving = true;
+  if (http) spdlog::info("health and metrics on http://{}", options.health_listen);
   spdlog::info("serving KMS v2 and v1beta1 on unix://{}", (*server)->socket_path());
   sd_notify(0, "READY=1\nSTATUS=serving KMS v2 and v1beta1");
 
-  const auto refresh = options.key_refresh_interval;
-  auto next_refresh = std::chrono::steady_clock::now() + refresh;
   for (;;) {
-    const auto wait = refresh.count() > 0
-                          ? std::max(next_refresh - std::chrono::steady_clock::now(),
-                                     std::chrono::steady_clock::duration::zero())
-                          : std::chrono::steady_clock::duration(std::chrono::hours(24));
-    const auto wait_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(wait).count();
-    timespec timeout{static_cast<time_t>(wait_ns / 1'000'000'000), static_cast<long>(wait_ns % 1'000'000'000)};
-    const int sig = sigtimedwait(&signals, nullptr, &timeout);
-    if (sig == SIGTERM || sig == SIGINT) {
-      spdlog::info("{} received: draining for up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                   options.shutdown_grace.count());
-      sd_notify(0, "STOPPING=1");
-      serving = false;
-      (*server)->Shutdown(options.shutdown_grace);
-      spdlog::info("stopped");
-      return 0;
-    }
+    const int sig = sigwaitinfo(&signals, nullptr);
     if (sig == SIGHUP) {
       if (configured->on_reload) configured->on_reload();
-      RefreshKeys(engine, telemetry, "SIGHUP");
-    } else if (sig < 0 && refresh.count() > 0 && std::chrono::steady_clock::now() >= next_refresh) {
-      RefreshKeys(engine, telemetry, "interval");
-      next_refresh = std::chrono::steady_clock::now() + refresh;
+      refresher.Kick();
+      continue;
     }
+    if (sig != SIGTERM && sig != SIGINT) continue;  // EINTR
+    spdlog::info("{} received: draining for up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                 options.shutdown_grace.count());
+    sd_notify(0, "STOPPING=1");
+    serving = false;
+    const auto deadline = std::chrono::steady_clock::now() + options.shutdown_grace;
+    // Handlers return within their device deadline; calls stuck in a hung device are not waited for.
+    const bool drained = FinishesBy(deadline, [&server, &options] { (*server)->Shutdown(options.shutdown_grace); });
+    const bool joined = drained && refresher.Stop(deadline) && engine.StopProber(deadline);
+    const size_t stuck = configured->calls_stuck ? configured->calls_stuck() : 0;
+    if (!joined || stuck > 0) {
+      spdlog::warn("stopped, abandoning {} device call(s) that did not return", stuck + (joined ? 0 : 1));
+      spdlog::shutdown();
+      std::_Exit(0);  // joining or finalising them would wait on the device for as long as it hangs
+    }
+    spdlog::info("stopped");
+    return 0;
   }
 }
 

@@ -5,8 +5,9 @@
 
 namespace trousseau::app {
 
-// Returns the process exit code: 0 after a clean SIGTERM/SIGINT, 1 if the device is unavailable at
-// start, 2 for configuration or key-policy errors.
+// Returns the process exit code: 0 after SIGTERM/SIGINT, 2 for configuration or key-policy errors.
+// A device that is down or refuses the PIN does not end the process: it serves UNAVAILABLE, reports
+// why (Status, /healthz, /readyz) and recovers by itself.
 int RunPlugin(const PluginOptions& options);
 
 }  // namespace trousseau::app

@@ -3,6 +3,7 @@
 // cryptography, and the caller never sees anything but sealed bytes.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -21,12 +22,19 @@ struct BackendKey {
   std::string fingerprint;
 };
 
+// When a device call must have answered. A device that does not answer by then costs the caller
+// UNAVAILABLE at the deadline, never a longer wait: the backend abandons the call (its session or
+// worker stays out of use until the device returns it) and reports the device unavailable.
+using Deadline = std::chrono::steady_clock::time_point;
+
 // Error contract, so the gRPC layer can answer kube-apiserver precisely:
 //   UNAVAILABLE          the device is unreachable or failed; the backend recovers by itself later
 //   NOT_FOUND            no such key version on the device
 //   INVALID_ARGUMENT     sealed bytes malformed or failed authentication
 //   FAILED_PRECONDITION  configuration or key policy is wrong; retrying will not help
+//   PERMISSION_DENIED    the device refused our credentials (PIN); not retried until they change
 // Messages never contain key material or plaintext.
+// Implementations are thread-safe: every method may be called from many threads at once.
 class KeyBackend {
  public:
   virtual ~KeyBackend() = default;
@@ -38,18 +46,30 @@ class KeyBackend {
 
   // (Re)reads the key family from the device and makes every listed version usable.
   // Versions that vanished from the device stop being usable.
-  virtual StatusOr<std::vector<BackendKey>> LoadKeys() = 0;
+  virtual StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) = 0;
 
   // Authenticated encryption with one key version; `aad` is bound but not stored.
-  virtual StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext,
-                                           std::string_view aad) = 0;
-  virtual StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed,
-                                           std::string_view aad) = 0;
+  virtual StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                                     Deadline deadline) = 0;
+  virtual StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                                     Deadline deadline) = 0;
   // Bytes Seal adds to the plaintext (IV, tag, ...), for enforcing size limits up front.
   virtual size_t SealOverhead() const = 0;
 
   // A real round trip on the device with `version`; OK means the device works now.
-  virtual Status Probe(uint64_t version) = 0;
+  virtual Status Probe(uint64_t version, Deadline deadline) = 0;
+
+  // For callers with no deadline of their own (tools, tests): a generous one, never none. A
+  // subclass brings these into scope with `using KeyBackend::LoadKeys;` etc.
+  static Deadline DefaultDeadline() { return std::chrono::steady_clock::now() + std::chrono::seconds(30); }
+  StatusOr<std::vector<BackendKey>> LoadKeys() { return LoadKeys(DefaultDeadline()); }
+  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad) {
+    return Seal(version, plaintext, aad, DefaultDeadline());
+  }
+  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad) {
+    return Open(version, sealed, aad, DefaultDeadline());
+  }
+  Status Probe(uint64_t version) { return Probe(version, DefaultDeadline()); }
 };
 
 }  // namespace trousseau

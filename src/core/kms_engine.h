@@ -8,6 +8,8 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <condition_variable>
 
 #include "core/backend_observer.h"
 #include "core/health_tracker.h"
@@ -21,8 +23,14 @@ namespace trousseau {
 struct EngineOptions {
   // Label of the key family; part of every key_id.
   std::string family_label;
-  // How long a device outcome counts as current health before Status probes again.
+  // How long a device round trip counts as current health; when idle, the prober proves it again
+  // at this period.
   std::chrono::milliseconds health_ttl{5000};
+  // Deadline of one device call (Seal, Open, Probe), unless the request's own deadline is sooner.
+  // Under kube-apiserver's 3 s KMS call timeout, so a hung device answers UNAVAILABLE in time.
+  std::chrono::milliseconds device_timeout{2000};
+  // Deadline of a key ring load (connect, log in, list and fingerprint every version).
+  std::chrono::milliseconds load_timeout{30000};
   // Told about every device call; may be null. Must outlive the engine.
   BackendObserver* observer = nullptr;
   // A reload that finds a new active version reads the device again this much later and switches only
@@ -45,6 +53,9 @@ struct HealthReport {
 class KmsEngine {
  public:
   KmsEngine(std::shared_ptr<KeyBackend> backend, EngineOptions options);
+  ~KmsEngine();
+  KmsEngine(const KmsEngine&) = delete;
+  KmsEngine& operator=(const KmsEngine&) = delete;
 
   // Loads the key family from the device and makes its highest version active. On failure the
   // previous ring stays in force. Refuses a ring whose active version is lower than the current
@@ -52,19 +63,41 @@ class KmsEngine {
   Status LoadKeyRing();
 
   // Seals with the active key. Refuses empty plaintext and results longer than `max_ciphertext`.
-  StatusOr<EncryptResult> Encrypt(std::string_view plaintext, size_t max_ciphertext);
+  // `deadline`: the request's own (gRPC) deadline; the device call also stops at device_timeout.
+  // While the device is known to be down (circuit breaker open), fails at once with UNAVAILABLE.
+  StatusOr<EncryptResult> Encrypt(std::string_view plaintext, size_t max_ciphertext,
+                                  Deadline deadline = Deadline::max());
 
   // Opens an envelope. `claimed_key_id` (v2's DecryptRequest.key_id) must name the envelope's
   // key version; pass empty for v1beta1, whose requests carry no key_id.
-  StatusOr<SecureBytes> Decrypt(std::string_view ciphertext, std::string_view claimed_key_id);
+  StatusOr<SecureBytes> Decrypt(std::string_view ciphertext, std::string_view claimed_key_id,
+                                Deadline deadline = Deadline::max());
 
-  HealthReport Health();
+  // Health as last proved by a device round trip. Never touches the device; returns at once.
+  HealthReport Health() const;
+  // True while requests are refused without device work (the last round trip was an outage).
+  bool BreakerOpen() const { return !health_.Admits(); }
+
+  // One probe (a seal and open with the active key) now, recorded in the health state.
+  Status ProbeNow();
+  // Starts the background prober: it keeps health fresh when idle (one probe per health_ttl) and,
+  // after an outage, probes with capped exponential backoff until the device answers again, which
+  // closes the breaker.
+  void StartProber();
+  // Stops the prober; false if a probe is still running at `deadline` (a reconnect to a hung device),
+  // in which case the caller must leave without destroying the engine.
+  bool StopProber(Deadline deadline);
 
   std::shared_ptr<const KeyRing> key_ring() const { return ring_.load(); }
   const KeyBackend& backend() const { return *backend_; }
 
  private:
-  void Record(const Status& status);
+  enum class CallKind { kEncrypt, kDecrypt, kProbe, kLoad };
+  // `version`: the key version the call used.
+  void Record(CallKind kind, const Status& status, uint64_t version);
+  Deadline DeviceDeadline(Deadline request_deadline) const;
+  Status NoKeyRing() const;
+  void ProberLoop();
   // Times a device call for the observer.
   template <typename Call>
   auto Observed(std::string_view name, Call call);
@@ -74,6 +107,15 @@ class KmsEngine {
   std::atomic<std::shared_ptr<const KeyRing>> ring_;
   std::mutex load_mu_;  // one key ring load at a time
   HealthTracker health_;
+  mutable std::mutex load_error_mu_;
+  Status load_error_;  // why the last load failed, shown by Health() while no ring is loaded
+
+  std::mutex prober_mu_;
+  std::condition_variable prober_cv_;
+  bool prober_stopping_ = false;
+  bool prober_kicked_ = false;  // probe now: the active key changed
+  bool prober_finished_ = false;
+  std::thread prober_;
 };
 
 }  // namespace trousseau

@@ -1,6 +1,13 @@
 #include "observability/http_endpoint.h"
 
 #include <CivetServer.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
 
 #include <exception>
 #include <vector>
@@ -31,6 +38,35 @@ class FunctionHandler : public CivetHandler {
   std::function<void(mg_connection*)> fn_;
 };
 
+// Binds HOST:PORT once (and closes it again) to learn whether civetweb will be able to.
+Status CheckBindable(std::string host, const std::string& port) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    return InvalidArgumentError(StrCat("not a numeric address and port (", gai_strerror(rc), ")"));
+  }
+  Status result;
+  const int fd = socket(found->ai_family, found->ai_socktype | SOCK_CLOEXEC, found->ai_protocol);
+  const int one = 1;
+  if (fd < 0) {
+    result = FailedPreconditionError(std::strerror(errno));
+  } else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+             bind(fd, found->ai_addr, found->ai_addrlen) != 0) {
+    result = FailedPreconditionError(std::strerror(errno));
+  }
+  if (!result.ok()) {  // "Address already in use" -> "address already in use", as in the rest of the line
+    std::string message = result.message();
+    message[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(message[0])));
+    result = FailedPreconditionError(message);
+  }
+  if (fd >= 0) close(fd);
+  freeaddrinfo(found);
+  return result;
+}
+
 }  // namespace
 
 struct HttpEndpoint::Handlers {
@@ -47,11 +83,12 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
   endpoint->handlers_ = std::make_unique<Handlers>();
   auto& routes = endpoint->handlers_->routes;
   routes.emplace_back("/livez", std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
-  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([ready = hooks.ready](mg_connection* c) {
-    if (ready && ready()) {
+  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([why = hooks.not_ready_because](mg_connection* c) {
+    const std::string reason = why ? why() : "";
+    if (reason.empty()) {
       Reply(c, 200, "text/plain", "ok\n");
     } else {
-      Reply(c, 503, "text/plain", "not ready: keys not loaded or socket not listening\n");
+      Reply(c, 503, "text/plain", StrCat("not ready: ", reason, "\n"));
     }
   }));
   routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
@@ -63,6 +100,10 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
     Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
   }));
 
+  // civetweb reports a port it cannot bind only as "null context": bind it once ourselves to say why.
+  if (Status bindable = CheckBindable(listen.substr(0, colon), listen.substr(colon + 1)); !bindable.ok()) {
+    return FailedPreconditionError(StrCat("--health-listen ", listen, ": ", bindable.message()));
+  }
   // civetweb wants "HOST:PORT" without brackets for IPv4 and "[::1]:PORT" for IPv6, as given.
   std::vector<std::string> options = {"listening_ports", listen, "num_threads", "2", "request_timeout_ms", "5000"};
   try {

@@ -1,7 +1,9 @@
 // One small HTTP listener for probes and scraping (--health-listen):
-//   /livez    200 while the process serves
-//   /readyz   200 once keys are loaded and the socket listens, else 503
-//   /healthz  200 "ok" only when a device round trip succeeded recently (cached), else 503 + reason
+//   /livez    200 while the process runs: nothing in it needs a restart (a device outage or a refused
+//             PIN is recovered from in place; restarting would only cost another login attempt)
+//   /readyz   200 while it serves with a working device and keys, else 503 + the reason
+//   /healthz  200 "ok" only when a device round trip succeeded recently, else 503 + reason
+// None of them waits on the device: they read the health the background prober keeps.
 //   /metrics  Prometheus text format
 #pragma once
 
@@ -18,7 +20,8 @@ class CivetServer;
 namespace trousseau::observability {
 
 struct HttpHooks {
-  std::function<bool()> ready;
+  // Empty when ready, else why not (shown by /readyz).
+  std::function<std::string()> not_ready_because;
   // Refreshes sampled gauges (session pool, active key) right before a scrape.
   std::function<void()> before_scrape;
 };

@@ -140,13 +140,9 @@ void Telemetry::OnBackendCall(std::string_view call, std::chrono::nanoseconds la
   if (!status.ok() && !IsInvalidArgument(status) && !IsNotFound(status)) {
     if (auto it = backend_errors_.find(call); it != backend_errors_.end()) it->second->Increment();
   }
-  // Up means a key round trip worked, as for /healthz; a listing that works proves less.
-  if (IsUnavailable(status)) {
-    backend_up_->Set(0);
-  } else if (status.ok() && call != "load_keys") {
-    backend_up_->Set(1);
-  }
 }
+
+void Telemetry::OnHealth(bool healthy) { backend_up_->Set(healthy ? 1 : 0); }
 
 void Telemetry::SetActiveKey(const std::string& key_id) {
   std::lock_guard lock(active_key_mu_);

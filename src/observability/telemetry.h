@@ -26,6 +26,7 @@ class Telemetry final : public server::RequestObserver, public BackendObserver {
 
   void OnRequest(const server::RequestRecord& record) override;
   void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) override;
+  void OnHealth(bool healthy) override;
 
   // State sampled when /metrics is scraped.
   void SetActiveKey(const std::string& key_id);

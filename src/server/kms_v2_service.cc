@@ -2,6 +2,7 @@
 
 #include "core/secure_bytes.h"
 #include "server/grpc_status.h"
+#include "server/request_deadline.h"
 
 namespace trousseau::server {
 
@@ -14,10 +15,11 @@ grpc::Status KmsV2Service::Status(grpc::ServerContext*, const v2::StatusRequest*
   return timer.Done(grpc::Status::OK, response->key_id());
 }
 
-grpc::Status KmsV2Service::Encrypt(grpc::ServerContext*, const v2::EncryptRequest* request,
+grpc::Status KmsV2Service::Encrypt(grpc::ServerContext* context, const v2::EncryptRequest* request,
                                    v2::EncryptResponse* response) {
   RequestTimer timer(observer_, "v2", "Encrypt", request->uid());
-  StatusOr<EncryptResult> result = engine_.Encrypt(request->plaintext(), kV2MaxCiphertext);
+  StatusOr<EncryptResult> result =
+      engine_.Encrypt(request->plaintext(), kV2MaxCiphertext, RequestDeadline(*context));
   // The request buffer is ours to wipe once the seed is sealed.
   auto& plaintext = const_cast<std::string&>(request->plaintext());
   WipeMemory(plaintext.data(), plaintext.size());
@@ -27,7 +29,7 @@ grpc::Status KmsV2Service::Encrypt(grpc::ServerContext*, const v2::EncryptReques
   return timer.Done(grpc::Status::OK, response->key_id());
 }
 
-grpc::Status KmsV2Service::Decrypt(grpc::ServerContext*, const v2::DecryptRequest* request,
+grpc::Status KmsV2Service::Decrypt(grpc::ServerContext* context, const v2::DecryptRequest* request,
                                    v2::DecryptResponse* response) {
   RequestTimer timer(observer_, "v2", "Decrypt", request->uid());
   if (request->key_id().empty()) {
@@ -40,7 +42,8 @@ grpc::Status KmsV2Service::Decrypt(grpc::ServerContext*, const v2::DecryptReques
     return timer.Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ciphertext is longer than 1024 bytes"),
                       request->key_id());
   }
-  StatusOr<SecureBytes> plaintext = engine_.Decrypt(request->ciphertext(), request->key_id());
+  StatusOr<SecureBytes> plaintext =
+      engine_.Decrypt(request->ciphertext(), request->key_id(), RequestDeadline(*context));
   if (!plaintext.ok()) return timer.Done(ToGrpc(plaintext.status()), request->key_id());
   response->set_plaintext(plaintext->data(), plaintext->size());
   return timer.Done(grpc::Status::OK, request->key_id());

@@ -13,6 +13,9 @@
  *                                 Read again on every C_Initialize, so one process
  *                                 can switch between controlled and pass-through.
  *   TROUSSEAU_FAULT_SHIM_DEBUG=1  diagnostics on stderr (never stdout).
+ *   TROUSSEAU_FAULT_SHIM_CALL_LOG file to which every C_Login call appends one
+ *                                 line "C_Login 0x<rv>" (never the PIN), so a
+ *                                 test can count login attempts.
  *
  * Control file: whitespace-separated words.
  *   up | down      link state (default up; the last one wins).
@@ -24,6 +27,10 @@
  *                  HSM whose crypto engine has failed (a self-test or
  *                  tamper error state) but which still answers lookups.
  *                  "up" or "down" later in the file does not clear it.
+ *   hang           every call (C_Initialize and C_Finalize included, as with a
+ *                  black-holed network HSM) blocks until the file no longer
+ *                  says "hang", then goes on as usual. Calls already inside
+ *                  the real module finish.
  *   Unknown words are ignored. A missing file means "up", no delay.
  *   The file is re-read only when its mtime (ns), size or inode changes, so
  *   each call costs one stat(). Writers should write a temp file and rename(2)
@@ -119,6 +126,7 @@ static _Atomic(const char *) g_control_path;
 static atomic_bool g_down;
 static atomic_ulong g_delay_us;
 static atomic_bool g_crypto_fail;
+static atomic_bool g_hang;
 
 /* Identity of the control file as last read. INT64_MIN never matches a stat. */
 static _Atomic int64_t g_seen_mtime_ns = INT64_MIN;
@@ -153,10 +161,11 @@ static bool key_is_seen(struct file_key k) {
          k.ino == atomic_load(&g_seen_ino);
 }
 
-static void parse_control(const char *path, bool *down, unsigned long *delay_us, bool *crypto_fail) {
+static void parse_control(const char *path, bool *down, unsigned long *delay_us, bool *crypto_fail, bool *hang) {
   *down = false;
   *delay_us = 0;
   *crypto_fail = false;
+  *hang = false;
   FILE *f = fopen(path, "r");
   if (f == NULL) return; /* missing file: up, no delay */
   char word[64];
@@ -169,6 +178,8 @@ static void parse_control(const char *path, bool *down, unsigned long *delay_us,
       *delay_us = strtoul(word + 9, NULL, 10);
     } else if (strcmp(word, "crypto_fail") == 0) {
       *crypto_fail = true;
+    } else if (strcmp(word, "hang") == 0) {
+      *hang = true;
     } else {
       debugf("ignoring control word '%s'", word);
     }
@@ -194,9 +205,10 @@ static void close_all_real_sessions(void) {
 
 /* Called with g_reload_mu held. */
 static void apply_control_file(const char *path) {
-  bool down, crypto_fail;
+  bool down, crypto_fail, hang;
   unsigned long delay_us;
-  parse_control(path, &down, &delay_us, &crypto_fail);
+  parse_control(path, &down, &delay_us, &crypto_fail, &hang);
+  atomic_store(&g_hang, hang);
   debugf("control: %s delay_us=%lu%s", down ? "down" : "up", delay_us, crypto_fail ? " crypto_fail" : "");
   atomic_store(&g_delay_us, delay_us);
   atomic_store(&g_crypto_fail, crypto_fail);
@@ -259,6 +271,7 @@ static void reset_control_from_env(void) {
   atomic_store(&g_down, false);
   atomic_store(&g_delay_us, 0);
   atomic_store(&g_crypto_fail, false);
+  atomic_store(&g_hang, false);
   atomic_store(&g_seen_mtime_ns, INT64_MIN);
   atomic_store(&g_seen_size, INT64_MIN);
   pthread_mutex_unlock(&g_reload_mu);
@@ -273,6 +286,7 @@ enum policy {
   CRYPTO,   /* GATED, plus the configured delay */
   CRYPTO_START, /* CRYPTO, and CKR_DEVICE_ERROR under crypto_fail: starts an operation */
   UNLOCKED, /* GATED, but may block indefinitely: must not hold g_calls */
+  COUNTED,  /* GATED, and recorded in TROUSSEAU_FAULT_SHIM_CALL_LOG */
 };
 
 static void sleep_us(unsigned long us) {
@@ -281,9 +295,27 @@ static void sleep_us(unsigned long us) {
   }
 }
 
+/* A hung device: the caller waits, holding no lock, until the test lets go. */
+static void wait_while_hung(void) {
+  refresh();
+  while (atomic_load(&g_hang)) {
+    sleep_us(5000);
+    refresh();
+  }
+}
+
+static void record_call(const char *name, CK_RV rv) {
+  const char *path = getenv("TROUSSEAU_FAULT_SHIM_CALL_LOG");
+  if (path == NULL || *path == '\0') return;
+  FILE *f = fopen(path, "a");
+  if (f == NULL) return;
+  fprintf(f, "%s 0x%lx\n", name, (unsigned long)rv);
+  fclose(f);
+}
+
 static CK_RV enter(enum policy p) {
   if (!ensure_loaded()) return CKR_GENERAL_ERROR;
-  refresh();
+  wait_while_hung();
   if (p != ALWAYS && atomic_load(&g_down)) return CKR_DEVICE_ERROR;
   if (p == CRYPTO_START && atomic_load(&g_crypto_fail)) return CKR_DEVICE_ERROR;
   if (p == CRYPTO || p == CRYPTO_START) {
@@ -334,7 +366,7 @@ static void leave(enum policy p) {
   X(C_SetOperationState, GATED,                                                               \
     (CK_SESSION_HANDLE s, CK_BYTE_PTR st, CK_ULONG stl, CK_OBJECT_HANDLE ek, CK_OBJECT_HANDLE ak), \
     (s, st, stl, ek, ak))                                                                     \
-  X(C_Login, GATED, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG pl),  \
+  X(C_Login, COUNTED, (CK_SESSION_HANDLE s, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG pl),  \
     (s, u, pin, pl))                                                                          \
   X(C_Logout, GATED, (CK_SESSION_HANDLE s), (s))                                              \
   X(C_CreateObject, GATED,                                                                    \
@@ -449,6 +481,7 @@ static void leave(enum policy p) {
     if (rv != CKR_OK) return rv;                \
     rv = g_real->name args;                     \
     leave(policy);                              \
+    if (policy == COUNTED) record_call(#name, rv); \
     return rv;                                  \
   }
 SHIM_FUNCTIONS(SHIM_DEFINE)
@@ -465,6 +498,7 @@ static CK_RV shim_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
 static CK_RV shim_C_Initialize(CK_VOID_PTR args) {
   if (!ensure_loaded()) return CKR_GENERAL_ERROR;
   reset_control_from_env();
+  wait_while_hung();
   CK_RV rv = enter(ALWAYS);
   if (rv != CKR_OK) return rv;
   rv = g_real->C_Initialize(args);

@@ -181,22 +181,73 @@ TEST_F(Pkcs11BackendTest, MissingTokenIsUnavailable) {
   EXPECT_NE(s.message().find("no-such-token"), std::string::npos);
 }
 
-TEST_F(Pkcs11BackendTest, AWrongPinIsTriedOnceNotUntilTheTokenLocks) {
-  ASSERT_TRUE(token_->GenerateKek(1).ok());
-  const std::string wrong_pin = token_->dir() + "/wrong.pin";
-  std::ofstream(wrong_pin) << "00000000\n";
-  chmod(wrong_pin.c_str(), 0600);
-  auto backend = NewBackend({.reconnect_interval = std::chrono::milliseconds(0)},
-                            "pkcs11:token=" + token_->label() +
-                                ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:" + wrong_pin);
-  Status first = backend->LoadKeys().status();
-  EXPECT_NE(first.message().find("PIN"), std::string::npos) << first.ToString();
-  EXPECT_EQ(first.message().find("00000000"), std::string::npos);
-  for (int i = 0; i < 20; ++i) {
-    Status again = backend->Seal(1, "x", "").status();
-    EXPECT_TRUE(IsUnavailable(again));
-    EXPECT_NE(again.message().find("not retrying"), std::string::npos) << again.ToString();
+// The fault shim forwards to SoftHSM and appends one line per C_Login to a file: every login the
+// backend attempts is counted, not inferred from a message.
+class RejectedPinTest : public Pkcs11BackendTest {
+ protected:
+  void SetUp() override {
+    Pkcs11BackendTest::SetUp();
+    ASSERT_TRUE(token_->GenerateKek(1).ok());
+    login_log_ = token_->dir() + "/logins";
+    setenv("TROUSSEAU_FAULT_SHIM_CALL_LOG", login_log_.c_str(), 1);
+    pin_file_ = token_->dir() + "/operator.pin";
+    WritePin("00000000");
   }
+  void TearDown() override { unsetenv("TROUSSEAU_FAULT_SHIM_CALL_LOG"); }
+
+  // As an operator fixing it would: a new file renamed over the old one.
+  void WritePin(const std::string& pin) {
+    const std::string tmp = pin_file_ + ".tmp";
+    std::ofstream(tmp) << pin << "\n";
+    chmod(tmp.c_str(), 0600);
+    std::rename(tmp.c_str(), pin_file_.c_str());
+  }
+  std::string Uri() const {
+    return "pkcs11:token=" + token_->label() + ";object=kek?module-path=" FAULT_SHIM_PATH "&pin-source=file:" +
+           pin_file_;
+  }
+  int LoginAttempts() const {
+    std::ifstream log(login_log_);
+    int lines = 0;
+    for (std::string line; std::getline(log, line);) lines += line.starts_with("C_Login ");
+    return lines;
+  }
+
+  std::string login_log_, pin_file_;
+};
+
+TEST_F(RejectedPinTest, IsTriedOnceNotUntilTheTokenLocks) {
+  auto backend = NewBackend({}, Uri());
+  Status first = backend->LoadKeys().status();
+  EXPECT_TRUE(IsPermissionDenied(first)) << first.ToString();
+  EXPECT_NE(first.message().find("CKR_PIN_INCORRECT"), std::string::npos) << first.ToString();
+  EXPECT_EQ(first.message().find("00000000"), std::string::npos);
+  for (int i = 0; i < 10; ++i) {
+    Status load = backend->LoadKeys().status();
+    EXPECT_TRUE(IsPermissionDenied(load)) << load.ToString();
+    EXPECT_NE(load.message().find("not trying that PIN again"), std::string::npos) << load.ToString();
+    EXPECT_FALSE(backend->Probe(1).ok());
+  }
+  EXPECT_EQ(LoginAttempts(), 1);
+}
+
+TEST_F(RejectedPinTest, AChangedPinFileIsTriedWithoutASignal) {
+  auto backend = NewBackend({}, Uri());
+  ASSERT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  WritePin(testing::kTestUserPin);
+  StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  EXPECT_TRUE(backend->Probe(1).ok());
+  EXPECT_EQ(LoginAttempts(), 2);
+}
+
+TEST_F(RejectedPinTest, SighupTriesTheSamePinOnceMore) {
+  auto backend = NewBackend({}, Uri());
+  ASSERT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  backend->AllowLoginRetry();
+  EXPECT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  EXPECT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  EXPECT_EQ(LoginAttempts(), 2);
 }
 
 TEST(PinSource, RefusesAPinFileOthersCanRead) {

@@ -195,13 +195,19 @@ TEST_F(TpmPluginTest, TheTpmGoingAwayIsUnavailableAndThePluginRecoversWhenItRetu
   EXPECT_FALSE(plugin->Wait(0ms).has_value()) << "the plugin must not exit over a TPM outage";
 }
 
-// A TPM device the plugin cannot open: unavailable (exit 1), and the log says why in the OS's words
+// A TPM device the plugin cannot open is an outage, not a reason to exit (a supervisor restarting
+// the plugin would change nothing): it serves UNAVAILABLE, and Status says why in the OS's words
 // (tpm2-tss's own log lines, which would carry the errno, are silenced).
-TEST_F(TpmPluginTest, AnUnopenableTpmDeviceIsExitOneWithTheReason) {
+TEST_F(TpmPluginTest, AnUnopenableTpmDeviceIsUnhealthyWithTheReasonAndTheProcessStays) {
   InitKeys(tpm_->Tcti());
   auto plugin = StartPlugin("device:" + dir_.path() + "/no-such-tpmrm0");
-  EXPECT_EQ(plugin->Wait(30s), 1) << plugin->Log();
-  EXPECT_NE(plugin->Log().find("no-such-tpmrm0: No such file or directory"), std::string::npos) << plugin->Log();
+  EXPECT_TRUE(Eventually([&] { return Status().healthz().find("no-such-tpmrm0: No such file or directory") !=
+                                      std::string::npos; },
+                         10s))
+      << Status().healthz() << plugin->Log();
+  v2::EncryptResponse sealed;
+  EXPECT_EQ(Encrypt(kSeed, sealed).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_FALSE(plugin->Wait(0ms).has_value()) << plugin->Log();
 }
 
 // On a node the plugin and trousseau-hsm-init share the TPM through a resource manager
@@ -312,7 +318,7 @@ TEST_F(TpmPluginRotationTest, ARetiredVersionIsDroppedOnSighupAndItsCiphertextsA
   EXPECT_TRUE(Eventually([&] { return Decrypt(under_v1, plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
                          5s))
       << "retired means unreadable, never a wrong plaintext: " << plugin->Log();
-  EXPECT_TRUE(Healthy()) << "the plugin keeps serving with the active version";
+  EXPECT_EQ(Status().healthz(), "ok") << "the plugin keeps serving with the active version: " << plugin->Log();
 }
 
 TEST_F(TpmPluginRotationTest, TheRefreshIntervalPicksUpANewVersionWithoutASignal) {
