@@ -13,9 +13,13 @@
  *                                 Read again on every C_Initialize, so one process
  *                                 can switch between controlled and pass-through.
  *   TROUSSEAU_FAULT_SHIM_DEBUG=1  diagnostics on stderr (never stdout).
- *   TROUSSEAU_FAULT_SHIM_CALL_LOG file to which every C_Login call appends one
- *                                 line "C_Login 0x<rv>" (never the PIN), so a
- *                                 test can count login attempts.
+ *   TROUSSEAU_FAULT_SHIM_CALL_LOG file to which every C_Login that reaches the
+ *                                 real module, and every call that starts an
+ *                                 operation (C_EncryptInit, C_DecryptInit,
+ *                                 C_GenerateRandom), appends one line
+ *                                 "<function> 0x<rv>" (never an argument), so a
+ *                                 test can count login attempts and device
+ *                                 operations.
  *
  * Control file: whitespace-separated words.
  *   up | down      link state (default up; the last one wins).
@@ -284,7 +288,8 @@ enum policy {
   ALWAYS,   /* forwarded even while down (C_Finalize, C_GetInfo) */
   GATED,    /* CKR_DEVICE_ERROR while down */
   CRYPTO,   /* GATED, plus the configured delay */
-  CRYPTO_START, /* CRYPTO, and CKR_DEVICE_ERROR under crypto_fail: starts an operation */
+  CRYPTO_START, /* CRYPTO, and CKR_DEVICE_ERROR under crypto_fail: starts an operation;
+                   recorded in TROUSSEAU_FAULT_SHIM_CALL_LOG */
   UNLOCKED, /* GATED, but may block indefinitely: must not hold g_calls */
   COUNTED,  /* GATED, and recorded in TROUSSEAU_FAULT_SHIM_CALL_LOG */
 };
@@ -481,7 +486,7 @@ static void leave(enum policy p) {
     if (rv != CKR_OK) return rv;                \
     rv = g_real->name args;                     \
     leave(policy);                              \
-    if (policy == COUNTED) record_call(#name, rv); \
+    if (policy == COUNTED || policy == CRYPTO_START) record_call(#name, rv); \
     return rv;                                  \
   }
 SHIM_FUNCTIONS(SHIM_DEFINE)
