@@ -334,6 +334,15 @@ StatusOr<TPM2B_PUBLIC> TpmDevice::ParsePublic(std::string_view marshalled) {
   if (rc != TSS2_RC_SUCCESS || offset != marshalled.size()) {
     return FailedPreconditionError("not a TPM2B_PUBLIC blob");
   }
+  // tpm2-tss unmarshals some values it refuses to marshal again (found by tests/fuzz/tpm_key_dir_fuzz):
+  // Esys_Load would then fail with a marshalling error that reads as a device fault. Only a blob that
+  // writes back byte for byte, as tpm2-tss itself wrote it, is a key file.
+  uint8_t again[sizeof(TPM2B_PUBLIC)];
+  size_t again_size = 0;
+  rc = Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, again, sizeof again, &again_size);
+  if (rc != TSS2_RC_SUCCESS || std::string_view(reinterpret_cast<const char*>(again), again_size) != marshalled) {
+    return FailedPreconditionError("not a TPM2B_PUBLIC blob");
+  }
   return pub;
 }
 
