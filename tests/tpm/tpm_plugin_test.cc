@@ -195,6 +195,41 @@ TEST_F(TpmPluginTest, TheTpmGoingAwayIsUnavailableAndThePluginRecoversWhenItRetu
   EXPECT_FALSE(plugin->Wait(0ms).has_value()) << "the plugin must not exit over a TPM outage";
 }
 
+// A TPM that hangs mid-command (swtpm stopped): calls answer UNAVAILABLE at their deadline, Status
+// answers at once, SIGTERM ends the process within the grace although the worker is stuck in ESYS,
+// and a plugin whose TPM resumes serves again by itself.
+TEST_F(TpmPluginTest, AHungTpmCostsOneDeadlineAndNeverHoldsStatusOrShutdown) {
+  InitKeys(tpm_->Tcti());
+  auto plugin = StartPlugin(tpm_->Tcti(), {"--tpm-timeout", "1s", "--shutdown-grace", "2s"}, "5s");
+  ASSERT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  v2::EncryptResponse before;
+  ASSERT_TRUE(Encrypt(kSeed, before).ok());
+
+  tpm_->Pause();
+  v2::EncryptResponse sealed;
+  grpc::Status first = Encrypt(kSeed, sealed);
+  EXPECT_EQ(first.error_code(), grpc::StatusCode::UNAVAILABLE) << first.error_message();
+  grpc::Status second = Encrypt(kSeed, sealed);
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(second.error_message().find("refused at once"), std::string::npos) << second.error_message();
+  KmsClients clients(socket_);
+  v2::StatusResponse status;
+  ASSERT_TRUE(clients.v2->Status(CallContext(1500ms).get(), {}, &status).ok()) << "Status must not wait on the TPM";
+  EXPECT_NE(status.healthz(), "ok");
+
+  tpm_->Resume();
+  EXPECT_TRUE(Eventually([&] { return Healthy(); }, 10s)) << plugin->Log();
+  std::string plaintext;
+  ASSERT_TRUE(Decrypt(before, plaintext).ok()) << plugin->Log();
+  EXPECT_EQ(plaintext, kSeed);
+
+  tpm_->Pause();
+  EXPECT_EQ(Encrypt(kSeed, sealed).error_code(), grpc::StatusCode::UNAVAILABLE);
+  plugin->Signal(SIGTERM);
+  EXPECT_EQ(plugin->Wait(4s), 0) << "the grace is 2 s; a stuck ESYS call must not be joined: " << plugin->Log();
+  tpm_->Resume();
+}
+
 // A TPM device the plugin cannot open is an outage, not a reason to exit (a supervisor restarting
 // the plugin would change nothing): it serves UNAVAILABLE, and Status says why in the OS's words
 // (tpm2-tss's own log lines, which would carry the errno, are silenced).
