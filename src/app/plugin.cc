@@ -3,8 +3,6 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
 #include <atomic>
@@ -23,6 +21,7 @@
 #include "app/backend_factory.h"
 #include "app/key_refresher.h"
 #include "core/kms_engine.h"
+#include "core/process_hardening.h"
 #include "core/strings.h"
 #include "observability/http_endpoint.h"
 #include "observability/logging.h"
@@ -78,12 +77,9 @@ int RunPlugin(const PluginOptions& options) {
 
   // Seeds pass through this process's memory: no core dump may carry them to disk, and no other
   // process of the same user may read them through ptrace or /proc/PID/mem.
-  const rlimit no_core{0, 0};
-  const bool core_off = setrlimit(RLIMIT_CORE, &no_core) == 0;
-  const bool undumpable = prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0;
-  if (!core_off || !undumpable) {
+  if (HardeningResult hardened = HardenProcess(); !hardened.ok()) {
     spdlog::warn("could not turn core dumps off ({}): a crash may write recent seeds to a core file",
-                 !core_off ? "setrlimit RLIMIT_CORE" : "prctl PR_SET_DUMPABLE");
+                 hardened.failed_step());
   }
 
   // Signals are taken synchronously by this thread only; block them before any other thread exists.
