@@ -150,19 +150,29 @@ Status Pkcs11Backend::Probe(uint64_t version, Deadline deadline) {
       .status();
 }
 
-StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, std::string_view plaintext,
-                                                std::string_view aad) {
-  std::shared_ptr<Connection> conn = Current();
-  if (!conn) return NotConnected();
-  std::shared_lock use(conn->use);
-  if (conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
-  std::shared_ptr<const KeyTable> keys = conn->keys.load();
+StatusOr<Pkcs11Backend::KeyInUse> Pkcs11Backend::UseKey(uint64_t version) {
+  KeyInUse in_use;
+  in_use.conn = Current();
+  if (!in_use.conn) return NotConnected();
+  in_use.use = std::shared_lock(in_use.conn->use);
+  if (in_use.conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
+  std::shared_ptr<const KeyTable> keys = in_use.conn->keys.load();
   auto key = keys->find(version);
   if (key == keys->end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
-  StatusOr<GcmIv> iv = key->second->ivs.Next();
+  in_use.key = key->second;
+  return in_use;
+}
+
+StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, std::string_view plaintext,
+                                                std::string_view aad) {
+  StatusOr<KeyInUse> in_use = UseKey(version);
+  if (!in_use.ok()) return in_use.status();
+  const std::shared_ptr<Connection>& conn = in_use->conn;
+  KeyHandle& key = *in_use->key;
+  StatusOr<GcmIv> iv = key.ivs.Next();
   if (!iv.ok()) return iv.status();
   std::string body;
-  if (CK_RV rv = GcmSeal(conn->sessions[lane], key->second->handle(), *iv, aad, plaintext, body); rv != CKR_OK) {
+  if (CK_RV rv = GcmSeal(conn->sessions[lane], key.handle(), *iv, aad, plaintext, body); rv != CKR_OK) {
     Status failed = RvStatus(rv, "AES-GCM encrypt on the device");
     if (IsConnectionLost(rv)) MarkBroken(conn, failed);
     return failed;
@@ -174,18 +184,15 @@ StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, s
 
 StatusOr<SecureBytes> Pkcs11Backend::OpenOnLane(size_t lane, uint64_t version, std::string_view sealed,
                                                 std::string_view aad) {
-  std::shared_ptr<Connection> conn = Current();
-  if (!conn) return NotConnected();
-  std::shared_lock use(conn->use);
-  if (conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
-  std::shared_ptr<const KeyTable> keys = conn->keys.load();
-  auto key = keys->find(version);
-  if (key == keys->end()) return NotFoundError(StrCat("key version ", version, " is not loaded"));
+  StatusOr<KeyInUse> in_use = UseKey(version);
+  if (!in_use.ok()) return in_use.status();
+  const std::shared_ptr<Connection>& conn = in_use->conn;
+  KeyHandle& key = *in_use->key;
   GcmIv iv;
   std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
   SecureBytes plaintext;
   bool reached_tag_check = false;
-  CK_RV rv = GcmOpen(conn->sessions[lane], key->second->handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext,
+  CK_RV rv = GcmOpen(conn->sessions[lane], key.handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext,
                      &reached_tag_check);
   if (rv == CKR_OK) return plaintext;
   if (reached_tag_check && IsTagMismatch(rv)) {

@@ -96,7 +96,15 @@ class Pkcs11Backend final : public KeyBackend {
   void MarkBroken(const std::shared_ptr<Connection>& conn, const Status& why);
   std::optional<PinFileStamp> StampPinFile() const;
 
+  // A key version on the live connection, which stays up (shared lock) while the holder uses it.
+  struct KeyInUse {
+    std::shared_ptr<Connection> conn;
+    std::shared_lock<std::shared_timed_mutex> use;
+    std::shared_ptr<KeyHandle> key;
+  };
+
   // On a lane.
+  StatusOr<KeyInUse> UseKey(uint64_t version);
   StatusOr<std::string> SealOnLane(size_t lane, uint64_t version, std::string_view plaintext, std::string_view aad);
   StatusOr<SecureBytes> OpenOnLane(size_t lane, uint64_t version, std::string_view sealed, std::string_view aad);
   StatusOr<bool> ProbeOnLane(size_t lane, uint64_t version);

@@ -123,9 +123,9 @@ TEST_F(RecoveryTest, ABadNewKeyOnTheTokenDoesNotStopRecoveryFromAnOutage) {
   // Version 1 re-created while the link is down: after it, the old key_id no longer opens anything.
   SetLink("down");
   EXPECT_EQ(Decrypt(sealed, &plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
-  SetLink("up");
   ASSERT_TRUE(token_->DestroyKey(1).ok());
   ASSERT_TRUE(token_->GenerateKek(1).ok());
+  SetLink("up");  // after the swap: a reconnect between the two steps would see version 1 merely gone
   EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
                          10s))
       << plugin_->Log();
@@ -146,7 +146,9 @@ TEST_F(RecoveryTest, FrequentRefreshesWithABadNewKeyDoNotHoldTheOutageOpen) {
   std::string plaintext;
   EXPECT_EQ(Decrypt(sealed, &plaintext).error_code(), grpc::StatusCode::UNAVAILABLE);
   plugin_->Signal(SIGHUP);
-  std::this_thread::sleep_for(100ms);
+  // The refresh met the outage (not merely: the signal was sent) before the link returns.
+  ASSERT_TRUE(Eventually([&] { return plugin_->Log().find("key refresh (SIGHUP) failed") != std::string::npos; }, 5s))
+      << plugin_->Log();
   SetLink("up");
   bool recovered = false;
   for (const auto end = std::chrono::steady_clock::now() + 6s; !recovered && std::chrono::steady_clock::now() < end;) {
