@@ -3,6 +3,7 @@
 #include "core/strings.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
+
+extern char** environ;
 
 
 namespace trousseau::hsm {
@@ -26,7 +31,56 @@ SecureBytes Trimmed(const uint8_t* data, size_t size) {
   return SecureBytes::CopyOf({reinterpret_cast<const char*>(data) + begin, size - begin});
 }
 
+// The PIN TROUSSEAU_HSM_PIN held, kept for the life of the process. Its page is locked so it is not
+// written to swap (best effort: RLIMIT_MEMLOCK may forbid it), and SecureBytes wipes it on exit.
+class EnvironmentPin {
+ public:
+  static EnvironmentPin& Instance() {
+    static EnvironmentPin* pin = new EnvironmentPin;  // never destroyed: threads may log in at exit
+    return *pin;
+  }
+
+  // Takes the variable out of the environment into the kept buffer, if it is set.
+  void CaptureLocked() {
+    std::vector<char*> entries;
+    const size_t name_size = std::strlen(kPinEnvVar);
+    for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+      if (std::strncmp(*entry, kPinEnvVar, name_size) == 0 && (*entry)[name_size] == '=') entries.push_back(*entry);
+    }
+    if (entries.empty()) return;
+    // getenv's answer is the first entry.
+    const char* value = entries.front() + name_size + 1;
+    if (value[0] != '\0') Keep(Trimmed(reinterpret_cast<const uint8_t*>(value), std::strlen(value)));
+    // unsetenv only drops the pointers; the bytes stay where they were (for the initial environment,
+    // the area /proc/PID/environ shows), so wipe every entry, name included, after dropping it.
+    unsetenv(kPinEnvVar);
+    for (char* entry : entries) WipeMemory(entry, std::strlen(entry));
+  }
+
+  std::optional<SecureBytes> CopyLocked() const {
+    if (!pin_) return std::nullopt;
+    return SecureBytes::CopyOf(pin_->view());
+  }
+
+  std::mutex mu;
+
+ private:
+  void Keep(SecureBytes value) {
+    if (pin_ && !pin_->empty()) munlock(pin_->data(), pin_->size());
+    pin_ = std::move(value);
+    if (!pin_->empty()) mlock(pin_->data(), pin_->size());
+  }
+
+  std::optional<SecureBytes> pin_;
+};
+
 }  // namespace
+
+void CaptureEnvironmentPin() {
+  EnvironmentPin& kept = EnvironmentPin::Instance();
+  std::lock_guard lock(kept.mu);
+  kept.CaptureLocked();
+}
 
 StatusOr<SecureBytes> ReadPinFile(const std::string& path) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -77,10 +131,10 @@ StatusOr<std::optional<SecureBytes>> LoadPin(const std::optional<std::string>& p
     if (!pin.ok()) return pin.status();
     return std::optional<SecureBytes>(std::move(*pin));
   }
-  if (const char* env = std::getenv(kPinEnvVar); env != nullptr && env[0] != '\0') {
-    return std::optional<SecureBytes>(Trimmed(reinterpret_cast<const uint8_t*>(env), std::strlen(env)));
-  }
-  return std::optional<SecureBytes>();
+  EnvironmentPin& kept = EnvironmentPin::Instance();
+  std::lock_guard lock(kept.mu);
+  kept.CaptureLocked();
+  return kept.CopyLocked();
 }
 
 }  // namespace trousseau::hsm

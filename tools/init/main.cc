@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/process_hardening.h"
+#include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
 
 #ifndef TROUSSEAU_VERSION
@@ -56,6 +58,13 @@ void AddScheme(CLI::App* command, TpmOptions& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // SO and user PINs pass through this process: keep them out of core files and away from ptrace,
+  // and take TROUSSEAU_HSM_PIN out of the environment before anything else can see or inherit it.
+  if (trousseau::HardeningResult hardened = trousseau::HardenProcess(); !hardened.ok()) {
+    std::cerr << kToolName << ": warning: " << hardened.failed_step()
+              << " failed: a crash may write a PIN to a core file\n";
+  }
+  trousseau::hsm::CaptureEnvironmentPin();
   CLI::App app{
       "trousseau-hsm-init: provision the PKCS#11 token of trousseau-hsm.\n"
       "Initialise a token, create and rotate the AES-256 key family (non-extractable, encrypt/decrypt only; "

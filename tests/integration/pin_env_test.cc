@@ -1,0 +1,102 @@
+// TROUSSEAU_HSM_PIN: the plugin takes it out of its environment once read (so /proc/PID/environ and
+// child processes no longer hold it), and keeps it only in its own wiped buffer, so a re-login after
+// an HSM outage (fault shim: link down, then up) still works.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "hsm/pin_source.h"
+#include "tests/testing/fault_shim_control.h"
+#include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_token.h"
+#include "tests/testing/subprocess.h"
+
+namespace trousseau {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::CallContext;
+using testing::Eventually;
+using testing::KmsClients;
+using testing::SoftHsmToken;
+using testing::Subprocess;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+class PinEnvTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = SoftHsmToken::Create();
+    ASSERT_NE(token_, nullptr);
+    ASSERT_TRUE(token_->GenerateKek(1).ok());
+    control_ = token_->dir() + "/shim.control";
+    testing::WriteShimControl(control_, "up");
+    setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
+    setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+    socket_ = token_->dir() + "/kms.sock";
+    // The URI without pin-source: the PIN comes from the environment only.
+    uri_ = token_->Uri("kek", FAULT_SHIM_PATH);
+    const std::string pin_source = "&pin-source=file:" + token_->pin_file();
+    ASSERT_NE(uri_.find(pin_source), std::string::npos) << uri_;
+    uri_.erase(uri_.find(pin_source), pin_source.size());
+    setenv(hsm::kPinEnvVar, testing::kTestUserPin, 1);
+    plugin_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", uri_,
+                                 "--health-cache", "100ms"},
+        token_->dir() + "/plugin.log");
+    unsetenv(hsm::kPinEnvVar);
+    ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
+  }
+
+  v2::StatusResponse Status() {
+    KmsClients clients(socket_);
+    v2::StatusResponse status;
+    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) status.set_healthz("<no answer>");
+    return status;
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+  std::string control_, socket_, uri_;
+  std::unique_ptr<Subprocess> plugin_;
+};
+
+TEST_F(PinEnvTest, TheRunningPluginsEnvironmentNoLongerHoldsThePin) {
+  const std::string environ = ReadAll("/proc/" + std::to_string(plugin_->pid()) + "/environ");
+  ASSERT_FALSE(environ.empty()) << "cannot read the plugin's /proc/PID/environ";
+  // The variables the test set are there, so this is the plugin's environment as it started...
+  EXPECT_NE(environ.find("TROUSSEAU_FAULT_SHIM_CONTROL="), std::string::npos);
+  // ...but the PIN variable is gone, name and value (the PIN is not a substring of anything else here).
+  EXPECT_EQ(environ.find(hsm::kPinEnvVar), std::string::npos);
+  EXPECT_EQ(environ.find(testing::kTestUserPin), std::string::npos);
+}
+
+TEST_F(PinEnvTest, ALoginAfterAnOutageStillUsesTheEnvironmentsPin) {
+  KmsClients clients(socket_);
+  v2::EncryptRequest encrypt;
+  encrypt.set_plaintext("sealed-before-the-outage");
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), encrypt, &sealed).ok()) << plugin_->Log();
+
+  v2::DecryptRequest decrypt;
+  decrypt.set_ciphertext(sealed.ciphertext());
+  decrypt.set_key_id(sealed.key_id());
+  v2::DecryptResponse opened;
+  testing::WriteShimControl(control_, "down");
+  grpc::Status during = clients.v2->Decrypt(CallContext().get(), decrypt, &opened);
+  ASSERT_EQ(during.error_code(), grpc::StatusCode::UNAVAILABLE) << during.error_message() << "\n" << plugin_->Log();
+  testing::WriteShimControl(control_, "up");
+  // Recovery means a fresh C_Initialize, sessions and C_Login: the PIN must still be at hand.
+  EXPECT_TRUE(Eventually([&] { return clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok(); }, 10s))
+      << plugin_->Log();
+  EXPECT_EQ(opened.plaintext(), "sealed-before-the-outage");
+  EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
+  EXPECT_EQ(plugin_->Log().find("needs a PIN"), std::string::npos) << plugin_->Log();
+}
+
+}  // namespace
+}  // namespace trousseau
