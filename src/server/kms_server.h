@@ -40,8 +40,16 @@ struct ServerOptions {
 // they have no file permissions, so any local process could call the plugin.
 StatusOr<std::string> SocketPathFromEndpoint(const std::string& endpoint);
 
+// Checks --listen without touching anything: a unix:// endpoint as above, whose directory exists
+// (it is never created), with no file there but a stale socket (another process serving there, or
+// any other kind of file, is refused). Start() checks the same; callers may check before a login.
+Status CheckListenEndpoint(const std::string& endpoint);
+
 class KmsServer {
  public:
+  // Binds in a private directory next to the socket path, sets mode/owner/group there and renames the
+  // socket into place, so nothing ever acts on the final path but that rename: a symlink swapped into
+  // a directory others can write cannot redirect the chmod/chown (see kms_server.cc).
   static StatusOr<std::unique_ptr<KmsServer>> Start(KmsEngine& engine, const ServerOptions& options);
   ~KmsServer();
 
