@@ -32,7 +32,7 @@ SecureBytes Trimmed(const uint8_t* data, size_t size) {
 }
 
 // The PIN TROUSSEAU_HSM_PIN held, kept for the life of the process. Its page is locked so it is not
-// written to swap (best effort: RLIMIT_MEMLOCK may forbid it), and SecureBytes wipes it on exit.
+// written to swap (best effort: RLIMIT_MEMLOCK may forbid it); a replaced value is wiped.
 class EnvironmentPin {
  public:
   static EnvironmentPin& Instance() {
