@@ -3,7 +3,7 @@
 //
 // A PIN file is read at each login and the copy wiped right after. TROUSSEAU_HSM_PIN is read once:
 // the first LoadPin that finds it moves the value into a process-lifetime buffer (mlock'ed where the
-// system allows, wiped on exit), overwrites the variable's bytes in place (so /proc/PID/environ no
+// system allows; it lives as long as the process), overwrites the variable's bytes in place (so /proc/PID/environ no
 // longer shows it) and removes it from the environment (so child processes do not inherit it). Later
 // logins (a re-login after an outage, a key refresh) take the PIN from that buffer.
 #pragma once
