@@ -75,6 +75,9 @@ std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {
   } else {
     return std::nullopt;
   }
+  // An amount whose milliseconds do not fit wrapped around to a small or negative duration (found by
+  // tests/fuzz/config_fuzz: "health-cache: 18446744073709551615ms" was -1 ms).
+  if (*amount > static_cast<uint64_t>(std::chrono::milliseconds::max().count()) / factor_ms) return std::nullopt;
   return std::chrono::milliseconds(*amount * factor_ms);
 }
 
