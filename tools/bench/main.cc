@@ -1,6 +1,7 @@
 // trousseau-bench: performance benchmark of trousseau-hsm (see docs/benchmarks.md).
 //   trousseau-bench run [options]                 everything, table (and --json) on stdout
 //   trousseau-bench echo-server --listen unix:///path   the gRPC floor, started by `run`
+//   trousseau-bench soak [options]                the long run with rotations and an outage (ci/soak)
 #include <unistd.h>
 
 #include <climits>
@@ -10,9 +11,13 @@
 
 #include "echo_server.h"
 #include "run.h"
+#include "soak.h"
 
 #ifndef TROUSSEAU_BENCH_PLUGIN
 #define TROUSSEAU_BENCH_PLUGIN "trousseau-hsm"
+#endif
+#ifndef TROUSSEAU_BENCH_INIT_TOOL
+#define TROUSSEAU_BENCH_INIT_TOOL "trousseau-hsm-init"
 #endif
 #ifndef TROUSSEAU_BENCH_FAULT_SHIM
 #define TROUSSEAU_BENCH_FAULT_SHIM "libtrousseau_fault_shim.so"
@@ -103,8 +108,36 @@ int main(int argc, char** argv) {
   run->add_flag("--json", o.json, "Print a JSON object on stdout (the table goes to stderr)");
   run->add_option("--json-file", o.json_file, "Also write the JSON object to this file");
 
+  trousseau::bench::SoakOptions soak_options;
+  soak_options.plugin = TROUSSEAU_BENCH_PLUGIN;
+  soak_options.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
+  soak_options.init_tool = TROUSSEAU_BENCH_INIT_TOOL;
+  CLI::App* soak = app.add_subcommand(
+      "soak", "Mixed v2 Encrypt/Decrypt with key rotations and one HSM outage, every answer checked (ci/soak)");
+  soak->add_option("--plugin", soak_options.plugin, "trousseau-hsm binary")->capture_default_str();
+  soak->add_option("--fault-shim", soak_options.fault_shim, "fault-injecting PKCS#11 shim")->capture_default_str();
+  soak->add_option("--init-tool", soak_options.init_tool, "trousseau-hsm-init binary (makes the new versions)")
+      ->capture_default_str();
+  soak->add_option("--softhsm-module", soak_options.softhsm_module, "SoftHSM2 PKCS#11 module")->capture_default_str();
+  soak->add_option("--requests", soak_options.requests, "Calls answered in all (errors included)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  soak->add_option("--streams", soak_options.streams, "Concurrent calls")->check(CLI::PositiveNumber)->capture_default_str();
+  soak->add_option("--rotate-every", soak_options.rotate_every, "New key version + SIGHUP every N requests (0: none)")
+      ->capture_default_str();
+  soak->add_option("--outage", soak_options.outage, "HSM outage (shim \"down\") in the middle, e.g. 10s (0s: none)")
+      ->capture_default_str();
+  soak->add_option("--recovery-allowance", soak_options.recovery_allowance,
+                   "Errors are allowed this long after the HSM is back")
+      ->capture_default_str();
+  soak->add_option("--hsm-sessions", soak_options.hsm_sessions, "The plugin's --hsm-sessions (0: its default)")
+      ->capture_default_str();
+  soak->add_option("--json-file", soak_options.json_file, "Also write the figures as JSON to this file");
+  soak->add_option("--plugin-log", soak_options.plugin_log, "Keep a copy of the plugin's log here");
+
   CLI11_PARSE(app, argc, argv);
   if (*echo) return trousseau::bench::RunEchoServer(echo_options);
+  if (*soak) return trousseau::bench::Soak(soak_options);
   if (*probe) return trousseau::bench::Probe(probe_options);
   std::erase(o.shim_sessions, size_t{0});
   o.self = SelfPath();
