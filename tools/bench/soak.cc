@@ -569,7 +569,11 @@ class Controller {
     r.at_request = shared_.issued.load();
     const std::string log = StrCat(work_dir_, "/rotate-", rotations_.size() + 2, ".log");
     const int64_t t0 = NowNs();
-    Subprocess tool({o_.init_tool, "key", "rotate", "--pkcs11-uri", tool_uri_, "--json"}, log);
+    std::vector<std::string> argv = {o_.init_tool, "key", "rotate", "--pkcs11-uri", tool_uri_, "--json"};
+    // The soak sends the SIGHUP and watches Status itself; a tool that would otherwise ask a plugin at
+    // the standard socket (someone else's) is told not to.
+    if (ToolHasNoWait()) argv.push_back("--no-wait");
+    Subprocess tool(argv, log);
     const std::optional<int> exit = tool.Wait(60s);
     r.tool_ms = Ms(NowNs() - t0);
     r.tool_exit = exit.value_or(-1);
@@ -597,6 +601,15 @@ class Controller {
              r.active_ms ? StrCat(static_cast<long>(*r.active_ms), " ms").c_str() : "NEVER");
     r.hup_ns = hup;
     rotations_.push_back(r);
+  }
+
+  bool ToolHasNoWait() {
+    if (!tool_has_no_wait_) {
+      Subprocess help({o_.init_tool, "key", "rotate", "--help"}, StrCat(work_dir_, "/rotate-help.log"));
+      help.Wait(30s);
+      tool_has_no_wait_ = help.Log().find("--no-wait") != std::string::npos;
+    }
+    return *tool_has_no_wait_;
   }
 
   void DoOutage() {
@@ -632,6 +645,7 @@ class Controller {
   std::vector<Rotation> rotations_;
   std::optional<Outage> outage_;
   bool skipped_ = false;
+  std::optional<bool> tool_has_no_wait_;
 };
 
 // ---- the final check: every version still decrypts ----------------------------------------------
