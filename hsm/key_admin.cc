@@ -1,5 +1,7 @@
 #include "hsm/key_admin.h"
 
+#include <set>
+
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -265,6 +267,15 @@ Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object) {
     return RvStatus(rv, "C_DestroyObject");
   }
   return OkStatus();
+}
+
+std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates) {
+  std::set<uint64_t> versions;
+  for (const KeyObject& key : keys) {
+    if (std::string why = KekPolicyViolation(key); !why.empty()) return StrCat("version ", key.version, ": ", why);
+    if (!versions.insert(key.version).second && count_duplicates) return StrCat("there are two keys with version ", key.version);
+  }
+  return "";
 }
 
 }  // namespace trousseau::hsm

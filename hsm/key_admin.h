@@ -73,6 +73,14 @@ StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Ur
 // destroys while the family is being read (CKR_OBJECT_HANDLE_INVALID) is no reason to fail.
 StatusOr<std::vector<KeyObject>> ListKeyFamilyPatiently(const Session& session, std::string_view label);
 
+// Why the plugin would refuse the family `keys` (as ListKeyFamily returns it) as a whole, or "" if it
+// would load it: a version that breaks the KEK policy (KekPolicyViolation: not AES-256, extractable
+// now, not sensitive, not private, no encrypt/decrypt), or two objects with one version. The plugin
+// loads nothing from such a family, so no version of it becomes active. `count_duplicates` false skips
+// the second rule: right after creating a version, other runs' contests over a version may still be
+// undecided (CreateNextKekVersion resolves each one, so they are not lasting).
+std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates = true);
+
 // Destroys the token object of one version.
 Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object);
 

@@ -2,6 +2,8 @@
 // refusal paths, exit codes, JSON output, no PIN in any output, and a rotation under a running plugin
 // (the tool's key_ids must be the plugin's, byte for byte).
 #include <fcntl.h>
+#include <dirent.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -9,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -69,6 +73,7 @@ class InitToolTest : public ::testing::Test {
     ASSERT_NE(token_, nullptr);
     uri_ = token_->Uri();
     socket_ = token_->dir() + "/run/kms.sock";
+    mkdir((token_->dir() + "/run").c_str(), 0700);  // the plugin never creates its socket directory
     plugin_log_ = token_->dir() + "/plugin.log";
   }
 
@@ -674,11 +679,15 @@ TEST_F(InitToolTest, SighupActivatesARotationAndARetiredKeyGivesNotFound) {
   ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
   const v2::EncryptResponse old_sealed = Encrypt("sealed-under-v1");
 
-  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_});
-  ASSERT_EQ(rotate.code, 0) << rotate.all();
+  // No refresh interval: nothing changes until SIGHUP. The tool asks the plugin for a second and
+  // reports that the new key_id did not show up.
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "1s"});
   const std::string v2 = PrintedKeyId(rotate.out);
-  // No refresh interval: nothing changes until SIGHUP, then at once.
-  usleep(200'000);
+  ASSERT_EQ(v2.rfind("kek-v2-", 0), 0u) << rotate.all();
+  EXPECT_EQ(rotate.code, 1) << rotate.all();
+  EXPECT_NE(rotate.err.find("did not report its key_id within 1s: its Status still reports key_id " + old_sealed.key_id()),
+            std::string::npos)
+      << rotate.err;
   EXPECT_EQ(Status().key_id(), old_sealed.key_id());
   plugin->Signal(SIGHUP);
   ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2; }, 6s)) << plugin->Log();
@@ -719,6 +728,165 @@ TEST_F(InitToolTest, SighupActivatesARotationAndARetiredKeyGivesNotFound) {
   ASSERT_TRUE(Decrypt(new_sealed, &plaintext).ok()) << plugin->Log();
   EXPECT_EQ(plaintext, "sealed-under-v2");
   EXPECT_EQ(Encrypt("after-retire").key_id(), v2);
+}
+
+// ---- what the plugin will see of a rotation ----
+
+TEST_F(InitToolTest, RotateWaitsUntilTheRunningPluginReportsTheNewKeyId) {
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_}).code, 0);
+  auto plugin = StartPlugin("1s");
+  ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--json"});
+  ASSERT_EQ(rotate.code, 0) << rotate.all();
+  const json printed = json::parse(rotate.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(printed.is_object()) << rotate.out;
+  EXPECT_EQ(printed["active"], true);
+  EXPECT_EQ(printed["plugin_confirmed"], true);
+  // The tool's success is the plugin's state: no waiting here.
+  EXPECT_EQ(Status().key_id(), printed["key_id"]) << plugin->Log();
+
+  ToolResult text = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_});
+  ASSERT_EQ(text.code, 0) << text.all();
+  EXPECT_NE(text.out.find("now reports this key_id: version 3 is the active key"), std::string::npos) << text.out;
+  EXPECT_EQ(Status().key_id(), PrintedKeyId(text.out));
+}
+
+TEST_F(InitToolTest, RotateWithoutAPluginToAskSaysItIsUnconfirmed) {
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_}).code, 0);
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
+  ASSERT_EQ(rotate.code, 0) << rotate.all();
+  EXPECT_EQ(rotate.out.find("becomes the active key"), std::string::npos) << rotate.out;
+  EXPECT_NE(rotate.out.find("Not confirmed with a running plugin (--no-wait)"), std::string::npos) << rotate.out;
+  // A socket nobody serves on: the tool says so and fails, after creating the version.
+  ToolResult unanswered = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_,
+                               "--wait-timeout", "300ms"});
+  EXPECT_EQ(unanswered.code, 1) << unanswered.all();
+  EXPECT_NE(unanswered.err.find("version 3 was created, but the plugin on unix://" + socket_), std::string::npos)
+      << unanswered.err;
+  EXPECT_NE(unanswered.err.find("its Status call fails"), std::string::npos) << unanswered.err;
+}
+
+TEST_F(InitToolTest, RotateRefusesAFamilyThePluginRefusesAndCreatesNothing) {
+  ASSERT_TRUE(token_->GenerateUnsafeKey(1).ok());  // extractable: the plugin loads nothing of this family
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
+  EXPECT_EQ(rotate.code, 1) << rotate.all();
+  EXPECT_NE(rotate.err.find("the plugin refuses key family 'kek'"), std::string::npos) << rotate.err;
+  EXPECT_NE(rotate.err.find("version 1: it is extractable"), std::string::npos) << rotate.err;
+  EXPECT_NE(rotate.err.find("Nothing was created"), std::string::npos) << rotate.err;
+  EXPECT_EQ(rotate.out.find("active"), std::string::npos) << rotate.out;
+  EXPECT_EQ(ListJson()["keys"].size(), 1u);
+}
+
+// Root rotating a SoftHSM token that belongs to the plugin's user would make a root-only object file
+// the plugin never sees (issue 12, fault 4).
+TEST_F(InitToolTest, RotateRefusesATokenWhoseStorageBelongsToAnotherUser) {
+  ASSERT_EQ(geteuid(), 0u) << "this test makes the token belong to another user";
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_}).code, 0);
+  const std::string tokens = token_->dir() + "/tokens";
+  std::string token_dir;
+  if (DIR* d = opendir(tokens.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') token_dir = tokens + "/" + e->d_name;
+    }
+    closedir(d);
+  }
+  ASSERT_FALSE(token_dir.empty());
+  ASSERT_EQ(std::system(("chown -R 10001:10001 '" + token_dir + "'").c_str()), 0);
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
+  EXPECT_EQ(rotate.code, 1) << rotate.all();
+  EXPECT_NE(rotate.err.find("the token's storage " + token_dir + " belongs to uid 10001, but this runs as uid 0"),
+            std::string::npos)
+      << rotate.err;
+  EXPECT_NE(rotate.err.find("Nothing was created"), std::string::npos) << rotate.err;
+  EXPECT_EQ(ListJson()["keys"].size(), 1u);
+}
+
+// ---- the tool's own process: no core, not ptrace-able, no PIN left in its environment ----
+
+// Starts `argv` as user nobody (65534) with `env`, stdin from `stdin_fd`, output discarded. The files
+// under /proc/PID of an unprivileged user's process (not the directory itself) belong to that user
+// unless the process made itself non-dumpable: then they belong to root (proc(5), PR_SET_DUMPABLE).
+pid_t SpawnAsNobody(const std::vector<std::string>& argv, const std::vector<std::string>& env, int stdin_fd) {
+  std::vector<char*> args, envp;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(stdin_fd, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(126);
+    execve(args[0], args.data(), envp.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// True once `pid` runs `binary` and its main thread waits in kernel function `wchan` (e.g. an open of
+// a FIFO nobody writes: "wait_for_partner"), which the dynamic loader's own opens never do.
+bool BlockedIn(pid_t pid, const std::string& binary, const std::string& wchan) {
+  char exe[PATH_MAX] = {};
+  const std::string proc = "/proc/" + std::to_string(pid);
+  char resolved[PATH_MAX] = {};
+  if (readlink((proc + "/exe").c_str(), exe, sizeof exe - 1) <= 0 || realpath(binary.c_str(), resolved) == nullptr ||
+      std::string(exe) != resolved) {
+    return false;
+  }
+  return ReadFile(proc + "/wchan").find(wchan) != std::string::npos;
+}
+
+std::string CoreLimit(pid_t pid) {
+  std::istringstream limits(ReadFile("/proc/" + std::to_string(pid) + "/limits"));
+  for (std::string line; std::getline(limits, line);) {
+    if (line.rfind("Max core file size", 0) == 0) {
+      std::istringstream fields(line.substr(sizeof("Max core file size") - 1));
+      std::string soft, hard;
+      fields >> soft >> hard;
+      return soft + " " + hard;
+    }
+  }
+  return "";
+}
+
+TEST_F(InitToolTest, TheToolCannotBeTracedDumpsNoCoreAndDropsThePinVariable) {
+  ASSERT_EQ(geteuid(), 0u) << "this test starts the tool as another user";
+  char dir_template[] = "/tmp/thsm-fifo-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  ASSERT_EQ(chmod(dir.c_str(), 0755), 0);
+  const std::string fifo = dir + "/so.pin";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0666), 0);
+  ASSERT_EQ(chmod(fifo.c_str(), 0666), 0);
+  // `token init` opens its SO PIN file first: a FIFO nobody writes holds it there, after main's setup.
+  const pid_t pid = SpawnAsNobody({TOOL_PATH, "token", "init", "--module", testing::kSoftHsmModule, "--label", "x",
+                                   "--so-pin-file", fifo, "--pin-file", fifo},
+                                  {std::string("TROUSSEAU_HSM_PIN=") + testing::kTestUserPin, "PATH=/usr/bin:/bin"},
+                                  0);
+  ASSERT_GT(pid, 0);
+  const bool blocked = Eventually([&] { return BlockedIn(pid, TOOL_PATH, "wait_for_partner"); }, 10s);
+  struct stat proc {};
+  const int stat_rc = stat(("/proc/" + std::to_string(pid) + "/environ").c_str(), &proc);
+  const std::string environ_text = ReadFile("/proc/" + std::to_string(pid) + "/environ");
+  const std::string core = CoreLimit(pid);
+  // Let it go: a writer unblocks the open, and the FIFO is refused as a PIN file.
+  const int writer = open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+  if (writer >= 0) close(writer);
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  unlink(fifo.c_str());
+  rmdir(dir.c_str());
+
+  ASSERT_TRUE(blocked) << "the tool never blocked on its PIN file";
+  ASSERT_EQ(stat_rc, 0);
+  EXPECT_EQ(proc.st_uid, 0u) << "/proc/PID/environ of the tool belongs to its user: it is dumpable (ptrace-able)";
+  EXPECT_EQ(core, "0 0");
+  EXPECT_NE(environ_text.find("PATH=/usr/bin:/bin"), std::string::npos) << "not the tool's environment";
+  EXPECT_EQ(environ_text.find("TROUSSEAU_HSM_PIN"), std::string::npos);
+  EXPECT_EQ(environ_text.find(testing::kTestUserPin), std::string::npos);
 }
 
 }  // namespace

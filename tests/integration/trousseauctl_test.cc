@@ -3,9 +3,16 @@
 // stdin (never argv), and clear errors for a missing socket or bad input.
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -305,6 +312,65 @@ TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   EXPECT_TRUE(Eventually([&] { return Ctl(WithSocket({"status"})).code == 0; }, 15s)) << plugin_->Log();
   unsetenv("TROUSSEAU_FAULT_SHIM_CONTROL");
   unsetenv("TROUSSEAU_FAULT_SHIM_MODULE");
+}
+
+// The plaintext trousseauctl reads and prints must not reach a core file or another process of the
+// same user: started as user nobody and held in its read of stdin (a pipe nobody writes yet), its
+// /proc/PID files belong to root (non-dumpable: no ptrace, no /proc/PID/mem) and RLIMIT_CORE is 0.
+// Those files belong to the process's own user when it is dumpable (proc(5)).
+TEST_F(TrousseauctlTest, CannotBeTracedAndDumpsNoCore) {
+  ASSERT_EQ(geteuid(), 0u) << "this test starts trousseauctl as another user";
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  const std::string ctl = CTL_PATH, socket_arg = "unix://" + socket_;
+  std::vector<char*> args{const_cast<char*>(ctl.c_str()), const_cast<char*>("--socket"),
+                          const_cast<char*>(socket_arg.c_str()), const_cast<char*>("encrypt"), nullptr};
+  char* envp[] = {const_cast<char*>("PATH=/usr/bin:/bin"), nullptr};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(pipe_fds[0], 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(126);
+    execve(args[0], args.data(), envp);
+    _exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  close(pipe_fds[0]);
+  const std::string proc = "/proc/" + std::to_string(pid);
+  char resolved[PATH_MAX] = {};
+  ASSERT_NE(realpath(CTL_PATH, resolved), nullptr);
+  const bool reading = Eventually(
+      [&] {
+        char exe[PATH_MAX] = {};
+        return readlink((proc + "/exe").c_str(), exe, sizeof exe - 1) > 0 && std::string(exe) == resolved &&
+               ReadFile(proc + "/wchan").find("pipe_read") != std::string::npos;
+      },
+      10s);
+  struct stat environ_stat {};
+  const int stat_rc = stat((proc + "/environ").c_str(), &environ_stat);
+  std::string core;
+  {
+    std::istringstream limits(ReadFile(proc + "/limits"));
+    for (std::string line; std::getline(limits, line);) {
+      if (line.rfind("Max core file size", 0) == 0) {
+        std::istringstream fields(line.substr(sizeof("Max core file size") - 1));
+        std::string soft, hard;
+        fields >> soft >> hard;
+        core = soft + " " + hard;
+      }
+    }
+  }
+  close(pipe_fds[1]);  // end of its stdin: it goes on (and fails to connect: no plugin runs)
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+
+  ASSERT_TRUE(reading) << "trousseauctl never blocked reading stdin";
+  ASSERT_EQ(stat_rc, 0);
+  EXPECT_EQ(environ_stat.st_uid, 0u) << "trousseauctl is dumpable: its /proc/PID files belong to its user";
+  EXPECT_EQ(core, "0 0");
 }
 
 }  // namespace

@@ -4,6 +4,9 @@
 // (the TPM keys never leave the TPM; only their key_ids are shown).
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -32,9 +35,19 @@ struct TokenInitOptions {
   bool json = false;
 };
 
+// The socket a plugin listens on when nothing else is said (the plugin's --listen default).
+inline constexpr char kDefaultPluginSocket[] = "/run/trousseau-hsm/kms.sock";
+// How long `key rotate` waits for the plugin's Status to report the new key_id by default: the
+// plugin's default --key-refresh-interval (60 s), the settle read of a new version (2 s), and slack.
+inline constexpr std::chrono::seconds kDefaultPluginWait{65};
+
 struct KeyOptions {
   std::string pkcs11_uri;
   bool json = false;
+  // key rotate: the running plugin to confirm with (empty: kDefaultPluginSocket if it exists).
+  std::string socket;
+  std::chrono::milliseconds wait_timeout = kDefaultPluginWait;
+  bool no_wait = false;
   uint64_t version = 0;  // key retire
   bool yes = false;      // key retire
   bool strict = false;   // selftest: warnings fail too
@@ -96,5 +109,28 @@ int OpenFamily(const std::string& uri_text, Family& family);
 
 // A Status from the device after the session is open: printed, exit 1.
 int FailStatus(const Status& status);
+
+// ---- what a running plugin will see (plugin_view.cc) ----
+
+// Who owns the token's storage. Known for SoftHSM only (the token's directory under SOFTHSM2_CONF's
+// directories.tokendir); for any other module `known` is false and `note` says why.
+struct StorageOwner {
+  bool known = false;
+  uid_t owner = 0;
+  std::string path;
+  std::string note;
+};
+StorageOwner TokenStorageOwner(const std::string& module_path, const CK_TOKEN_INFO& info);
+
+// "unix:///run/trousseau-hsm/kms.sock" if that socket file exists.
+std::optional<std::string> DefaultPluginSocket();
+
+// Polls the plugin's KMS v2 Status on `socket` until it reports `key_id` or `timeout` passes.
+struct PluginWait {
+  bool confirmed = false;
+  std::string last_key_id;  // the last key_id Status reported
+  std::string last_error;   // the last failed call's message, if the last call failed
+};
+PluginWait WaitForPluginKeyId(const std::string& socket, const std::string& key_id, std::chrono::milliseconds timeout);
 
 }  // namespace trousseau::init

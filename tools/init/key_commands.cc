@@ -3,6 +3,9 @@
 #include <iostream>
 #include <limits>
 #include <sstream>
+#include <thread>
+
+#include <unistd.h>
 
 #include "core/strings.h"
 #include "hsm/admin.h"
@@ -60,10 +63,49 @@ int OpenFamilyToChange(const std::string& uri_text, Family& family) {
   return kExitOk;
 }
 
-// Creates the next version (1 for `key generate`), checks what the token made of it, and prints its
-// key_id. Runs at the same moment (another operator, automation on another control-plane node sharing
-// the HSM) each get their own version: see CreateNextKekVersion.
-int CreateVersion(Family& family, bool json, bool rotation) {
+// "65s", "1500ms".
+std::string Seconds(std::chrono::milliseconds duration) {
+  if (duration.count() % 1000 == 0) return StrCat(duration.count() / 1000, "s");
+  return StrCat(duration.count(), "ms");
+}
+
+// A key made now must be usable by the plugin's user. SoftHSM stores each object as a file of the
+// user who created it: a key made by root in a token the plugin's user owns is a file that user cannot
+// read, so the plugin never sees it, while this tool (root) would happily list it. Refused, not
+// warned: nothing good comes of that object, and removing it again needs the token's own tools.
+int CheckStorageOwner(const Family& family) {
+  const StorageOwner storage = TokenStorageOwner(family.uri->module_path(), family.admin->token().info);
+  if (!storage.known) {
+    std::cerr << kToolName << ": note: " << storage.note << "\n";
+    return kExitOk;
+  }
+  if (storage.owner == geteuid()) return kExitOk;
+  return Fail(kExitFailed,
+              StrCat("the token's storage ", storage.path, " belongs to uid ", storage.owner, ", but this runs as uid ",
+                     geteuid(), ": a key created now would be readable by uid ", geteuid(),
+                     " only, and a plugin running as uid ", storage.owner,
+                     " would never see it. Nothing was created; run this command as uid ", storage.owner,
+                     " (e.g. runuser -u <that user> -- ", kToolName, " ...)"));
+}
+
+// Refuses when the plugin would refuse the family as a whole: no version of it, new or old, would be
+// active, whatever this tool prints.
+int CheckFamilyIsAccepted(const Family& family) {
+  if (std::string why = hsm::KekFamilyViolation(family.keys); !why.empty()) {
+    return Fail(kExitFailed, StrCat("the plugin refuses ", family.Describe(), " as a whole (", why,
+                                    "), so a new version would never become active. Nothing was created; remove "
+                                    "or replace the offending object with the token's own tools first (see `",
+                                    kToolName, " key list`)"));
+  }
+  return kExitOk;
+}
+
+// Creates the next version (1 for `key generate`), checks what the token made of it and what a plugin
+// will make of the family, and prints its key_id. Runs at the same moment (another operator,
+// automation on another control-plane node sharing the HSM) each get their own version: see
+// CreateNextKekVersion. A rotation is confirmed with the running plugin unless --no-wait.
+int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
+  if (int rc = CheckStorageOwner(family); rc != kExitOk) return rc;
   hsm::NextKekOptions next;
   next.first_version = !rotation;
   StatusOr<hsm::NewKekVersion> made = hsm::CreateNextKekVersion(family.admin, *family.uri, next);
@@ -83,26 +125,68 @@ int CreateVersion(Family& family, bool json, bool rotation) {
   }
   StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *created);
   if (!key_id.ok()) return FailStatus(key_id.status());
+  // The family as the plugin's next refresh will read it: another tool may have added a key the
+  // plugin refuses meanwhile. (Duplicates seen now may be other runs' contests still being decided;
+  // the check before creating caught lasting ones.)
+  StatusOr<std::vector<hsm::KeyObject>> now = hsm::ListKeyFamilyPatiently(family.session(), family.label());
+  if (!now.ok()) return FailStatus(now.status());
+  const std::string family_violation = hsm::KekFamilyViolation(*now, /*count_duplicates=*/false);
   // Another run may have kept a higher version at the same moment: then that one is active.
-  const bool active = made->highest <= version;
-  if (json) {
+  const bool highest = made->highest <= version;
+  const bool active = highest && family_violation.empty();
+
+  // Confirm with the running plugin: its Status must report the new key_id.
+  std::optional<std::string> socket;
+  if (rotation && active && !options.no_wait) {
+    socket = options.socket.empty() ? DefaultPluginSocket() : std::optional<std::string>(options.socket);
+  }
+  std::optional<PluginWait> waited;
+  if (socket) waited = WaitForPluginKeyId(*socket, *key_id, options.wait_timeout);
+  const bool confirmed = waited && waited->confirmed;
+
+  if (options.json) {
     std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
               << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
-              << ",\"active\":" << (active ? "true" : "false") << "}\n";
-    return kExitOk;
+              << ",\"active\":" << (active ? "true" : "false");
+    if (waited) std::cout << ",\"plugin_confirmed\":" << (confirmed ? "true" : "false");
+    std::cout << "}\n";
+  } else {
+    std::cout << "created version " << version << " of " << family.Describe()
+              << ": AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n"
+              << "key_id: " << *key_id << "\n";
   }
-  std::cout << "created version " << version << " of " << family.Describe()
-            << ": AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n"
-            << "key_id: " << *key_id << "\n";
-  if (rotation && !active) {
+  if (!family_violation.empty()) {
+    return Fail(kExitFailed, StrCat("version ", version, " was created, but the plugin now refuses ", family.Describe(),
+                                    " as a whole (", family_violation, "): it will not become active. Remove or "
+                                    "replace the offending object with the token's own tools"));
+  }
+  if (waited && !confirmed) {
+    const std::string seen = waited->last_error.empty()
+                                 ? StrCat("its Status still reports key_id ", waited->last_key_id.empty() ? "(none)" : waited->last_key_id)
+                                 : StrCat("its Status call fails: ", waited->last_error);
+    return Fail(kExitFailed,
+                StrCat("version ", version, " was created, but the plugin on ", *socket, " did not report its key_id within ",
+                       Seconds(options.wait_timeout), ": ", seen,
+                       ". Send the plugin SIGHUP (or wait for its --key-refresh-interval) and check with trousseauctl "
+                       "status; if it never reports it, the plugin uses another token or family, or runs as a user "
+                       "that cannot see this key. --wait-timeout waits longer, --no-wait does not ask"));
+  }
+  if (options.json) return kExitOk;
+  if (rotation && !highest) {
     std::cout << "Another run created version " << made->highest << " at the same time; that one is the active key.\n"
               << "Check with `" << kToolName << " key list`. See docs/rotation.md.\n";
+  } else if (rotation && confirmed) {
+    std::cout << "The plugin on " << *socket << " now reports this key_id: version " << version << " is the active key.\n"
+              << "Re-encrypt existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -) before\n"
+              << "retiring older versions. See docs/rotation.md.\n";
   } else if (rotation) {
-    std::cout << "Version " << version << " is now the highest version, so it becomes the active key: a running\n"
-              << "trousseau-hsm picks it up on SIGHUP or within its --key-refresh-interval (60s by default);\n"
-              << "check with `" << kToolName << " key list` and the plugin's Status key_id. Then re-encrypt\n"
-              << "existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -) before retiring\n"
-              << "older versions. See docs/rotation.md.\n";
+    std::cout << "Version " << version << " is the highest version and the plugin's policy accepts the family, so a\n"
+              << "running trousseau-hsm makes it active on SIGHUP or within its --key-refresh-interval (60s by default).\n"
+              << "Not confirmed with a running plugin ("
+              << (options.no_wait ? "--no-wait" : StrCat("no --socket, and no ", kDefaultPluginSocket)) << "):\n"
+              << "check its Status key_id (trousseauctl status). Then re-encrypt existing Secrets\n"
+              << "(kubectl get secrets -A -o json | kubectl replace -f -) before retiring older versions.\n"
+              << "See docs/rotation.md.\n";
   } else {
     std::cout << "Start (or SIGHUP) trousseau-hsm with this --pkcs11-uri; its Status reports this key_id.\n";
   }
@@ -118,7 +202,7 @@ int KeyGenerate(const KeyOptions& options) {
     return Fail(kExitFailed, StrCat(family.Describe(), " already has version(s) ", Versions(family.keys),
                                     "; refusing to generate version 1 again. Use `key rotate` for a new version"));
   }
-  return CreateVersion(family, options.json, /*rotation=*/false);
+  return CreateVersion(family, options, /*rotation=*/false);
 }
 
 int KeyRotate(const KeyOptions& options) {
@@ -130,7 +214,17 @@ int KeyRotate(const KeyOptions& options) {
   if (family.keys.back().version == std::numeric_limits<uint64_t>::max()) {
     return Fail(kExitFailed, "the highest key version is already the largest possible one");
   }
-  return CreateVersion(family, options.json, /*rotation=*/true);
+  if (hsm::KekFamilyViolation(family.keys, /*count_duplicates=*/false).empty() &&
+      !hsm::KekFamilyViolation(family.keys).empty()) {
+    // A version held twice may be other runs' contest, decided within their settle time (see
+    // CreateNextKekVersion): read again once it must be over before calling it lasting.
+    std::this_thread::sleep_for(2 * hsm::NextKekOptions{}.settle_timeout);
+    StatusOr<std::vector<hsm::KeyObject>> again = hsm::ListKeyFamilyPatiently(family.session(), family.label());
+    if (!again.ok()) return FailStatus(again.status());
+    family.keys = *std::move(again);
+  }
+  if (int rc = CheckFamilyIsAccepted(family); rc != kExitOk) return rc;
+  return CreateVersion(family, options, /*rotation=*/true);
 }
 
 int KeyList(const KeyOptions& options) {

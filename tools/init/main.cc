@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/process_hardening.h"
+#include "core/strings.h"
 #include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
 
@@ -118,9 +119,31 @@ int main(int argc, char** argv) {
       "rotate",
       "Create version N+1 (N = the highest version present) with the same policy and print its key_id. A running "
       "plugin makes it active on SIGHUP or within its --key-refresh-interval; older versions keep decrypting. "
-      "See docs/rotation.md for the whole procedure.");
+      "Refuses (exit 1, nothing created) when the plugin would refuse the family as a whole (a version that breaks "
+      "the KEK policy, e.g. an extractable one, or two keys with one version) and, for SoftHSM, when the token's "
+      "directory belongs to another user than the caller (the plugin's user could not read the new key). Then it "
+      "asks the running plugin (--socket) and waits until its Status reports the new key_id; exit 1 if it does not "
+      "within --wait-timeout. See docs/rotation.md for the whole procedure.");
   AddUri(rotate, rotate_options.pkcs11_uri);
-  rotate->add_flag("--json", rotate_options.json, "Print {\"version\":N,\"key_id\":...} as JSON");
+  rotate->add_flag("--json", rotate_options.json,
+                   "Print {\"version\":N,\"key_id\":...,\"active\":bool,\"plugin_confirmed\":bool} as JSON "
+                   "(plugin_confirmed only when a plugin was asked)");
+  rotate->add_option("--socket", rotate_options.socket,
+                     std::string("The running plugin's socket (unix:///path); its KMS v2 Status must report the new "
+                                 "key_id. Default: unix://") +
+                         kDefaultPluginSocket + " if that file exists, else no plugin is asked");
+  rotate
+      ->add_option_function<std::string>(
+          "--wait-timeout",
+          [&](const std::string& text) {
+            std::optional<std::chrono::milliseconds> parsed = trousseau::ParseDuration(text);
+            if (!parsed || parsed->count() <= 0) throw CLI::ValidationError("--wait-timeout", "a duration such as 90s");
+            rotate_options.wait_timeout = *parsed;
+          },
+          "How long to wait for the plugin's Status to report the new key_id (default 65s: the plugin's default "
+          "--key-refresh-interval of 60s, the 2s a new version settles, and slack). Set it above the plugin's "
+          "--key-refresh-interval, or SIGHUP the plugin meanwhile");
+  rotate->add_flag("--no-wait", rotate_options.no_wait, "Do not ask a running plugin (the new key_id is unconfirmed)");
   rotate->callback([&] { rc = KeyRotate(rotate_options); });
 
   CLI::App* list = key->add_subcommand(
