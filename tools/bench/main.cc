@@ -132,6 +132,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   soak->add_option("--hsm-sessions", soak_options.hsm_sessions, "The plugin's --hsm-sessions (0: its default)")
       ->capture_default_str();
+  soak->add_option("--time-limit", soak_options.time_limit, "Stop (and fail) a run that takes longer")
+      ->capture_default_str();
   soak->add_option("--json-file", soak_options.json_file, "Also write the figures as JSON to this file");
   soak->add_option("--plugin-log", soak_options.plugin_log, "Keep a copy of the plugin's log here");
 

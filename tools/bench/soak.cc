@@ -250,6 +250,8 @@ struct Shared {
   std::atomic<size_t> gate{SIZE_MAX};
   std::atomic<size_t> answered{0};
   std::atomic<bool> load_done{false};
+  // Set when the run cannot go on (the plugin exited, --time-limit passed): the load stops issuing.
+  std::atomic<const char*> abort{nullptr};
   std::atomic<int64_t> down_ns{0}, up_ns{0};
   std::atomic<int64_t> first_ok_after_up_ns{0}, last_error_after_up_ns{0};
   std::atomic<size_t> errors{0};
@@ -338,7 +340,7 @@ class Load {
   // request budget is spent.
   bool Issue(Slot& slot, grpc::CompletionQueue& cq) {
     const size_t n = shared_.issued.load();
-    if (n >= requests_) return false;
+    if (n >= requests_ || shared_.abort.load() != nullptr) return false;
     if (n >= shared_.gate.load()) {
       if (held_since_ns_ == 0) held_since_ns_ = NowNs();
       slot.alarm.Set(&cq, std::chrono::system_clock::now() + kGatePoll, &slot.alarm_tag);
@@ -702,10 +704,12 @@ int Soak(const SoakOptions& options) {
   const SoakOptions& o = options;
   const std::optional<std::chrono::milliseconds> outage = ParseDuration(o.outage);
   const std::optional<std::chrono::milliseconds> allowance = ParseDuration(o.recovery_allowance);
-  if (!outage || !allowance) {
-    Progress("--outage and --recovery-allowance take a duration such as 10s or 500ms");
+  const std::optional<std::chrono::milliseconds> time_limit = ParseDuration(o.time_limit);
+  if (!outage || !allowance || !time_limit) {
+    Progress("--outage, --recovery-allowance and --time-limit take a duration such as 10s, 500ms or 30m");
     return 2;
   }
+  const int64_t time_limit_ns = std::chrono::nanoseconds(*time_limit).count();
   for (const std::string* binary : {&o.plugin, &o.init_tool}) {
     if (access(binary->c_str(), X_OK) != 0) {
       Progress("no executable at %s", binary->c_str());
@@ -802,6 +806,9 @@ int Soak(const SoakOptions& options) {
                  static_cast<double>(shared.answered.load()) / (static_cast<double>(NowNs() - begin) / 1e9),
                  s.rss_kib, s.fds);
       }
+      // No VmRSS line: the plugin has exited (a zombie has none either).
+      if (s.rss_kib == 0) shared.abort.store("the plugin exited during the run");
+      if (NowNs() - begin > time_limit_ns) shared.abort.store("--time-limit passed");
       std::this_thread::sleep_for(kSamplePeriod);
     }
   });
@@ -883,6 +890,8 @@ int Soak(const SoakOptions& options) {
   for (size_t n : final_check.ok_by_version) versions_final_ok += n > 0 ? 1 : 0;
 
   std::vector<Criterion> criteria;
+  const char* aborted = shared.abort.load();
+  criteria.push_back({"the run went to its end", aborted ? aborted : "yes", aborted == nullptr});
   criteria.push_back({"every request answered", Fmt("%zu / %zu", counts.answered, o.requests),
                       counts.answered == o.requests});
   criteria.push_back({"0 wrong plaintexts (run + final check)", Fmt("%zu", wrong), wrong == 0});
@@ -908,9 +917,9 @@ int Soak(const SoakOptions& options) {
                       versions_final_ok == key_ids.size() && key_ids.size() == plan.rotations.size() + 1});
   criteria.push_back({"VmRSS growth 10 % -> 100 % < 5 %",
                       Fmt("%ld -> %ld KiB = %+.2f %%", at10->rss_kib, end_sample.rss_kib, 100 * rss_growth),
-                      rss_growth < kRssGrowthLimit});
+                      end_sample.rss_kib > 0 && rss_growth < kRssGrowthLimit});
   criteria.push_back({"open fds do not grow (10 % -> 100 %)", Fmt("%ld -> %ld", at10->fds, end_sample.fds),
-                      end_sample.fds <= at10->fds});
+                      end_sample.rss_kib > 0 && end_sample.fds <= at10->fds});
   criteria.push_back({"plugin alive (same PID) and exits 0 on SIGTERM",
                       Fmt("%s, exit %d", plugin_alive ? "alive" : "GONE", plugin_exit.value_or(-1)),
                       plugin_alive && plugin_exit == 0});

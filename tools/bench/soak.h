@@ -22,6 +22,7 @@ struct SoakOptions {
   std::string outage = "10s";    // shim "down" this long, once, in the middle ("0s": none)
   std::string recovery_allowance = "5s";  // errors after "up" are allowed this long (issue 12: serve within 5 s)
   size_t hsm_sessions = 0;       // the plugin's --hsm-sessions (0: its default)
+  std::string time_limit = "30m";  // the run stops (and fails) after this long
 
   std::string json_file;   // also write the figures as JSON here
   std::string plugin_log;  // keep a copy of the plugin's log here (it holds no secrets)
