@@ -16,6 +16,19 @@ grpc::Status CheckVersion(const std::string& version) {
                                    "; this service speaks v1beta1"));
 }
 
+// Wipes a request's secret field when the handler returns, by whichever path: gRPC frees the request
+// message without wiping it, and the buffer is the handler's to wipe once the call has reached it.
+class WipeOnReturn {
+ public:
+  explicit WipeOnReturn(const std::string& field) : field_(const_cast<std::string&>(field)) {}
+  ~WipeOnReturn() { WipeMemory(field_.data(), field_.size()); }
+  WipeOnReturn(const WipeOnReturn&) = delete;
+  WipeOnReturn& operator=(const WipeOnReturn&) = delete;
+
+ private:
+  std::string& field_;
+};
+
 }  // namespace
 
 grpc::Status KmsV1beta1Service::Version(grpc::ServerContext*, const v1beta1::VersionRequest* request,
@@ -30,11 +43,10 @@ grpc::Status KmsV1beta1Service::Version(grpc::ServerContext*, const v1beta1::Ver
 
 grpc::Status KmsV1beta1Service::Encrypt(grpc::ServerContext*, const v1beta1::EncryptRequest* request,
                                         v1beta1::EncryptResponse* response) {
+  const WipeOnReturn wipe_plain(request->plain());  // also when the version is refused
   RequestTimer timer(observer_, "v1beta1", "Encrypt", "");
   if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
   StatusOr<EncryptResult> result = engine_.Encrypt(request->plain(), kV1MaxCiphertext);
-  auto& plain = const_cast<std::string&>(request->plain());
-  WipeMemory(plain.data(), plain.size());
   if (!result.ok()) return timer.Done(ToGrpc(result.status()));
   response->set_cipher(std::move(result->ciphertext));
   return timer.Done(grpc::Status::OK, result->key_id);
