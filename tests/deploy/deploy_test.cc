@@ -34,6 +34,7 @@
 #include "tests/deploy/helm_render.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
+#include "tests/testing/skip_or_fail_in_ci.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
 #include "tests/tpm/swtpm.h"
@@ -694,9 +695,7 @@ TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
   const char* env = std::getenv("HELM");
   const std::string helm = env != nullptr ? env : "helm";
   if (!HasCommand(ShellQuote(helm))) {
-    const char* ci = std::getenv("CI");
-    if (ci != nullptr && std::string(ci) == "true") FAIL() << "CI=true but no helm: ci/test builds it with ci/go-tools";
-    GTEST_SKIP() << "no helm binary (ci/go-tools builds one; set HELM=/path/to/helm)";
+    SKIP_OR_FAIL_IN_CI("no helm binary (ci/test builds one with ci/go-tools; set HELM=/path/to/helm)");
   }
   char dir_template[] = "/tmp/deploy-helm-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
@@ -1076,7 +1075,7 @@ TEST_F(DeployPluginTest, PluginReportsReadinessToSystemd) {
 // take its file locks, and a key version created after the plugin started never shows up (rotation would
 // silently not happen). Runs the plugin in a private mount namespace (needs CAP_SYS_ADMIN).
 TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
-  if (Shell("unshare -m true").code != 0) GTEST_SKIP() << "cannot create a mount namespace here";
+  if (Shell("unshare -m true").code != 0) SKIP_OR_FAIL_IN_CI("cannot create a mount namespace here (unshare -m needs root)");
   const std::string tokens = token_->dir() + "/tokens";
   const std::string ro_socket = token_->dir() + "/ro/kms.sock";
   const std::string script = "mount --bind " + ShellQuote(tokens) + " " + ShellQuote(tokens) +
@@ -1183,7 +1182,7 @@ TEST(DeployTest, SystemdUnitIsHardenedAndMatchesThePlugin) {
   EXPECT_EQ(UriAttribute(uri, "pin-source"), "file:/etc/trousseau-hsm/pin");
 
   // systemd's own checks, where systemd-analyze exists (no running systemd needed).
-  if (!HasCommand("systemd-analyze")) GTEST_SKIP() << "no systemd-analyze";
+  if (!HasCommand("systemd-analyze")) SKIP_OR_FAIL_IN_CI("no systemd-analyze (Debian package systemd)");
   char dir_template[] = "/tmp/deploy-unit-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
   std::string unit = Slurp(unit_path);
@@ -1277,7 +1276,7 @@ TEST(DeployTest, SystemdTpmDropInOpensOnlyTheTpmAndKeepsTheHardening) {
   EXPECT_TRUE(keys["tpm-key-dir"]);
   EXPECT_FALSE(keys["pkcs11-uri"]) << "one backend per file";
 
-  if (!HasCommand("systemd-analyze")) GTEST_SKIP() << "no systemd-analyze";
+  if (!HasCommand("systemd-analyze")) SKIP_OR_FAIL_IN_CI("no systemd-analyze (Debian package systemd)");
   char dir_template[] = "/tmp/deploy-tpm-unit-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
   fs::create_directories(dir + "/trousseau-hsm.service.d");
@@ -1338,7 +1337,7 @@ TEST(DeployTest, DockerfileBuildsWithCiDependenciesAndRunsAsTheManifestsUser) {
 // in the local apt lists: no network), and every shared library the three binaries load comes from one of
 // those packages or their dependencies.
 TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
-  if (!HasCommand("dpkg-query") || !HasCommand("apt-cache")) GTEST_SKIP() << "not a Debian system";
+  if (!HasCommand("dpkg-query") || !HasCommand("apt-cache")) SKIP_OR_FAIL_IN_CI("not a Debian system (no dpkg-query, apt-cache)");
   const Dockerfile d = ParseDockerfile();
   ASSERT_EQ(d.stages.size(), 2u);
   const auto installs = AptInstalls(d.stages[1]);
