@@ -225,6 +225,8 @@ struct Counts {
   std::array<std::array<size_t, kCodeCount>, kPhaseCount> errors{};
   std::vector<size_t> encrypts_by_version, decrypts_by_version;
   std::vector<int64_t> latencies_ns;  // of OK calls
+  int64_t slowest_ns = 0, slowest_end_ns = 0;  // the slowest OK call, to place it among the events
+  bool slowest_encrypt = false;
   size_t errors_in(Phase p) const {
     size_t n = 0;
     for (size_t c : errors[p]) n += c;
@@ -442,6 +444,11 @@ class Load {
       shared_.first_ok_after_up_ns.store(now);
     }
     counts_.latencies_ns.push_back(now - slot.start_ns);
+    if (now - slot.start_ns > counts_.slowest_ns) {
+      counts_.slowest_ns = now - slot.start_ns;
+      counts_.slowest_end_ns = now;
+      counts_.slowest_encrypt = slot.kind == kEncrypt;
+    }
     if (slot.kind == kEncrypt) {
       ++counts_.encrypt_ok;
       const v2::EncryptResponse& r = slot.encrypt_response;
@@ -937,6 +944,19 @@ int Soak(const SoakOptions& options) {
               load.held_seconds());
   std::printf("latency of OK calls: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.1f ms\n", lat.p50_us, lat.p90_us,
               lat.p99_us, lat.max_us / 1000);
+  {
+    // Where the slowest OK call ended, against the events (seconds since the start of the load).
+    auto at = [&](int64_t ns) { return static_cast<double>(ns - begin) / 1e9; };
+    std::string timeline;
+    for (const Rotation& r : controller.rotations()) {
+      if (r.hup_ns != 0) timeline += Fmt(" SIGHUP %.2f s (%s),", at(r.hup_ns), r.key_id.substr(0, r.key_id.find('-', 5)).c_str());
+    }
+    if (out) timeline += Fmt(" down %.2f s, up %.2f s,", at(out->down_ns), at(out->up_ns));
+    if (!timeline.empty()) timeline.pop_back();
+    std::printf("slowest OK call: %s, %.1f ms, ended at %.2f s; events:%s\n",
+                counts.slowest_encrypt ? "Encrypt" : "Decrypt", Ms(counts.slowest_ns), at(counts.slowest_end_ns),
+                timeline.c_str());
+  }
   std::printf("errors by phase and code:\n");
   for (int p = 0; p < kPhaseCount; ++p) {
     std::string line;
