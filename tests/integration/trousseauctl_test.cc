@@ -373,5 +373,37 @@ TEST_F(TrousseauctlTest, CannotBeTracedAndDumpsNoCore) {
   EXPECT_EQ(core, "0 0");
 }
 
+// The plugin's request log with a caller's uid of 100 KiB full of newlines and fake fields (issue 19):
+// the record stays one capped line, and no forged record appears.
+TEST_F(TrousseauctlTest, APluginLogRecordKeepsAHugeMultiLineUidOnOneCappedLine) {
+  StartPlugin();
+  std::string uid;
+  while (uid.size() < 100 * 1024) uid += "x\n2026-01-01T00:00:00.000000Z info forged-record key_id=forged ";
+  KmsClients clients(socket_);
+  v2::EncryptRequest request;
+  request.set_plaintext("seed");
+  request.set_uid(uid);
+  v2::EncryptResponse response;
+  ASSERT_TRUE(clients.v2->Encrypt(CallContext().get(), request, &response).ok()) << plugin_->Log();
+  std::string record;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        std::istringstream log(plugin_->Log());
+        for (std::string line; std::getline(log, line);) {
+          if (line.find(" v2 Encrypt ") != std::string::npos || line.find(" v2 Encrypt\n") != std::string::npos ||
+              line.find("operation=Encrypt") != std::string::npos) {
+            record = line;
+          }
+        }
+        return !record.empty();
+      },
+      5s))
+      << plugin_->Log();
+  EXPECT_LT(record.size(), 1024u) << record.substr(0, 2048);
+  EXPECT_NE(record.find("...[truncated, " + std::to_string(uid.size()) + " bytes]"), std::string::npos) << record;
+  EXPECT_EQ(plugin_->Log().find("\n2026-01-01T00:00:00.000000Z info forged-record"), std::string::npos)
+      << "a forged record starts a line of the plugin's log";
+}
+
 }  // namespace
 }  // namespace trousseau
