@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	kmsservice "k8s.io/kms/pkg/service"
@@ -39,27 +41,35 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 		t.Fatalf("Encrypt on the other token: %v", err)
 	}
 
+	// Forged or foreign input is the caller's error (InvalidArgument), an unknown key_id NotFound: never
+	// Unavailable or Internal, which would count against the plugin's health.
 	cases := []struct {
 		name string
 		req  kmsservice.DecryptRequest
+		want codes.Code
 	}{
-		{"unknown key_id", kmsservice.DecryptRequest{Ciphertext: ct, KeyID: "unknown-" + hex.EncodeToString(randomBytes(t, 16)), Annotations: good.Annotations}},
-		{"garbage ciphertext", kmsservice.DecryptRequest{Ciphertext: randomBytes(t, len(ct)), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"short garbage ciphertext", kmsservice.DecryptRequest{Ciphertext: []byte("not a ciphertext"), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"empty ciphertext", kmsservice.DecryptRequest{Ciphertext: nil, KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"first byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, 0), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"middle byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, len(ct)/2), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"last byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, len(ct)-1), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"truncated by one byte", kmsservice.DecryptRequest{Ciphertext: ct[:len(ct)-1], KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"ciphertext with a trailing byte", kmsservice.DecryptRequest{Ciphertext: append(bytes.Clone(ct), 0), KeyID: good.KeyID, Annotations: good.Annotations}},
-		{"another token's ciphertext under our key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: good.KeyID, Annotations: otherResp.Annotations}},
-		{"another token's ciphertext and key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: otherResp.KeyID, Annotations: otherResp.Annotations}},
+		{"unknown key_id", kmsservice.DecryptRequest{Ciphertext: ct, KeyID: "unknown-" + hex.EncodeToString(randomBytes(t, 16)), Annotations: good.Annotations}, codes.NotFound},
+		{"garbage ciphertext", kmsservice.DecryptRequest{Ciphertext: randomBytes(t, len(ct)), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"short garbage ciphertext", kmsservice.DecryptRequest{Ciphertext: []byte("not a ciphertext"), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"empty ciphertext", kmsservice.DecryptRequest{Ciphertext: nil, KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"first byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, 0), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"middle byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, len(ct)/2), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"last byte flipped", kmsservice.DecryptRequest{Ciphertext: flipped(ct, len(ct)-1), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"truncated by one byte", kmsservice.DecryptRequest{Ciphertext: ct[:len(ct)-1], KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"ciphertext with a trailing byte", kmsservice.DecryptRequest{Ciphertext: append(bytes.Clone(ct), 0), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"oversize ciphertext (1025 bytes)", kmsservice.DecryptRequest{Ciphertext: randomBytes(t, 1025), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
+		{"another token's ciphertext under our key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: good.KeyID, Annotations: otherResp.Annotations}, codes.InvalidArgument},
+		{"another token's ciphertext and key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: otherResp.KeyID, Annotations: otherResp.Annotations}, codes.NotFound},
 	}
 	for _, c := range cases {
 		req := c.req
 		got, err := svc.Decrypt(ctx, "uid-bad", &req)
 		if err == nil {
-			t.Errorf("KMS v2 Decrypt with %s succeeded (returned %d bytes), want an error", c.name, len(got))
+			t.Errorf("KMS v2 Decrypt with %s succeeded (returned %d bytes), want %s", c.name, len(got), c.want)
+			continue
+		}
+		if code := status.Code(err); code != c.want {
+			t.Errorf("KMS v2 Decrypt with %s: %s (%v), want %s", c.name, code, err, c.want)
 			continue
 		}
 		t.Logf("KMS v2 Decrypt with %s: refused: %v", c.name, err)
@@ -85,22 +95,27 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 	stored2 := []struct {
 		name string
 		data []byte
+		want codes.Code // the plugin's answer, carried through the apiserver's wrapping
 	}{
 		{"encrypted DEK seed replaced by garbage", tamper(func(eo *kmstypes.EncryptedObject) {
 			eo.EncryptedDEKSource = randomBytes(t, len(eo.EncryptedDEKSource))
-		})},
+		}), codes.InvalidArgument},
 		{"encrypted DEK seed with a flipped byte", tamper(func(eo *kmstypes.EncryptedObject) {
 			eo.EncryptedDEKSource = flipped(eo.EncryptedDEKSource, len(eo.EncryptedDEKSource)/2)
-		})},
+		}), codes.InvalidArgument},
 		{"unknown key_id", tamper(func(eo *kmstypes.EncryptedObject) {
 			eo.KeyID = "unknown-" + hex.EncodeToString(randomBytes(t, 16))
-		})},
+		}), codes.NotFound},
 	}
 	for _, c := range stored2 {
 		reader := loadTransformer(t, "v2", env.plugin.endpoint())
-		if got, _, err := reader.TransformFromStorage(ctx, c.data, etcdKey(obj.name)); err == nil {
-			t.Errorf("apiserver read of an etcd value with %s succeeded (%d bytes), want an error", c.name, len(got))
-		} else {
+		got, _, err := reader.TransformFromStorage(ctx, c.data, etcdKey(obj.name))
+		switch {
+		case err == nil:
+			t.Errorf("apiserver read of an etcd value with %s succeeded (%d bytes), want %s", c.name, len(got), c.want)
+		case status.Code(err) != c.want:
+			t.Errorf("apiserver read of an etcd value with %s: %s (%v), want %s", c.name, status.Code(err), err, c.want)
+		default:
 			t.Logf("apiserver read of an etcd value with %s: refused: %v", c.name, err)
 		}
 	}
@@ -112,21 +127,30 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("v1 Encrypt: %v", err)
 	}
+	unknownVersion := bytes.Clone(v1ct)
+	unknownVersion[10] = 9 // the envelope header's key version (its last byte): not on the token
 	v1Cases := []struct {
 		name string
 		ct   []byte
+		want codes.Code
 	}{
-		{"garbage ciphertext", randomBytes(t, len(v1ct))},
-		{"empty ciphertext", nil},
-		{"middle byte flipped", flipped(v1ct, len(v1ct)/2)},
-		{"last byte flipped", flipped(v1ct, len(v1ct)-1)},
-		{"truncated by one byte", v1ct[:len(v1ct)-1]},
-		{"another token's v2 ciphertext", otherResp.Ciphertext},
+		{"garbage ciphertext", randomBytes(t, len(v1ct)), codes.InvalidArgument},
+		{"empty ciphertext", nil, codes.InvalidArgument},
+		{"middle byte flipped (forged)", flipped(v1ct, len(v1ct)/2), codes.InvalidArgument},
+		{"last byte flipped (forged)", flipped(v1ct, len(v1ct)-1), codes.InvalidArgument},
+		{"truncated by one byte", v1ct[:len(v1ct)-1], codes.InvalidArgument},
+		{"oversize ciphertext (65536 bytes)", randomBytes(t, 65536), codes.InvalidArgument},
+		{"another token's v2 ciphertext", otherResp.Ciphertext, codes.InvalidArgument},
+		{"a key version not on the token", unknownVersion, codes.NotFound},
 	}
 	for _, c := range v1Cases {
-		if got, err := v1.Decrypt(c.ct); err == nil {
-			t.Errorf("KMS v1 Decrypt with %s succeeded (%d bytes), want an error", c.name, len(got))
-		} else {
+		got, err := v1.Decrypt(c.ct)
+		switch {
+		case err == nil:
+			t.Errorf("KMS v1 Decrypt with %s succeeded (%d bytes), want %s", c.name, len(got), c.want)
+		case status.Code(err) != c.want:
+			t.Errorf("KMS v1 Decrypt with %s: %s (%v), want %s", c.name, status.Code(err), err, c.want)
+		default:
 			t.Logf("KMS v1 Decrypt with %s: refused: %v", c.name, err)
 		}
 	}

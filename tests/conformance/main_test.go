@@ -48,12 +48,24 @@ func run(m *testing.M) int {
 
 	code := m.Run()
 
+	// A plugin that does not drain cleanly on SIGTERM (a kubelet stop, a node drain) fails the suite,
+	// whatever the tests said.
 	exit, err := env.plugin.stop(15 * time.Second)
 	switch {
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "conformance: stopping the shared plugin: %v\n", err)
+		fmt.Fprintf(os.Stderr, "conformance: FAIL: stopping the shared plugin: %v; log:\n%s\n", err, env.plugin.logTail(30))
+		return failed(code)
 	case exit != 0:
-		fmt.Fprintf(os.Stderr, "conformance: shared plugin exited %d on SIGTERM; log:\n%s\n", exit, env.plugin.logTail(30))
+		fmt.Fprintf(os.Stderr, "conformance: FAIL: shared plugin exited %d on SIGTERM (want 0); log:\n%s\n", exit, env.plugin.logTail(30))
+		return failed(code)
 	}
 	return code
+}
+
+// The suite's exit code once the shared plugin's stop failed: the tests' own failure code, else 1.
+func failed(code int) int {
+	if code != 0 {
+		return code
+	}
+	return 1
 }

@@ -22,11 +22,12 @@ func TestPluginRefusesUnsafeStartup(t *testing.T) {
 		keyFlags []string
 		pinMode  os.FileMode
 		access   string // what pkcs11-tool must report, so we know the token is as intended
+		why      string // in the plugin's log: the refusal is this one, not another failure
 	}{
-		{"extractable key", []string{"--sensitive", "--extractable", "--private"}, 0o600, "extractable"},
-		{"key not sensitive", []string{"--private"}, 0o600, ""},
-		{"PIN file group-readable (0640)", safeKeyFlags, 0o640, "never extractable"},
-		{"PIN file world-readable (0604)", safeKeyFlags, 0o604, "never extractable"},
+		{"extractable key", []string{"--sensitive", "--extractable", "--private"}, 0o600, "extractable", "it is extractable"},
+		{"key not sensitive", []string{"--private"}, 0o600, "", "it is not sensitive"},
+		{"PIN file group-readable (0640)", safeKeyFlags, 0o640, "never extractable", "has mode 0640"},
+		{"PIN file world-readable (0604)", safeKeyFlags, 0o604, "never extractable", "has mode 0604"},
 	}
 	for _, c := range cases {
 		t.Run(strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(c.name), func(t *testing.T) {
@@ -68,8 +69,13 @@ func TestPluginRefusesUnsafeStartup(t *testing.T) {
 			if err != nil {
 				t.Fatalf("plugin still running with %s (%v); log:\n%s", c.name, err, p.logTail(20))
 			}
-			if code == 0 {
-				t.Fatalf("plugin exited 0 with %s, want a non-zero exit; log:\n%s", c.name, p.logTail(20))
+			// Exit 2 is the documented refusal (README: configuration or key-policy error); any other
+			// code, and -1 for a death by signal, is a crash or another failure, not this refusal.
+			if code != 2 {
+				t.Fatalf("plugin exited %d with %s, want 2 (a start-up refusal; -1 is a death by signal); log:\n%s", code, c.name, p.logTail(20))
+			}
+			if log := p.logTail(20); !strings.Contains(log, c.why) {
+				t.Fatalf("plugin refused %s without saying %q; log:\n%s", c.name, c.why, log)
 			}
 			if _, err := os.Stat(p.sock); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("socket %s left behind by the refused start (stat err %v)", p.sock, err)
