@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/local_http.h"
+#include "tests/testing/prometheus_text.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
 
@@ -31,6 +34,8 @@ class PluginProcessTest : public ::testing::Test {
     token_ = SoftHsmToken::Create();
     ASSERT_NE(token_, nullptr);
     socket_ = token_->dir() + "/run/kms.sock";
+    // The socket's directory is the operator's to make (RuntimeDirectory=, a hostPath): the plugin does not.
+    ASSERT_EQ(mkdir((token_->dir() + "/run").c_str(), 0700), 0);
     log_ = token_->dir() + "/plugin.log";
   }
 
@@ -68,11 +73,41 @@ TEST_F(PluginProcessTest, ServesThenDrainsAndRemovesItsSocketOnSigterm) {
   EXPECT_NE(access(socket_.c_str(), F_OK), 0) << "socket left behind";
 }
 
-// Seeds are in its memory: a crash must not write them to a core file.
+// A field of /proc/PID/status ("Uid", "Gid", ...): the rest of its line; empty if absent.
+std::string ProcStatusField(pid_t pid, const std::string& field) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(field + ":", 0) == 0) return line.substr(field.size() + 1);
+  }
+  return "";
+}
+
+// Seeds are in its memory: a crash must not write them to a core file (RLIMIT_CORE 0, which a piped
+// core_pattern ignores), and the process is not dumpable (PR_SET_DUMPABLE 0: no core even through a
+// pipe, no ptrace attach or /proc/PID/mem read by same-user processes).
 TEST_F(PluginProcessTest, NeverDumpsCore) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  auto plugin = StartPlugin();
+  // The kernel shows "not dumpable" as /proc/PID files owned by root instead of by the process's user:
+  // visible only for a process that is not root. Run as root (CI), the plugin runs as nobody here.
+  std::vector<std::string> argv = {PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", token_->Uri()};
+  if (::geteuid() == 0) {
+    constexpr uid_t kNobody = 65534;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(token_->dir())) {
+      ASSERT_EQ(::lchown(entry.path().c_str(), kNobody, kNobody), 0) << entry.path();
+    }
+    ASSERT_EQ(::chown(token_->dir().c_str(), kNobody, kNobody), 0);
+    argv.insert(argv.begin(), {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"});
+  }
+  auto plugin = std::make_unique<Subprocess>(argv, log_);
   ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
+  const std::string uids = ProcStatusField(plugin->pid(), "Uid");
+  ASSERT_FALSE(uids.empty());
+  ASSERT_NE(std::stoul(uids), 0u) << "the plugin must run as another user than root for this check: " << uids;
+  struct stat environ {};
+  ASSERT_EQ(::stat(("/proc/" + std::to_string(plugin->pid()) + "/environ").c_str(), &environ), 0);
+  EXPECT_EQ(environ.st_uid, 0u) << "/proc/PID/environ is owned by the plugin's own user (Uid:" << uids
+                                << "): the process is dumpable (no PR_SET_DUMPABLE 0)";
+
   std::ifstream limits("/proc/" + std::to_string(plugin->pid()) + "/limits");
   std::string line, core;
   while (std::getline(limits, line)) {
@@ -88,7 +123,6 @@ TEST_F(PluginProcessTest, NeverDumpsCore) {
 
 TEST_F(PluginProcessTest, ReplacesAStaleSocketButNotALiveOne) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  mkdir((token_->dir() + "/run").c_str(), 0700);
   {  // a socket file nobody listens on, as after a crash
     const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
@@ -192,21 +226,34 @@ TEST_F(PluginProcessTest, SighupMakesANewKeyVersionActiveAndOldCiphertextsStillD
 // version counts only once a second read, two seconds later, still shows it.
 TEST_F(PluginProcessTest, ANewVersionThatVanishesAMomentLaterNeverBecomesActive) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  auto plugin = StartPlugin({"--key-refresh-interval", "0"});
+  const int port = testing::FreeLoopbackPort();
+  auto plugin = StartPlugin({"--key-refresh-interval", "0", "--health-listen", "127.0.0.1:" + std::to_string(port)});
   ASSERT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
   const std::string v1 = Status().key_id();
+  // Key family reads done (a histogram count): the first read of the refresh sees version 2, then the
+  // plugin waits to read again.
+  auto key_reads = [&] {
+    return testing::MetricValue(testing::HttpGet(port, "/metrics").body,
+                                "trousseau_hsm_backend_call_duration_seconds_count{backend=\"pkcs11\",call=\"load_keys\"}");
+  };
+  const double reads_before = key_reads();
+  ASSERT_GE(reads_before, 1) << "no key-read count on /metrics";
 
   ASSERT_TRUE(token_->GenerateKek(2).ok());
   plugin->Signal(SIGHUP);
-  std::this_thread::sleep_for(300ms);  // the plugin has read version 2 by now (a read takes ~1 ms)
+  ASSERT_TRUE(Eventually([&] { return key_reads() >= reads_before + 1; }, 5s)) << plugin->Log();
   ASSERT_TRUE(token_->DestroyKey(2).ok());
+  // Until the second read has decided (its log line), and after, the key_id never moves to version 2.
   bool switched = false;
-  for (const auto end = std::chrono::steady_clock::now() + 3s; std::chrono::steady_clock::now() < end;) {
-    switched |= Status().key_id() != v1;
-    std::this_thread::sleep_for(20ms);
-  }
+  const bool decided = Eventually(
+      [&] {
+        switched |= Status().key_id() != v1;
+        return plugin->Log().find("did not stay") != std::string::npos;
+      },
+      6s);
+  EXPECT_TRUE(decided) << plugin->Log();
   EXPECT_FALSE(switched) << plugin->Log();
-  EXPECT_NE(plugin->Log().find("did not stay"), std::string::npos) << plugin->Log();
+  EXPECT_EQ(Status().key_id(), v1);
   KmsClients clients(socket_);
   v2::EncryptRequest encrypt;
   encrypt.set_plaintext("seed");
@@ -235,6 +282,18 @@ TEST_F(PluginProcessTest, RejectsAnAbstractOrRelativeSocket) {
       std::vector<std::string>{PLUGIN_PATH, "--listen", "unix:///@kms", "--pkcs11-uri", token_->Uri()}, log_);
   EXPECT_EQ(abstract->Wait(10s), 2);
   EXPECT_NE(abstract->Log().find("abstract"), std::string::npos) << abstract->Log();
+
+  // A relative path would land wherever the process happens to start (kube-apiserver could not find it).
+  for (const std::string relative : {"unix:kms-relative.sock", "unix://run/kms-relative.sock", "kms-relative.sock"}) {
+    const std::string log = token_->dir() + "/relative.log";
+    auto plugin = std::make_unique<Subprocess>(
+        std::vector<std::string>{PLUGIN_PATH, "--listen", relative, "--pkcs11-uri", token_->Uri()}, log);
+    EXPECT_EQ(plugin->Wait(10s), 2) << relative << "\n" << plugin->Log();
+    EXPECT_NE(plugin->Log().find("absolute"), std::string::npos) << relative << "\n" << plugin->Log();
+    std::filesystem::remove(log);
+  }
+  EXPECT_FALSE(std::filesystem::exists("kms-relative.sock"));
+  EXPECT_FALSE(std::filesystem::exists("run/kms-relative.sock"));
 }
 
 // Every usage error is exit 2, which the systemd unit (RestartPreventExitStatus=2) does not retry.
