@@ -34,6 +34,7 @@
 #include "tests/deploy/helm_render.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
+#include "tests/testing/prometheus_text.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 #include "tests/testing/softhsm_token.h"
 #include "tests/testing/subprocess.h"
@@ -971,6 +972,8 @@ class DeployPluginTest : public ::testing::Test {
     ASSERT_NE(token_, nullptr);
     ASSERT_TRUE(token_->GenerateKek(1).ok());
     socket_ = token_->dir() + "/run/kms.sock";
+    // The socket's directory is the operator's to make (RuntimeDirectory=, a hostPath): the plugin does not.
+    ASSERT_TRUE(fs::create_directories(token_->dir() + "/run"));
   }
 
   v2::StatusResponse Status(const std::string& socket = "") {
@@ -1078,10 +1081,14 @@ TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
   if (Shell("unshare -m true").code != 0) SKIP_OR_FAIL_IN_CI("cannot create a mount namespace here (unshare -m needs root)");
   const std::string tokens = token_->dir() + "/tokens";
   const std::string ro_socket = token_->dir() + "/ro/kms.sock";
+  fs::create_directories(token_->dir() + "/ro");
+  // Its metrics tell when it has handled the SIGHUP below (a key refresh counted, whatever its result).
+  const int ro_port = testing::FreeLoopbackPort();
   const std::string script = "mount --bind " + ShellQuote(tokens) + " " + ShellQuote(tokens) +
                              " && mount -o remount,bind,ro " + ShellQuote(tokens) + " && exec " +
                              ShellQuote(PLUGIN_PATH) + " --listen " + ShellQuote("unix://" + ro_socket) +
-                             " --pkcs11-uri " + ShellQuote(token_->Uri()) + " --key-refresh-interval 0";
+                             " --pkcs11-uri " + ShellQuote(token_->Uri()) + " --key-refresh-interval 0" +
+                             " --health-listen 127.0.0.1:" + std::to_string(ro_port);
   // The read-only plugin opens the token first and alone: a second SoftHSM opening the same files at that
   // moment is a different, racy experiment.
   Subprocess read_only({"/usr/bin/unshare", "-m", "/bin/sh", "-c", script}, token_->dir() + "/ro.log");
@@ -1097,11 +1104,21 @@ TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
                       token_->dir() + "/rw.log");
   ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << writable.Log();
 
+  auto ro_refreshes = [&] {
+    const std::string page = testing::HttpGet(ro_port, "/metrics").body;
+    return testing::MetricValue(page, "trousseau_hsm_key_refresh_total{result=\"ok\"}") +
+           testing::MetricValue(page, "trousseau_hsm_key_refresh_total{result=\"failed\"}");
+  };
+  const double ro_refreshes_before = read_only_served ? ro_refreshes() : 0;
   ASSERT_TRUE(token_->GenerateKek(2).ok());  // as `trousseau-hsm-init key rotate` on the host
   read_only.Signal(SIGHUP);
   writable.Signal(SIGHUP);
   EXPECT_TRUE(Eventually([&] { return Status().key_id().rfind("kek-v2-", 0) == 0; }, 5s)) << writable.Log();
-  std::this_thread::sleep_for(1s);
+  if (read_only_served) {
+    // The read-only plugin has finished its refresh (after the settle time a new version would take).
+    ASSERT_GE(ro_refreshes_before, 1) << "no key refresh count on the read-only plugin's /metrics";
+    ASSERT_TRUE(Eventually([&] { return ro_refreshes() > ro_refreshes_before; }, 10s)) << read_only.Log();
+  }
   const std::string read_only_key = Status(ro_socket).key_id();
   if (read_only_served) {
     EXPECT_EQ(read_only_key.rfind("kek-v1-", 0), 0u)
