@@ -777,6 +777,17 @@ TEST_F(InitToolTest, RotateRefusesAFamilyThePluginRefusesAndCreatesNothing) {
   EXPECT_EQ(ListJson()["keys"].size(), 1u);
 }
 
+TEST_F(InitToolTest, RotateRefusesAFamilyWithALastingDuplicateVersion) {
+  ASSERT_TRUE(token_->GenerateKek(1).ok());
+  ASSERT_TRUE(token_->GenerateKek(2).ok());
+  ASSERT_TRUE(token_->GenerateKek(2).ok());  // made by another tool: nobody withdraws it
+  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
+  EXPECT_EQ(rotate.code, 1) << rotate.all();
+  EXPECT_NE(rotate.err.find("(there are two keys with version 2)"), std::string::npos) << rotate.err;
+  EXPECT_NE(rotate.err.find("Nothing was created"), std::string::npos) << rotate.err;
+  EXPECT_EQ(ListJson()["keys"].size(), 3u);
+}
+
 // Root rotating a SoftHSM token that belongs to the plugin's user would make a root-only object file
 // the plugin never sees (issue 12, fault 4).
 TEST_F(InitToolTest, RotateRefusesATokenWhoseStorageBelongsToAnotherUser) {
