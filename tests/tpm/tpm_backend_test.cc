@@ -4,9 +4,17 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <tss2/tss2_tpm2_types.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
@@ -308,7 +316,13 @@ TEST_F(TpmBackendTest, RequestsWhoseDeadlinePassesInTheQueueFailWithoutTouchingT
     callers.emplace_back([&] {
       if (IsUnavailable(backend->Open(1, sealed, "").status())) ++unavailable;
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the first one reaches the TPM first
+    // The first one reaches the TPM (and sticks there), the others queue behind it, in that order.
+    if (i == 0) {
+      EXPECT_TRUE(Eventually([&] { return backend->stats().requests_run == run_before + 1; }, std::chrono::seconds(1)));
+    } else {
+      EXPECT_TRUE(Eventually([&] { return backend->stats().waiting == static_cast<uint64_t>(i); }, std::chrono::seconds(1)))
+          << backend->stats().waiting;
+    }
   }
   for (auto& caller : callers) caller.join();
   EXPECT_EQ(unavailable.load(), 5) << "every caller gets its answer at its deadline";
@@ -347,17 +361,70 @@ TEST_F(TpmBackendTest, AHungTpmCannotMakeTheQueueGrowWithoutBound) {
   EXPECT_TRUE(Eventually([&] { return backend->Open(1, sealed, "").ok(); }, std::chrono::seconds(5)));
 }
 
+// The TPM command codes in a swtpm log written at level 20, in order: swtpm logs each command's bytes on
+// the lines after "SWTPM_IO_Read:", and the code is bytes 6-9 of the header (tag, size, code).
+std::vector<TPM2_CC> CommandCodesLogged(const std::string& log) {
+  std::vector<TPM2_CC> codes;
+  std::istringstream lines(log);
+  bool command_follows = false;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("SWTPM_IO_Read:") != std::string::npos) {
+      command_follows = true;
+      continue;
+    }
+    if (!command_follows) continue;
+    command_follows = false;
+    std::istringstream hex(line);
+    std::vector<unsigned> bytes;
+    for (unsigned byte; hex >> std::hex >> byte;) bytes.push_back(byte);
+    if (bytes.size() >= 10) codes.push_back(bytes[6] << 24 | bytes[7] << 16 | bytes[8] << 8 | bytes[9]);
+  }
+  return codes;
+}
+
+size_t Count(const std::vector<TPM2_CC>& codes, TPM2_CC code) { return std::count(codes.begin(), codes.end(), code); }
+
 TEST_F(TpmBackendTest, TpmEncryptDecryptAndEncryptDecrypt2MakeTheSameCiphertexts) {
   InitKeys();
+  // The same TPM (state), served by a swtpm that logs every command it receives: that log shows which of
+  // the two commands each backend really sent. (It holds the test's "seed" in the command bytes.)
+  const std::string socket = tpm_->Tcti().substr(std::string("swtpm:path=").size());
+  const std::string log_path = dir_.path() + "/swtpm-commands.log";
+  tpm_->Kill();
+  ::unlink(socket.c_str());
+  ::unlink((socket + ".ctrl").c_str());
+  testing::Subprocess logged({"/usr/bin/swtpm", "socket", "--tpm2", "--server", "type=unixio,path=" + socket, "--ctrl",
+                              "type=unixio,path=" + socket + ".ctrl", "--flags", "startup-clear,not-need-init",
+                              "--tpmstate", "dir=" + tpm_->state_dir(), "--log", "file=" + log_path + ",level=20"},
+                             dir_.path() + "/swtpm-logged.out");
+  ASSERT_TRUE(Eventually([&] { return testing::UnixSocketAccepts(socket + ".ctrl") && testing::UnixSocketAccepts(socket); },
+                         std::chrono::seconds(10)))
+      << logged.Log();
+  auto log_since = [&](size_t offset) {
+    std::ifstream file(log_path);
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    return std::make_pair(CommandCodesLogged(text.substr(std::min(offset, text.size()))), text.size());
+  };
+
   std::string by_v2_command;
+  size_t offset = log_since(0).second;
   {
     auto backend = LoadedBackend();
     by_v2_command = *backend->Seal(1, "seed", "aad");
   }
+  auto [sent, end] = log_since(offset);
+  EXPECT_GE(Count(sent, TPM2_CC_EncryptDecrypt2), 1u) << "the default backend did not send TPM2_EncryptDecrypt2";
+  EXPECT_EQ(Count(sent, TPM2_CC_EncryptDecrypt), 0u);
+
+  offset = end;
   auto backend = LoadedBackend({.tcti = "", .key_dir = "", .load_timeout = std::chrono::seconds(30), .loaded_versions = 1, .prefer_encrypt_decrypt2 = false});
   EXPECT_EQ(backend->Open(1, by_v2_command, "aad")->view(), "seed");
   const std::string by_v1_command = *backend->Seal(1, "seed", "aad");
   backend.reset();
+  std::tie(sent, end) = log_since(offset);
+  EXPECT_GE(Count(sent, TPM2_CC_EncryptDecrypt), 2u) << "the backend told to use the older command did not send it";
+  EXPECT_EQ(Count(sent, TPM2_CC_EncryptDecrypt2), 0u) << "the backend told to use the older command sent the newer one";
+
   EXPECT_EQ(LoadedBackend()->Open(1, by_v1_command, "aad")->view(), "seed");
 }
 

@@ -3,7 +3,11 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <fstream>
 
 #include <filesystem>
 #include <limits>
@@ -20,6 +24,7 @@
 namespace trousseau::tpm {
 namespace {
 
+using testing::Eventually;
 using testing::Swtpm;
 using testing::TempDir;
 
@@ -32,6 +37,24 @@ mode_t Mode(const std::string& path) {
   struct stat st{};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 07777;
+}
+
+// Whether thread `tid` of this process is in a sleep call now (nanosleep or clock_nanosleep, which
+// std::this_thread::sleep_for uses), per /proc/self/task/TID/syscall (its first field, the syscall number).
+bool Sleeping(pid_t tid) {
+  std::ifstream file("/proc/self/task/" + std::to_string(tid) + "/syscall");
+  long number = -1;
+  return (file >> number) && (number == SYS_nanosleep || number == SYS_clock_nanosleep);
+}
+
+// How many of this process's file descriptors are open on `path`.
+int OpenCount(const std::string& path) {
+  int count = 0;
+  std::error_code ignored;
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd", ignored)) {
+    count += std::filesystem::read_symlink(fd.path(), ignored) == path ? 1 : 0;
+  }
+  return count;
 }
 
 TEST_F(TpmProvisioningTest, InitCreatesVersionOneAsFourPrivateFilesAndRefusesToRunTwice) {
@@ -113,13 +136,18 @@ TEST_F(TpmProvisioningTest, AFullTpmIsRetriedWithBackoffThenUnavailable) {
   EXPECT_GE(waited, std::chrono::milliseconds(100)) << "bounded retries with backoff";
   EXPECT_LT(waited, std::chrono::seconds(2));
 
-  // Slots freed while it backs off: the retry succeeds.
-  std::thread release([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    backend.reset();  // the worker flushes its objects
+  // Slots freed while it backs off: the retry succeeds. The listing thread is seen sleeping (its backoff
+  // after a full-TPM answer; nothing else in a listing sleeps) before the slots are freed.
+  std::atomic<pid_t> lister{0};
+  StatusOr<std::vector<TpmKeyInfo>> listed = InternalError("not run");
+  std::thread listing([&] {
+    lister = static_cast<pid_t>(::syscall(SYS_gettid));
+    listed = ListKeys(Config(), "kek");
   });
-  StatusOr<std::vector<TpmKeyInfo>> listed = ListKeys(Config(), "kek");
-  release.join();
+  const bool backing_off = Eventually([&] { return lister != 0 && Sleeping(lister); }, std::chrono::seconds(2));
+  backend.reset();  // the worker flushes its objects
+  listing.join();
+  EXPECT_TRUE(backing_off) << "the listing never backed off";
   EXPECT_TRUE(listed.ok()) << listed.status().ToString();
 }
 
@@ -186,13 +214,20 @@ TEST_F(TpmProvisioningTest, ARotationWaitsForTheLockAndRefusesClearlyIfItIsKept)
     EXPECT_TRUE(Contains(refused, "nothing was changed")) << refused.message();
     EXPECT_EQ(ListKeys(Config(), "kek")->size(), 1u);
 
-    // Released while a patient run waits: it proceeds.
-    std::thread release([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      held.reset();
+    // Released while a patient run waits: it proceeds. The run is waiting once it has the lock file open
+    // too (it polls the lock from then on) and is seen sleeping between two tries.
+    StatusOr<TpmKeyInfo> v2 = InternalError("not run");
+    std::atomic<pid_t> rotator{0};
+    std::thread rotation([&] {
+      rotator = static_cast<pid_t>(::syscall(SYS_gettid));
+      v2 = RotateKey(Config(), "kek");
     });
-    StatusOr<TpmKeyInfo> v2 = RotateKey(Config(), "kek");
-    release.join();
+    const std::string lock_path = Config().key_dir + "/.lock";
+    const bool waiting = Eventually(
+        [&] { return OpenCount(lock_path) >= 2 && rotator != 0 && Sleeping(rotator); }, std::chrono::seconds(5));
+    held.reset();
+    rotation.join();
+    EXPECT_TRUE(waiting) << "the rotation was never seen waiting for the lock";
     ASSERT_TRUE(v2.ok()) << v2.status().ToString();
     EXPECT_EQ(v2->version, 2u);
   }
