@@ -22,7 +22,7 @@ inline bool RunningInCi() {
 #define SKIP_OR_FAIL_IN_CI(reason)                                                                   \
   do {                                                                                               \
     if (::trousseau::testing::RunningInCi()) {                                                       \
-      FAIL() << "CI=true, so no skipping: " << (reason) << " (ci/install-deps installs what it needs)"; \
+      FAIL() << "CI=true, so no skipping: " << (reason);                                         \
     } else {                                                                                         \
       GTEST_SKIP() << (reason);                                                                      \
     }                                                                                                \
