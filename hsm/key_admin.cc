@@ -110,14 +110,14 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
           const bool alone = !undecided && std::count_if(keys->begin(), keys->end(), [&](const KeyObject& k) {
                                              return k.version == version;
                                            }) == 1;
-          if (alone) return Settled{Decision::kKeep, *mine, 0, keys->back().version};
+          if (alone) return Settled{.decision = Decision::kKeep, .key = *mine, .highest = keys->back().version};
           if (lower > 0 || Clock::now() >= deadline) {
             if (Status s = DestroyKeyObject(admin->session(), mine->handle); !s.ok()) {
               return Status(s.code(), StrCat("another run created key '", label, "' version ", version,
                                              " at the same time, and destroying this run's copy failed (", s.message(),
                                              "): the family may hold version ", version, " twice; check `key list`"));
             }
-            return Settled{Decision::kWithdraw, {}, lower, 0};
+            return Settled{.decision = Decision::kWithdraw, .lower = lower};
           }
         }
       } else {

@@ -22,6 +22,7 @@
 #include "app/key_refresher.h"
 #include "core/kms_engine.h"
 #include "core/process_hardening.h"
+#include "hsm/pin_source.h"
 #include "core/strings.h"
 #include "observability/http_endpoint.h"
 #include "observability/logging.h"
@@ -81,6 +82,10 @@ int RunPlugin(const PluginOptions& options) {
     spdlog::warn("could not turn core dumps off ({}): a crash may write recent seeds to a core file",
                  hardened.failed_step());
   }
+
+  // TROUSSEAU_HSM_PIN leaves the environment now, while this is the only thread: gRPC and civetweb
+  // threads, started before the first login, may read the environment.
+  hsm::CaptureEnvironmentPin();
 
   // Signals are taken synchronously by this thread only; block them before any other thread exists.
   sigset_t signals;
