@@ -257,6 +257,10 @@ Status Pkcs11Backend::LoginBlocked() {
     login_block_ = OkStatus();
     return OkStatus();
   }
+  return LoginBlockedError();
+}
+
+Status Pkcs11Backend::LoginBlockedError() const {
   return PermissionDeniedError(StrCat(
       login_block_.message(), "; not trying that PIN again (each try counts towards locking the token): ",
       uri_.pin_file() ? "fix the PIN file (a change is noticed at once), or send SIGHUP to try it again"
@@ -298,7 +302,9 @@ Status Pkcs11Backend::ReconnectOnAdmin() {
     if (IsPermissionDenied(conn.status())) {
       login_block_ = conn.status();
       blocked_pin_stamp_ = StampPinFile();
-      failed = LoginBlocked();
+      // A SIGHUP from before this refusal (e.g. a rotation's) must not count as the operator's go-ahead.
+      login_retry_requested_.store(false);
+      failed = LoginBlockedError();
     }
     std::lock_guard lock(conn_mu_);
     last_loss_ = failed;

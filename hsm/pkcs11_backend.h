@@ -117,7 +117,9 @@ class Pkcs11Backend final : public KeyBackend {
   // (start-up, refresh) the whole family is judged and any bad key fails the load.
   StatusOr<std::shared_ptr<Connection>> Connect(bool restore);
   Status LoadFamily(Connection& conn, bool restore);
+  // OK, or lifts the block if the PIN file changed or SIGHUP asked since; else LoginBlockedError().
   Status LoginBlocked();
+  Status LoginBlockedError() const;
 
   const Pkcs11Uri uri_;
   const Pkcs11BackendOptions options_;

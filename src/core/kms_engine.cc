@@ -224,9 +224,8 @@ void KmsEngine::Record(CallKind kind, const Status& status, uint64_t version) {
     changed = health_.RecordSuccess();
   } else if (IsUnavailable(status) || IsPermissionDenied(status)) {
     changed = health_.RecordOutage(status);  // the device is gone or refuses us: open the breaker
-  } else if (kind == CallKind::kDecrypt || kind == CallKind::kLoad || IsInvalidArgument(status)) {
-    // The caller's bytes or key_id, an old version's trouble, or a listing: none of them says the
-    // plugin cannot encrypt.
+  } else if (kind == CallKind::kDecrypt || IsInvalidArgument(status)) {
+    // The caller's bytes or key_id, or an old version's trouble: neither says the plugin cannot encrypt.
     return;
   } else if (auto ring = ring_.load(); ring && ring->active_version() != version) {
     return;  // a reload replaced the active key meanwhile: this says nothing about the new one

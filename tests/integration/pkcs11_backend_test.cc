@@ -241,6 +241,15 @@ TEST_F(RejectedPinTest, AChangedPinFileIsTriedWithoutASignal) {
   EXPECT_EQ(LoginAttempts(), 2);
 }
 
+// A SIGHUP sent before the PIN was refused (a key rotation's, say) is no go-ahead to try it again.
+TEST_F(RejectedPinTest, ASighupFromBeforeTheRefusalDoesNotUnblockIt) {
+  auto backend = NewBackend({}, Uri());
+  backend->AllowLoginRetry();
+  ASSERT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  EXPECT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
+  EXPECT_EQ(LoginAttempts(), 1);
+}
+
 TEST_F(RejectedPinTest, SighupTriesTheSamePinOnceMore) {
   auto backend = NewBackend({}, Uri());
   ASSERT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
