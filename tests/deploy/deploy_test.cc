@@ -36,8 +36,8 @@
 #include "tests/testing/local_http.h"
 #include "tests/testing/prometheus_text.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 #include "tests/tpm/swtpm.h"
 #include "tpm/provisioning.h"
 
@@ -47,10 +47,10 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 const fs::path kDeploy = DEPLOY_DIR;
 const fs::path kChart = kDeploy / "helm" / "trousseau-hsm";
@@ -921,7 +921,7 @@ TEST(DeployTest, EnvironmentVariablesNamedInDeployAreThePlugins) {
 }
 
 TEST(DeployTest, NoPinValueAnywhereInDeploy) {
-  const std::vector<std::string> test_pins = {testing::kTestUserPin, testing::kTestSoPin};
+  const std::vector<std::string> test_pins = {support::kTestUserPin, support::kTestSoPin};
   for (const fs::path& path : DeployFiles()) {
     SCOPED_TRACE(path.string());
     const std::string text = Slurp(path);

@@ -15,22 +15,22 @@
 #include <fstream>
 #include <thread>
 
-#include "tests/testing/fault_shim_control.h"
+#include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::HttpGet;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 class FaultTest : public ::testing::Test {
  protected:
@@ -38,10 +38,10 @@ class FaultTest : public ::testing::Test {
     token_ = SoftHsmToken::Create();
     ASSERT_NE(token_, nullptr);
     control_ = token_->dir() + "/shim.control";
-    testing::WriteShimControl(control_, "up");
+    support::WriteShimControl(control_, "up");
     call_log_ = token_->dir() + "/calls";
     setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
     setenv("TROUSSEAU_FAULT_SHIM_CALL_LOG", call_log_.c_str(), 1);
     socket_ = token_->dir() + "/kms.sock";
     port_ = testing::FreeLoopbackPort();
@@ -144,7 +144,7 @@ TEST_F(RefusedPinTest, KeepsTheProcessUpUnreadyAndNeverTriesThatPinAgain) {
   EXPECT_FALSE(plugin->Wait(0ms).has_value()) << plugin->Log();
 
   // The operator fixes the PIN file: noticed without a signal, same process.
-  WritePin(testing::kTestUserPin);
+  WritePin(support::kTestUserPin);
   EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << plugin->Log();
   EXPECT_TRUE(Encrypt("seed", sealed).ok());
   EXPECT_EQ(HttpGet(port_, "/readyz").code, 200);
@@ -275,7 +275,7 @@ class HungDeviceTest : public FaultTest {
 };
 
 TEST_F(HungDeviceTest, CallsAnswerUnavailableStatusAnswersAtOnceAndServiceReturnsWithTheDevice) {
-  testing::WriteShimControl(control_, "hang");
+  support::WriteShimControl(control_, "hang");
   constexpr int kCallers = 64;
   std::atomic<int> unavailable{0}, other{0};
   std::vector<std::thread> callers;
@@ -301,7 +301,7 @@ TEST_F(HungDeviceTest, CallsAnswerUnavailableStatusAnswersAtOnceAndServiceReturn
   EXPECT_EQ(HttpGet(port_, "/healthz").code, 503);
   EXPECT_EQ(HttpGet(port_, "/livez").code, 200);
 
-  testing::WriteShimControl(control_, "up");
+  support::WriteShimControl(control_, "up");
   std::string plaintext;
   EXPECT_TRUE(Eventually([&] { return Decrypt(sealed_, &plaintext).ok(); }, 10s)) << plugin_->Log();
   EXPECT_EQ(plaintext, "written before");
@@ -309,7 +309,7 @@ TEST_F(HungDeviceTest, CallsAnswerUnavailableStatusAnswersAtOnceAndServiceReturn
 }
 
 TEST_F(HungDeviceTest, SigtermEndsTheProcessWithinTheGraceThoughCallsAreStuck) {
-  testing::WriteShimControl(control_, "hang");
+  support::WriteShimControl(control_, "hang");
   std::vector<std::thread> callers;
   for (int i = 0; i < 4; ++i) callers.emplace_back([&] { (void)Decrypt(sealed_, nullptr, 10s); });
   for (auto& caller : callers) caller.join();  // each answered UNAVAILABLE; their calls stay in the device
@@ -317,7 +317,7 @@ TEST_F(HungDeviceTest, SigtermEndsTheProcessWithinTheGraceThoughCallsAreStuck) {
   // --shutdown-grace is 2 s: a process that joined its stuck calls would still run when the wait ends.
   EXPECT_EQ(plugin_->Wait(4s), 0) << plugin_->Log();
   EXPECT_NE(plugin_->Log().find("abandoning"), std::string::npos) << plugin_->Log();
-  testing::WriteShimControl(control_, "up");
+  support::WriteShimControl(control_, "up");
 }
 
 }  // namespace

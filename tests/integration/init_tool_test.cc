@@ -21,8 +21,8 @@
 #include <sstream>
 
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 extern char** environ;
 
@@ -32,10 +32,10 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 constexpr char kNewSoPin[] = "so-pin-5f1e2d3c";
 constexpr char kNewUserPin[] = "user-pin-9a8b7c6d";
@@ -82,7 +82,7 @@ class InitToolTest : public ::testing::Test {
     std::vector<std::string> outputs = outputs_;
     if (token_ != nullptr) outputs.push_back(ReadFile(plugin_log_));
     for (const std::string& output : outputs) {
-      for (const char* pin : {testing::kTestUserPin, testing::kTestSoPin, kNewSoPin, kNewUserPin}) {
+      for (const char* pin : {support::kTestUserPin, support::kTestSoPin, kNewSoPin, kNewUserPin}) {
         EXPECT_EQ(output.find(pin), std::string::npos) << "a PIN was printed:\n" << output;
       }
     }
@@ -207,13 +207,13 @@ TEST_F(InitToolTest, TokenInitCreatesAUsableToken) {
   const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
   WriteFile(so_pin, std::string(kNewSoPin) + "\n", 0600);
   WriteFile(user_pin, std::string(kNewUserPin) + "\n", 0600);
-  ToolResult init = Run({"token", "init", "--module", testing::kSoftHsmModule, "--label", "fresh-token",
+  ToolResult init = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", "fresh-token",
                          "--so-pin-file", so_pin, "--pin-file", user_pin});
   ASSERT_EQ(init.code, 0) << init.all();
   EXPECT_NE(init.out.find("initialised token 'fresh-token'"), std::string::npos) << init.out;
 
   // The new token takes the user PIN for key generation and the AES-GCM self-test.
-  const std::string uri = "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(testing::kSoftHsmModule) +
+  const std::string uri = "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(support::kSoftHsmModule) +
                           "&pin-source=file:" + user_pin;
   EXPECT_NE(init.out.find(uri), std::string::npos) << "the suggested URI:\n" << init.out;
   ToolResult generate = Run({"key", "generate", "--pkcs11-uri", uri});
@@ -222,7 +222,7 @@ TEST_F(InitToolTest, TokenInitCreatesAUsableToken) {
   EXPECT_EQ(selftest.code, 0) << selftest.all();
   // ...and not the old token's PIN.
   ToolResult wrong = Run({"key", "list", "--pkcs11-uri",
-                          "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(testing::kSoftHsmModule) +
+                          "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(support::kSoftHsmModule) +
                               "&pin-source=file:" + token_->pin_file()});
   EXPECT_EQ(wrong.code, 1) << wrong.all();
   EXPECT_NE(wrong.err.find("rejected the user PIN"), std::string::npos) << wrong.err;
@@ -234,7 +234,7 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
   const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
   WriteFile(so_pin, kNewSoPin, 0644);
   WriteFile(user_pin, kNewUserPin, 0600);
-  ToolResult so = Run({"token", "init", "--module", testing::kSoftHsmModule, "--label", "fresh-token",
+  ToolResult so = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", "fresh-token",
                        "--so-pin-file", so_pin, "--pin-file", user_pin});
   EXPECT_EQ(so.code, 2) << so.all();
   EXPECT_NE(so.err.find("--so-pin-file"), std::string::npos) << so.err;
@@ -242,7 +242,7 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
 
   chmod(so_pin.c_str(), 0600);
   chmod(user_pin.c_str(), 0640);
-  ToolResult user = Run({"token", "init", "--module", testing::kSoftHsmModule, "--label", "fresh-token",
+  ToolResult user = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", "fresh-token",
                          "--so-pin-file", so_pin, "--pin-file", user_pin});
   EXPECT_EQ(user.code, 2) << user.all();
   EXPECT_NE(user.err.find("--pin-file"), std::string::npos) << user.err;
@@ -250,7 +250,7 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
   // Nothing was initialised.
   chmod(user_pin.c_str(), 0600);
   ToolResult list = Run({"key", "list", "--pkcs11-uri",
-                         "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(testing::kSoftHsmModule) +
+                         "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(support::kSoftHsmModule) +
                              "&pin-source=file:" + user_pin});
   EXPECT_EQ(list.code, 1) << list.all();
   EXPECT_NE(list.err.find("no token 'fresh-token' found"), std::string::npos) << list.err;
@@ -259,11 +259,11 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
 TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
   const std::string so_pin = token_->dir() + "/new-so.pin";
   WriteFile(so_pin, kNewSoPin, 0600);
-  ToolResult init = Run({"token", "init", "--module", testing::kSoftHsmModule, "--label", token_->label(),
+  ToolResult init = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", token_->label(),
                          "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
   EXPECT_EQ(init.code, 1) << init.all();
   EXPECT_NE(init.err.find("already exists"), std::string::npos) << init.err;
-  ToolResult bad_label = Run({"token", "init", "--module", testing::kSoftHsmModule, "--label",
+  ToolResult bad_label = Run({"token", "init", "--module", support::kSoftHsmModule, "--label",
                               std::string(33, 'x'), "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
   EXPECT_EQ(bad_label.code, 2) << bad_label.all();
 }
@@ -564,7 +564,7 @@ TEST_F(InitToolTest, ConfigRefusesBadNamesEndpointsAndAPinInTheUri) {
 
   ToolResult pin = Run({"config", "--pkcs11-uri",
                         "pkcs11:token=k;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=" +
-                            std::string(testing::kTestUserPin)});
+                            std::string(support::kTestUserPin)});
   EXPECT_EQ(pin.code, 2) << pin.all();
   EXPECT_NE(pin.err.find("pin-source"), std::string::npos) << pin.err;
   // (TearDown checks that the PIN appears nowhere.)
@@ -574,20 +574,20 @@ TEST_F(InitToolTest, ConfigRefusesBadNamesEndpointsAndAPinInTheUri) {
 
 TEST_F(InitToolTest, PinRulesAreThePluginsAndNoPinIsEverPrinted) {
   // TROUSSEAU_HSM_PIN instead of a pin-source.
-  setenv("TROUSSEAU_HSM_PIN", testing::kTestUserPin, 1);
+  setenv("TROUSSEAU_HSM_PIN", support::kTestUserPin, 1);
   ToolResult from_env = Run({"key", "generate", "--pkcs11-uri",
-                             "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + testing::kSoftHsmModule});
+                             "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + support::kSoftHsmModule});
   unsetenv("TROUSSEAU_HSM_PIN");
   EXPECT_EQ(from_env.code, 0) << from_env.all();
 
   // No PIN at all.
   ToolResult none = Run({"key", "list", "--pkcs11-uri",
-                         "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + testing::kSoftHsmModule});
+                         "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + support::kSoftHsmModule});
   EXPECT_EQ(none.code, 2) << none.all();
   EXPECT_NE(none.err.find("TROUSSEAU_HSM_PIN"), std::string::npos) << none.err;
 
   // A pin-value in the URI, on a command that would open the token.
-  ToolResult pin_value = Run({"key", "list", "--pkcs11-uri", uri_ + "&pin-value=" + testing::kTestUserPin});
+  ToolResult pin_value = Run({"key", "list", "--pkcs11-uri", uri_ + "&pin-value=" + support::kTestUserPin});
   EXPECT_EQ(pin_value.code, 2) << pin_value.all();
 
   // A PIN file others can read.
@@ -599,14 +599,14 @@ TEST_F(InitToolTest, PinRulesAreThePluginsAndNoPinIsEverPrinted) {
 
   // A PIN the token rejects (a file holding the SO PIN).
   const std::string wrong = token_->dir() + "/wrong.pin";
-  WriteFile(wrong, testing::kTestSoPin, 0600);
+  WriteFile(wrong, support::kTestSoPin, 0600);
   ToolResult rejected = Run({"key", "list", "--pkcs11-uri",
-                             "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + testing::kSoftHsmModule +
+                             "pkcs11:token=" + token_->label() + ";object=kek?module-path=" + support::kSoftHsmModule +
                                  "&pin-source=file:" + wrong});
   EXPECT_EQ(rejected.code, 1) << rejected.all();
 
   // A PIN typed as an argument is not echoed.
-  ToolResult stray = Run({"key", "list", "--pkcs11-uri", uri_, testing::kTestUserPin});
+  ToolResult stray = Run({"key", "list", "--pkcs11-uri", uri_, support::kTestUserPin});
   EXPECT_EQ(stray.code, 2) << stray.all();
 
   // Every other command, for the TearDown scan.
@@ -872,9 +872,9 @@ TEST_F(InitToolTest, TheToolCannotBeTracedDumpsNoCoreAndDropsThePinVariable) {
   ASSERT_EQ(mkfifo(fifo.c_str(), 0666), 0);
   ASSERT_EQ(chmod(fifo.c_str(), 0666), 0);
   // `token init` opens its SO PIN file first: a FIFO nobody writes holds it there, after main's setup.
-  const pid_t pid = SpawnAsNobody({TOOL_PATH, "token", "init", "--module", testing::kSoftHsmModule, "--label", "x",
+  const pid_t pid = SpawnAsNobody({TOOL_PATH, "token", "init", "--module", support::kSoftHsmModule, "--label", "x",
                                    "--so-pin-file", fifo, "--pin-file", fifo},
-                                  {std::string("TROUSSEAU_HSM_PIN=") + testing::kTestUserPin, "PATH=/usr/bin:/bin"},
+                                  {std::string("TROUSSEAU_HSM_PIN=") + support::kTestUserPin, "PATH=/usr/bin:/bin"},
                                   0);
   ASSERT_GT(pid, 0);
   const bool blocked = Eventually([&] { return BlockedIn(pid, TOOL_PATH, "wait_for_partner"); }, 10s);
@@ -897,7 +897,7 @@ TEST_F(InitToolTest, TheToolCannotBeTracedDumpsNoCoreAndDropsThePinVariable) {
   EXPECT_EQ(core, "0 0");
   EXPECT_NE(environ_text.find("PATH=/usr/bin:/bin"), std::string::npos) << "not the tool's environment";
   EXPECT_EQ(environ_text.find("TROUSSEAU_HSM_PIN"), std::string::npos);
-  EXPECT_EQ(environ_text.find(testing::kTestUserPin), std::string::npos);
+  EXPECT_EQ(environ_text.find(support::kTestUserPin), std::string::npos);
 }
 
 }  // namespace

@@ -17,15 +17,15 @@
 #include "server/kms_server.h"
 #include "server/response_wiper.h"
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using testing::CallContext;
 using testing::KmsClients;
-using testing::SoftHsmToken;
+using support::SoftHsmToken;
 
 class KmsServiceTest : public ::testing::Test {
  protected:
@@ -279,7 +279,7 @@ TEST_F(KmsServiceTest, TheServerRunsTheResponseWiperOnBothDecrypts) {
   EXPECT_EQ(v1_opened.plain(), seed);
 
   // POST_SEND_MESSAGE runs before the status reaches the client, but allow for the ordering.
-  ASSERT_TRUE(testing::Eventually([&] { std::lock_guard l(wipes_mu_); return wipes_.size() == 2; },
+  ASSERT_TRUE(support::Eventually([&] { std::lock_guard l(wipes_mu_); return wipes_.size() == 2; },
                                   std::chrono::seconds(2)));
   std::lock_guard lock(wipes_mu_);
   // The two wipes may land in either order: each runs on the server after its own response is sent.
@@ -564,7 +564,7 @@ TEST_F(WipeTest, TheDecryptHandlersResponseBufferHoldsZerosOnceSent) {
   EXPECT_EQ(v1_opened.plain(), seed);
 
   // The post-send hook may run a moment after the client has its answer.
-  ASSERT_TRUE(testing::Eventually([&] { return watch_.responses().size() == 2; }, std::chrono::seconds(5)))
+  ASSERT_TRUE(support::Eventually([&] { return watch_.responses().size() == 2; }, std::chrono::seconds(5)))
       << "the test interceptor did not see both Decrypt responses sent";
   std::multiset<std::string> calls;
   for (const BufferWatch::ResponseSeen& response : watch_.responses()) {

@@ -13,24 +13,24 @@
 #include <sstream>
 #include <thread>
 
-#include "tests/testing/fault_shim_control.h"
+#include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::FreeLoopbackPort;
 using testing::HttpGet;
 using testing::HttpResponse;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 // The value of the sample `series` (name and labels as exposed) in a Prometheus text page; -1 if absent.
 double Metric(const std::string& page, const std::string& series) {
@@ -113,19 +113,19 @@ TEST_F(OperationsTest, ProbesAnswerAndMetricsCountRequestsByApiOperationAndCode)
 
 TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200) {
   const std::string control = token_->dir() + "/shim.control";
-  testing::WriteShimControl(control, "up");
+  support::WriteShimControl(control, "up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
   auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));
   args.insert(args.end(), {"--health-cache", "100ms"});
   auto plugin = Start(args);
   ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 5s)) << plugin->Log();
-  testing::WriteShimControl(control, "down");
+  support::WriteShimControl(control, "down");
   ASSERT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 503; }, 5s));
   HttpResponse down = HttpGet(port_, "/healthz");
   EXPECT_NE(down.body.find("unavailable"), std::string::npos) << down.body;
   EXPECT_EQ(HttpGet(port_, "/livez").code, 200);
   EXPECT_NE(HttpGet(port_, "/metrics").body.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos);
-  testing::WriteShimControl(control, "up");
+  support::WriteShimControl(control, "up");
   EXPECT_TRUE(Eventually([&] { return HttpGet(port_, "/healthz").code == 200; }, 10s)) << plugin->Log();
 }
 
@@ -134,7 +134,7 @@ TEST_F(OperationsTest, HealthzIs503WithAReasonWhileTheHsmIsDownAndLivezStays200)
 // across key refreshes (which fail too: the key fingerprint is a GCM operation), and recover after.
 TEST_F(OperationsTest, AnHsmThatAnswersLookupsButCannotEncryptIsDownUntilItCanAgain) {
   const std::string control = token_->dir() + "/shim.control";
-  auto write_control = [&](const char* words) { testing::WriteShimControl(control, words); };
+  auto write_control = [&](const char* words) { support::WriteShimControl(control, words); };
   write_control("up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
   auto args = BaseArgs(token_->Uri("kek", FAULT_SHIM_PATH));

@@ -8,20 +8,20 @@
 #include <string>
 
 #include "hsm/pin_source.h"
-#include "tests/testing/fault_shim_control.h"
+#include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -35,16 +35,16 @@ class PinEnvTest : public ::testing::Test {
     ASSERT_NE(token_, nullptr);
     ASSERT_TRUE(token_->GenerateKek(1).ok());
     control_ = token_->dir() + "/shim.control";
-    testing::WriteShimControl(control_, "up");
+    support::WriteShimControl(control_, "up");
     setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
     socket_ = token_->dir() + "/kms.sock";
     // The URI without pin-source: the PIN comes from the environment only.
     uri_ = token_->Uri("kek", FAULT_SHIM_PATH);
     const std::string pin_source = "&pin-source=file:" + token_->pin_file();
     ASSERT_NE(uri_.find(pin_source), std::string::npos) << uri_;
     uri_.erase(uri_.find(pin_source), pin_source.size());
-    setenv(hsm::kPinEnvVar, testing::kTestUserPin, 1);
+    setenv(hsm::kPinEnvVar, support::kTestUserPin, 1);
     plugin_ = std::make_unique<Subprocess>(
         std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", uri_,
                                  "--health-cache", "100ms"},
@@ -72,7 +72,7 @@ TEST_F(PinEnvTest, TheRunningPluginsEnvironmentNoLongerHoldsThePin) {
   EXPECT_NE(environ.find("TROUSSEAU_FAULT_SHIM_CONTROL="), std::string::npos);
   // ...but the PIN variable is gone, name and value (the PIN is not a substring of anything else here).
   EXPECT_EQ(environ.find(hsm::kPinEnvVar), std::string::npos);
-  EXPECT_EQ(environ.find(testing::kTestUserPin), std::string::npos);
+  EXPECT_EQ(environ.find(support::kTestUserPin), std::string::npos);
 }
 
 TEST_F(PinEnvTest, ALoginAfterAnOutageStillUsesTheEnvironmentsPin) {
@@ -86,10 +86,10 @@ TEST_F(PinEnvTest, ALoginAfterAnOutageStillUsesTheEnvironmentsPin) {
   decrypt.set_ciphertext(sealed.ciphertext());
   decrypt.set_key_id(sealed.key_id());
   v2::DecryptResponse opened;
-  testing::WriteShimControl(control_, "down");
+  support::WriteShimControl(control_, "down");
   grpc::Status during = clients.v2->Decrypt(CallContext().get(), decrypt, &opened);
   ASSERT_EQ(during.error_code(), grpc::StatusCode::UNAVAILABLE) << during.error_message() << "\n" << plugin_->Log();
-  testing::WriteShimControl(control_, "up");
+  support::WriteShimControl(control_, "up");
   // Recovery means a fresh C_Initialize, sessions and C_Login: the PIN must still be at hand.
   EXPECT_TRUE(Eventually([&] { return clients.v2->Decrypt(CallContext().get(), decrypt, &opened).ok(); }, 10s))
       << plugin_->Log();

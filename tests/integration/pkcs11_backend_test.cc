@@ -9,12 +9,12 @@
 #include "core/envelope.h"
 #include "core/kms_engine.h"
 #include "hsm/pin_source.h"
-#include "tests/testing/softhsm_token.h"
+#include "tools/support/softhsm_token.h"
 
 namespace trousseau {
 namespace {
 
-using testing::SoftHsmToken;
+using support::SoftHsmToken;
 
 class Pkcs11BackendTest : public ::testing::Test {
  protected:
@@ -234,7 +234,7 @@ TEST_F(RejectedPinTest, IsTriedOnceNotUntilTheTokenLocks) {
 TEST_F(RejectedPinTest, AChangedPinFileIsTriedWithoutASignal) {
   auto backend = NewBackend({}, Uri());
   ASSERT_TRUE(IsPermissionDenied(backend->LoadKeys().status()));
-  WritePin(testing::kTestUserPin);
+  WritePin(support::kTestUserPin);
   StatusOr<std::vector<BackendKey>> keys = backend->LoadKeys();
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
   EXPECT_TRUE(backend->Probe(1).ok());

@@ -15,18 +15,18 @@
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
 #include "tests/testing/prometheus_text.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 class PluginProcessTest : public ::testing::Test {
  protected:
@@ -151,10 +151,10 @@ TEST_F(PluginProcessTest, RefusesAPinInTheUriWithoutPrintingIt) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() +
                                     ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=" +
-                                    testing::kTestUserPin);
+                                    support::kTestUserPin);
   EXPECT_EQ(plugin->Wait(10s), 2);
   EXPECT_NE(plugin->Log().find("pin-source"), std::string::npos) << plugin->Log();
-  EXPECT_EQ(plugin->Log().find(testing::kTestUserPin), std::string::npos);
+  EXPECT_EQ(plugin->Log().find(support::kTestUserPin), std::string::npos);
 }
 
 TEST_F(PluginProcessTest, RefusesAWorldReadablePinFile) {
@@ -167,7 +167,7 @@ TEST_F(PluginProcessTest, RefusesAWorldReadablePinFile) {
 
 TEST_F(PluginProcessTest, TakesThePinFromTheEnvironment) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  setenv("TROUSSEAU_HSM_PIN", testing::kTestUserPin, 1);
+  setenv("TROUSSEAU_HSM_PIN", support::kTestUserPin, 1);
   auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() + ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so");
   unsetenv("TROUSSEAU_HSM_PIN");
   EXPECT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
@@ -195,7 +195,7 @@ TEST_F(PluginProcessTest, LogsNeitherPinNorPlaintextEvenAtTraceLevel) {
   const std::string log = plugin->Log();
   EXPECT_NE(log.find(sealed.key_id()), std::string::npos) << "request logging expected at trace level";
   EXPECT_EQ(log.find(secret), std::string::npos);
-  EXPECT_EQ(log.find(testing::kTestUserPin), std::string::npos);
+  EXPECT_EQ(log.find(support::kTestUserPin), std::string::npos);
 }
 
 TEST_F(PluginProcessTest, SighupMakesANewKeyVersionActiveAndOldCiphertextsStillDecrypt) {

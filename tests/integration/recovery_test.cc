@@ -8,20 +8,20 @@
 #include <fstream>
 #include <thread>
 
-#include "tests/testing/fault_shim_control.h"
+#include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 class RecoveryTest : public ::testing::Test {
  protected:
@@ -32,7 +32,7 @@ class RecoveryTest : public ::testing::Test {
     control_ = token_->dir() + "/shim.control";
     SetLink("up");
     setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
     socket_ = token_->dir() + "/kms.sock";
     plugin_ = std::make_unique<Subprocess>(
         std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
@@ -44,7 +44,7 @@ class RecoveryTest : public ::testing::Test {
 
   // The shim notices a control file replaced by rename on its next call.
   void SetLink(const std::string& state) {
-    testing::WriteShimControl(control_, state);
+    support::WriteShimControl(control_, state);
   }
 
   v2::StatusResponse Status() {

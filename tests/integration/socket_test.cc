@@ -17,16 +17,16 @@
 #include <thread>
 #include <vector>
 
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::Eventually;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::Eventually;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 constexpr gid_t kOtherGroup = 65534;  // nogroup
 
@@ -78,7 +78,7 @@ TEST_F(SocketTest, TheSocketGetsItsModeAndGroupAndNothingIsLeftBehind) {
   ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
   auto plugin = StartPlugin(dir + "/kms.sock", {"--socket-mode", "0660", "--socket-group", std::to_string(kOtherGroup)});
   ASSERT_TRUE(Eventually([&] { return Serving(*plugin) || plugin->Wait(0ms).has_value(); }, 10s)) << plugin->Log();
-  ASSERT_TRUE(testing::UnixSocketAccepts(dir + "/kms.sock")) << plugin->Log();
+  ASSERT_TRUE(support::UnixSocketAccepts(dir + "/kms.sock")) << plugin->Log();
   struct stat st {};
   ASSERT_EQ(lstat((dir + "/kms.sock").c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));

@@ -17,10 +17,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "tests/testing/fault_shim_control.h"
+#include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau {
 namespace {
@@ -28,10 +28,10 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
@@ -78,7 +78,7 @@ class TrousseauctlTest : public ::testing::Test {
     socket_ = token_->dir() + "/kms.sock";
   }
 
-  void StartPlugin(const std::string& module = testing::kSoftHsmModule) {
+  void StartPlugin(const std::string& module = support::kSoftHsmModule) {
     plugin_ = std::make_unique<Subprocess>(
         std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
                                  token_->Uri("kek", module), "--health-cache", "100ms"},
@@ -280,10 +280,10 @@ TEST_F(TrousseauctlTest, MissingSocketIsAClearErrorNotAHang) {
 // the link is back it exits 0 again.
 TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   const std::string control = token_->dir() + "/shim.control";
-  auto set_link = [&](const std::string& state) { testing::WriteShimControl(control, state); };
+  auto set_link = [&](const std::string& state) { support::WriteShimControl(control, state); };
   set_link("up");
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
-  setenv("TROUSSEAU_FAULT_SHIM_MODULE", testing::kSoftHsmModule, 1);
+  setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
   StartPlugin(FAULT_SHIM_PATH);
   ASSERT_EQ(Ctl(WithSocket({"status"})).code, 0);
 

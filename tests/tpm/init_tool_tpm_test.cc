@@ -15,7 +15,7 @@
 
 #include "core/kms_engine.h"
 #include "core/strings.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/subprocess.h"
 #include "tests/tpm/swtpm_test.h"
 #include "tpm/provisioning.h"
 #include "tpm/tpm_backend.h"
@@ -25,7 +25,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-using testing::Subprocess;
+using support::Subprocess;
 using testing::Swtpm;
 using testing::TempDir;
 

@@ -6,9 +6,13 @@
 #include <memory>
 #include <string>
 
-#include "tests/testing/subprocess.h"
+#include "tools/support/subprocess.h"
 
 namespace trousseau::testing {
+
+using support::Eventually;
+using support::Subprocess;
+using support::UnixSocketAccepts;
 
 class Swtpm {
  public:

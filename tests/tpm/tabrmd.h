@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "tests/testing/subprocess.h"
+#include "tools/support/subprocess.h"
 #include "tests/tpm/swtpm.h"
 
 namespace trousseau::testing {

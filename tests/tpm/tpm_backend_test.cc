@@ -22,7 +22,7 @@
 namespace trousseau::tpm {
 namespace {
 
-using testing::Eventually;
+using support::Eventually;
 using testing::Swtpm;
 using testing::TempDir;
 
@@ -393,11 +393,11 @@ TEST_F(TpmBackendTest, TpmEncryptDecryptAndEncryptDecrypt2MakeTheSameCiphertexts
   tpm_->Kill();
   ::unlink(socket.c_str());
   ::unlink((socket + ".ctrl").c_str());
-  testing::Subprocess logged({"/usr/bin/swtpm", "socket", "--tpm2", "--server", "type=unixio,path=" + socket, "--ctrl",
+  support::Subprocess logged({"/usr/bin/swtpm", "socket", "--tpm2", "--server", "type=unixio,path=" + socket, "--ctrl",
                               "type=unixio,path=" + socket + ".ctrl", "--flags", "startup-clear,not-need-init",
                               "--tpmstate", "dir=" + tpm_->state_dir(), "--log", "file=" + log_path + ",level=20"},
                              dir_.path() + "/swtpm-logged.out");
-  ASSERT_TRUE(Eventually([&] { return testing::UnixSocketAccepts(socket + ".ctrl") && testing::UnixSocketAccepts(socket); },
+  ASSERT_TRUE(Eventually([&] { return support::UnixSocketAccepts(socket + ".ctrl") && support::UnixSocketAccepts(socket); },
                          std::chrono::seconds(10)))
       << logged.Log();
   auto log_since = [&](size_t offset) {

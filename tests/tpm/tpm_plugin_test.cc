@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "tests/testing/kms_clients.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/subprocess.h"
 #include "tests/tpm/swtpm_test.h"
 #include "tests/tpm/tabrmd.h"
 #include "tpm/provisioning.h"
@@ -19,9 +19,9 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::CallContext;
-using testing::Eventually;
+using support::Eventually;
 using testing::KmsClients;
-using testing::Subprocess;
+using support::Subprocess;
 using testing::Swtpm;
 using testing::Tabrmd;
 using testing::TempDir;

@@ -24,7 +24,7 @@
 namespace trousseau::tpm {
 namespace {
 
-using testing::Eventually;
+using support::Eventually;
 using testing::Swtpm;
 using testing::TempDir;
 

@@ -36,16 +36,16 @@
 #include "hsm/token.h"
 #include "load.h"
 #include "stats.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 #include "v2/kms.grpc.pb.h"
 
 namespace trousseau::bench {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 // Targets from the performance issue.
 constexpr double kLatencyOverheadTarget = 0.15;   // plugin p50 <= 1.15 x floor
@@ -522,7 +522,7 @@ std::optional<std::unique_ptr<Subprocess>> StartEcho(const RunOptions& o, const 
   }
   auto process = std::make_unique<Subprocess>(argv, StrCat(token.dir(), "/", name, ".log"));
   auto channel = UnixChannel(socket);
-  if (!testing::Eventually([&] { return access(socket.c_str(), F_OK) == 0; }, 5s) || !WaitConnected(channel, 5s)) {
+  if (!support::Eventually([&] { return access(socket.c_str(), F_OK) == 0; }, 5s) || !WaitConnected(channel, 5s)) {
     Progress("the echo server did not start: %s", process->Log().c_str());
     return std::nullopt;
   }

@@ -33,17 +33,17 @@
 #include "core/strings.h"
 #include "load.h"
 #include "stats.h"
-#include "tests/testing/fault_shim_control.h"
-#include "tests/testing/softhsm_token.h"
-#include "tests/testing/subprocess.h"
+#include "tools/support/fault_shim_control.h"
+#include "tools/support/softhsm_token.h"
+#include "tools/support/subprocess.h"
 #include "v2/kms.grpc.pb.h"
 
 namespace trousseau::bench {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::SoftHsmToken;
-using testing::Subprocess;
+using support::SoftHsmToken;
+using support::Subprocess;
 
 // kube-apiserver sends a UUID as uid.
 constexpr char kUid[] = "5c1f8a3e-2d4b-4f6a-8e9c-0b1a2c3d4e5f";
@@ -629,11 +629,11 @@ class Controller {
              static_cast<long long>(outage_length_.count()));
     out.down_ns = NowNs();
     shared_.down_ns.store(out.down_ns);
-    testing::WriteShimControl(control_, "down");
+    support::WriteShimControl(control_, "down");
     std::this_thread::sleep_for(outage_length_);  // the fault itself lasts this long
     out.up_ns = NowNs();
     shared_.up_ns.store(out.up_ns);
-    testing::WriteShimControl(control_, "up");
+    support::WriteShimControl(control_, "up");
     const int64_t deadline = out.up_ns + 60'000'000'000;
     while (shared_.first_ok_after_up_ns.load() == 0 && NowNs() < deadline && !shared_.load_done.load()) {
       std::this_thread::sleep_for(1ms);
@@ -745,7 +745,7 @@ int Soak(const SoakOptions& options) {
   // The plugin reaches the token through the shim; the operator's tool reaches it directly (the
   // outage is the plugin's link to the HSM).
   const std::string control = token->dir() + "/shim.control";
-  testing::WriteShimControl(control, "up");
+  support::WriteShimControl(control, "up");
   setenv("TROUSSEAU_FAULT_SHIM_MODULE", o.softhsm_module.c_str(), 1);
   setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
 
@@ -762,7 +762,7 @@ int Soak(const SoakOptions& options) {
   Subprocess plugin(argv, log);
   g_plugin_pid.store(plugin.pid());
   auto channel = UnixChannel(socket);
-  if (!plugin.started() || !testing::Eventually([&] { return testing::UnixSocketAccepts(socket); }, 15s) ||
+  if (!plugin.started() || !support::Eventually([&] { return support::UnixSocketAccepts(socket); }, 15s) ||
       !WaitConnected(channel, 5s)) {
     Progress("the plugin did not start serving; its log:\n%s", plugin.Log().c_str());
     return 1;
@@ -770,7 +770,7 @@ int Soak(const SoakOptions& options) {
   auto stub = v2::KeyManagementService::NewStub(channel);
   {
     // Serving means Status "ok" (the socket is bound before the first login).
-    const bool ok = testing::Eventually(
+    const bool ok = support::Eventually(
         [&] {
           v2::StatusResponse r;
           return stub->Status(NewContext().get(), v2::StatusRequest(), &r).ok() && r.healthz() == "ok";

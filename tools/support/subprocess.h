@@ -1,4 +1,5 @@
-// A child process for tests: started with posix_spawn, output to a log file, signalled and reaped.
+// A child process for tests and the benchmark: started with posix_spawn, output to a log file,
+// signalled and reaped.
 #pragma once
 
 #include <sys/types.h>
@@ -8,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace trousseau::testing {
+namespace trousseau::support {
 
 class Subprocess {
  public:
@@ -45,4 +46,4 @@ bool Eventually(Predicate predicate, std::chrono::milliseconds timeout) {
 // bind() on, a moment before listen().
 bool UnixSocketAccepts(const std::string& path);
 
-}  // namespace trousseau::testing
+}  // namespace trousseau::support

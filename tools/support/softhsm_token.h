@@ -1,4 +1,4 @@
-// A real SoftHSM2 token in a temporary folder, for tests: its own softhsm2.conf (SOFTHSM2_CONF is
+// A real SoftHSM2 token in a temporary folder, for tests and the benchmark: its own softhsm2.conf (SOFTHSM2_CONF is
 // set for this process and inherited by child processes), an initialised token, a PIN file, and
 // helpers to create key versions on it.
 #pragma once
@@ -9,7 +9,7 @@
 
 #include "core/status.h"
 
-namespace trousseau::testing {
+namespace trousseau::support {
 
 inline constexpr char kSoftHsmModule[] = "/usr/lib/softhsm/libsofthsm2.so";
 inline constexpr char kTestUserPin[] = "87654321";
@@ -45,4 +45,4 @@ class SoftHsmToken {
   std::string pin_file_;
 };
 
-}  // namespace trousseau::testing
+}  // namespace trousseau::support

@@ -1,4 +1,4 @@
-#include "tests/testing/subprocess.h"
+#include "tools/support/subprocess.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -15,7 +15,7 @@
 
 extern char** environ;
 
-namespace trousseau::testing {
+namespace trousseau::support {
 
 Subprocess::Subprocess(std::vector<std::string> argv, std::string log_path) : log_path_(std::move(log_path)) {
   std::vector<char*> args;
@@ -82,4 +82,4 @@ bool UnixSocketAccepts(const std::string& path) {
   return accepts;
 }
 
-}  // namespace trousseau::testing
+}  // namespace trousseau::support

@@ -1,4 +1,4 @@
-#include "tests/testing/softhsm_token.h"
+#include "tools/support/softhsm_token.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,7 +15,7 @@
 #include "hsm/pkcs11_uri.h"
 #include "hsm/token.h"
 
-namespace trousseau::testing {
+namespace trousseau::support {
 namespace {
 
 // Runs `fn(session)` on a logged-in read-write session of the token.
@@ -124,4 +124,4 @@ Status SoftHsmToken::DestroyKey(uint64_t version, const std::string& object) con
   });
 }
 
-}  // namespace trousseau::testing
+}  // namespace trousseau::support

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <string>
 
-namespace trousseau::testing {
+namespace trousseau::support {
 
 inline void WriteShimControl(const std::string& control_file, const std::string& words) {
   const std::string tmp = control_file + ".tmp";
@@ -15,4 +15,4 @@ inline void WriteShimControl(const std::string& control_file, const std::string&
   std::rename(tmp.c_str(), control_file.c_str());
 }
 
-}  // namespace trousseau::testing
+}  // namespace trousseau::support
