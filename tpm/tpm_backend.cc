@@ -140,6 +140,8 @@ Status TpmBackend::EnsureConnected(Clock::time_point deadline) {
   StatusOr<std::unique_ptr<TpmDevice>> device = TpmDevice::Open(options_.tcti);
   if (!device.ok()) return device.status();
   (*device)->set_deadline(deadline);
+  Status flushed = (*device)->FlushLeftoverTransients();
+  if (!flushed.ok()) return flushed;
   StatusOr<TpmCapabilities> caps = QueryCapabilities(**device);
   if (!caps.ok()) return caps.status();
   device_ = *std::move(device);

@@ -32,6 +32,7 @@ TPM2_RC BaseTpmRc(TSS2_RC rc) {
 }
 
 constexpr int kMaxAttempts = 6;
+constexpr auto kFlushBudget = std::chrono::milliseconds(500);
 
 }  // namespace
 
@@ -96,6 +97,10 @@ Status RcStatus(TSS2_RC rc, std::string_view what) {
     case RcClass::kOk:
       return OkStatus();
     case RcClass::kTransport:
+      if ((rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER && (rc & 0xFFFF) == TSS2_BASE_RC_TRY_AGAIN) {
+        return UnavailableError(StrCat("the TPM did not answer before the deadline: ", DescribeRc(rc, what)));
+      }
+      [[fallthrough]];
     case RcClass::kStale:
       return UnavailableError(StrCat("TPM unreachable or restarted: ", DescribeRc(rc, what)));
     case RcClass::kIntegrity:
@@ -126,11 +131,7 @@ void TransientObject::Abandon() {
 }
 
 void TransientObject::Flush() {
-  if (device_ && handle_ != ESYS_TR_NONE) {
-    if (Esys_FlushContext(device_->esys(), handle_) != TSS2_RC_SUCCESS) {
-      Esys_TR_Close(device_->esys(), &handle_);
-    }
-  }
+  if (device_ && handle_ != ESYS_TR_NONE) device_->FlushContext(handle_);
   handle_ = ESYS_TR_NONE;
   device_ = nullptr;
 }
@@ -172,17 +173,84 @@ TSS2_RC TpmDevice::Note(TSS2_RC rc) {
   return rc;
 }
 
-template <typename Call>
-TSS2_RC TpmDevice::Retrying(Call call) {
+int32_t TpmDevice::MillisecondsLeft() const {
+  if (deadline_ == Clock::time_point::max()) return TSS2_TCTI_TIMEOUT_BLOCK;
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ - Clock::now()).count();
+  return static_cast<int32_t>(std::clamp<int64_t>(left, 0, INT32_MAX));
+}
+
+template <typename Finish>
+TSS2_RC TpmDevice::AwaitResponse(Finish finish) {
+  for (;;) {
+    // The synchronous Esys_* calls force an infinite TCTI timeout; the _Finish half honours this one
+    // (the device and tabrmd TCTIs poll with it; swtpm's and mssim's ignore it and block, which the
+    // backend's worker deadline covers).
+    Esys_SetTimeout(esys_, MillisecondsLeft());
+    const TSS2_RC rc = finish();
+    if ((rc & 0xFFFF) != TSS2_BASE_RC_TRY_AGAIN) return rc;
+    // The command is still in flight and ESYS waits for its answer: this context can never send
+    // another. Note() marks the link lost so the backend opens a new one.
+    if (Clock::now() >= deadline_) return rc;
+  }
+}
+
+template <typename Start, typename Finish>
+TSS2_RC TpmDevice::Execute(Start start, Finish finish) {
   auto backoff = std::chrono::milliseconds(5);
   for (int attempt = 1;; ++attempt) {
     ++commands_sent_;
-    const TSS2_RC rc = Note(call());
+    TSS2_RC rc = start();
+    if (rc == TSS2_RC_SUCCESS) rc = AwaitResponse(finish);
+    rc = Note(rc);
     if (ClassifyRc(rc) != RcClass::kRetry || attempt == kMaxAttempts) return rc;
     if (Clock::now() + backoff >= deadline_) return rc;
     std::this_thread::sleep_for(backoff);
     backoff *= 2;
   }
+}
+
+void TpmDevice::FlushContext(ESYS_TR& handle) {
+  if (!link_lost_) {
+    // Flushing frees a TPM slot, which matters on a TPM without a resource manager; it must not hang
+    // a destructor, so it gets a short deadline of its own when the request's is spent.
+    const Clock::time_point saved = deadline_;
+    deadline_ = std::max(deadline_, Clock::now() + kFlushBudget);
+    const ESYS_TR object = handle;
+    const TSS2_RC rc = Execute([&] { return Esys_FlushContext_Async(esys_, object); },
+                               [&] { return Esys_FlushContext_Finish(esys_); });
+    deadline_ = saved;
+    if (rc == TSS2_RC_SUCCESS) {
+      handle = ESYS_TR_NONE;  // ESYS closed its record of the object
+      return;
+    }
+  }
+  Esys_TR_Close(esys_, &handle);  // local only
+}
+
+Status TpmDevice::FlushLeftoverTransients() {
+  TPMI_YES_NO more = TPM2_NO;
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_GetCapability_Async(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+                                        TPM2_TRANSIENT_FIRST, TPM2_MAX_CAP_HANDLES);
+      },
+      [&] { return Esys_GetCapability_Finish(esys_, &more, &raw); });
+  EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetCapability(TPM_CAP_HANDLES, transient)");
+  const TPML_HANDLE& handles = data->data.handles;
+  for (UINT32 i = 0; i < handles.count; ++i) {
+    ESYS_TR object = ESYS_TR_NONE;
+    rc = Execute(
+        [&] {
+          return Esys_TR_FromTPMPublic_Async(esys_, handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE);
+        },
+        [&] { return Esys_TR_FromTPMPublic_Finish(esys_, &object); });
+    if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_ReadPublic(leftover transient object)");
+    FlushContext(object);
+    if (link_lost_) return UnavailableError("the TPM stopped answering while leftover objects were flushed");
+  }
+  return OkStatus();
 }
 
 StatusOr<std::set<TPM2_CC>> TpmDevice::SupportedCommands() {
@@ -191,10 +259,12 @@ StatusOr<std::set<TPM2_CC>> TpmDevice::SupportedCommands() {
   for (;;) {
     TPMI_YES_NO more = TPM2_NO;
     TPMS_CAPABILITY_DATA* raw = nullptr;
-    TSS2_RC rc = Retrying([&] {
-      return Esys_GetCapability(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_COMMANDS, next,
-                                TPM2_MAX_CAP_CC, &more, &raw);
-    });
+    TSS2_RC rc = Execute(
+        [&] {
+          return Esys_GetCapability_Async(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_COMMANDS, next,
+                                          TPM2_MAX_CAP_CC);
+        },
+        [&] { return Esys_GetCapability_Finish(esys_, &more, &raw); });
     EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
     if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetCapability(TPM_CAP_COMMANDS)");
     const TPML_CCA& list = data->data.command;
@@ -210,10 +280,12 @@ StatusOr<std::set<TPM2_CC>> TpmDevice::SupportedCommands() {
 StatusOr<size_t> TpmDevice::MaxInputBuffer() {
   TPMI_YES_NO more = TPM2_NO;
   TPMS_CAPABILITY_DATA* raw = nullptr;
-  TSS2_RC rc = Retrying([&] {
-    return Esys_GetCapability(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
-                              TPM2_PT_INPUT_BUFFER, 1, &more, &raw);
-  });
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_GetCapability_Async(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_TPM_PROPERTIES,
+                                        TPM2_PT_INPUT_BUFFER, 1);
+      },
+      [&] { return Esys_GetCapability_Finish(esys_, &more, &raw); });
   EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
   if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetCapability(TPM_PT_INPUT_BUFFER)");
   size_t size = TPM2_MAX_DIGEST_BUFFER;
@@ -246,11 +318,14 @@ StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
   TPM2B_CREATION_DATA* creation_data = nullptr;
   TPM2B_DIGEST* creation_hash = nullptr;
   TPMT_TK_CREATION* ticket = nullptr;
-  TSS2_RC rc = Retrying([&] {
-    return Esys_CreatePrimary(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
-                              &in_public, &outside, &pcrs, &handle, &out_public, &creation_data, &creation_hash,
-                              &ticket);
-  });
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_CreatePrimary_Async(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        &sensitive, &in_public, &outside, &pcrs);
+      },
+      [&] {
+        return Esys_CreatePrimary_Finish(esys_, &handle, &out_public, &creation_data, &creation_hash, &ticket);
+      });
   Esys_Free(out_public);
   Esys_Free(creation_data);
   Esys_Free(creation_hash);
@@ -299,10 +374,14 @@ StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKin
   TPM2B_CREATION_DATA* creation_data = nullptr;
   TPM2B_DIGEST* creation_hash = nullptr;
   TPMT_TK_CREATION* ticket = nullptr;
-  TSS2_RC rc = Retrying([&] {
-    return Esys_Create(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &in_public,
-                       &outside, &pcrs, &out_private, &out_public, &creation_data, &creation_hash, &ticket);
-  });
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_Create_Async(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
+                                 &in_public, &outside, &pcrs);
+      },
+      [&] {
+        return Esys_Create_Finish(esys_, &out_private, &out_public, &creation_data, &creation_hash, &ticket);
+      });
   EsysPtr<TPM2B_PRIVATE> priv(out_private);
   EsysPtr<TPM2B_PUBLIC> pub(out_public);
   Esys_Free(creation_data);
@@ -357,9 +436,11 @@ StatusOr<TransientObject> TpmDevice::Load(const TransientObject& parent, const O
     return FailedPreconditionError("not a TPM2B_PRIVATE blob");
   }
   ESYS_TR handle = ESYS_TR_NONE;
-  rc = Retrying([&] {
-    return Esys_Load(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &*pub, &handle);
-  });
+  rc = Execute(
+      [&] {
+        return Esys_Load_Async(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &priv, &*pub);
+      },
+      [&] { return Esys_Load_Finish(esys_, &handle); });
   WipeMemory(&priv, sizeof priv);
   if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_Load");
   return TransientObject(this, handle);
@@ -379,10 +460,12 @@ StatusOr<std::string> TpmDevice::Hmac(const TransientObject& key, std::string_vi
   buffer.size = static_cast<UINT16>(data.size());
   std::memcpy(buffer.buffer, data.data(), data.size());
   TPM2B_DIGEST* raw = nullptr;
-  TSS2_RC rc = Retrying([&] {
-    return Esys_HMAC(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer, TPM2_ALG_SHA256,
-                     &raw);
-  });
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_HMAC_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
+                               TPM2_ALG_SHA256);
+      },
+      [&] { return Esys_HMAC_Finish(esys_, &raw); });
   EsysPtr<TPM2B_DIGEST> digest(raw);
   if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_HMAC");
   return std::string(reinterpret_cast<const char*>(digest->buffer), digest->size);
@@ -403,13 +486,18 @@ Status TpmDevice::Cfb(const TransientObject& key, bool decrypt, bool use_v2, siz
     std::memcpy(data.buffer, in.data() + done, n);
     TPM2B_MAX_BUFFER* raw_out = nullptr;
     TPM2B_IV* raw_iv = nullptr;
-    TSS2_RC rc = Retrying([&] {
-      return use_v2 ? Esys_EncryptDecrypt2(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &data,
-                                           decrypt ? TPM2_YES : TPM2_NO, TPM2_ALG_CFB, &iv_in, &raw_out, &raw_iv)
-                    : Esys_EncryptDecrypt(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                          decrypt ? TPM2_YES : TPM2_NO, TPM2_ALG_CFB, &iv_in, &data, &raw_out,
-                                          &raw_iv);
-    });
+    const TPMI_YES_NO direction = decrypt ? TPM2_YES : TPM2_NO;
+    TSS2_RC rc = Execute(
+        [&] {
+          return use_v2 ? Esys_EncryptDecrypt2_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                                     ESYS_TR_NONE, &data, direction, TPM2_ALG_CFB, &iv_in)
+                        : Esys_EncryptDecrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                                    ESYS_TR_NONE, direction, TPM2_ALG_CFB, &iv_in, &data);
+        },
+        [&] {
+          return use_v2 ? Esys_EncryptDecrypt2_Finish(esys_, &raw_out, &raw_iv)
+                        : Esys_EncryptDecrypt_Finish(esys_, &raw_out, &raw_iv);
+        });
     EsysPtr<TPM2B_MAX_BUFFER> result(raw_out);
     EsysPtr<TPM2B_IV> next_iv(raw_iv);
     if (rc != TSS2_RC_SUCCESS) {
@@ -443,10 +531,12 @@ StatusOr<SecureBytes> TpmDevice::RsaOaepDecrypt(const TransientObject& key, std:
   scheme.scheme = TPM2_ALG_OAEP;
   scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
   TPM2B_PUBLIC_KEY_RSA* raw = nullptr;
-  TSS2_RC rc = Retrying([&] {
-    return Esys_RSA_Decrypt(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in, &scheme,
-                            &tpm_label, &raw);
-  });
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_RSA_Decrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in,
+                                      &scheme, &tpm_label);
+      },
+      [&] { return Esys_RSA_Decrypt_Finish(esys_, &raw); });
   EsysPtr<TPM2B_PUBLIC_KEY_RSA> message(raw);
   if (rc != TSS2_RC_SUCCESS) {
     if (ClassifyRc(rc) == RcClass::kOther && (BaseTpmRc(rc) == TPM2_RC_VALUE || BaseTpmRc(rc) == TPM2_RC_SIZE)) {

@@ -90,12 +90,21 @@ class TpmDevice {
   TpmDevice(const TpmDevice&) = delete;
   TpmDevice& operator=(const TpmDevice&) = delete;
 
-  // Retry budget for TPM warnings (RETRY, YIELDED, TESTING, ...): bounded attempts with
-  // exponential backoff, never past `deadline`.
+  // Every command must be answered by `deadline`: a TPM that does not answer in time costs this
+  // context (link_lost() turns true, the command is still in flight) instead of a hung thread, on
+  // the TCTIs that can wait with a timeout (device, tabrmd). Also the budget for retrying TPM
+  // warnings (RETRY, YIELDED, TESTING, ...): bounded attempts with exponential backoff.
   void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
 
   // Commands the TPM implements (TPM2_GetCapability(TPM_CAP_COMMANDS)).
   StatusOr<std::set<TPM2_CC>> SupportedCommands();
+  // Flushes the transient objects this connection can see. On a TPM behind a resource manager
+  // (/dev/tpmrm0, tabrmd) a new connection sees none; on one without (swtpm, /dev/tpm0) they are
+  // what an abandoned earlier context left, and they would fill the TPM's few object slots.
+  Status FlushLeftoverTransients();
+  // TPM2_FlushContext, or only forgets `handle` locally when the link is gone; `handle` becomes
+  // ESYS_TR_NONE.
+  void FlushContext(ESYS_TR& handle);
   // TPM_PT_INPUT_BUFFER, capped at the TSS buffer size (1024).
   StatusOr<size_t> MaxInputBuffer();
 
@@ -131,9 +140,15 @@ class TpmDevice {
 
  private:
   TpmDevice() = default;
-  // Runs `call` (one ESYS command), retrying TPM warnings with backoff within the deadline.
-  template <typename Call>
-  TSS2_RC Retrying(Call call);
+  // Runs one ESYS command as `start` (its _Async half) and `finish` (its _Finish half), retrying TPM
+  // warnings with backoff within the deadline.
+  template <typename Start, typename Finish>
+  TSS2_RC Execute(Start start, Finish finish);
+  // Calls `finish` until the response arrives or the deadline passes.
+  template <typename Finish>
+  TSS2_RC AwaitResponse(Finish finish);
+  // What is left of the deadline, as the TCTI timeout (TSS2_TCTI_TIMEOUT_BLOCK when there is none).
+  int32_t MillisecondsLeft() const;
   // Records a lost link; returns `rc`.
   TSS2_RC Note(TSS2_RC rc);
 
