@@ -1,0 +1,244 @@
+// deploy/'s Kubernetes manifests: every YAML file and documented YAML block parses; the static pods and the
+// Helm DaemonSet keep their security settings, probes and mounts consistent with the plugin's own flags
+// (ExpectSecurePluginPod); the chart's values switch what they say; the EncryptionConfigurations point at
+// the plugin's socket.
+#include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/deploy/deploy_support.h"
+#include "tests/deploy/helm_render.h"
+#include "tests/testing/skip_or_fail_in_ci.h"
+
+namespace trousseau::deploy {
+namespace {
+
+TEST(DeployTest, EveryYamlFileParses) {
+  int files = 0;
+  for (const fs::path& path : DeployFiles()) {
+    if (path.extension() != ".yaml" || IsHelmTemplate(path)) continue;
+    ++files;
+    SCOPED_TRACE(path.string());
+    std::vector<YAML::Node> docs;
+    ASSERT_NO_THROW(docs = YAML::LoadAll(Slurp(path)));
+    int non_empty = 0;
+    for (const YAML::Node& d : docs) non_empty += d.IsMap() ? 1 : 0;
+    EXPECT_GE(non_empty, 1) << "no YAML mapping in the file";
+  }
+  EXPECT_GE(files, 6);  // static pod, 2 EncryptionConfigurations, config.yaml, Chart.yaml, values.yaml
+}
+
+TEST(DeployTest, YamlBlocksInTheDocumentationParse) {
+  int blocks = 0;
+  for (const fs::path& path : DeployFiles()) {
+    if (path.extension() != ".md") continue;
+    bool in_yaml = false;
+    std::string block;
+    for (const std::string& line : Lines(Slurp(path))) {
+      if (line.rfind("```", 0) == 0) {
+        if (in_yaml) {
+          ++blocks;
+          EXPECT_NO_THROW(YAML::LoadAll(block)) << path << ":\n" << block;
+          block.clear();
+        }
+        in_yaml = !in_yaml && Trim(line) == "```yaml";
+        continue;
+      }
+      if (in_yaml) block += line + "\n";
+    }
+  }
+  EXPECT_GE(blocks, 3);
+}
+
+TEST(DeployTest, StaticPodIsSecureAndConsistentWithThePlugin) {
+  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml");
+  EXPECT_EQ(pod["kind"].as<std::string>(""), "Pod");
+  EXPECT_EQ(pod["metadata"]["namespace"].as<std::string>(""), "kube-system");
+  ExpectSecurePluginPod(pod["spec"], "static pod");
+}
+
+TEST(DeployTest, TpmStaticPodIsAsSecureAndUsesTheResourceManager) {
+  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm-tpm.yaml");
+  EXPECT_EQ(pod["kind"].as<std::string>(""), "Pod");
+  EXPECT_EQ(pod["metadata"]["name"].as<std::string>(""), "trousseau-hsm") << "replaces the PKCS#11 variant";
+  ExpectSecurePluginPod(pod["spec"], "TPM static pod");
+  const std::map<std::string, std::string> args = ArgMap(PluginContainer(pod["spec"]));
+  EXPECT_EQ(args.at("--tpm-tcti"), "device:/dev/tpmrm0") << "the kernel resource manager, shared with the tool";
+  EXPECT_FALSE(args.contains("--pkcs11-uri"));
+  const std::map<std::string, std::string> pkcs11 =
+      ArgMap(PluginContainer(LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml")["spec"]));
+  EXPECT_EQ(args.at("--listen"), pkcs11.at("--listen")) << "kube-apiserver's configuration must not change";
+  EXPECT_EQ(args.at("--health-listen"), pkcs11.at("--health-listen"));
+}
+
+TEST(DeployTest, HelmDaemonSetIsSecureAndRunsOnTheControlPlane) {
+  const YAML::Node ds = RenderedDaemonSet();
+  ASSERT_TRUE(ds) << "no DaemonSet rendered";
+  const YAML::Node spec = ds["spec"]["template"]["spec"];
+  ExpectSecurePluginPod(spec, "helm DaemonSet");
+  EXPECT_TRUE(spec["nodeSelector"]["node-role.kubernetes.io/control-plane"].IsDefined());
+  bool tolerates = false;
+  for (const YAML::Node& t : spec["tolerations"]) {
+    tolerates |= t["key"].as<std::string>("") == "node-role.kubernetes.io/control-plane" &&
+                 t["effect"].as<std::string>("") == "NoSchedule";
+  }
+  EXPECT_TRUE(tolerates) << "control-plane nodes are tainted NoSchedule";
+  for (const auto& label : ds["spec"]["selector"]["matchLabels"]) {
+    EXPECT_EQ(ds["spec"]["template"]["metadata"]["labels"][label.first.as<std::string>()].as<std::string>(""),
+              label.second.as<std::string>());
+  }
+
+  // The same manifest for the static pod and the chart: image user, command and the security settings.
+  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml");
+  const YAML::Node a = PluginContainer(pod["spec"]), b = PluginContainer(spec);
+  std::string why;
+  EXPECT_TRUE(deploy::YamlEqual(a["securityContext"], b["securityContext"], &why)) << why;
+  EXPECT_TRUE(deploy::YamlEqual(a["command"], b["command"], &why)) << why;
+  EXPECT_TRUE(deploy::YamlEqual(a["livenessProbe"], b["livenessProbe"], &why)) << why;
+  EXPECT_TRUE(deploy::YamlEqual(a["readinessProbe"], b["readinessProbe"], &why)) << why;
+  const auto args_a = ArgMap(a), args_b = ArgMap(b);
+  for (const char* flag : {"--listen", "--pkcs11-uri", "--health-listen", "--log-format"}) {
+    EXPECT_EQ(args_a.count(flag) ? args_a.at(flag) : "", args_b.count(flag) ? args_b.at(flag) : "") << flag;
+  }
+  EXPECT_EQ(spec["securityContext"]["runAsUser"].as<int>(-1), pod["spec"]["securityContext"]["runAsUser"].as<int>(-2));
+}
+
+TEST(DeployTest, HelmValuesSwitchTheSoftHsmMountsAndAddArguments) {
+  const YAML::Node overrides = YAML::Load(R"(
+softhsm: { enabled: false }
+pkcs11ModuleLibDir: ""
+extraArgs: ["--hsm-sessions=8"]
+extraEnv: [{ name: TROUSSEAU_HSM_LOG_LEVEL, value: debug }]
+socketDir: /run/kms-plugin
+)");
+  const YAML::Node ds = RenderedDaemonSet(overrides);
+  ASSERT_TRUE(ds);
+  const YAML::Node spec = ds["spec"]["template"]["spec"];
+  const YAML::Node c = PluginContainer(spec);
+  for (const YAML::Node& v : spec["volumes"]) {
+    const std::string name = v["name"].as<std::string>();
+    EXPECT_TRUE(name != "softhsm-conf" && name != "softhsm-tokens" && name != "pkcs11-module-lib") << name;
+  }
+  for (const YAML::Node& e : c["env"]) EXPECT_NE(e["name"].as<std::string>(), "SOFTHSM2_CONF");
+  const auto args = ArgMap(c);
+  EXPECT_EQ(args.at("--hsm-sessions"), "8");
+  EXPECT_EQ(args.at("--listen"), "unix:///run/kms-plugin/kms.sock");
+  const std::vector<Mount> mounts = Mounts(spec, c);
+  ASSERT_NE(MountFor(mounts, "/run/kms-plugin/kms.sock"), nullptr);
+  EXPECT_EQ(MountFor(mounts, "/run/kms-plugin/kms.sock")->host_path, "/run/kms-plugin");
+  std::string init;
+  for (const YAML::Node& w : spec["initContainers"][0]["command"]) init += w.as<std::string>() + " ";
+  EXPECT_NE(init.find("chown 10001:10001 /run/kms-plugin"), std::string::npos) << init;
+}
+
+// tpm.enabled: the TPM backend's flags, key directory and device instead of everything PKCS#11.
+TEST(DeployTest, HelmTpmValuesSwitchToTheTpmBackend) {
+  const YAML::Node ds = RenderedDaemonSet(TpmValues());
+  ASSERT_TRUE(ds);
+  const YAML::Node spec = ds["spec"]["template"]["spec"];
+  ExpectSecurePluginPod(spec, "Helm DaemonSet, tpm.enabled");
+  const YAML::Node c = PluginContainer(spec);
+  const auto args = ArgMap(c);
+  EXPECT_EQ(args.at("--tpm-tcti"), "device:/dev/tpmrm0");
+  EXPECT_EQ(args.at("--tpm-key-dir"), "/var/lib/trousseau-hsm/tpm");
+  EXPECT_FALSE(args.contains("--pkcs11-uri"));
+  for (const YAML::Node& v : spec["volumes"]) {
+    const std::string name = v["name"].as<std::string>();
+    EXPECT_TRUE(name == "socket-dir" || name == "tpm-key-dir" || name == "tpm-device") << name;
+  }
+  for (const YAML::Node& e : c["env"]) EXPECT_NE(e["name"].as<std::string>(), "SOFTHSM2_CONF");
+}
+
+// The renderer above stands in for helm where there is none; where there is one, both must agree.
+TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
+  const char* env = std::getenv("HELM");
+  const std::string helm = env != nullptr ? env : "helm";
+  if (!HasCommand(ShellQuote(helm))) {
+    SKIP_OR_FAIL_IN_CI("no helm binary (ci/test builds one with ci/go-tools; set HELM=/path/to/helm)");
+  }
+  char dir_template[] = "/tmp/deploy-helm-XXXXXX";
+  const std::string dir = mkdtemp(dir_template);
+  const std::string overrides_file = dir + "/overrides.yaml";
+  std::ofstream(overrides_file) << "softhsm: { enabled: false }\nextraArgs: [\"--hsm-sessions=8\"]\n"
+                                   "extraVolumes: [{ name: hsm-conf, hostPath: { path: /etc/hsm, type: Directory } }]\n"
+                                   "extraVolumeMounts: [{ name: hsm-conf, mountPath: /etc/hsm, readOnly: true }]\n";
+  const std::string tpm_file = dir + "/tpm.yaml";
+  std::ofstream(tpm_file) << "tpm: { enabled: true }\nsupplementalGroups: [113]\n";
+  for (const auto& [what, values_file] : {std::pair<std::string, std::string>{"defaults", ""},
+                                          {"with overrides", overrides_file},
+                                          {"tpm.enabled", tpm_file}}) {
+    SCOPED_TRACE(what);
+    const RunResult out = Shell(ShellQuote(helm) + " template trousseau-hsm " + ShellQuote(kChart.string()) +
+                                    " --namespace kube-system --kube-version 1.33.0" +
+                                    (values_file.empty() ? "" : " --values " + ShellQuote(values_file)),
+                                true);
+    ASSERT_EQ(out.code, 0) << out.out;
+    YAML::Node real;
+    for (const YAML::Node& doc : YAML::LoadAll(out.out)) {
+      if (doc.IsMap() && doc["kind"].as<std::string>("") == "DaemonSet") real = doc;
+    }
+    ASSERT_TRUE(real) << out.out;
+    const YAML::Node ours = RenderedDaemonSet(values_file.empty() ? YAML::Node() : YAML::LoadFile(values_file));
+    std::string why;
+    EXPECT_TRUE(deploy::YamlEqual(real, ours, &why)) << why;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(DeployTest, EncryptionConfigurationsUseThePluginSocketAndKeepIdentityLast) {
+  const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml");
+  const std::string static_listen = ArgMap(PluginContainer(pod["spec"])).at("--listen");
+  const std::string helm_listen = ArgMap(PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])).at("--listen");
+  for (const auto& [file, resources] :
+       {std::pair<std::string, std::set<std::string>>{"encryption-configuration.yaml", {"secrets"}},
+        std::pair<std::string, std::set<std::string>>{"encryption-configuration-configmaps.yaml",
+                                                      {"secrets", "configmaps"}}}) {
+    SCOPED_TRACE(file);
+    const YAML::Node config = LoadOne(kDeploy / file);
+    EXPECT_EQ(config["apiVersion"].as<std::string>(""), "apiserver.config.k8s.io/v1");
+    EXPECT_EQ(config["kind"].as<std::string>(""), "EncryptionConfiguration");
+    ASSERT_EQ(config["resources"].size(), 1u);
+    const YAML::Node entry = config["resources"][0];
+    std::set<std::string> listed;
+    for (const YAML::Node& r : entry["resources"]) listed.insert(r.as<std::string>());
+    EXPECT_EQ(listed, resources);
+    const YAML::Node providers = entry["providers"];
+    ASSERT_EQ(providers.size(), 2u) << "rotation needs no second kms provider: the plugin rotates itself";
+    const YAML::Node kms = providers[0]["kms"];
+    ASSERT_TRUE(kms) << "the first provider encrypts every write: it must be the plugin";
+    EXPECT_EQ(kms["apiVersion"].as<std::string>(""), "v2");
+    EXPECT_EQ(kms["name"].as<std::string>(""), "trousseau-hsm");
+    EXPECT_EQ(kms["name"].as<std::string>("").find(':'), std::string::npos);
+    EXPECT_EQ(kms["endpoint"].as<std::string>(""), "unix:///var/run/trousseau-hsm/kms.sock");
+    EXPECT_EQ(kms["endpoint"].as<std::string>(""), static_listen);
+    EXPECT_EQ(kms["endpoint"].as<std::string>(""), helm_listen);
+    EXPECT_EQ(kms["timeout"].as<std::string>(""), "3s");
+    EXPECT_FALSE(kms["cachesize"]) << "cachesize is a KMS v1 setting";
+    EXPECT_TRUE(providers[1]["identity"].IsDefined()) << "identity last keeps unencrypted data readable";
+  }
+}
+
+// The provider-migration example: the plugin first (it encrypts every write), the old provider only
+// for reads, identity last.
+TEST(DeployTest, MigrationExampleWritesThroughThePluginAndOnlyReadsTheOldProvider) {
+  const YAML::Node config = LoadOne(kDeploy / "encryption-configuration-migration.yaml");
+  EXPECT_EQ(config["kind"].as<std::string>(""), "EncryptionConfiguration");
+  ASSERT_EQ(config["resources"].size(), 1u);
+  const YAML::Node providers = config["resources"][0]["providers"];
+  ASSERT_EQ(providers.size(), 3u);
+  const YAML::Node kms = providers[0]["kms"];
+  ASSERT_TRUE(kms) << "the first provider encrypts every write: it must be the plugin";
+  EXPECT_EQ(kms["apiVersion"].as<std::string>(""), "v2");
+  EXPECT_EQ(kms["name"].as<std::string>(""), "trousseau-hsm");
+  EXPECT_EQ(kms["endpoint"].as<std::string>(""), "unix:///var/run/trousseau-hsm/kms.sock");
+  EXPECT_TRUE(providers[1]["aescbc"].IsDefined()) << "the provider being migrated away from, for reads";
+  EXPECT_TRUE(providers[2]["identity"].IsDefined());
+}
+
+}  // namespace
+}  // namespace trousseau::deploy
