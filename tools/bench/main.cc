@@ -32,14 +32,23 @@ std::string SelfPath() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+
+// An option that takes a positive number and shows its default in --help.
+template <typename T>
+CLI::Option* AddPositive(CLI::App* app, const std::string& name, T& value, const std::string& description) {
+  return app->add_option(name, value, description)->check(CLI::PositiveNumber)->capture_default_str();
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"trousseau-bench: latency, throughput, start-up and memory of trousseau-hsm against its floors",
-               "trousseau-bench"};
-  app.require_subcommand(1);
+namespace {
 
-  trousseau::bench::EchoServerOptions echo_options;
+using trousseau::bench::EchoServerOptions;
+using trousseau::bench::ProbeOptions;
+using trousseau::bench::RunOptions;
+using trousseau::bench::SoakOptions;
+
+CLI::App* AddEchoServer(CLI::App& app, EchoServerOptions& echo_options) {
   CLI::App* echo = app.add_subcommand("echo-server", "Serve the Echo floor (a sync gRPC server like the plugin's)");
   echo->add_option("--listen", echo_options.listen, "unix:///path.sock")->required();
   echo->add_option("--work-us", echo_options.work_us, "Diagnostics: busy-wait this long in every call");
@@ -48,22 +57,47 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   echo->add_option("--min-pollers", echo_options.min_pollers, "Diagnostics: gRPC sync server MIN_POLLERS");
   echo->add_option("--max-pollers", echo_options.max_pollers, "Diagnostics: gRPC sync server MAX_POLLERS");
+  return echo;
+}
 
-  trousseau::bench::ProbeOptions probe_options;
+CLI::App* AddProbe(CLI::App& app, ProbeOptions& probe_options) {
   CLI::App* probe = app.add_subcommand(
       "probe", "Diagnostics: load one running server (echo-server, or any KMS v2 plugin: Encrypt once, then Decrypt)");
   probe->add_option("--socket", probe_options.socket, "Socket path")->required();
   probe->add_option("--kind", probe_options.kind, "echo or decrypt")
       ->check(CLI::IsMember({"echo", "decrypt"}))
       ->capture_default_str();
-  probe->add_option("--streams", probe_options.streams, "Concurrent calls (1: sequential blocking calls)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  AddPositive(probe, "--streams", probe_options.streams, "Concurrent calls (1: sequential blocking calls)");
   probe->add_option("--seconds", probe_options.seconds, "Measured seconds")->capture_default_str();
   probe->add_option("--client-threads", probe_options.client_threads, "Completion-queue threads")
       ->capture_default_str();
+  return probe;
+}
 
-  trousseau::bench::RunOptions o;
+// The options of [1] and [2] (docs/benchmarks.md).
+void AddRunLatencyOptions(CLI::App* run, RunOptions& o) {
+  AddPositive(run, "--rounds", o.rounds, "[1] interleaved rounds");
+  AddPositive(run, "--latency-calls", o.latency_calls, "[1] calls of each kind per round");
+  run->add_option("--warmup-calls", o.warmup_calls, "[1] warm-up calls of each kind")->capture_default_str();
+  AddPositive(run, "--streams", o.streams, "[2] concurrent calls");
+  AddPositive(run, "--throughput-rounds", o.throughput_rounds, "[2] alternating rounds");
+  AddPositive(run, "--throughput-seconds", o.throughput_seconds, "[2] measured seconds per server per round");
+  run->add_option("--warmup-seconds", o.warmup_seconds, "[2],[3] warm-up before each measured load")
+      ->capture_default_str();
+  AddPositive(run, "--client-threads", o.client_threads, "[2],[3] client completion-queue threads");
+}
+
+// The options of [3], the slow HSM.
+void AddRunSlowHsmOptions(CLI::App* run, RunOptions& o) {
+  run->add_option("--shim-delay-us", o.shim_delay_us, "[3] fault shim delay per crypto call")->capture_default_str();
+  AddPositive(run, "--shim-concurrency", o.shim_concurrency, "[3] concurrent Decrypts");
+  run->add_option("--shim-sessions", o.shim_sessions, "[3] --hsm-sessions values to try (0 skips [3])")
+      ->delimiter(',')
+      ->capture_default_str();
+  AddPositive(run, "--shim-seconds", o.shim_seconds, "[3] measured seconds per sessions value");
+}
+
+CLI::App* AddRun(CLI::App& app, RunOptions& o) {
   o.plugin = TROUSSEAU_BENCH_PLUGIN;
   o.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
   CLI::App* run = app.add_subcommand("run", "Run every scenario and print the results");
@@ -77,38 +111,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_option("--hsm-sessions", o.hsm_sessions, "--hsm-sessions of the plugin in [1],[2],[4] (0: the plugin's default)")
       ->capture_default_str();
-  run->add_option("--rounds", o.rounds, "[1] interleaved rounds")->check(CLI::PositiveNumber)->capture_default_str();
-  run->add_option("--latency-calls", o.latency_calls, "[1] calls of each kind per round")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  run->add_option("--warmup-calls", o.warmup_calls, "[1] warm-up calls of each kind")->capture_default_str();
-  run->add_option("--streams", o.streams, "[2] concurrent calls")->check(CLI::PositiveNumber)->capture_default_str();
-  run->add_option("--throughput-rounds", o.throughput_rounds, "[2] alternating rounds")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  run->add_option("--throughput-seconds", o.throughput_seconds, "[2] measured seconds per server per round")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  run->add_option("--warmup-seconds", o.warmup_seconds, "[2],[3] warm-up before each measured load")
-      ->capture_default_str();
-  run->add_option("--client-threads", o.client_threads, "[2],[3] client completion-queue threads")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  run->add_option("--shim-delay-us", o.shim_delay_us, "[3] fault shim delay per crypto call")->capture_default_str();
-  run->add_option("--shim-concurrency", o.shim_concurrency, "[3] concurrent Decrypts")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  run->add_option("--shim-sessions", o.shim_sessions, "[3] --hsm-sessions values to try (0 skips [3])")
-      ->delimiter(',')
-      ->capture_default_str();
-  run->add_option("--shim-seconds", o.shim_seconds, "[3] measured seconds per sessions value")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  AddRunLatencyOptions(run, o);
+  AddRunSlowHsmOptions(run, o);
   run->add_option("--starts", o.starts, "[4] plugin starts per variant (0 skips [4])")->capture_default_str();
   run->add_flag("--json", o.json, "Print a JSON object on stdout (the table goes to stderr)");
   run->add_option("--json-file", o.json_file, "Also write the JSON object to this file");
+  return run;
+}
 
-  trousseau::bench::SoakOptions soak_options;
+CLI::App* AddSoak(CLI::App& app, SoakOptions& soak_options) {
   soak_options.plugin = TROUSSEAU_BENCH_PLUGIN;
   soak_options.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
   soak_options.init_tool = TROUSSEAU_BENCH_INIT_TOOL;
@@ -119,10 +130,8 @@ int main(int argc, char** argv) {
   soak->add_option("--init-tool", soak_options.init_tool, "trousseau-hsm-init binary (makes the new versions)")
       ->capture_default_str();
   soak->add_option("--softhsm-module", soak_options.softhsm_module, "SoftHSM2 PKCS#11 module")->capture_default_str();
-  soak->add_option("--requests", soak_options.requests, "Calls answered in all (errors included)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  soak->add_option("--streams", soak_options.streams, "Concurrent calls")->check(CLI::PositiveNumber)->capture_default_str();
+  AddPositive(soak, "--requests", soak_options.requests, "Calls answered in all (errors included)");
+  AddPositive(soak, "--streams", soak_options.streams, "Concurrent calls");
   soak->add_option("--rotate-every", soak_options.rotate_every, "New key version + SIGHUP every N requests (0: none)")
       ->capture_default_str();
   soak->add_option("--outage", soak_options.outage, "HSM outage (shim \"down\") in the middle, e.g. 10s (0s: none)")
@@ -136,12 +145,29 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   soak->add_option("--json-file", soak_options.json_file, "Also write the figures as JSON to this file");
   soak->add_option("--plugin-log", soak_options.plugin_log, "Keep a copy of the plugin's log here");
+  return soak;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"trousseau-bench: latency, throughput, start-up and memory of trousseau-hsm against its floors",
+               "trousseau-bench"};
+  app.require_subcommand(1);
+  EchoServerOptions echo_options;
+  ProbeOptions probe_options;
+  RunOptions run_options;
+  SoakOptions soak_options;
+  CLI::App* echo = AddEchoServer(app, echo_options);
+  CLI::App* probe = AddProbe(app, probe_options);
+  AddRun(app, run_options);
+  CLI::App* soak = AddSoak(app, soak_options);
 
   CLI11_PARSE(app, argc, argv);
   if (*echo) return trousseau::bench::RunEchoServer(echo_options);
   if (*soak) return trousseau::bench::Soak(soak_options);
   if (*probe) return trousseau::bench::Probe(probe_options);
-  std::erase(o.shim_sessions, size_t{0});
-  o.self = SelfPath();
-  return trousseau::bench::Run(o);
+  std::erase(run_options.shim_sessions, size_t{0});
+  run_options.self = SelfPath();
+  return trousseau::bench::Run(run_options);
 }

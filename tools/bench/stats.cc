@@ -49,35 +49,25 @@ void Json::Key(std::string_view key) {
   }
 }
 
-Json& Json::Open(std::string_view key) {
+Json& Json::Begin(std::string_view key, char bracket, bool array) {
   Key(key);
-  out_ += "{";
+  out_ += bracket;
   first_.push_back(true);
-  in_array_.push_back(false);
+  in_array_.push_back(array);
   return *this;
 }
 
-Json& Json::Close() {
-  out_ += "}";
+Json& Json::End(char bracket) {
+  out_ += bracket;
   first_.pop_back();
   in_array_.pop_back();
   return *this;
 }
 
-Json& Json::OpenArray(std::string_view key) {
-  Key(key);
-  out_ += "[";
-  first_.push_back(true);
-  in_array_.push_back(true);
-  return *this;
-}
-
-Json& Json::CloseArray() {
-  out_ += "]";
-  first_.pop_back();
-  in_array_.pop_back();
-  return *this;
-}
+Json& Json::Open(std::string_view key) { return Begin(key, '{', false); }
+Json& Json::Close() { return End('}'); }
+Json& Json::OpenArray(std::string_view key) { return Begin(key, '[', true); }
+Json& Json::CloseArray() { return End(']'); }
 
 Json& Json::Str(std::string_view key, std::string_view value) {
   Key(key);

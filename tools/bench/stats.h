@@ -38,6 +38,9 @@ class Json {
 
  private:
   void Key(std::string_view key);
+  // An object or array: its key, its opening bracket; then its closing one.
+  Json& Begin(std::string_view key, char bracket, bool array);
+  Json& End(char bracket);
   std::string out_;
   std::vector<bool> first_{true};
   std::vector<bool> in_array_{true};
