@@ -9,9 +9,7 @@
 
 #include "core/envelope.h"
 #include "hsm/pkcs11_module.h"
-#include "hsm/key_family.h"
-#include "hsm/p11/gcm.h"
-#include "hsm/token_discovery.h"
+#include "hsm/token.h"
 
 namespace trousseau::bench {
 
@@ -35,7 +33,7 @@ class RawHsm {
   std::unique_ptr<hsm::Pkcs11Module> module_;
   hsm::Session session_;
   hsm::SessionObject copy_;
-  hsm::ObjectHandle key_ = hsm::kNoObject;
+  CK_OBJECT_HANDLE key_ = CK_INVALID_HANDLE;
   std::string key_kind_;
 };
 
