@@ -11,12 +11,10 @@
 #include "core/status.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
+#include "hsm/token_discovery.h"
 
 namespace trousseau::hsm {
-
-// The backend kind that goes into every key_id (Pkcs11Backend::Kind()).
-inline constexpr char kPkcs11BackendKind[] = "pkcs11";
 
 // The loaded module, the token the URI names, and one read-write session logged in as the user.
 // Everything is released in order on destruction: the session closes (which ends the login), then

@@ -1,7 +1,5 @@
 #include "hsm/key_admin.h"
 
-#include <set>
-
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -10,8 +8,8 @@
 #include <thread>
 
 #include "core/strings.h"
-#include "hsm/pkcs11_error.h"
-#include "hsm/token.h"
+#include "hsm/p11/attributes.h"
+#include "hsm/p11/calls.h"
 
 namespace trousseau::hsm {
 
@@ -138,38 +136,43 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
 StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
                                               KekOptions options) {
   if (version == 0) return InvalidArgumentError("key versions start at 1");
-  const std::string id = VersionToId(version);
-  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-  CK_KEY_TYPE key_type = CKK_AES;
-  CK_ULONG value_len = kAes256KeySize;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_BBOOL modifiable = options.modifiable ? CK_TRUE : CK_FALSE;
-  CK_ATTRIBUTE attrs[] = {
-      {CKA_CLASS, &key_class, sizeof key_class},
-      {CKA_KEY_TYPE, &key_type, sizeof key_type},
-      {CKA_VALUE_LEN, &value_len, sizeof value_len},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_ID, const_cast<char*>(id.data()), id.size()},
-      {CKA_TOKEN, &yes, sizeof yes},
-      {CKA_PRIVATE, &yes, sizeof yes},
-      {CKA_SENSITIVE, &yes, sizeof yes},
-      {CKA_EXTRACTABLE, &no, sizeof no},
-      {CKA_ENCRYPT, &yes, sizeof yes},
-      {CKA_DECRYPT, &yes, sizeof yes},
-      {CKA_WRAP, &no, sizeof no},
-      {CKA_UNWRAP, &no, sizeof no},
-      {CKA_SIGN, &no, sizeof no},
-      {CKA_VERIFY, &no, sizeof no},
-      {CKA_DERIVE, &no, sizeof no},
-      {CKA_MODIFIABLE, &modifiable, sizeof modifiable},
-  };
-  CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  if (CK_RV rv = session.api()->C_GenerateKey(session.handle(), &mechanism, attrs, std::size(attrs), &handle);
-      rv != CKR_OK) {
-    return RvStatus(rv, StrCat("generating AES-256 key '", label, "' version ", version));
-  }
-  return handle;
+  p11::AttributeTemplate key_template;
+  key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
+      .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
+      .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
+      .Add(CKA_LABEL, label)
+      .Add(CKA_ID, VersionToId(version))
+      .Add(CKA_TOKEN, true)
+      .Add(CKA_PRIVATE, true)
+      .Add(CKA_SENSITIVE, true)
+      .Add(CKA_EXTRACTABLE, false)
+      .Add(CKA_ENCRYPT, true)
+      .Add(CKA_DECRYPT, true)
+      .Add(CKA_WRAP, false)
+      .Add(CKA_UNWRAP, false)
+      .Add(CKA_SIGN, false)
+      .Add(CKA_VERIFY, false)
+      .Add(CKA_DERIVE, false)
+      .Add(CKA_MODIFIABLE, options.modifiable);
+  return p11::GenerateKey(session, CKM_AES_KEY_GEN, key_template,
+                          StrCat("generating AES-256 key '", label, "' version ", version));
+}
+
+StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
+                                              TestKeyFlags flags) {
+  p11::AttributeTemplate key_template;
+  key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
+      .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
+      .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
+      .Add(CKA_LABEL, label)
+      .Add(CKA_ID, VersionToId(version))
+      .Add(CKA_TOKEN, true)
+      .Add(CKA_SENSITIVE, flags.sensitive)
+      .Add(CKA_EXTRACTABLE, flags.extractable)
+      .Add(CKA_PRIVATE, flags.is_private)
+      .Add(CKA_ENCRYPT, true)
+      .Add(CKA_DECRYPT, true);
+  return p11::GenerateKey(session, CKM_AES_KEY_GEN, key_template, "C_GenerateKey");
 }
 
 StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Uri& uri) {
@@ -262,20 +265,6 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
                        StrJoin(lost, ", "), "), each at the same moment; this run created nothing. Run it again"));
 }
 
-Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object) {
-  if (CK_RV rv = session.api()->C_DestroyObject(session.handle(), object); rv != CKR_OK) {
-    return RvStatus(rv, "C_DestroyObject");
-  }
-  return OkStatus();
-}
-
-std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates) {
-  std::set<uint64_t> versions;
-  for (const KeyObject& key : keys) {
-    if (std::string why = KekPolicyViolation(key); !why.empty()) return StrCat("version ", key.version, ": ", why);
-    if (!versions.insert(key.version).second && count_duplicates) return StrCat("there are two keys with version ", key.version);
-  }
-  return "";
-}
+Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object) { return p11::DestroyObject(session, object); }
 
 }  // namespace trousseau::hsm

@@ -12,7 +12,8 @@
 #include "hsm/admin.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
+#include "hsm/pkcs11_backend.h"
 
 namespace trousseau::hsm {
 
@@ -28,6 +29,16 @@ struct KekOptions {
 StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
                                               KekOptions options = {});
 
+// For tests of the KEK policy: an AES-256 token key of family `label` with CKA_ID = version and the
+// given protection flags, allowed to encrypt and decrypt, so the plugin's refusal can be shown.
+struct TestKeyFlags {
+  bool sensitive = true;
+  bool extractable = false;
+  bool is_private = true;
+};
+StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
+                                              TestKeyFlags flags);
+
 struct NextKekOptions {
   KekOptions key;
   // `key generate`: version 1 of an empty family and nothing else (ALREADY_EXISTS once the family has
@@ -38,7 +49,7 @@ struct NextKekOptions {
   int max_attempts = 5;
   // How long a run waits, after C_GenerateKey, for a contest over its version to be decided before
   // it withdraws its own key (see key_admin.cc).
-  std::chrono::milliseconds settle_timeout{1000};
+  std::chrono::milliseconds settle_timeout = kKekSettleTimeout;
 };
 
 struct NewKekVersion {
@@ -73,13 +84,7 @@ StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Ur
 // destroys while the family is being read (CKR_OBJECT_HANDLE_INVALID) is no reason to fail.
 StatusOr<std::vector<KeyObject>> ListKeyFamilyPatiently(const Session& session, std::string_view label);
 
-// Why the plugin would refuse the family `keys` (as ListKeyFamily returns it) as a whole, or "" if it
-// would load it: a version that breaks the KEK policy (KekPolicyViolation: not AES-256, extractable
-// now, not sensitive, not private, no encrypt/decrypt), or two objects with one version. The plugin
-// loads nothing from such a family, so no version of it becomes active. `count_duplicates` false skips
-// the second rule: right after creating a version, other runs' contests over a version may still be
-// undecided (CreateNextKekVersion resolves each one, so they are not lasting).
-std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates = true);
+// KekFamilyViolation (the family policy the plugin applies too) is in hsm/key_family.h.
 
 // Destroys the token object of one version.
 Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object);

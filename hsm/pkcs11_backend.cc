@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "core/strings.h"
-#include "hsm/pkcs11_error.h"
+#include "hsm/p11/gcm.h"
 
 namespace trousseau::hsm {
 namespace {
@@ -22,15 +22,6 @@ StatusOr<GcmIv> SplitIv(std::string_view sealed) {
   GcmIv iv;
   std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
   return iv;
-}
-
-// What C_Decrypt answers, once C_DecryptInit took the key and IV, for a tag that does not verify.
-// The standard code is CKR_ENCRYPTED_DATA_INVALID; SoftHSM says CKR_GENERAL_ERROR, others
-// CKR_FUNCTION_FAILED or CKR_DATA_INVALID. It is the caller's bytes, not the device: never a probe,
-// never an outage, so a flood of forged ciphertexts costs the device one operation each.
-bool IsTagMismatch(CK_RV rv) {
-  return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR ||
-         rv == CKR_FUNCTION_FAILED || rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE;
 }
 
 }  // namespace
@@ -172,9 +163,8 @@ StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, s
   StatusOr<GcmIv> iv = key.ivs.Next();
   if (!iv.ok()) return iv.status();
   std::string body;
-  if (CK_RV rv = GcmSeal(conn->sessions[lane], key.handle(), *iv, aad, plaintext, body); rv != CKR_OK) {
-    Status failed = RvStatus(rv, "AES-GCM encrypt on the device");
-    if (IsConnectionLost(rv)) MarkBroken(conn, failed);
+  if (Status failed = GcmSeal(conn->sessions[lane], key.handle(), *iv, aad, plaintext, body); !failed.ok()) {
+    if (IsUnavailable(failed)) MarkBroken(conn, failed);  // the connection is lost (hsm/pkcs11_error.cc)
     return failed;
   }
   std::string sealed(reinterpret_cast<const char*>(iv->data()), iv->size());
@@ -191,15 +181,10 @@ StatusOr<SecureBytes> Pkcs11Backend::OpenOnLane(size_t lane, uint64_t version, s
   GcmIv iv;
   std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
   SecureBytes plaintext;
-  bool reached_tag_check = false;
-  CK_RV rv = GcmOpen(conn->sessions[lane], key.handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext,
-                     &reached_tag_check);
-  if (rv == CKR_OK) return plaintext;
-  if (reached_tag_check && IsTagMismatch(rv)) {
-    return InvalidArgumentError("ciphertext failed authentication (tampered, truncated or not ours)");
-  }
-  Status failed = RvStatus(rv, "AES-GCM decrypt on the device");
-  if (IsConnectionLost(rv)) MarkBroken(conn, failed);
+  // INVALID_ARGUMENT: the tag did not verify, the caller's bytes (never an outage).
+  Status failed = GcmOpen(conn->sessions[lane], key.handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext);
+  if (failed.ok()) return plaintext;
+  if (IsUnavailable(failed)) MarkBroken(conn, failed);
   return failed;
 }
 
@@ -346,19 +331,22 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
   // meanwhile must not turn the outage into a permanent one; the next refresh judges it, and fails
   // without touching the ring.
   restore = restore && !known_fingerprints_.empty();
-  // First check every key, so a bad family leaves the loaded keys untouched.
+  // Otherwise the family is judged as a whole by the one KEK family policy trousseau-hsm-init applies
+  // too (hsm/key_family.h), before anything is loaded, so a bad family leaves the loaded keys untouched.
+  if (!restore) {
+    if (std::string why = KekFamilyViolation(*family); !why.empty()) {
+      return FailedPreconditionError(StrCat("refusing key family '", uri_.object_label(), "': ", why));
+    }
+  }
   std::map<uint64_t, std::pair<CK_OBJECT_HANDLE, std::string>> found;  // version -> (object, fingerprint)
   std::set<uint64_t> replaced;  // restore: versions with an object whose fingerprint is not the known one
   for (const KeyObject& key : *family) {
     auto known = known_fingerprints_.find(key.version);
     if (restore && known == known_fingerprints_.end()) continue;  // new since the last refresh
-    if (std::string why = KekPolicyViolation(key); !why.empty() && restore) {
+    if (std::string why = KekPolicyViolation(key); !why.empty()) {  // restore only: checked above otherwise
       spdlog::error("key '{}' version {} is no longer usable ({}); it stays out of service", uri_.object_label(),
                     key.version, why);
       continue;
-    } else if (!why.empty()) {
-      return FailedPreconditionError(
-          StrCat("refusing key '", uri_.object_label(), "' version ", key.version, ": ", why));
     }
     StatusOr<std::string> fingerprint = KeyFingerprint(conn.admin, key.handle);  // as trousseau-hsm-init computes it
     if (!fingerprint.ok()) return fingerprint.status();
@@ -367,10 +355,7 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
       continue;
     }
     if (restore && found.contains(key.version)) continue;  // the known key is already found
-    if (!found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint))).second) {
-      return FailedPreconditionError(
-          StrCat("key family '", uri_.object_label(), "' has two keys with version ", key.version));
-    }
+    found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint)));  // no duplicates: checked above
   }
   for (uint64_t version : replaced) {
     if (found.contains(version)) continue;  // the known key is still there too (a duplicate): it serves

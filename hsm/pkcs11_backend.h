@@ -30,9 +30,19 @@
 #include "hsm/device_lanes.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
+#include "hsm/p11/gcm.h"
+#include "hsm/token_discovery.h"
 
 namespace trousseau::hsm {
+
+// The backend kind that goes into every key_id (Kind()); trousseau-hsm-init derives key_ids with it too.
+inline constexpr char kPkcs11BackendKind[] = "pkcs11";
+
+// How long a `key rotate` run (hsm/key_admin.h, NextKekOptions::settle_timeout) waits, after creating
+// its version, for a contest with another run over that version to be decided. The plugin waits
+// twice this before it takes a new version as settled (backend_factory.cc).
+inline constexpr std::chrono::milliseconds kKekSettleTimeout{1000};
 
 struct Pkcs11BackendOptions {
   // Sessions, each with its own lane: the number of device calls that can be in flight at once.
@@ -56,7 +66,7 @@ class Pkcs11Backend final : public KeyBackend {
   using KeyBackend::Open;
   using KeyBackend::Probe;
   using KeyBackend::Seal;
-  std::string_view Kind() const override { return "pkcs11"; }
+  std::string_view Kind() const override { return kPkcs11BackendKind; }
   std::string Describe() const override;
   StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) override;
   StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,

@@ -9,13 +9,11 @@
 #include <vector>
 
 #include "core/status.h"
+#include "tpm/tpm_backend.h"  // kTpmFamilyLabel
 
 namespace trousseau::tpm {
 
-// The key family label of the TPM backend, part of every key_id (DeriveKeyId("tpm2", label, ...)).
-// The plugin passes it to its KmsEngine and `trousseau-hsm-init tpm ...` to these calls, so the
-// key_ids the tool prints are the plugin's Status key_ids.
-inline constexpr char kTpmFamilyLabel[] = "kek";
+// kTpmFamilyLabel, the label these calls take from the tool, is the backend's (tpm/tpm_backend.h).
 
 enum class KeyScheme {
   kAuto,        // AES-CFB + HMAC if the TPM has TPM2_EncryptDecrypt(2) and TPM2_HMAC, else RSA-OAEP

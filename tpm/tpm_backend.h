@@ -30,6 +30,11 @@
 
 namespace trousseau::tpm {
 
+// The key family label of the TPM backend, part of every key_id (DeriveKeyId("tpm2", label, ...)).
+// The plugin passes it to its KmsEngine and `trousseau-hsm-init tpm ...` to the provisioning calls
+// (tpm/provisioning.h), so the key_ids the tool prints are the plugin's Status key_ids.
+inline constexpr char kTpmFamilyLabel[] = "kek";
+
 struct TpmBackendOptions {
   // TCTI configuration: "device:/dev/tpmrm0" (default), "tabrmd", "swtpm:path=/run/swtpm/sock", ...
   std::string tcti = "device:/dev/tpmrm0";

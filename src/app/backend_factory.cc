@@ -3,10 +3,8 @@
 #include <cstdlib>
 
 #include "core/strings.h"
-#include "hsm/key_admin.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/pkcs11_uri.h"
-#include "tpm/provisioning.h"
 #include "tpm/tpm_backend.h"
 
 namespace trousseau::app {
@@ -28,7 +26,7 @@ StatusOr<ConfiguredBackend> MakePkcs11Backend(const PluginOptions& options) {
   // Concurrent `key rotate` runs decide who keeps a version within their settle timeout, after the
   // losers' keys were visible on the token: confirm a new active version after twice that. (TPM
   // rotations serialise on the key directory's lock and never replace a file: nothing to wait for.)
-  configured.new_version_settle = 2 * hsm::NextKekOptions{}.settle_timeout;
+  configured.new_version_settle = 2 * hsm::kKekSettleTimeout;
   configured.session_pool = [backend](size_t& in_use, size_t& size) {
     in_use = backend->sessions_in_use();
     size = backend->session_count();

@@ -35,12 +35,10 @@ bool RawHsm::UseKey(const std::string& family) {
     return false;
   }
   key_ = keys->front().handle;
-  CK_BBOOL session_only = CK_FALSE;
-  CK_ATTRIBUTE copy_template[] = {{CKA_TOKEN, &session_only, sizeof session_only}};
-  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
-  if (module_->api()->C_CopyObject(session_.handle(), key_, copy_template, 1, &copy) == CKR_OK) {
-    copy_ = hsm::SessionObject(module_->api(), session_.handle(), copy);
-    key_ = copy;
+  StatusOr<hsm::ObjectHandle> copy = hsm::CopyToSessionObject(session_, key_);
+  if (copy.ok()) {
+    copy_ = hsm::SessionObject(session_.api(), session_.handle(), *copy);
+    key_ = *copy;
     key_kind_ = "session copy";
   } else {
     key_kind_ = "token object";
@@ -52,8 +50,8 @@ bool RawHsm::OpenOnce(const ParsedEnvelope& envelope, std::string_view expected)
   GcmIv iv;
   std::copy(envelope.sealed.begin(), envelope.sealed.begin() + kGcmIvSize, iv.begin());
   SecureBytes plaintext;
-  const CK_RV rv = hsm::GcmOpen(session_, key_, iv, envelope.header, envelope.sealed.substr(kGcmIvSize), plaintext);
-  return rv == CKR_OK && plaintext.view() == expected;
+  const Status opened = hsm::GcmOpen(session_, key_, iv, envelope.header, envelope.sealed.substr(kGcmIvSize), plaintext);
+  return opened.ok() && plaintext.view() == expected;
 }
 
 std::unique_ptr<RawHsm> RawHsm::Fail(const Status& status) {

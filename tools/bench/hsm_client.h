@@ -9,7 +9,9 @@
 
 #include "core/envelope.h"
 #include "hsm/pkcs11_module.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
+#include "hsm/p11/gcm.h"
+#include "hsm/token_discovery.h"
 
 namespace trousseau::bench {
 
@@ -33,7 +35,7 @@ class RawHsm {
   std::unique_ptr<hsm::Pkcs11Module> module_;
   hsm::Session session_;
   hsm::SessionObject copy_;
-  CK_OBJECT_HANDLE key_ = CK_INVALID_HANDLE;
+  hsm::ObjectHandle key_ = hsm::kNoObject;
   std::string key_kind_;
 };
 

@@ -16,7 +16,8 @@
 #include "core/status.h"
 #include "hsm/admin.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
+#include "hsm/token_discovery.h"
 
 namespace trousseau::init {
 
@@ -120,7 +121,8 @@ struct StorageOwner {
   std::string path;
   std::string note;
 };
-StorageOwner TokenStorageOwner(const std::string& module_path, const CK_TOKEN_INFO& info);
+// `serial`: the token's serial number (TokenSlot::Serial()).
+StorageOwner TokenStorageOwner(const std::string& module_path, const std::string& serial);
 
 // "unix:///run/trousseau-hsm/kms.sock" if that socket file exists.
 std::optional<std::string> DefaultPluginSocket();

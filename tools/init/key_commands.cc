@@ -22,8 +22,8 @@ std::string Versions(const std::vector<hsm::KeyObject>& keys) {
 }
 
 std::string KeyTypeName(const hsm::KeyObject& key) {
-  if (key.key_type == CKK_AES) return "AES";
-  if (key.key_type == static_cast<CK_KEY_TYPE>(-1)) return "unknown";
+  if (key.key_type == hsm::kAesKeyType) return "AES";
+  if (key.key_type == hsm::kUnknownKeyType) return "unknown";
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(key.key_type));
   return buf;
@@ -74,7 +74,7 @@ std::string Seconds(std::chrono::milliseconds duration) {
 // read, so the plugin never sees it, while this tool (root) would happily list it. Refused, not
 // warned: nothing good comes of that object, and removing it again needs the token's own tools.
 int CheckStorageOwner(const Family& family) {
-  const StorageOwner storage = TokenStorageOwner(family.uri->module_path(), family.admin->token().info);
+  const StorageOwner storage = TokenStorageOwner(family.uri->module_path(), family.admin->token().Serial());
   if (!storage.known) {
     std::cerr << kToolName << ": note: " << storage.note << "\n";
     return kExitOk;
@@ -218,7 +218,7 @@ int KeyRotate(const KeyOptions& options) {
       !hsm::KekFamilyViolation(family.keys).empty()) {
     // A version held twice may be other runs' contest, decided within their settle time (see
     // CreateNextKekVersion): read again once it must be over before calling it lasting.
-    std::this_thread::sleep_for(2 * hsm::NextKekOptions{}.settle_timeout);
+    std::this_thread::sleep_for(2 * hsm::kKekSettleTimeout);
     StatusOr<std::vector<hsm::KeyObject>> again = hsm::ListKeyFamilyPatiently(family.session(), family.label());
     if (!again.ok()) return FailStatus(again.status());
     family.keys = *std::move(again);

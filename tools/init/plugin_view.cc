@@ -40,15 +40,10 @@ std::optional<std::string> SoftHsmTokenDir() {
   return std::nullopt;
 }
 
-std::string FixedField(const CK_UTF8CHAR* field, size_t size) {
-  std::string text(reinterpret_cast<const char*>(field), size);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\0')) text.pop_back();
-  return text;
-}
 
 }  // namespace
 
-StorageOwner TokenStorageOwner(const std::string& module_path, const CK_TOKEN_INFO& info) {
+StorageOwner TokenStorageOwner(const std::string& module_path, const std::string& serial) {
   StorageOwner result;
   if (module_path.find("softhsm") == std::string::npos) {
     result.note = "this module's storage is not known to the tool, so it cannot tell whether the plugin's user sees "
@@ -61,7 +56,6 @@ StorageOwner TokenStorageOwner(const std::string& module_path, const CK_TOKEN_IN
     return result;
   }
   // SoftHSM keeps each token in its own directory, whose token.object holds the serial number.
-  const std::string serial = FixedField(info.serialNumber, sizeof info.serialNumber);
   DIR* dir = opendir(token_dir->c_str());
   if (dir == nullptr || serial.empty()) {
     if (dir != nullptr) closedir(dir);

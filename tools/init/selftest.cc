@@ -6,7 +6,7 @@
 #include "core/nonce_sequence.h"
 #include "core/secure_bytes.h"
 #include "core/strings.h"
-#include "hsm/pkcs11_error.h"
+#include "hsm/p11/gcm.h"
 #include "tools/init/init_tool.h"
 
 namespace trousseau::init {
@@ -27,11 +27,11 @@ struct Check {
 };
 
 // Rejects a copy of `sealed` (ciphertext || tag) with bit `bit` of byte `index` flipped?
-bool RejectsFlippedBit(const hsm::Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string sealed,
+bool RejectsFlippedBit(const hsm::Session& session, hsm::ObjectHandle key, const GcmIv& iv, std::string sealed,
                        size_t index) {
   sealed[index] = static_cast<char>(sealed[index] ^ 0x01);
   SecureBytes opened;
-  return hsm::GcmOpen(session, key, iv, kSelftestAad, sealed, opened) != CKR_OK;
+  return !hsm::GcmOpen(session, key, iv, kSelftestAad, sealed, opened).ok();
 }
 
 Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& ivs) {
@@ -79,13 +79,17 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
     return check;
   }
   std::string sealed;
-  if (CK_RV rv = hsm::GcmSeal(session, key.handle, *iv, kSelftestAad, kSelftestPlaintext, sealed); rv != CKR_OK) {
-    check.failures.push_back(StrCat("AES-GCM encrypt on the device failed: ", hsm::RvName(rv)));
+  if (Status s = hsm::GcmSeal(session, key.handle, *iv, kSelftestAad, kSelftestPlaintext, sealed,
+                             "AES-GCM encrypt on the device failed");
+      !s.ok()) {
+    check.failures.push_back(std::string(s.message()));
     return check;
   }
   SecureBytes opened;
-  if (CK_RV rv = hsm::GcmOpen(session, key.handle, *iv, kSelftestAad, sealed, opened); rv != CKR_OK) {
-    check.failures.push_back(StrCat("AES-GCM decrypt on the device failed: ", hsm::RvName(rv)));
+  if (Status s = hsm::GcmOpen(session, key.handle, *iv, kSelftestAad, sealed, opened,
+                             "AES-GCM decrypt on the device failed");
+      !s.ok()) {
+    check.failures.push_back(std::string(s.message()));
     return check;
   }
   if (opened.view() != kSelftestPlaintext || sealed.substr(0, kSelftestPlaintext.size()) == kSelftestPlaintext) {

@@ -10,10 +10,8 @@
 #include "core/strings.h"
 #include "hsm/admin.h"
 #include "hsm/key_admin.h"
-#include "hsm/pkcs11_error.h"
-#include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
-#include "hsm/token.h"
+#include "hsm/key_family.h"
 
 namespace trousseau::support {
 namespace {
@@ -73,44 +71,28 @@ Status SoftHsmToken::GenerateCopyableKek(uint64_t version, const std::string& ob
 namespace {
 
 struct KeyFlags {
-  CK_BBOOL sensitive, extractable, is_private;
+  bool sensitive, extractable, is_private;
 };
 
+// A version the plugin must refuse: AES-256 with the given flags, made through the KEK generator's
+// seam so the test support holds no raw PKCS#11.
 Status GenerateAesKey(const SoftHsmToken& token, uint64_t version, const std::string& object, KeyFlags flags) {
   return WithAdminSession(token, object, [&](const hsm::Session& session) -> Status {
-    const std::string id = hsm::VersionToId(version);
-    CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-    CK_KEY_TYPE key_type = CKK_AES;
-    CK_ULONG value_len = 32;
-    CK_BBOOL yes = CK_TRUE;
-    CK_ATTRIBUTE attrs[] = {
-        {CKA_CLASS, &key_class, sizeof key_class},
-        {CKA_KEY_TYPE, &key_type, sizeof key_type},
-        {CKA_VALUE_LEN, &value_len, sizeof value_len},
-        {CKA_LABEL, const_cast<char*>(object.data()), object.size()},
-        {CKA_ID, const_cast<char*>(id.data()), id.size()},
-        {CKA_TOKEN, &yes, sizeof yes},
-        {CKA_SENSITIVE, &flags.sensitive, sizeof flags.sensitive},
-        {CKA_EXTRACTABLE, &flags.extractable, sizeof flags.extractable},
-        {CKA_PRIVATE, &flags.is_private, sizeof flags.is_private},
-        {CKA_ENCRYPT, &yes, sizeof yes},
-        {CKA_DECRYPT, &yes, sizeof yes},
-    };
-    CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
-    CK_OBJECT_HANDLE handle;
-    CK_RV rv = session.api()->C_GenerateKey(session.handle(), &mechanism, attrs, std::size(attrs), &handle);
-    return rv == CKR_OK ? OkStatus() : hsm::RvStatus(rv, "C_GenerateKey");
+    return hsm::GenerateTestAesKey(session, object, version,
+                                   {.sensitive = flags.sensitive, .extractable = flags.extractable,
+                                    .is_private = flags.is_private})
+        .status();
   });
 }
 
 }  // namespace
 
 Status SoftHsmToken::GenerateUnsafeKey(uint64_t version, const std::string& object) const {
-  return GenerateAesKey(*this, version, object, {.sensitive = CK_FALSE, .extractable = CK_TRUE, .is_private = CK_TRUE});
+  return GenerateAesKey(*this, version, object, {.sensitive = false, .extractable = true, .is_private = true});
 }
 
 Status SoftHsmToken::GeneratePublicKey(uint64_t version, const std::string& object) const {
-  return GenerateAesKey(*this, version, object, {.sensitive = CK_TRUE, .extractable = CK_FALSE, .is_private = CK_FALSE});
+  return GenerateAesKey(*this, version, object, {.sensitive = true, .extractable = false, .is_private = false});
 }
 
 Status SoftHsmToken::DestroyKey(uint64_t version, const std::string& object) const {
