@@ -1,7 +1,11 @@
 #include "core/envelope.h"
+
+#include <array>
+#include <cstdint>
+
+#include "core/big_endian.h"
 #include "core/status.h"
 #include "core/strings.h"
-
 
 namespace trousseau {
 namespace {
@@ -13,9 +17,9 @@ std::string EncodeEnvelopeHeader(uint64_t key_version) {
   header[0] = kMagic[0];
   header[1] = kMagic[1];
   header[2] = static_cast<char>(kEnvelopeFormatV1);
-  for (int i = 0; i < 8; ++i) {
-    header[3 + i] = static_cast<char>((key_version >> (8 * (7 - i))) & 0xff);
-  }
+  std::array<uint8_t, 8> version{};
+  StoreBigEndian<8>(key_version, version);
+  header.replace(3, version.size(), reinterpret_cast<const char*>(version.data()), version.size());
   return header;
 }
 
@@ -32,9 +36,7 @@ StatusOr<ParsedEnvelope> ParseEnvelope(std::string_view ciphertext) {
     return InvalidArgumentError(StrCat("unsupported envelope format version ", format));
   }
   ParsedEnvelope parsed;
-  for (int i = 0; i < 8; ++i) {
-    parsed.key_version = (parsed.key_version << 8) | static_cast<uint8_t>(ciphertext[3 + i]);
-  }
+  parsed.key_version = LoadBigEndian({reinterpret_cast<const uint8_t*>(ciphertext.data()) + 3, 8});
   if (parsed.key_version == 0) {
     return InvalidArgumentError("envelope names key version 0, which never exists");
   }

@@ -34,7 +34,19 @@ using Deadline = std::chrono::steady_clock::time_point;
 //   FAILED_PRECONDITION  configuration or key policy is wrong; retrying will not help
 //   PERMISSION_DENIED    the device refused our credentials (PIN); not retried until they change
 // Messages never contain key material or plaintext.
-// Implementations are thread-safe: every method may be called from many threads at once.
+//
+// Thread-safety (as tink's Aead): implementations are expected to be thread-safe. Every method may
+// be called from many threads at once, LoadKeys included while Seal/Open/Probe run (KmsEngine
+// re-reads the key family while requests are served).
+//
+// Const-ness: the const methods (Kind, Describe, SealOverhead) never touch the device, never block
+// and answer the same for the backend's whole life, so a `const KeyBackend&` is safe to hand to
+// anyone. The others are non-const because they use the device: they may change its connection
+// state (sessions, logins, loaded objects, reconnects after an outage) and the set of usable
+// versions, even when the caller sees no change.
+//
+// Blocking: a non-const call blocks for at most its deadline (see Deadline); none waits on another
+// caller's device call beyond that.
 class KeyBackend {
  public:
   virtual ~KeyBackend() = default;

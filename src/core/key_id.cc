@@ -1,20 +1,21 @@
 #include "core/key_id.h"
-#include "core/strings.h"
 
 #include <openssl/evp.h>
 
 #include <array>
+#include <cstdint>
 
+#include "core/big_endian.h"
+#include "core/strings.h"
 
 namespace trousseau {
 namespace {
 
 // Length-prefixed fields, so ("ab","c") and ("a","bc") never hash alike.
 void HashField(EVP_MD_CTX* ctx, std::string_view field) {
-  uint8_t len[8];
-  uint64_t n = field.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * (7 - i)));
-  EVP_DigestUpdate(ctx, len, sizeof len);
+  std::array<uint8_t, 8> len{};
+  StoreBigEndian<8>(field.size(), len);
+  EVP_DigestUpdate(ctx, len.data(), len.size());
   EVP_DigestUpdate(ctx, field.data(), field.size());
 }
 

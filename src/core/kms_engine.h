@@ -102,6 +102,10 @@ class KmsEngine {
   template <typename Call>
   auto Observed(std::string_view name, Call call);
 
+  // Shared, not owned alone: the plugin's device hooks (app/backend_factory: session-pool gauges read
+  // by the metrics endpoint, the stuck-call count at exit, the SIGHUP login retry) hold the same
+  // backend and are built apart from the engine; tests keep a handle to change the device's keys under
+  // a running engine. Sharing keeps each of them valid whatever order they are destroyed in.
   const std::shared_ptr<KeyBackend> backend_;
   const EngineOptions options_;
   std::atomic<std::shared_ptr<const KeyRing>> ring_;

@@ -1,8 +1,11 @@
 #include "core/nonce_sequence.h"
-#include "core/status.h"
 
 #include <openssl/rand.h>
 
+#include <span>
+
+#include "core/big_endian.h"
+#include "core/status.h"
 
 namespace trousseau {
 StatusOr<GcmIv> NonceSequence::Next() {
@@ -18,9 +21,9 @@ StatusOr<GcmIv> NonceSequence::Next() {
     counter_ = 0;
   }
   GcmIv iv{};
-  for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(fixed_field_ >> (8 * (7 - i)));
-  const uint64_t invocation = counter_++;
-  for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(invocation >> (8 * (3 - i)));
+  // SP 800-38D §8.2.1: the 64-bit fixed field, then the 32-bit invocation counter.
+  StoreBigEndian<8>(fixed_field_, std::span(iv).first<8>());
+  StoreBigEndian<4>(counter_++, std::span(iv).subspan<8, 4>());
   return iv;
 }
 

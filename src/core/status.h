@@ -49,6 +49,11 @@ class [[nodiscard]] Status {
 };
 
 inline Status OkStatus() { return Status(); }
+// One shared OK, for accessors that return a Status by reference.
+inline const Status& OkStatusRef() {
+  static const Status ok;
+  return ok;
+}
 inline Status InvalidArgumentError(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
 inline Status NotFoundError(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status PermissionDeniedError(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
@@ -74,7 +79,10 @@ class [[nodiscard]] StatusOr {
   }
 
   bool ok() const { return std::holds_alternative<T>(value_); }
-  Status status() const { return ok() ? OkStatus() : std::get<Status>(value_); }
+  // By reference, as absl's: no copy of the message on every check. On an rvalue (a call's result
+  // used at once) by value, so `const Status& s = F().status();` never dangles.
+  const Status& status() const& { return ok() ? OkStatusRef() : std::get<Status>(value_); }
+  Status status() && { return ok() ? OkStatus() : std::get<Status>(std::move(value_)); }
 
   T& value() & { return std::get<T>(value_); }
   const T& value() const& { return std::get<T>(value_); }

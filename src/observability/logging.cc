@@ -25,7 +25,8 @@ std::string Timestamp(spdlog::log_clock::time_point when) {
   const long micros = std::chrono::duration_cast<std::chrono::microseconds>(since_epoch).count() % 1'000'000;
   std::tm tm{};
   gmtime_r(&seconds, &tm);
-  char buf[40];
+  // Room for any int in every field (GCC checks the worst case): a real date takes 28 bytes.
+  char buf[96];
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
   return buf;
