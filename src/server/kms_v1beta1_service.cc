@@ -1,9 +1,10 @@
 #include "server/kms_v1beta1_service.h"
 
 #include "core/secure_bytes.h"
-#include "server/grpc_status.h"
 #include "core/status.h"
 #include "core/strings.h"
+#include "server/grpc_status.h"
+#include "server/request_deadline.h"
 
 namespace trousseau::server {
 namespace {
@@ -41,25 +42,25 @@ grpc::Status KmsV1beta1Service::Version(grpc::ServerContext*, const v1beta1::Ver
   return timer.Done(grpc::Status::OK);
 }
 
-grpc::Status KmsV1beta1Service::Encrypt(grpc::ServerContext*, const v1beta1::EncryptRequest* request,
+grpc::Status KmsV1beta1Service::Encrypt(grpc::ServerContext* context, const v1beta1::EncryptRequest* request,
                                         v1beta1::EncryptResponse* response) {
   const WipeOnReturn wipe_plain(request->plain());  // also when the version is refused
   RequestTimer timer(observer_, "v1beta1", "Encrypt", "");
   if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
-  StatusOr<EncryptResult> result = engine_.Encrypt(request->plain(), kV1MaxCiphertext);
+  StatusOr<EncryptResult> result = engine_.Encrypt(request->plain(), kV1MaxCiphertext, RequestDeadline(*context));
   if (!result.ok()) return timer.Done(ToGrpc(result.status()));
   response->set_cipher(std::move(result->ciphertext));
   return timer.Done(grpc::Status::OK, result->key_id);
 }
 
-grpc::Status KmsV1beta1Service::Decrypt(grpc::ServerContext*, const v1beta1::DecryptRequest* request,
+grpc::Status KmsV1beta1Service::Decrypt(grpc::ServerContext* context, const v1beta1::DecryptRequest* request,
                                         v1beta1::DecryptResponse* response) {
   RequestTimer timer(observer_, "v1beta1", "Decrypt", "");
   if (grpc::Status ok = CheckVersion(request->version()); !ok.ok()) return timer.Done(ok);
   if (request->cipher().size() > kV1MaxCiphertext) {
     return timer.Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "cipher is longer than 65535 bytes"));
   }
-  StatusOr<SecureBytes> plain = engine_.Decrypt(request->cipher(), /*claimed_key_id=*/"");
+  StatusOr<SecureBytes> plain = engine_.Decrypt(request->cipher(), /*claimed_key_id=*/"", RequestDeadline(*context));
   if (!plain.ok()) return timer.Done(ToGrpc(plain.status()));
   response->set_plain(plain->data(), plain->size());
   return timer.Done(grpc::Status::OK);
