@@ -14,24 +14,6 @@ namespace {
 const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
 
-const char* const kCodeNames[] = {"OK",
-                                  "CANCELLED",
-                                  "UNKNOWN",
-                                  "INVALID_ARGUMENT",
-                                  "DEADLINE_EXCEEDED",
-                                  "NOT_FOUND",
-                                  "ALREADY_EXISTS",
-                                  "PERMISSION_DENIED",
-                                  "RESOURCE_EXHAUSTED",
-                                  "FAILED_PRECONDITION",
-                                  "ABORTED",
-                                  "OUT_OF_RANGE",
-                                  "UNIMPLEMENTED",
-                                  "INTERNAL",
-                                  "UNAVAILABLE",
-                                  "DATA_LOSS",
-                                  "UNAUTHENTICATED"};
-
 double Seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double>(d).count(); }
 
 }  // namespace
@@ -52,7 +34,7 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
   for (const auto& [api, operation] : kOperations) {
     Operation& op = operations_[{api, operation}];
     for (int code = 0; code < kCodes; ++code) {
-      op.by_code[code] = &requests.Add({{"api", api}, {"operation", operation}, {"code", kCodeNames[code]}});
+      op.by_code[code] = &requests.Add({{"api", api}, {"operation", operation}, {"code", StatusCodeName(static_cast<StatusCode>(code))}});
     }
     op.latency = &latency.Add({{"api", api}, {"operation", operation}}, kLatencyBuckets);
   }
@@ -108,8 +90,8 @@ Telemetry::Operation* Telemetry::Find(std::string_view api, std::string_view ope
   return it == operations_.end() ? nullptr : &it->second;
 }
 
-void Telemetry::OnRequest(const server::RequestRecord& record) {
-  const int code = static_cast<int>(record.status->error_code());
+void Telemetry::OnRequest(const RequestRecord& record) {
+  const int code = static_cast<int>(record.code);
   if (Operation* op = Find(record.api, record.operation)) {
     if (code >= 0 && code < kCodes) op->by_code[code]->Increment();
     op->latency->Observe(Seconds(record.latency));
@@ -118,13 +100,13 @@ void Telemetry::OnRequest(const server::RequestRecord& record) {
   spdlog::level::level_enum level = spdlog::level::debug;
   if (record.operation == "Status" || record.operation == "Version") level = spdlog::level::trace;
   if (record.operation == "Encrypt") level = spdlog::level::info;
-  if (!record.status->ok()) level = spdlog::level::warn;
+  if (!record.ok()) level = spdlog::level::warn;
   if (!spdlog::should_log(level)) return;
   const std::string latency = StrCat(Seconds(record.latency));
-  const std::string code_name = code >= 0 && code < kCodes ? kCodeNames[code] : "UNKNOWN";
+  const std::string code_name = StatusCodeName(record.code);
   const std::string message =
-      record.status->ok() ? StrCat(record.api, " ", record.operation)
-                          : StrCat(record.api, " ", record.operation, " failed: ", record.status->error_message());
+      record.ok() ? StrCat(record.api, " ", record.operation)
+                  : StrCat(record.api, " ", record.operation, " failed: ", record.error_message);
   LogWithFields(level, message,
                 {{"operation", record.operation},
                  {"api", record.api},

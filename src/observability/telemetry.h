@@ -16,15 +16,15 @@
 #include <string>
 
 #include "core/backend_observer.h"
-#include "server/request_observer.h"
+#include "core/request_observer.h"
 
 namespace trousseau::observability {
 
-class Telemetry final : public server::RequestObserver, public BackendObserver {
+class Telemetry final : public RequestObserver, public BackendObserver {
  public:
   Telemetry(const std::string& version, const std::string& backend_kind);
 
-  void OnRequest(const server::RequestRecord& record) override;
+  void OnRequest(const RequestRecord& record) override;
   void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) override;
   void OnHealth(bool healthy) override;
 
@@ -38,7 +38,7 @@ class Telemetry final : public server::RequestObserver, public BackendObserver {
   std::string Render() const;
 
  private:
-  static constexpr int kCodes = 17;
+  static constexpr int kCodes = static_cast<int>(StatusCode::kUnauthenticated) + 1;  // the canonical codes
   struct Operation {
     std::array<prometheus::Counter*, kCodes> by_code{};
     prometheus::Histogram* latency = nullptr;

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "core/kms_engine.h"
-#include "server/request_observer.h"
+#include "server/request_timer.h"
 #include "v1beta1/kms.grpc.pb.h"
 
 namespace trousseau::server {

@@ -2,7 +2,7 @@
 #pragma once
 
 #include "core/kms_engine.h"
-#include "server/request_observer.h"
+#include "server/request_timer.h"
 #include "v2/kms.grpc.pb.h"
 
 namespace trousseau::server {

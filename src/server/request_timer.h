@@ -1,4 +1,5 @@
-// Hook for watching KMS requests (metrics, request logs) without the services knowing about either.
+// Times one gRPC request and reports it to a RequestObserver (core/request_observer.h) as core
+// types: the grpc::Status becomes a StatusCode and its message.
 #pragma once
 
 #include <grpcpp/support/status.h>
@@ -6,24 +7,12 @@
 #include <chrono>
 #include <string_view>
 
+#include "core/request_observer.h"
+#include "server/grpc_status.h"
+
 namespace trousseau::server {
 
-struct RequestRecord {
-  std::string_view api;        // "v2" or "v1beta1"
-  std::string_view operation;  // "Status", "Encrypt", "Decrypt", "Version"
-  std::string_view uid;        // kube-apiserver's request id (v2), may be empty
-  std::string_view key_id;     // key used or asked for, may be empty
-  const grpc::Status* status;
-  std::chrono::nanoseconds latency;
-};
-
-class RequestObserver {
- public:
-  virtual ~RequestObserver() = default;
-  virtual void OnRequest(const RequestRecord& record) = 0;
-};
-
-// Times one request and reports it when Done() is called. A null observer costs nothing.
+// Reports when Done() is called. A null observer costs nothing.
 class RequestTimer {
  public:
   RequestTimer(RequestObserver* observer, std::string_view api, std::string_view operation, std::string_view uid)
@@ -32,7 +21,13 @@ class RequestTimer {
 
   grpc::Status Done(grpc::Status status, std::string_view key_id = {}) {
     if (observer_ != nullptr) {
-      observer_->OnRequest({api_, operation_, uid_, key_id, &status, std::chrono::steady_clock::now() - start_});
+      observer_->OnRequest({.api = api_,
+                            .operation = operation_,
+                            .uid = uid_,
+                            .key_id = key_id,
+                            .code = FromGrpc(status.error_code()),
+                            .error_message = status.error_message(),
+                            .latency = std::chrono::steady_clock::now() - start_});
     }
     return status;
   }
