@@ -17,6 +17,7 @@
 #include "tests/testing/local_http.h"
 #include "tests/testing/prometheus_text.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tests/tpm/swtpm.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
@@ -29,31 +30,24 @@ using namespace std::chrono_literals;
 using support::Eventually;
 using support::SoftHsmToken;
 using support::Subprocess;
-using testing::CallContext;
-using testing::KmsClients;
 
 // Against a real plugin on a real SoftHSM token.
 
-class DeployPluginTest : public ::testing::Test {
+class DeployPluginTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
     socket_ = token_->dir() + "/run/kms.sock";
     // The socket's directory is the operator's to make (RuntimeDirectory=, a hostPath): the plugin does not.
     ASSERT_TRUE(fs::create_directories(token_->dir() + "/run"));
   }
 
-  v2::StatusResponse Status(const std::string& socket = "") {
-    KmsClients clients(socket.empty() ? socket_ : socket);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) return {};
-    return status;
+  // The v2 Status on this test's socket, or on `socket`.
+  v2::StatusResponse Status(const std::string& socket = "") const {
+    return testing::PluginStatus(socket.empty() ? socket_ : socket);
   }
-
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string socket_;
 };
 
 TEST_F(DeployPluginTest, SystemdConfigFileDrivesARealPlugin) {
@@ -96,12 +90,7 @@ TEST(DeployTpmTest, SystemdTpmConfigFileDrivesARealPluginOnATpm) {
                      "unix://" + socket, "--tpm-tcti", tpm->Tcti(), "--tpm-key-dir", key_dir, "--health-listen",
                      "127.0.0.1:" + std::to_string(port)},
                     dir.path() + "/plugin.log");
-  auto status = [&] {
-    KmsClients clients(socket);
-    v2::StatusResponse response;
-    if (!clients.v2->Status(CallContext(1s).get(), {}, &response).ok()) return v2::StatusResponse();
-    return response;
-  };
+  auto status = [&] { return testing::PluginStatus(socket); };
   ASSERT_TRUE(Eventually([&] { return status().healthz() == "ok"; }, 10s)) << plugin.Log();
   EXPECT_EQ(status().key_id(), v1->key_id);
   EXPECT_EQ(testing::HttpGet(port, "/readyz").code, 200);

@@ -17,6 +17,7 @@
 
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tests/testing/local_http.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
@@ -32,35 +33,28 @@ using testing::KmsClients;
 using support::SoftHsmToken;
 using support::Subprocess;
 
-class FaultTest : public ::testing::Test {
+class FaultTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
-    control_ = token_->dir() + "/shim.control";
-    support::WriteShimControl(control_, "up");
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
+    UseFaultShim();
     call_log_ = token_->dir() + "/calls";
-    setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
     setenv("TROUSSEAU_FAULT_SHIM_CALL_LOG", call_log_.c_str(), 1);
-    socket_ = token_->dir() + "/kms.sock";
     port_ = testing::FreeLoopbackPort();
   }
   void TearDown() override { unsetenv("TROUSSEAU_FAULT_SHIM_CALL_LOG"); }
 
   std::unique_ptr<Subprocess> Start(const std::string& uri, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {PLUGIN_PATH,     "--listen",       "unix://" + socket_,
-                                     "--pkcs11-uri",  uri,              "--health-listen",
-                                     "127.0.0.1:" + std::to_string(port_), "--log-level", "debug"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<Subprocess>(argv, token_->dir() + "/plugin.log");
+    std::vector<std::string> args = {"--health-listen", "127.0.0.1:" + std::to_string(port_), "--log-level", "debug"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return StartPlugin(args, uri);
   }
   std::string ShimUri(const std::string& pin_file = "") const {
-    std::string uri = token_->Uri("kek", FAULT_SHIM_PATH);
+    std::string uri = SoftHsmPluginTest::ShimUri();
     if (!pin_file.empty()) uri.replace(uri.find("pin-source=file:") + 16, std::string::npos, pin_file);
     return uri;
   }
-
   // Lines of the shim's call log that start with `function` (every call that reached the module).
   int Calls(const std::string& function) const {
     std::ifstream log(call_log_);
@@ -69,33 +63,9 @@ class FaultTest : public ::testing::Test {
     return count;
   }
 
-  v2::StatusResponse Status(std::chrono::milliseconds deadline = 1s) {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(deadline).get(), {}, &status).ok()) status.set_healthz("<no answer>");
-    return status;
-  }
-  grpc::Status Encrypt(const std::string& plaintext, v2::EncryptResponse& sealed) {
-    KmsClients clients(socket_);
-    v2::EncryptRequest request;
-    request.set_plaintext(plaintext);
-    return clients.v2->Encrypt(CallContext().get(), request, &sealed);
-  }
-  grpc::Status Decrypt(const v2::EncryptResponse& sealed, std::string* plaintext = nullptr,
-                       std::chrono::milliseconds deadline = 3s) {
-    KmsClients clients(socket_);
-    v2::DecryptRequest request;
-    request.set_ciphertext(sealed.ciphertext());
-    request.set_key_id(sealed.key_id());
-    v2::DecryptResponse response;
-    grpc::Status status = clients.v2->Decrypt(CallContext(deadline).get(), request, &response);
-    if (plaintext != nullptr) *plaintext = response.plaintext();
-    return status;
-  }
   std::string Metrics() { return HttpGet(port_, "/metrics").body; }
 
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string control_, call_log_, socket_;
+  std::string call_log_;
   int port_ = 0;
 };
 

@@ -16,6 +16,7 @@
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
+#include "tests/testing/prometheus_text.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -29,17 +30,9 @@ using testing::FreeLoopbackPort;
 using testing::HttpGet;
 using testing::HttpResponse;
 using testing::KmsClients;
+using testing::MetricValue;
 using support::SoftHsmToken;
 using support::Subprocess;
-
-// The value of the sample `series` (name and labels as exposed) in a Prometheus text page; -1 if absent.
-double Metric(const std::string& page, const std::string& series) {
-  std::istringstream lines(page);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return -1;
-}
 
 class OperationsTest : public ::testing::Test {
  protected:
@@ -156,8 +149,8 @@ TEST_F(OperationsTest, AnHsmThatAnswersLookupsButCannotEncryptIsDownUntilItCanAg
   EXPECT_EQ(healthy, 0) << "of " << polls << " polls\n" << plugin->Log();
   const std::string during = HttpGet(port_, "/metrics").body;
   EXPECT_NE(during.find("trousseau_hsm_backend_up{backend=\"pkcs11\"} 0"), std::string::npos) << during;
-  EXPECT_GT(Metric(during, "trousseau_hsm_key_refresh_total{result=\"failed\"}"),
-            Metric(before, "trousseau_hsm_key_refresh_total{result=\"failed\"}") + 5)
+  EXPECT_GT(MetricValue(during, "trousseau_hsm_key_refresh_total{result=\"failed\"}"),
+            MetricValue(before, "trousseau_hsm_key_refresh_total{result=\"failed\"}") + 5)
       << during;
 
   write_control("up");

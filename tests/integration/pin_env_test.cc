@@ -10,6 +10,7 @@
 #include "hsm/pin_source.h"
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -28,40 +29,25 @@ std::string ReadAll(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-class PinEnvTest : public ::testing::Test {
+class PinEnvTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
-    control_ = token_->dir() + "/shim.control";
-    support::WriteShimControl(control_, "up");
-    setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
-    socket_ = token_->dir() + "/kms.sock";
+    UseFaultShim();
     // The URI without pin-source: the PIN comes from the environment only.
-    uri_ = token_->Uri("kek", FAULT_SHIM_PATH);
+    uri_ = ShimUri();
     const std::string pin_source = "&pin-source=file:" + token_->pin_file();
     ASSERT_NE(uri_.find(pin_source), std::string::npos) << uri_;
     uri_.erase(uri_.find(pin_source), pin_source.size());
     setenv(hsm::kPinEnvVar, support::kTestUserPin, 1);
-    plugin_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", uri_,
-                                 "--health-cache", "100ms"},
-        token_->dir() + "/plugin.log");
+    plugin_ = StartPlugin({"--health-cache", "100ms"}, uri_);
     unsetenv(hsm::kPinEnvVar);
     ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
   }
 
-  v2::StatusResponse Status() {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) status.set_healthz("<no answer>");
-    return status;
-  }
-
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string control_, socket_, uri_;
+  std::string uri_;
   std::unique_ptr<Subprocess> plugin_;
 };
 

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tests/testing/local_http.h"
 #include "tests/testing/prometheus_text.h"
 #include "tools/support/softhsm_token.h"
@@ -28,36 +29,22 @@ using testing::KmsClients;
 using support::SoftHsmToken;
 using support::Subprocess;
 
-class PluginProcessTest : public ::testing::Test {
+class PluginProcessTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     socket_ = token_->dir() + "/run/kms.sock";
     // The socket's directory is the operator's to make (RuntimeDirectory=, a hostPath): the plugin does not.
     ASSERT_EQ(mkdir((token_->dir() + "/run").c_str(), 0700), 0);
     log_ = token_->dir() + "/plugin.log";
   }
 
-  std::unique_ptr<Subprocess> StartPlugin(std::vector<std::string> extra = {}, const std::string& uri = "") {
-    std::vector<std::string> argv = {PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
-                                     uri.empty() ? token_->Uri() : uri};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<Subprocess>(argv, log_);
-  }
-
-  // The v2 Status the apiserver would see, or empty if the plugin does not answer.
-  v2::StatusResponse Status() {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(500ms).get(), {}, &status).ok()) return {};
-    return status;
-  }
+  // The v2 Status the apiserver would see (no key_id if the plugin does not answer).
+  v2::StatusResponse Status() { return SoftHsmPluginTest::Status(500ms); }
 
   bool Serving() { return Status().healthz() == "ok"; }
 
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string socket_;
   std::string log_;
 };
 

@@ -10,6 +10,7 @@
 
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -23,50 +24,18 @@ using testing::KmsClients;
 using support::SoftHsmToken;
 using support::Subprocess;
 
-class RecoveryTest : public ::testing::Test {
+class RecoveryTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
-    control_ = token_->dir() + "/shim.control";
-    SetLink("up");
-    setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control_.c_str(), 1);
-    setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
-    socket_ = token_->dir() + "/kms.sock";
-    plugin_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
-                                 token_->Uri("kek", FAULT_SHIM_PATH), "--health-cache", "100ms"},
-        token_->dir() + "/plugin.log");
+    UseFaultShim();
+    plugin_ = StartPlugin({"--health-cache", "100ms"}, ShimUri());
     ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
     clients_ = std::make_unique<KmsClients>(socket_);
   }
 
-  // The shim notices a control file replaced by rename on its next call.
-  void SetLink(const std::string& state) {
-    support::WriteShimControl(control_, state);
-  }
-
-  v2::StatusResponse Status() {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) status.set_healthz("<no answer>");
-    return status;
-  }
-
-  grpc::Status Decrypt(const v2::EncryptResponse& sealed, std::string* plaintext) {
-    v2::DecryptRequest request;
-    request.set_ciphertext(sealed.ciphertext());
-    request.set_key_id(sealed.key_id());
-    v2::DecryptResponse response;
-    grpc::Status status = clients_->v2->Decrypt(CallContext().get(), request, &response);
-    *plaintext = response.plaintext();
-    return status;
-  }
-
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string control_;
-  std::string socket_;
   std::unique_ptr<Subprocess> plugin_;
   std::unique_ptr<KmsClients> clients_;
 };

@@ -19,6 +19,7 @@
 
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -69,29 +70,20 @@ struct CtlResult {
 constexpr char kAwkward[] = "seed\0with\nNUL 'and' \"quotes\" \xff\xfe end\n";
 const std::string kAwkwardPlaintext(kAwkward, sizeof kAwkward - 1);
 
-class TrousseauctlTest : public ::testing::Test {
+class TrousseauctlTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
-    socket_ = token_->dir() + "/kms.sock";
   }
 
   void StartPlugin(const std::string& module = support::kSoftHsmModule) {
-    plugin_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri",
-                                 token_->Uri("kek", module), "--health-cache", "100ms"},
-        token_->dir() + "/plugin.log");
+    plugin_ = SoftHsmPluginTest::StartPlugin({"--health-cache", "100ms"}, token_->Uri("kek", module));
     ASSERT_TRUE(Eventually([&] { return GrpcStatus().healthz() == "ok"; }, 10s)) << plugin_->Log();
   }
 
-  v2::StatusResponse GrpcStatus() {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(1s).get(), {}, &status).ok()) return {};
-    return status;
-  }
+  v2::StatusResponse GrpcStatus() { return Status(); }
 
   // Runs trousseauctl with `args`; `input` is its stdin (through a file, so any bytes go through), stdout
   // and stderr are kept apart.
@@ -114,8 +106,6 @@ class TrousseauctlTest : public ::testing::Test {
     return args;
   }
 
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string socket_;
   std::unique_ptr<Subprocess> plugin_;
   int calls_ = 0;
 };
