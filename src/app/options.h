@@ -8,24 +8,26 @@
 #include <optional>
 #include <string>
 
+#include "core/defaults.h"
+
 namespace trousseau::app {
 
 struct PluginOptions {
-  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  std::string listen = defaults::kListenEndpoint;
   // Exactly one backend: a PKCS#11 key family (pkcs11_uri) or a TPM key directory (tpm_key_dir).
   std::string pkcs11_uri;
-  size_t hsm_sessions = 16;
+  size_t hsm_sessions = defaults::kHsmSessions;
   bool no_session_key_copies = false;
-  std::string tpm_tcti = "device:/dev/tpmrm0";
+  std::string tpm_tcti = defaults::kTpmTcti;
   std::string tpm_key_dir;
-  std::chrono::milliseconds tpm_timeout{2000};
-  std::chrono::milliseconds hsm_timeout{2000};
-  std::chrono::milliseconds health_cache{5000};
-  std::chrono::milliseconds key_refresh_interval{60000};
-  unsigned socket_mode = 0600;
+  std::chrono::milliseconds tpm_timeout = defaults::kDeviceTimeout;
+  std::chrono::milliseconds hsm_timeout = defaults::kDeviceTimeout;
+  std::chrono::milliseconds health_cache = defaults::kHealthCache;
+  std::chrono::milliseconds key_refresh_interval = defaults::kKeyRefreshInterval;
+  unsigned socket_mode = defaults::kSocketMode;
   std::string socket_owner;
   std::string socket_group;
-  std::chrono::milliseconds shutdown_grace{5000};
+  std::chrono::milliseconds shutdown_grace = defaults::kShutdownGrace;
   std::string health_listen;  // empty: no HTTP endpoint
   std::string log_level = "info";
   std::string log_format = "text";

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include "core/defaults.h"
 #include "core/status.h"
 
 namespace trousseau {
@@ -25,7 +26,7 @@ class HealthTracker {
   using Clock = std::chrono::steady_clock;
   struct Options {
     // A success is current this long; when idle, the prober re-proves health at this period.
-    std::chrono::milliseconds fresh_for{5000};
+    std::chrono::milliseconds fresh_for = defaults::kHealthCache;
     // Probes while failing: first after `first_retry`, doubling up to `max_retry`.
     std::chrono::milliseconds first_retry{200};
     std::chrono::milliseconds max_retry{2000};

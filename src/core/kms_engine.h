@@ -12,6 +12,7 @@
 #include <condition_variable>
 
 #include "core/backend_observer.h"
+#include "core/defaults.h"
 #include "core/health_tracker.h"
 #include "core/key_backend.h"
 #include "core/key_ring.h"
@@ -25,10 +26,10 @@ struct EngineOptions {
   std::string family_label;
   // How long a device round trip counts as current health; when idle, the prober proves it again
   // at this period.
-  std::chrono::milliseconds health_ttl{5000};
+  std::chrono::milliseconds health_ttl = defaults::kHealthCache;
   // Deadline of one device call (Seal, Open, Probe), unless the request's own deadline is sooner.
   // Under kube-apiserver's 3 s KMS call timeout, so a hung device answers UNAVAILABLE in time.
-  std::chrono::milliseconds device_timeout{2000};
+  std::chrono::milliseconds device_timeout = defaults::kDeviceTimeout;
   // Deadline of a key ring load (connect, log in, list and fingerprint every version).
   std::chrono::milliseconds load_timeout{30000};
   // Told about every device call; may be null. Must outlive the engine.

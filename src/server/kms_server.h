@@ -13,6 +13,7 @@
 
 #include <grpcpp/server.h>
 
+#include "core/defaults.h"
 #include "core/kms_engine.h"
 #include "server/kms_v1beta1_service.h"
 #include "server/kms_v2_service.h"
@@ -25,8 +26,8 @@ namespace trousseau::server {
 inline constexpr int kMaxRequestBytes = 128 * 1024;
 
 struct ServerOptions {
-  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
-  mode_t socket_mode = 0600;
+  std::string listen = defaults::kListenEndpoint;
+  mode_t socket_mode = defaults::kSocketMode;
   std::optional<uid_t> socket_owner;
   std::optional<gid_t> socket_group;
   std::string runtime_version;

@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include "core/defaults.h"
 #include "core/process_hardening.h"
 #include "core/secure_bytes.h"
 #include "core/strings.h"
@@ -88,8 +89,9 @@ bool ReadStdin(std::string& out) {
 }
 
 struct Options {
-  std::string socket = "unix:///run/trousseau-hsm/kms.sock";
-  double timeout_seconds = 3;
+  std::string socket = trousseau::defaults::kListenEndpoint;
+  // kube-apiserver's own timeout for one KMS call: trousseauctl sees what the apiserver would.
+  double timeout_seconds = std::chrono::duration<double>(trousseau::defaults::kKmsCallTimeout).count();
   bool json = false;
   std::string api = "v2";
   std::string key_id;
