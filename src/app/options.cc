@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -47,33 +48,45 @@ class DurationValidator : public CLI::Validator {
   }
 };
 
-}  // namespace
-
-std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
-  CLI::App app{
-      "trousseau-hsm: Kubernetes KMS v2/v1beta1 plugin. Data keys are wrapped inside a PKCS#11 HSM (AES-256-GCM, "
-      "--pkcs11-uri) or the node's TPM 2.0 (--tpm-key-dir); the key-encryption key never leaves the device.\n"
-      "Every flag can also be set as TROUSSEAU_HSM_<FLAG> (e.g. TROUSSEAU_HSM_PKCS11_URI) or as a key of the "
-      "--config YAML file (e.g. pkcs11-uri: ...); flags win over the environment, which wins over the file.\n"
-      "The token PIN comes from the URI's pin-source=file:/path (mode 0600) or the TROUSSEAU_HSM_PIN environment "
-      "variable, never from a flag.",
-      "trousseau-hsm"};
-  app.set_version_flag("--version", std::string("trousseau-hsm ") + TROUSSEAU_VERSION);
+// Settings CLI11 reads as text and this file converts after parsing (durations, the octal mode).
+// They start as the built-in defaults, written as an operator would (shown by --help).
+struct TextSettings {
   std::string config_path;
-  std::string health_cache = "5s", key_refresh_interval = "60s", shutdown_grace = "5s", socket_mode = "0600",
-              tpm_timeout = "2s", hsm_timeout = "2s";
-  const DurationValidator duration;
+  std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, shutdown_grace, socket_mode;
+};
 
-  app.add_option("--config", config_path,
-                 "YAML file with settings (keys are flag names without the leading --, e.g. pkcs11-uri)");
-  app.add_option("--listen", options.listen, "Unix socket to serve on (unix:///path)")->capture_default_str();
+// 60000 ms -> "60s", 1500 ms -> "1500ms".
+std::string DurationText(std::chrono::milliseconds duration) {
+  if (duration.count() % 1000 == 0) return StrCat(duration.count() / 1000, "s");
+  return StrCat(duration.count(), "ms");
+}
+
+// 0600 -> "0600".
+std::string OctalText(unsigned mode) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%04o", mode);
+  return text;
+}
+
+TextSettings DefaultTexts(const PluginOptions& options) {
+  return TextSettings{.config_path = "",
+                      .hsm_timeout = DurationText(options.hsm_timeout),
+                      .tpm_timeout = DurationText(options.tpm_timeout),
+                      .health_cache = DurationText(options.health_cache),
+                      .key_refresh_interval = DurationText(options.key_refresh_interval),
+                      .shutdown_grace = DurationText(options.shutdown_grace),
+                      .socket_mode = OctalText(options.socket_mode)};
+}
+
+// The key family and the device: PKCS#11 or TPM 2.0.
+void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text, const CLI::Validator& duration) {
   app.add_option("--pkcs11-uri", options.pkcs11_uri,
                  "RFC 7512 URI of the key family: pkcs11:token=LABEL;object=KEY?module-path=/path/module.so"
                  "&pin-source=file:/path");
   app.add_option("--hsm-sessions", options.hsm_sessions, "HSM sessions in the pool (concurrent device calls)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--hsm-timeout", hsm_timeout,
+  app.add_option("--hsm-timeout", text.hsm_timeout,
                  "Deadline of each HSM call (or the request's own deadline, when sooner); a device that does not "
                  "answer in time costs UNAVAILABLE and opens the circuit breaker. Keep it under kube-apiserver's "
                  "KMS timeout (3s)")
@@ -86,36 +99,46 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
   app.add_option("--tpm-tcti", options.tpm_tcti,
                  "TCTI of the TPM: device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock, ...")
       ->capture_default_str();
-  app.add_option("--tpm-timeout", tpm_timeout,
+  app.add_option("--tpm-timeout", text.tpm_timeout,
                  "Deadline of each TPM operation, time queued for the TPM included (or the request's own deadline, "
                  "when sooner); keep it under kube-apiserver's KMS timeout (3s)")
       ->check(duration)
       ->capture_default_str();
-  app.add_option("--health-cache", health_cache,
+}
+
+// Health, key refresh, the socket's permissions, shutdown and the HTTP endpoint.
+void AddServingOptions(CLI::App& app, PluginOptions& options, TextSettings& text, const CLI::Validator& duration) {
+  app.add_option("--health-cache", text.health_cache,
                  "How long a device round trip counts as health; when idle, the plugin probes the device this often")
       ->check(duration)
       ->capture_default_str();
-  app.add_option("--key-refresh-interval", key_refresh_interval,
+  app.add_option("--key-refresh-interval", text.key_refresh_interval,
                  "Re-read the key family this often (also on SIGHUP); 0 disables")
       ->check(duration)
       ->capture_default_str();
-  app.add_option("--socket-mode", socket_mode, "Permissions of the socket (owner/group bits only)")
+  app.add_option("--socket-mode", text.socket_mode, "Permissions of the socket (owner/group bits only)")
       ->capture_default_str();
   app.add_option("--socket-owner", options.socket_owner, "User (name or uid) to own the socket");
   app.add_option("--socket-group", options.socket_group, "Group (name or gid) to own the socket");
-  app.add_option("--shutdown-grace", shutdown_grace,
+  app.add_option("--shutdown-grace", text.shutdown_grace,
                  "How long in-flight calls may finish on SIGTERM; calls stuck in a hung device are abandoned then")
       ->check(duration)
       ->capture_default_str();
   app.add_option("--health-listen", options.health_listen,
                  "HOST:PORT for /healthz, /livez, /readyz and /metrics (e.g. 127.0.0.1:8787); off if empty");
+}
+
+void AddLoggingOptions(CLI::App& app, PluginOptions& options) {
   app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
       ->capture_default_str();
   app.add_option("--log-format", options.log_format, "text, or json (one object per line)")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
+}
 
+// Every setting but --help, --version and --config by name, each also read from TROUSSEAU_HSM_<FLAG>.
+std::map<std::string, CLI::Option*> BindEnvironment(CLI::App& app) {
   std::map<std::string, CLI::Option*> by_name;
   for (CLI::Option* option : app.get_options()) {
     const std::string name = option->get_single_name();
@@ -123,30 +146,35 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
     option->envname(EnvName(name));
     by_name[name] = option;
   }
+  return by_name;
+}
 
-  const std::string config_file = FindConfigPath(argc, argv);
-  if (!config_file.empty()) {
-    try {
-      const YAML::Node root = YAML::LoadFile(config_file);
-      if (!root.IsMap()) throw YAML::Exception(YAML::Mark::null_mark(), "the file must be a mapping of settings");
-      for (const auto& entry : root) {
-        const std::string key = entry.first.as<std::string>();
-        auto it = by_name.find(key);
-        if (it == by_name.end()) {
-          std::cerr << "trousseau-hsm: " << config_file << ": unknown setting '" << key << "'\n";
-          return 2;
-        }
-        // A file value is a default: the environment and the command line still override it. CLI11
-        // converts it as it would the flag's own value (a flag takes true/false, yes/no, on/off, 1/0).
-        it->second->default_str(entry.second.as<std::string>());
-        it->second->default_val(entry.second.as<std::string>());
+// The --config file's values become the settings' defaults, so the environment and the command line
+// still override them. The exit code on an unreadable file or an unknown setting.
+std::optional<int> ApplyConfigFile(const std::string& config_file, const std::map<std::string, CLI::Option*>& by_name) {
+  try {
+    const YAML::Node root = YAML::LoadFile(config_file);
+    if (!root.IsMap()) throw YAML::Exception(YAML::Mark::null_mark(), "the file must be a mapping of settings");
+    for (const auto& entry : root) {
+      const std::string key = entry.first.as<std::string>();
+      auto it = by_name.find(key);
+      if (it == by_name.end()) {
+        std::cerr << "trousseau-hsm: " << config_file << ": unknown setting '" << key << "'\n";
+        return 2;
       }
-    } catch (const std::exception& e) {
-      std::cerr << "trousseau-hsm: cannot read --config " << config_file << ": " << e.what() << "\n";
-      return 2;
+      // CLI11 converts a file value as it would the flag's own value (a flag takes true/false,
+      // yes/no, on/off, 1/0).
+      it->second->default_str(entry.second.as<std::string>());
+      it->second->default_val(entry.second.as<std::string>());
     }
+  } catch (const std::exception& e) {
+    std::cerr << "trousseau-hsm: cannot read --config " << config_file << ": " << e.what() << "\n";
+    return 2;
   }
+  return std::nullopt;
+}
 
+std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ExtrasError&) {
@@ -158,29 +186,65 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
     // the systemd unit does not restart in a loop.
     return app.exit(e) == 0 ? 0 : 2;
   }
+  return std::nullopt;
+}
+
+// Checks what CLI11 cannot check alone and converts the text settings into `options`.
+std::optional<int> CheckAndConvert(const TextSettings& text, PluginOptions& options) {
   if (options.pkcs11_uri.empty() == options.tpm_key_dir.empty()) {
     std::cerr << "trousseau-hsm: give exactly one backend: --pkcs11-uri (PKCS#11 HSM) or --tpm-key-dir (TPM 2.0), "
                  "as a flag, TROUSSEAU_HSM_PKCS11_URI / TROUSSEAU_HSM_TPM_KEY_DIR or in --config\n"
                  "Run with --help for more information.\n";
     return 2;
   }
-  options.health_cache = *ParseDuration(health_cache);
-  options.key_refresh_interval = *ParseDuration(key_refresh_interval);
-  options.shutdown_grace = *ParseDuration(shutdown_grace);
-  options.tpm_timeout = *ParseDuration(tpm_timeout);
-  options.hsm_timeout = *ParseDuration(hsm_timeout);
+  // The validator accepted each of them already.
+  options.health_cache = *ParseDuration(text.health_cache);
+  options.key_refresh_interval = *ParseDuration(text.key_refresh_interval);
+  options.shutdown_grace = *ParseDuration(text.shutdown_grace);
+  options.tpm_timeout = *ParseDuration(text.tpm_timeout);
+  options.hsm_timeout = *ParseDuration(text.hsm_timeout);
   if (options.tpm_timeout.count() <= 0 || options.hsm_timeout.count() <= 0) {
     std::cerr << "trousseau-hsm: --" << (options.tpm_timeout.count() <= 0 ? "tpm" : "hsm")
               << "-timeout must be positive\n";
     return 2;
   }
-  std::optional<unsigned> mode = ParseUnsigned<unsigned>(socket_mode, 8);
+  std::optional<unsigned> mode = ParseUnsigned<unsigned>(text.socket_mode, 8);
   if (!mode) {
     std::cerr << "trousseau-hsm: --socket-mode must be octal, e.g. 0600\n";
     return 2;
   }
   options.socket_mode = *mode;
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
+  CLI::App app{
+      "trousseau-hsm: Kubernetes KMS v2/v1beta1 plugin. Data keys are wrapped inside a PKCS#11 HSM (AES-256-GCM, "
+      "--pkcs11-uri) or the node's TPM 2.0 (--tpm-key-dir); the key-encryption key never leaves the device.\n"
+      "Every flag can also be set as TROUSSEAU_HSM_<FLAG> (e.g. TROUSSEAU_HSM_PKCS11_URI) or as a key of the "
+      "--config YAML file (e.g. pkcs11-uri: ...); flags win over the environment, which wins over the file.\n"
+      "The token PIN comes from the URI's pin-source=file:/path (mode 0600) or the TROUSSEAU_HSM_PIN environment "
+      "variable, never from a flag.",
+      "trousseau-hsm"};
+  app.set_version_flag("--version", std::string("trousseau-hsm ") + TROUSSEAU_VERSION);
+  TextSettings text = DefaultTexts(options);
+  const DurationValidator duration;
+
+  app.add_option("--config", text.config_path,
+                 "YAML file with settings (keys are flag names without the leading --, e.g. pkcs11-uri)");
+  app.add_option("--listen", options.listen, "Unix socket to serve on (unix:///path)")->capture_default_str();
+  AddDeviceOptions(app, options, text, duration);
+  AddServingOptions(app, options, text, duration);
+  AddLoggingOptions(app, options);
+  const std::map<std::string, CLI::Option*> by_name = BindEnvironment(app);
+
+  if (const std::string config_file = FindConfigPath(argc, argv); !config_file.empty()) {
+    if (std::optional<int> exit_code = ApplyConfigFile(config_file, by_name)) return exit_code;
+  }
+  if (std::optional<int> exit_code = ParseCommandLine(app, argc, argv)) return exit_code;
+  return CheckAndConvert(text, options);
 }
 
 }  // namespace trousseau::app

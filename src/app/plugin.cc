@@ -69,9 +69,9 @@ bool FinishesBy(std::chrono::steady_clock::time_point deadline, std::function<vo
   return done->cv.wait_until(lock, deadline, [&] { return done->done; });
 }
 
-}  // namespace
-
-int RunPlugin(const PluginOptions& options) {
+// Logging, hardening, the environment PIN and the blocked signals: everything that must happen while
+// this is the process's only thread. Returns the signals the run loop waits for.
+sigset_t PrepareProcess(const PluginOptions& options) {
   observability::SetUpLogging(
       options.log_format == "json" ? observability::LogFormat::kJson : observability::LogFormat::kText,
       spdlog::level::from_str(options.log_level));
@@ -94,6 +94,108 @@ int RunPlugin(const PluginOptions& options) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+struct SocketOwnership {
+  std::optional<uid_t> owner;
+  std::optional<gid_t> group;
+};
+
+StatusOr<SocketOwnership> ResolveSocketOwnership(const PluginOptions& options) {
+  StatusOr<std::optional<uid_t>> owner = ResolveOwner(options.socket_owner);
+  if (!owner.ok()) return owner.status();
+  StatusOr<std::optional<gid_t>> group = ResolveGroup(options.socket_group);
+  if (!group.ok()) return group.status();
+  return SocketOwnership{*owner, *group};
+}
+
+// The /healthz, /readyz, /livez and /metrics listener, or none without --health-listen.
+StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const PluginOptions& options,
+                                                                          const ConfiguredBackend& configured,
+                                                                          KmsEngine& engine,
+                                                                          observability::Telemetry& telemetry,
+                                                                          const std::atomic<bool>& serving) {
+  if (options.health_listen.empty()) return std::unique_ptr<observability::HttpEndpoint>();
+  observability::HttpHooks hooks;
+  hooks.not_ready_because = [&]() -> std::string {
+    if (!serving.load()) return "not serving: starting or stopping";
+    HealthReport health = engine.Health();
+    return health.ok ? "" : health.detail;
+  };
+  hooks.before_scrape = [&] {
+    if (configured.session_pool) {
+      size_t in_use = 0, size = 0;
+      configured.session_pool(in_use, size);
+      telemetry.SetSessionPool(in_use, size);
+    }
+    if (auto ring = engine.key_ring()) telemetry.SetActiveKey(ring->active_key_id());
+  };
+  return observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
+}
+
+StatusOr<std::unique_ptr<server::KmsServer>> StartKmsServer(const PluginOptions& options,
+                                                            const SocketOwnership& ownership, KmsEngine& engine,
+                                                            observability::Telemetry& telemetry) {
+  server::ServerOptions server_options;
+  server_options.listen = options.listen;
+  server_options.socket_mode = static_cast<mode_t>(options.socket_mode);
+  server_options.socket_owner = ownership.owner;
+  server_options.socket_group = ownership.group;
+  server_options.runtime_version = TROUSSEAU_VERSION;
+  server_options.observer = &telemetry;
+  return server::KmsServer::Start(engine, server_options);
+}
+
+// What the run loop stops on SIGTERM, in order.
+struct Running {
+  server::KmsServer& server;
+  KeyRefresher& refresher;
+  KmsEngine& engine;
+  const ConfiguredBackend& configured;
+  std::atomic<bool>& serving;
+};
+
+// Drains in-flight calls for up to --shutdown-grace, then stops the refresher and the prober. Returns
+// only when everything was joined; with calls stuck in a hung device it leaves the process at once.
+int StopServing(const PluginOptions& options, int sig, Running& running) {
+  spdlog::info("{} received: draining for up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+               options.shutdown_grace.count());
+  sd_notify(0, "STOPPING=1");
+  running.serving = false;
+  const auto deadline = std::chrono::steady_clock::now() + options.shutdown_grace;
+  // Handlers return within their device deadline; calls stuck in a hung device are not waited for.
+  const bool drained =
+      FinishesBy(deadline, [&server = running.server, &options] { server.Shutdown(options.shutdown_grace); });
+  const bool joined = drained && running.refresher.Stop(deadline) && running.engine.StopProber(deadline);
+  const size_t stuck = running.configured.calls_stuck ? running.configured.calls_stuck() : 0;
+  if (!joined || stuck > 0) {
+    spdlog::warn("stopped, abandoning {} device call(s) that did not return", stuck + (joined ? 0 : 1));
+    spdlog::shutdown();
+    std::_Exit(0);  // joining or finalising them would wait on the device for as long as it hangs
+  }
+  spdlog::info("stopped");
+  return 0;
+}
+
+// SIGHUP re-reads the key family; SIGTERM/SIGINT stop the plugin.
+int ServeUntilStopped(const PluginOptions& options, const sigset_t& signals, Running& running) {
+  for (;;) {
+    const int sig = sigwaitinfo(&signals, nullptr);
+    if (sig == SIGHUP) {
+      if (running.configured.on_reload) running.configured.on_reload();
+      running.refresher.Kick();
+      continue;
+    }
+    if (sig == SIGTERM || sig == SIGINT) return StopServing(options, sig, running);
+    // EINTR: wait again.
+  }
+}
+
+}  // namespace
+
+int RunPlugin(const PluginOptions& options) {
+  const sigset_t signals = PrepareProcess(options);
 
   // Everything that can be checked without the device is checked, and every listener bound, before
   // the first login: a configuration error must not cost a login attempt, and must say so at once.
@@ -103,10 +205,9 @@ int RunPlugin(const PluginOptions& options) {
     return 2;
   }
   const std::shared_ptr<KeyBackend> backend = configured->backend;
-  StatusOr<std::optional<uid_t>> owner = ResolveOwner(options.socket_owner);
-  StatusOr<std::optional<gid_t>> group = ResolveGroup(options.socket_group);
-  if (!owner.ok() || !group.ok()) {
-    spdlog::critical("{}", !owner.ok() ? owner.status().message() : group.status().message());
+  StatusOr<SocketOwnership> ownership = ResolveSocketOwnership(options);
+  if (!ownership.ok()) {
+    spdlog::critical("{}", ownership.status().message());
     return 2;
   }
   observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
@@ -118,40 +219,14 @@ int RunPlugin(const PluginOptions& options) {
   KeyRefresher refresher(engine, telemetry, options.key_refresh_interval);
   std::atomic<bool> serving{false};
 
-  std::unique_ptr<observability::HttpEndpoint> http;
-  if (!options.health_listen.empty()) {
-    observability::HttpHooks hooks;
-    hooks.not_ready_because = [&]() -> std::string {
-      if (!serving.load()) return "not serving: starting or stopping";
-      HealthReport health = engine.Health();
-      return health.ok ? "" : health.detail;
-    };
-    hooks.before_scrape = [&] {
-      if (configured->session_pool) {
-        size_t in_use = 0, size = 0;
-        configured->session_pool(in_use, size);
-        telemetry.SetSessionPool(in_use, size);
-      }
-      if (auto ring = engine.key_ring()) telemetry.SetActiveKey(ring->active_key_id());
-    };
-    StatusOr<std::unique_ptr<observability::HttpEndpoint>> started =
-        observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
-    if (!started.ok()) {
-      spdlog::critical("{}", started.status().message());
-      return 2;
-    }
-    http = *std::move(started);
+  StatusOr<std::unique_ptr<observability::HttpEndpoint>> http =
+      StartHttpEndpoint(options, *configured, engine, telemetry, serving);
+  if (!http.ok()) {
+    spdlog::critical("{}", http.status().message());
+    return 2;
   }
-
-  server::ServerOptions server_options;
-  server_options.listen = options.listen;
-  server_options.socket_mode = static_cast<mode_t>(options.socket_mode);
-  server_options.socket_owner = *owner;
-  server_options.socket_group = *group;
-  server_options.runtime_version = TROUSSEAU_VERSION;
-  server_options.observer = &telemetry;
   // Until the first key ring loads, every request answers UNAVAILABLE and Status says why.
-  StatusOr<std::unique_ptr<server::KmsServer>> server = server::KmsServer::Start(engine, server_options);
+  StatusOr<std::unique_ptr<server::KmsServer>> server = StartKmsServer(options, *ownership, engine, telemetry);
   if (!server.ok()) {
     spdlog::critical("{}", server.status().message());
     return 2;
@@ -171,35 +246,12 @@ int RunPlugin(const PluginOptions& options) {
   engine.StartProber();
   refresher.Start();
   serving = true;
-  if (http) spdlog::info("health and metrics on http://{}", options.health_listen);
+  if (*http) spdlog::info("health and metrics on http://{}", options.health_listen);
   spdlog::info("serving KMS v2 and v1beta1 on unix://{}", (*server)->socket_path());
   sd_notify(0, "READY=1\nSTATUS=serving KMS v2 and v1beta1");
 
-  for (;;) {
-    const int sig = sigwaitinfo(&signals, nullptr);
-    if (sig == SIGHUP) {
-      if (configured->on_reload) configured->on_reload();
-      refresher.Kick();
-      continue;
-    }
-    if (sig != SIGTERM && sig != SIGINT) continue;  // EINTR
-    spdlog::info("{} received: draining for up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                 options.shutdown_grace.count());
-    sd_notify(0, "STOPPING=1");
-    serving = false;
-    const auto deadline = std::chrono::steady_clock::now() + options.shutdown_grace;
-    // Handlers return within their device deadline; calls stuck in a hung device are not waited for.
-    const bool drained = FinishesBy(deadline, [&server, &options] { (*server)->Shutdown(options.shutdown_grace); });
-    const bool joined = drained && refresher.Stop(deadline) && engine.StopProber(deadline);
-    const size_t stuck = configured->calls_stuck ? configured->calls_stuck() : 0;
-    if (!joined || stuck > 0) {
-      spdlog::warn("stopped, abandoning {} device call(s) that did not return", stuck + (joined ? 0 : 1));
-      spdlog::shutdown();
-      std::_Exit(0);  // joining or finalising them would wait on the device for as long as it hangs
-    }
-    spdlog::info("stopped");
-    return 0;
-  }
+  Running running{**server, refresher, engine, *configured, serving};
+  return ServeUntilStopped(options, signals, running);
 }
 
 }  // namespace trousseau::app
