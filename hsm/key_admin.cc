@@ -42,6 +42,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The part of a key template every family member shares: an AES-256 secret key on the token, with
+// the family's label and CKA_ID = its version.
+p11::AttributeTemplate Aes256TokenKey(std::string_view label, uint64_t version) {
+  p11::AttributeTemplate key_template;
+  key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
+      .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
+      .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
+      .Add(CKA_LABEL, label)
+      .Add(CKA_ID, VersionToId(version))
+      .Add(CKA_TOKEN, true);
+  return key_template;
+}
+
 // Worth another try: a token briefly not there or a call that failed (UNAVAILABLE, INTERNAL), not a
 // rejected PIN (PERMISSION_DENIED, never retried: the token locks) nor a configuration error.
 bool Transient(const Status& s) { return s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kInternal; }
@@ -136,14 +149,8 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
 StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
                                               KekOptions options) {
   if (version == 0) return InvalidArgumentError("key versions start at 1");
-  p11::AttributeTemplate key_template;
-  key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
-      .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
-      .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
-      .Add(CKA_LABEL, label)
-      .Add(CKA_ID, VersionToId(version))
-      .Add(CKA_TOKEN, true)
-      .Add(CKA_PRIVATE, true)
+  p11::AttributeTemplate key_template = Aes256TokenKey(label, version);
+  key_template.Add(CKA_PRIVATE, true)
       .Add(CKA_SENSITIVE, true)
       .Add(CKA_EXTRACTABLE, false)
       .Add(CKA_ENCRYPT, true)
@@ -160,14 +167,8 @@ StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::strin
 
 StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
                                               TestKeyFlags flags) {
-  p11::AttributeTemplate key_template;
-  key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
-      .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
-      .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
-      .Add(CKA_LABEL, label)
-      .Add(CKA_ID, VersionToId(version))
-      .Add(CKA_TOKEN, true)
-      .Add(CKA_SENSITIVE, flags.sensitive)
+  p11::AttributeTemplate key_template = Aes256TokenKey(label, version);
+  key_template.Add(CKA_SENSITIVE, flags.sensitive)
       .Add(CKA_EXTRACTABLE, flags.extractable)
       .Add(CKA_PRIVATE, flags.is_private)
       .Add(CKA_ENCRYPT, true)

@@ -104,6 +104,30 @@ int CheckFamilyIsAccepted(const Family& family) {
 // will make of the family, and prints its key_id. Runs at the same moment (another operator,
 // automation on another control-plane node sharing the HSM) each get their own version: see
 // CreateNextKekVersion. A rotation is confirmed with the running plugin unless --no-wait.
+// What the operator does next, after a created version (text output only).
+void PrintNextSteps(const KeyOptions& options, bool rotation, uint64_t version, uint64_t highest_version,
+                    bool confirmed, const std::string& socket) {
+  const bool highest = highest_version <= version;
+  if (rotation && !highest) {
+    std::cout << "Another run created version " << highest_version << " at the same time; that one is the active key.\n"
+              << "Check with `" << kToolName << " key list`. See docs/rotation.md.\n";
+  } else if (rotation && confirmed) {
+    std::cout << "The plugin on " << socket << " now reports this key_id: version " << version << " is the active key.\n"
+              << "Re-encrypt existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -) before\n"
+              << "retiring older versions. See docs/rotation.md.\n";
+  } else if (rotation) {
+    std::cout << "Version " << version << " is the highest version and the plugin's policy accepts the family, so a\n"
+              << "running trousseau-hsm makes it active on SIGHUP or within its --key-refresh-interval (60s by default).\n"
+              << "Not confirmed with a running plugin ("
+              << (options.no_wait ? "--no-wait" : StrCat("no --socket, and no ", kDefaultPluginSocket)) << "):\n"
+              << "check its Status key_id (trousseauctl status). Then re-encrypt existing Secrets\n"
+              << "(kubectl get secrets -A -o json | kubectl replace -f -) before retiring older versions.\n"
+              << "See docs/rotation.md.\n";
+  } else {
+    std::cout << "Start (or SIGHUP) trousseau-hsm with this --pkcs11-uri; its Status reports this key_id.\n";
+  }
+}
+
 int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (int rc = CheckStorageOwner(family); rc != kExitOk) return rc;
   hsm::NextKekOptions next;
@@ -172,24 +196,7 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
                        "that cannot see this key. --wait-timeout waits longer, --no-wait does not ask"));
   }
   if (options.json) return kExitOk;
-  if (rotation && !highest) {
-    std::cout << "Another run created version " << made->highest << " at the same time; that one is the active key.\n"
-              << "Check with `" << kToolName << " key list`. See docs/rotation.md.\n";
-  } else if (rotation && confirmed) {
-    std::cout << "The plugin on " << *socket << " now reports this key_id: version " << version << " is the active key.\n"
-              << "Re-encrypt existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -) before\n"
-              << "retiring older versions. See docs/rotation.md.\n";
-  } else if (rotation) {
-    std::cout << "Version " << version << " is the highest version and the plugin's policy accepts the family, so a\n"
-              << "running trousseau-hsm makes it active on SIGHUP or within its --key-refresh-interval (60s by default).\n"
-              << "Not confirmed with a running plugin ("
-              << (options.no_wait ? "--no-wait" : StrCat("no --socket, and no ", kDefaultPluginSocket)) << "):\n"
-              << "check its Status key_id (trousseauctl status). Then re-encrypt existing Secrets\n"
-              << "(kubectl get secrets -A -o json | kubectl replace -f -) before retiring older versions.\n"
-              << "See docs/rotation.md.\n";
-  } else {
-    std::cout << "Start (or SIGHUP) trousseau-hsm with this --pkcs11-uri; its Status reports this key_id.\n";
-  }
+  PrintNextSteps(options, rotation, version, made->highest, confirmed, socket.value_or(""));
   return kExitOk;
 }
 
