@@ -90,8 +90,31 @@ void SoftwareBackend::RemoveVersion(uint64_t version) {
 }
 
 void SoftwareBackend::SetUnavailable(bool unavailable) {
+  SetFailure(unavailable ? UnavailableError("software backend is down (test outage)") : OkStatus());
+}
+
+void SoftwareBackend::SetFailure(Status failure) {
   std::lock_guard lock(mu_);
-  unavailable_ = unavailable;
+  failure_ = std::move(failure);
+}
+
+void SoftwareBackend::OnDeviceCall(std::function<void()> hook) {
+  std::lock_guard lock(mu_);
+  on_device_call_ = std::move(hook);
+}
+
+int SoftwareBackend::device_calls() const {
+  std::lock_guard lock(mu_);
+  return device_calls_;
+}
+
+void SoftwareBackend::RunDeviceCallHook() {
+  std::function<void()> hook;
+  {
+    std::lock_guard lock(mu_);
+    hook = on_device_call_;
+  }
+  if (hook) hook();
 }
 
 void SoftwareBackend::OnLoadKeys(std::function<void(int)> hook) {
@@ -106,7 +129,8 @@ int SoftwareBackend::load_keys_calls() const {
 
 StatusOr<SecureBytes> SoftwareBackend::KeyFor(uint64_t version, Deadline deadline) const {
   std::lock_guard lock(mu_);
-  if (unavailable_) return UnavailableError("software backend is down (test outage)");
+  ++device_calls_;
+  if (!failure_.ok()) return failure_;
   if (Expired(deadline)) return UnavailableError("software backend: the call's deadline had passed");
   auto it = keys_.find(version);
   if (it == keys_.end()) return NotFoundError(StrCat("key version ", version, " is not in the software backend"));
@@ -123,7 +147,8 @@ StatusOr<std::vector<BackendKey>> SoftwareBackend::LoadKeys(Deadline deadline) {
   }
   if (hook) hook(call);
   std::lock_guard lock(mu_);
-  if (unavailable_) return UnavailableError("software backend is down (test outage)");
+  ++device_calls_;
+  if (!failure_.ok()) return failure_;
   if (Expired(deadline)) return UnavailableError("software backend: the call's deadline had passed");
   std::vector<BackendKey> keys;
   for (const auto& [version, key] : keys_) {
@@ -142,6 +167,7 @@ StatusOr<std::vector<BackendKey>> SoftwareBackend::LoadKeys(Deadline deadline) {
 
 StatusOr<std::string> SoftwareBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
                                             Deadline deadline) {
+  RunDeviceCallHook();
   StatusOr<SecureBytes> key = KeyFor(version, deadline);
   if (!key.ok()) return key.status();
   unsigned char iv[kIvSize];
@@ -151,6 +177,7 @@ StatusOr<std::string> SoftwareBackend::Seal(uint64_t version, std::string_view p
 
 StatusOr<SecureBytes> SoftwareBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
                                             Deadline deadline) {
+  RunDeviceCallHook();
   StatusOr<SecureBytes> key = KeyFor(version, deadline);
   if (!key.ok()) return key.status();
   return AesGcmOpen(key->view(), sealed, aad);

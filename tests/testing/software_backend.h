@@ -38,6 +38,14 @@ class SoftwareBackend final : public KeyBackend {
   void RemoveVersion(uint64_t version);
   // While down, every call answers UNAVAILABLE, as a lost HSM does.
   void SetUnavailable(bool unavailable);
+  // Every call answers `failure` (e.g. PERMISSION_DENIED, as a token that refuses the PIN) until
+  // cleared with OkStatus().
+  void SetFailure(Status failure);
+  // Runs at the start of every Seal and Open (outside the lock), so a test can hold a call "in the
+  // device" while it checks what else still answers.
+  void OnDeviceCall(std::function<void()> hook);
+  // Seal, Open (a Probe is one of each) and LoadKeys calls that reached the "device" so far.
+  int device_calls() const;
   // Runs at the start of every LoadKeys call with its 1-based number (outside the lock), so a test
   // can change the family between two reads at an exact point instead of racing a timer.
   void OnLoadKeys(std::function<void(int call)> hook);
@@ -59,9 +67,13 @@ class SoftwareBackend final : public KeyBackend {
   // A copy of the key, or why there is none.
   StatusOr<SecureBytes> KeyFor(uint64_t version, Deadline deadline) const;
 
+  void RunDeviceCallHook();
+
   mutable std::mutex mu_;
   std::map<uint64_t, SecureBytes> keys_;
-  bool unavailable_ = false;
+  Status failure_;
+  mutable int device_calls_ = 0;
+  std::function<void()> on_device_call_;
   int load_keys_calls_ = 0;
   std::function<void(int)> on_load_keys_;
 };
