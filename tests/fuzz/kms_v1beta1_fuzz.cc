@@ -17,10 +17,13 @@
 
 #include "server/kms_v1beta1_service.h"
 #include "tests/fuzz/fixed_key_engine.h"
+#include "tests/fuzz/kms_fuzz_common.h"
 
 namespace {
 
 using trousseau::fuzz::FixedKeyEngine;
+using trousseau::fuzz::FuzzInput;
+using trousseau::fuzz::IsClientError;
 
 trousseau::server::KmsV1beta1Service& Service() {
   static auto* service = new trousseau::server::KmsV1beta1Service(FixedKeyEngine(), "fuzz", /*observer=*/nullptr);
@@ -39,8 +42,7 @@ void CheckDecrypt(const v1beta1::DecryptRequest& request) {
     FUZZ_CHECK(authentic.has_value());
     FUZZ_CHECK(response.plain() == *authentic);
   } else {
-    FUZZ_CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
-               status.error_code() == grpc::StatusCode::NOT_FOUND);
+    FUZZ_CHECK(IsClientError(status));
     FUZZ_CHECK(response.plain().empty());
     if (VersionAccepted(request.version())) FUZZ_CHECK(!authentic.has_value());
   }
@@ -72,13 +74,11 @@ std::string CheckEncrypt(const v1beta1::EncryptRequest& request) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const uint8_t call = data[0] % 4;
-  const void* wire = data + 1;
-  const int wire_size = static_cast<int>(size - 1);
-  switch (call) {
+  const FuzzInput input(data, size, 4);
+  switch (input.call) {
     case 0: {
       v1beta1::VersionRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       grpc::ServerContext context;
       v1beta1::VersionResponse response;
       const grpc::Status status = Service().Version(&context, &request, &response);
@@ -90,27 +90,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 1: {
       v1beta1::EncryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       CheckEncrypt(request);
       break;
     }
     case 2: {
       v1beta1::DecryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       CheckDecrypt(request);
       break;
     }
     case 3: {
       v1beta1::EncryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       const std::string mask = request.version();
       request.clear_version();
       std::string cipher = CheckEncrypt(request);
       if (cipher.empty() || mask.empty()) return 0;
       const std::string original = cipher;
-      const size_t start = static_cast<uint8_t>(mask[0]) % cipher.size();
-      for (size_t i = 1; i < mask.size() && start + i - 1 < cipher.size(); ++i) cipher[start + i - 1] ^= mask[i];
-      if (mask.size() > 1 && static_cast<uint8_t>(mask[1]) >= 0xf0) cipher.resize(start);
+      cipher = trousseau::fuzz::Forged(cipher, mask);
       v1beta1::DecryptRequest forged;
       forged.set_cipher(cipher);
       CheckDecrypt(forged);

@@ -19,10 +19,13 @@
 
 #include "server/kms_v2_service.h"
 #include "tests/fuzz/fixed_key_engine.h"
+#include "tests/fuzz/kms_fuzz_common.h"
 
 namespace {
 
 using trousseau::fuzz::FixedKeyEngine;
+using trousseau::fuzz::FuzzInput;
+using trousseau::fuzz::IsClientError;
 
 trousseau::server::KmsV2Service& Service() {
   static auto* service = new trousseau::server::KmsV2Service(FixedKeyEngine(), /*observer=*/nullptr);
@@ -30,10 +33,6 @@ trousseau::server::KmsV2Service& Service() {
 }
 
 std::string ActiveKeyId() { return FixedKeyEngine().key_ring()->active_key_id(); }
-
-bool IsClientError(const grpc::Status& s) {
-  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT || s.error_code() == grpc::StatusCode::NOT_FOUND;
-}
 
 void CheckDecrypt(const v2::DecryptRequest& request) {
   grpc::ServerContext context;
@@ -81,13 +80,11 @@ std::string CheckEncrypt(const v2::EncryptRequest& request) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const uint8_t call = data[0] % 4;
-  const void* wire = data + 1;
-  const int wire_size = static_cast<int>(size - 1);
-  switch (call) {
+  const FuzzInput input(data, size, 4);
+  switch (input.call) {
     case 0: {
       v2::StatusRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       grpc::ServerContext context;
       v2::StatusResponse response;
       FUZZ_CHECK(Service().Status(&context, &request, &response).ok());
@@ -97,26 +94,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 1: {
       v2::EncryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       CheckEncrypt(request);
       break;
     }
     case 2: {
       v2::DecryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       CheckDecrypt(request);
       break;
     }
     case 3: {
       v2::EncryptRequest request;
-      if (!request.ParseFromArray(wire, wire_size)) return 0;
+      if (!input.Parse(request)) return 0;
       const std::string mask = request.uid();
       std::string ciphertext = CheckEncrypt(request);
       if (ciphertext.empty() || mask.empty()) return 0;
       const std::string original = ciphertext;
-      const size_t start = static_cast<uint8_t>(mask[0]) % ciphertext.size();
-      for (size_t i = 1; i < mask.size() && start + i - 1 < ciphertext.size(); ++i) ciphertext[start + i - 1] ^= mask[i];
-      if (mask.size() > 1 && static_cast<uint8_t>(mask[1]) >= 0xf0) ciphertext.resize(start);  // truncations too
+      ciphertext = trousseau::fuzz::Forged(ciphertext, mask);
       v2::DecryptRequest forged;
       forged.set_ciphertext(ciphertext);
       forged.set_key_id(ActiveKeyId());
