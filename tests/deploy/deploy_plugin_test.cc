@@ -28,7 +28,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::Eventually;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 // Against a real plugin on a real SoftHSM token.

@@ -26,11 +26,8 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
 using testing::HttpGet;
-using testing::KmsClients;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 class FaultTest : public testing::SoftHsmPluginTest {

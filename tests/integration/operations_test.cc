@@ -17,6 +17,7 @@
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
 #include "tests/testing/prometheus_text.h"
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -31,20 +32,19 @@ using testing::HttpGet;
 using testing::HttpResponse;
 using testing::KmsClients;
 using testing::MetricValue;
-using support::SoftHsmToken;
 using support::Subprocess;
 
-class OperationsTest : public ::testing::Test {
+class OperationsTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
-    socket_ = token_->dir() + "/kms.sock";
     log_ = token_->dir() + "/plugin.log";
     port_ = FreeLoopbackPort();
   }
 
+  // The plugin with exactly `args` (no default flags).
   std::unique_ptr<Subprocess> Start(std::vector<std::string> args) {
     args.insert(args.begin(), PLUGIN_PATH);
     return std::make_unique<Subprocess>(args, log_);
@@ -55,14 +55,8 @@ class OperationsTest : public ::testing::Test {
             "127.0.0.1:" + std::to_string(port_)};
   }
 
-  bool Serving(const std::string& socket) {
-    KmsClients clients(socket);
-    v2::StatusResponse status;
-    return clients.v2->Status(CallContext(500ms).get(), {}, &status).ok() && status.healthz() == "ok";
-  }
+  bool Serving(const std::string& socket) { return testing::PluginStatus(socket, 500ms).healthz() == "ok"; }
 
-  std::unique_ptr<SoftHsmToken> token_;
-  std::string socket_;
   std::string log_;
   int port_ = 0;
 };

@@ -21,7 +21,6 @@ using namespace std::chrono_literals;
 using testing::CallContext;
 using support::Eventually;
 using testing::KmsClients;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 std::string ReadAll(const std::string& path) {

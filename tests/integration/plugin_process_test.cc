@@ -26,7 +26,6 @@ using namespace std::chrono_literals;
 using testing::CallContext;
 using support::Eventually;
 using testing::KmsClients;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 class PluginProcessTest : public testing::SoftHsmPluginTest {

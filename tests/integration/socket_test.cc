@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
 
@@ -25,7 +26,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::Eventually;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 constexpr gid_t kOtherGroup = 65534;  // nogroup
@@ -41,25 +41,23 @@ std::vector<std::string> Entries(const std::string& dir) {
   return names;
 }
 
-class SocketTest : public ::testing::Test {
+class SocketTest : public testing::SoftHsmPluginTest {
  protected:
   void SetUp() override {
-    token_ = SoftHsmToken::Create();
-    ASSERT_NE(token_, nullptr);
+    SoftHsmPluginTest::SetUp();
+    if (HasFatalFailure()) return;
     ASSERT_TRUE(token_->GenerateKek(1).ok());
   }
 
+  // The plugin listening on `socket` (each test puts it somewhere else).
   std::unique_ptr<Subprocess> StartPlugin(const std::string& socket, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv{PLUGIN_PATH, "--listen", "unix://" + socket, "--pkcs11-uri", token_->Uri()};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<Subprocess>(argv, token_->dir() + "/plugin.log");
+    socket_ = socket;
+    return SoftHsmPluginTest::StartPlugin(std::move(extra));
   }
 
   static bool Serving(const Subprocess& plugin) {
     return plugin.Log().find("serving KMS v2") != std::string::npos;
   }
-
-  std::unique_ptr<SoftHsmToken> token_;
 };
 
 TEST_F(SocketTest, AMissingSocketDirectoryIsRefusedNotCreated) {

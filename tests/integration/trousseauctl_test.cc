@@ -31,7 +31,6 @@ using nlohmann::json;
 using testing::CallContext;
 using support::Eventually;
 using testing::KmsClients;
-using support::SoftHsmToken;
 using support::Subprocess;
 
 std::string ShellQuote(const std::string& s) {
