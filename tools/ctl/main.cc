@@ -116,46 +116,47 @@ int Fail(const grpc::Status& s) {
   return 1;
 }
 
-int Status(const Options& o) {
-  if (o.api == "v1beta1") {
-    auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
-    v1beta1::VersionRequest request;
-    request.set_version("v1beta1");
-    v1beta1::VersionResponse response;
-    if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
-    // The v1beta1 API reports no health: check it as kube-apiserver's KMS v1 health check does, with an
-    // Encrypt and Decrypt of a fixed probe.
-    const std::string probe = "trousseauctl health probe";
-    std::string healthz = "ok";
-    v1beta1::EncryptRequest encrypt;
-    encrypt.set_version("v1beta1");
-    encrypt.set_plain(probe);
-    v1beta1::EncryptResponse sealed;
-    v1beta1::DecryptResponse opened;
-    if (grpc::Status s = stub->Encrypt(Context(o).get(), encrypt, &sealed); !s.ok()) {
-      healthz = "Encrypt failed: " + s.error_message();
-    } else {
-      v1beta1::DecryptRequest decrypt;
-      decrypt.set_version("v1beta1");
-      decrypt.set_cipher(sealed.cipher());
-      if (grpc::Status d = stub->Decrypt(Context(o).get(), decrypt, &opened); !d.ok()) {
-        healthz = "Decrypt failed: " + d.error_message();
-      } else if (opened.plain() != probe) {
-        healthz = "Decrypt returned other bytes than were encrypted";
-      }
+// The v1beta1 API reports no health: check it as kube-apiserver's KMS v1 health check does, with an
+// Encrypt and Decrypt of a fixed probe.
+int StatusV1beta1(const Options& o) {
+  auto stub = v1beta1::KeyManagementService::NewStub(Channel(o));
+  v1beta1::VersionRequest request;
+  request.set_version("v1beta1");
+  v1beta1::VersionResponse response;
+  if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+  const std::string probe = "trousseauctl health probe";
+  std::string healthz = "ok";
+  v1beta1::EncryptRequest encrypt;
+  encrypt.set_version("v1beta1");
+  encrypt.set_plain(probe);
+  v1beta1::EncryptResponse sealed;
+  v1beta1::DecryptResponse opened;
+  if (grpc::Status s = stub->Encrypt(Context(o).get(), encrypt, &sealed); !s.ok()) {
+    healthz = "Encrypt failed: " + s.error_message();
+  } else {
+    v1beta1::DecryptRequest decrypt;
+    decrypt.set_version("v1beta1");
+    decrypt.set_cipher(sealed.cipher());
+    if (grpc::Status d = stub->Decrypt(Context(o).get(), decrypt, &opened); !d.ok()) {
+      healthz = "Decrypt failed: " + d.error_message();
+    } else if (opened.plain() != probe) {
+      healthz = "Decrypt returned other bytes than were encrypted";
     }
-    const bool healthy = healthz == "ok";
-    if (o.json) {
-      std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"healthz\":" << trousseau::JsonQuote(healthz)
-                << ",\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
-                << trousseau::JsonQuote(response.runtime_name()) << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version())
-                << "}\n";
-    } else {
-      std::cout << "healthz: " << healthz << "\nversion: " << response.version() << "\nruntime: " << response.runtime_name()
-                << " " << response.runtime_version() << "\n";
-    }
-    return healthy ? 0 : 3;
   }
+  const bool healthy = healthz == "ok";
+  if (o.json) {
+    std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"healthz\":" << trousseau::JsonQuote(healthz)
+              << ",\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
+              << trousseau::JsonQuote(response.runtime_name()) << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version())
+              << "}\n";
+  } else {
+    std::cout << "healthz: " << healthz << "\nversion: " << response.version() << "\nruntime: " << response.runtime_name()
+              << " " << response.runtime_version() << "\n";
+  }
+  return healthy ? 0 : 3;
+}
+
+int StatusV2(const Options& o) {
   auto stub = v2::KeyManagementService::NewStub(Channel(o));
   v2::StatusResponse response;
   if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(s);
@@ -170,6 +171,8 @@ int Status(const Options& o) {
   }
   return healthy ? 0 : 3;
 }
+
+int Status(const Options& o) { return o.api == "v1beta1" ? StatusV1beta1(o) : StatusV2(o); }
 
 int Encrypt(const Options& o) {
   WipedString plaintext;
