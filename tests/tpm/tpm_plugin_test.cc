@@ -52,12 +52,7 @@ class TpmPluginTest : public testing::SwtpmTest {
     return std::make_unique<Subprocess>(argv, dir_.path() + "/plugin.log");
   }
 
-  v2::StatusResponse Status() {
-    KmsClients clients(socket_);
-    v2::StatusResponse status;
-    if (!clients.v2->Status(CallContext(2s).get(), {}, &status).ok()) return {};
-    return status;
-  }
+  v2::StatusResponse Status() { return testing::PluginStatus(socket_, 2s); }
 
   bool Healthy() { return Status().healthz() == "ok"; }
 
