@@ -4,9 +4,9 @@
 #pragma once
 
 #include <cassert>
+#include <optional>
 #include <string>
 #include <utility>
-#include <variant>
 
 namespace trousseau {
 
@@ -49,11 +49,6 @@ class [[nodiscard]] Status {
 };
 
 inline Status OkStatus() { return Status(); }
-// One shared OK, for accessors that return a Status by reference.
-inline const Status& OkStatusRef() {
-  static const Status ok;
-  return ok;
-}
 inline Status InvalidArgumentError(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
 inline Status NotFoundError(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status PermissionDeniedError(std::string m) { return {StatusCode::kPermissionDenied, std::move(m)}; }
@@ -68,25 +63,28 @@ inline bool IsInvalidArgument(const Status& s) { return s.code() == StatusCode::
 inline bool IsPermissionDenied(const Status& s) { return s.code() == StatusCode::kPermissionDenied; }
 inline bool IsFailedPrecondition(const Status& s) { return s.code() == StatusCode::kFailedPrecondition; }
 
-// A value or the Status saying why there is none.
+// A value or the Status saying why there is none. Holds a Status (OK with a value) and an optional
+// value, as absl's does: status() is then a plain reference, and GCC 12 sees no maybe-uninitialized
+// string where std::variant<Status, T> made it imagine one.
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
   StatusOr(const T& value) : value_(value) {}  // NOLINT: implicit like absl::StatusOr
   StatusOr(T&& value) : value_(std::move(value)) {}  // NOLINT
-  StatusOr(Status status) : value_(std::move(status)) {  // NOLINT
-    assert(!std::get<Status>(value_).ok());
+  StatusOr(Status status) : status_(std::move(status)) {  // NOLINT
+    assert(!status_.ok());
   }
 
-  bool ok() const { return std::holds_alternative<T>(value_); }
+  bool ok() const { return value_.has_value(); }
   // By reference, as absl's: no copy of the message on every check. On an rvalue (a call's result
   // used at once) by value, so `const Status& s = F().status();` never dangles.
-  const Status& status() const& { return ok() ? OkStatusRef() : std::get<Status>(value_); }
-  Status status() && { return ok() ? OkStatus() : std::get<Status>(std::move(value_)); }
+  const Status& status() const& { return status_; }
+  Status status() && { return std::move(status_); }
 
-  T& value() & { return std::get<T>(value_); }
-  const T& value() const& { return std::get<T>(value_); }
-  T&& value() && { return std::get<T>(std::move(value_)); }
+  // Without a value these throw std::bad_optional_access (as std::get did): check ok() first.
+  T& value() & { return value_.value(); }
+  const T& value() const& { return value_.value(); }
+  T&& value() && { return std::move(value_).value(); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
@@ -94,7 +92,8 @@ class [[nodiscard]] StatusOr {
   const T* operator->() const { return &value(); }
 
  private:
-  std::variant<Status, T> value_;
+  Status status_;  // OK exactly when value_ holds a value
+  std::optional<T> value_;
 };
 
 }  // namespace trousseau
