@@ -56,6 +56,15 @@ void AddScheme(CLI::App* command, TpmOptions& options) {
       ->capture_default_str();
 }
 
+// --version (required, 1 or more) and --yes of a `retire` command.
+void AddRetireChoice(CLI::App* command, uint64_t& version, const std::string& version_help, bool& yes,
+                     const std::string& yes_help) {
+  command->add_option("--version", version, version_help)
+      ->required()
+      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
+  command->add_flag("--yes", yes, yes_help);
+}
+
 // Every subcommand's options, alive until its callback runs. One options struct per subcommand: CLI11
 // applies environment variables (TROUSSEAU_HSM_PKCS11_URI, TROUSSEAU_HSM_TPM_*) to the options of every
 // subcommand, invoked or not, so a shared struct would let the environment overwrite the flags given
@@ -163,10 +172,7 @@ void AddKeyCommands(CLI::App& app, Commands& c) {
       "for good. Without --yes only explains what would be lost and exits 1. The active (highest) version can never "
       "be retired.");
   AddUri(retire, retire_options.pkcs11_uri);
-  retire->add_option("--version", retire_options.version, "The version to destroy")
-      ->required()
-      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
-  retire->add_flag("--yes", retire_options.yes, "Really destroy it");
+  AddRetireChoice(retire, retire_options.version, "The version to destroy", retire_options.yes, "Really destroy it");
   retire->callback([&c] { c.rc = KeyRetire(c.retire_options); });
 }
 
@@ -258,10 +264,8 @@ void AddTpmVersionCommands(CLI::App* tpm, Commands& c) {
       "--yes only explains what would be lost and exits 1. The active (highest) version can never be retired. "
       "Touches no TPM; serialised with init/rotate on the directory's lock.");
   AddTpm(tpm_retire, tpm_retire_options);
-  tpm_retire->add_option("--version", tpm_retire_options.version, "The version to delete")
-      ->required()
-      ->check(CLI::Range(uint64_t{1}, std::numeric_limits<uint64_t>::max()));
-  tpm_retire->add_flag("--yes", tpm_retire_options.yes, "Really delete it");
+  AddRetireChoice(tpm_retire, tpm_retire_options.version, "The version to delete", tpm_retire_options.yes,
+                  "Really delete it");
   tpm_retire->callback([&c] { c.rc = TpmRetire(c.tpm_retire_options); });
 }
 
