@@ -20,6 +20,27 @@ void LogKeyRing(const KmsEngine& engine) {
   }
 }
 
+// What appeared and vanished between two rings, for the operator following a rotation.
+void LogVersionChanges(const KeyRing& before, const KeyRing& after) {
+  for (const auto& [version, key_id] : after.key_ids()) {
+    const std::string* had = before.KeyIdOf(version);
+    if (had != nullptr && *had == key_id) continue;
+    if (version == after.active_version()) continue;  // logged as the new active key
+    spdlog::info("key version {} key_id={} found: it decrypts now and encrypts once it is due for activation",
+                 version, key_id);
+  }
+  for (const auto& [version, key_id] : before.key_ids()) {
+    const std::string* has = after.KeyIdOf(version);
+    if (has != nullptr && *has == key_id) continue;
+    if (version > after.active_version()) {
+      spdlog::warn("new key {} did not stay on the device (a rotation still deciding?); {} stays active", key_id,
+                   after.active_key_id());
+    } else {
+      spdlog::info("key version {} key_id={} is no longer on the device (retired)", version, key_id);
+    }
+  }
+}
+
 }  // namespace
 
 KeyRefresher::KeyRefresher(KmsEngine& engine, observability::Telemetry& telemetry, std::chrono::milliseconds interval)
@@ -53,21 +74,29 @@ bool KeyRefresher::Stop(Clock::time_point deadline) {
 
 void KeyRefresher::Loop() {
   std::chrono::milliseconds retry = kFirstRetry;
-  auto next = Clock::now() + (engine_.key_ring() ? interval_ : retry);
+  auto next = !engine_.key_ring()   ? Clock::now() + retry
+              : interval_.count() > 0 ? Clock::now() + interval_
+                                      : Clock::time_point::max();
+  if (auto due = engine_.NextActivationAt(); due && engine_.key_ring()) next = std::min(next, *due);
   std::unique_lock lock(mu_);
   while (!stopping_) {
-    const bool periodic = engine_.key_ring() == nullptr || interval_.count() > 0;
-    cv_.wait_until(lock, periodic ? next : Clock::time_point::max(), [&] { return stopping_ || kicked_; });
+    cv_.wait_until(lock, next, [&] { return stopping_ || kicked_; });
     if (stopping_) break;
     if (!kicked_ && Clock::now() < next) continue;  // a spurious wake-up
-    const char* why = kicked_ ? "SIGHUP" : engine_.key_ring() ? "interval" : "retry";
+    const auto due = engine_.NextActivationAt();
+    const char* why = kicked_                          ? "SIGHUP"
+                      : !engine_.key_ring()            ? "retry"
+                      : due && *due <= Clock::now()    ? "activation due"
+                                                       : "interval";
     kicked_ = false;
     lock.unlock();
     (void)RefreshNow(why);
     lock.lock();
     if (engine_.key_ring()) {
       retry = kFirstRetry;
-      next = Clock::now() + interval_;
+      next = interval_.count() > 0 ? Clock::now() + interval_ : Clock::time_point::max();
+      // A version waiting for activation is promoted by the first load after it is due.
+      if (auto due = engine_.NextActivationAt()) next = std::min(next, *due);
     } else {
       next = Clock::now() + retry;
       retry = std::min(retry * 2, kMaxRetry);
@@ -95,8 +124,10 @@ Status KeyRefresher::RefreshNow(const char* why) {
   }
   last_failure_.clear();
   telemetry_.RecordKeyRefresh(true);
-  const std::string after = engine_.key_ring()->active_key_id();
-  telemetry_.SetActiveKey(after);
+  const auto after_ring = engine_.key_ring();
+  const std::string after = after_ring->active_key_id();
+  telemetry_.SetKeyRing(*after_ring, engine_.NextActivationAt().has_value());
+  if (before_ring) LogVersionChanges(*before_ring, *after_ring);
   if (after == before) return OkStatus();
   if (before.empty()) {
     spdlog::info("key family loaded ({})", why);

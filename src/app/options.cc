@@ -52,7 +52,7 @@ class DurationValidator : public CLI::Validator {
 // They start as the built-in defaults, written as an operator would (shown by --help).
 struct TextSettings {
   std::string config_path;
-  std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, shutdown_grace, socket_mode;
+  std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, key_activation_delay, shutdown_grace, socket_mode;
 };
 
 // 60000 ms -> "60s", 1500 ms -> "1500ms".
@@ -74,6 +74,7 @@ TextSettings DefaultTexts(const PluginOptions& options) {
                       .tpm_timeout = DurationText(options.tpm_timeout),
                       .health_cache = DurationText(options.health_cache),
                       .key_refresh_interval = DurationText(options.key_refresh_interval),
+                      .key_activation_delay = DurationText(options.key_activation_delay),
                       .shutdown_grace = DurationText(options.shutdown_grace),
                       .socket_mode = OctalText(options.socket_mode)};
 }
@@ -114,6 +115,12 @@ void AddServingOptions(CLI::App& app, PluginOptions& options, TextSettings& text
       ->capture_default_str();
   app.add_option("--key-refresh-interval", text.key_refresh_interval,
                  "Re-read the key family this often (also on SIGHUP); 0 disables")
+      ->check(duration)
+      ->capture_default_str();
+  app.add_option("--key-activation-delay", text.key_activation_delay,
+                 "A new key version decrypts at once but encrypts (and becomes Status' key_id) only after this "
+                 "plugin has seen it this long. Several control-plane nodes: at least --key-refresh-interval + 2s, "
+                 "so every node holds a version before any node encrypts under it; one node: 0")
       ->check(duration)
       ->capture_default_str();
   app.add_option("--socket-mode", text.socket_mode, "Permissions of the socket (owner/group bits only)")
@@ -200,6 +207,7 @@ std::optional<int> CheckAndConvert(const TextSettings& text, PluginOptions& opti
   // The validator accepted each of them already.
   options.health_cache = *ParseDuration(text.health_cache);
   options.key_refresh_interval = *ParseDuration(text.key_refresh_interval);
+  options.key_activation_delay = *ParseDuration(text.key_activation_delay);
   options.shutdown_grace = *ParseDuration(text.shutdown_grace);
   options.tpm_timeout = *ParseDuration(text.tpm_timeout);
   options.hsm_timeout = *ParseDuration(text.hsm_timeout);

@@ -24,6 +24,8 @@ struct PluginOptions {
   std::chrono::milliseconds hsm_timeout = defaults::kDeviceTimeout;
   std::chrono::milliseconds health_cache = defaults::kHealthCache;
   std::chrono::milliseconds key_refresh_interval = defaults::kKeyRefreshInterval;
+  // A new key version encrypts only after this plugin has known it this long (see docs/rotation.md).
+  std::chrono::milliseconds key_activation_delay{0};
   unsigned socket_mode = defaults::kSocketMode;
   std::string socket_owner;
   std::string socket_group;

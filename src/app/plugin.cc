@@ -129,7 +129,7 @@ StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const P
       configured.session_pool(in_use, size);
       telemetry.SetSessionPool(in_use, size);
     }
-    if (auto ring = engine.key_ring()) telemetry.SetActiveKey(ring->active_key_id());
+    if (auto ring = engine.key_ring()) telemetry.SetKeyRing(*ring, engine.NextActivationAt().has_value());
   };
   return observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
 }
@@ -215,7 +215,8 @@ int RunPlugin(const PluginOptions& options) {
                                           .health_ttl = options.health_cache,
                                           .device_timeout = configured->device_timeout,
                                           .observer = &telemetry,
-                                          .new_version_settle = configured->new_version_settle});
+                                          .new_version_settle = configured->new_version_settle,
+                                          .activation_delay = options.key_activation_delay});
   KeyRefresher refresher(engine, telemetry, options.key_refresh_interval);
   std::atomic<bool> serving{false};
 

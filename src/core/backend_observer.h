@@ -16,6 +16,10 @@ class BackendObserver {
   // The device started or stopped counting as healthy (see HealthTracker): the same fact as Status'
   // healthz, as it changes.
   virtual void OnHealth(bool healthy) = 0;
+  // A Decrypt named a key version above every one the ring held. `outcome`: "found" (a reload found
+  // it), "not_found" (it did not), "joined" (a load already running answered), "limited" (no reload:
+  // the rate limit), "failed" (the reload failed).
+  virtual void OnDecryptMiss(std::string_view outcome) {}
 };
 
 }  // namespace trousseau

@@ -7,7 +7,7 @@
 namespace trousseau {
 
 StatusOr<KeyRing> KeyRing::Build(std::string_view backend_kind, std::string_view family_label,
-                                       const std::vector<BackendKey>& keys) {
+                                 const std::vector<BackendKey>& keys, uint64_t active_version) {
   if (keys.empty()) {
     return FailedPreconditionError(
         StrCat("no key of family '", family_label, "' found; provision one with trousseau-hsm-init"));
@@ -22,7 +22,11 @@ StatusOr<KeyRing> KeyRing::Build(std::string_view backend_kind, std::string_view
     }
     ring.versions_by_key_id_.emplace(std::move(key_id), key.version);
   }
-  ring.active_version_ = ring.key_ids_.rbegin()->first;
+  ring.active_version_ = active_version == 0 ? ring.key_ids_.rbegin()->first : active_version;
+  if (!ring.key_ids_.contains(ring.active_version_)) {
+    return FailedPreconditionError(StrCat("key version ", active_version, " of family '", family_label,
+                                          "' is not on the device"));
+  }
   return ring;
 }
 

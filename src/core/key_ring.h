@@ -16,12 +16,14 @@ namespace trousseau {
 
 class KeyRing {
  public:
-  // The highest version becomes active. Fails on an empty family or duplicate versions.
+  // `active_version` (0: the highest) encrypts; every version decrypts. Fails on an empty family,
+  // duplicate versions, or an active version that is not in `keys`.
   static StatusOr<KeyRing> Build(std::string_view backend_kind, std::string_view family_label,
-                                       const std::vector<BackendKey>& keys);
+                                 const std::vector<BackendKey>& keys, uint64_t active_version = 0);
 
   uint64_t active_version() const { return active_version_; }
   const std::string& active_key_id() const { return key_ids_.at(active_version_); }
+  uint64_t highest_version() const { return key_ids_.rbegin()->first; }
   std::optional<uint64_t> VersionOf(std::string_view key_id) const;
   const std::string* KeyIdOf(uint64_t version) const;
   // version -> key_id, ascending.

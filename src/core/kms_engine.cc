@@ -58,11 +58,57 @@ Deadline KmsEngine::DeviceDeadline(Deadline request_deadline) const {
 
 Status KmsEngine::LoadKeyRing() {
   std::lock_guard lock(load_mu_);
-  const auto load = [&] {
-    return Observed("load_keys",
-                    [&] { return backend_->LoadKeys(std::chrono::steady_clock::now() + options_.load_timeout); });
-  };
-  StatusOr<std::vector<BackendKey>> keys = load();
+  return LoadKeyRingLocked(/*may_activate=*/true, Clock::now() + options_.load_timeout);
+}
+
+std::optional<std::chrono::steady_clock::time_point> KmsEngine::NextActivationAt() const {
+  const Clock::rep at = next_activation_.load();
+  if (at == 0) return std::nullopt;
+  return Clock::time_point(Clock::duration(at));
+}
+
+StatusOr<uint64_t> KmsEngine::ChooseActive(const std::vector<BackendKey>& keys, const KeyRing* current,
+                                           bool may_activate, Clock::time_point now) {
+  StatusOr<KeyRing> listed = KeyRing::Build(backend_->Kind(), options_.family_label, keys);
+  if (!listed.ok()) return listed.status();
+  // Each key_id's clock starts at the first load that lists it; a key gone from the device forgets it.
+  std::map<std::string, Clock::time_point> seen;
+  for (const auto& [version, key_id] : listed->key_ids()) {
+    auto it = first_seen_.find(key_id);
+    seen.emplace(key_id, it == first_seen_.end() ? now : it->second);
+  }
+  first_seen_ = std::move(seen);
+  next_activation_.store(0);
+  if (current == nullptr) return listed->highest_version();  // the first load: nothing to wait for
+
+  const uint64_t active = current->active_version();
+  const std::string* still_there = listed->KeyIdOf(active);
+  if (still_there == nullptr || *still_there != current->active_key_id()) {
+    // Nothing can be encrypted under a key that is gone: a newer version takes over at once (every
+    // node that lost it is in the same position); an older one never does (no flip back).
+    if (listed->highest_version() > active) return listed->highest_version();
+    return FailedPreconditionError(StrCat("the active key ", current->active_key_id(),
+                                          " disappeared from the device; keeping it active rather than "
+                                          "flipping back to version ", listed->highest_version()));
+  }
+  const auto wait = std::max(options_.new_version_settle, options_.activation_delay);
+  std::optional<Clock::time_point> next_due;
+  uint64_t chosen = active;
+  for (auto it = listed->key_ids().rbegin(); it != listed->key_ids().rend() && it->first > active; ++it) {
+    const Clock::time_point due = first_seen_.at(it->second) + wait;
+    if (may_activate && due <= now) {
+      chosen = it->first;  // the highest version that has waited long enough
+      break;
+    }
+    next_due = next_due ? std::min(*next_due, due) : due;
+  }
+  if (next_due && chosen < listed->highest_version()) next_activation_.store(next_due->time_since_epoch().count());
+  return chosen;
+}
+
+Status KmsEngine::LoadKeyRingLocked(bool may_activate, Deadline deadline) {
+  StatusOr<std::vector<BackendKey>> keys = Observed("load_keys", [&] { return backend_->LoadKeys(deadline); });
+  loads_done_.fetch_add(1);
   if (!keys.ok()) {
     // A listing that works proves little, but one that fails for the device proves an outage.
     if (IsUnavailable(keys.status()) || IsPermissionDenied(keys.status())) Record(CallKind::kLoad, keys.status(), 0);
@@ -70,32 +116,15 @@ Status KmsEngine::LoadKeyRing() {
     load_error_ = keys.status();
     return keys.status();
   }
-  StatusOr<KeyRing> ring = KeyRing::Build(backend_->Kind(), options_.family_label, *keys);
-  if (!ring.ok()) return ring.status();
   std::shared_ptr<const KeyRing> current = ring_.load();
-  if (current && ring->active_version() < current->active_version()) {
-    return FailedPreconditionError(StrCat(
-        "the active key version ", current->active_version(), " disappeared from the device; keeping ",
-        current->active_key_id(), " active rather than flipping back to version ", ring->active_version()));
-  }
-  if (current && ring->active_version() > current->active_version() && options_.new_version_settle.count() > 0) {
-    std::this_thread::sleep_for(options_.new_version_settle);  // requests keep using the current ring
-    StatusOr<std::vector<BackendKey>> again = load();
-    if (!again.ok()) return again.status();
-    StatusOr<KeyRing> confirmed = KeyRing::Build(backend_->Kind(), options_.family_label, *again);
-    if (!confirmed.ok()) return confirmed.status();
-    if (confirmed->active_key_id() != ring->active_key_id()) {
-      return FailedPreconditionError(StrCat(
-          "the new active key ", ring->active_key_id(), " did not stay (", confirmed->active_key_id(),
-          " a moment later: a rotation still deciding?); keeping ", current->active_key_id(),
-          " until the next refresh"));
-    }
-    ring = std::move(confirmed);
-  }
+  StatusOr<uint64_t> active = ChooseActive(*keys, current.get(), may_activate, Now());
+  if (!active.ok()) return active.status();
+  StatusOr<KeyRing> ring = KeyRing::Build(backend_->Kind(), options_.family_label, *keys, *active);
+  if (!ring.ok()) return ring.status();
   // No health success here: a key listing shows that the device answers lookups, not that its keys
   // work (and a TPM backend answers an unchanged directory from its cache). Only Seal, Open and the
   // probe are round trips.
-  const bool new_active = current == nullptr || ring->active_version() != current->active_version();
+  const bool new_active = current == nullptr || ring->active_key_id() != current->active_key_id();
   ring_.store(std::make_shared<const KeyRing>(*std::move(ring)));
   if (current == nullptr) {
     // The first ring: one round trip with its active key, so health starts from a fact (that the
@@ -109,6 +138,33 @@ Status KmsEngine::LoadKeyRing() {
   }
   prober_cv_.notify_all();
   return OkStatus();
+}
+
+std::shared_ptr<const KeyRing> KmsEngine::RefreshForMiss(uint64_t version, Deadline deadline) {
+  std::shared_ptr<const KeyRing> ring = ring_.load();
+  // Only a version above all we hold can be new; a lower unknown one was retired, or is forged.
+  if (version <= ring->highest_version()) return ring;
+  const uint64_t loads_before = loads_done_.load();
+  deadline = DeviceDeadline(deadline);
+  std::unique_lock lock(load_mu_, std::defer_lock);
+  if (!lock.try_lock_until(deadline)) return ring_.load();
+  const auto report = [&](std::string_view outcome) {
+    if (options_.observer != nullptr) options_.observer->OnDecryptMiss(outcome);
+  };
+  if (loads_done_.load() != loads_before) {
+    report("joined");  // a load ran while this request waited: its ring is as fresh as ours would be
+    return ring_.load();
+  }
+  const Clock::time_point now = Now();
+  if (last_miss_refresh_ != Clock::time_point{} && now < last_miss_refresh_ + options_.miss_refresh_interval) {
+    report("limited");
+    return ring_.load();
+  }
+  last_miss_refresh_ = now;
+  const Status loaded = LoadKeyRingLocked(/*may_activate=*/false, deadline);
+  std::shared_ptr<const KeyRing> fresh = ring_.load();
+  report(!loaded.ok() ? "failed" : fresh->KeyIdOf(version) != nullptr ? "found" : "not_found");
+  return fresh;
 }
 
 Status KmsEngine::NoKeyRing() const {
@@ -145,6 +201,9 @@ StatusOr<SecureBytes> KmsEngine::Decrypt(std::string_view ciphertext, std::strin
   if (!ring) return NoKeyRing();
   StatusOr<ParsedEnvelope> envelope = ParseEnvelope(ciphertext);
   if (!envelope.ok()) return envelope.status();
+  const bool known = claimed_key_id.empty() ? ring->KeyIdOf(envelope->key_version) != nullptr
+                                            : ring->VersionOf(claimed_key_id).has_value();
+  if (!known) ring = RefreshForMiss(envelope->key_version, deadline);
   if (!claimed_key_id.empty()) {
     std::optional<uint64_t> claimed = ring->VersionOf(claimed_key_id);
     if (!claimed) {

@@ -4,12 +4,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <condition_variable>
+#include <map>
+#include <optional>
 
 #include "core/backend_observer.h"
 #include "core/defaults.h"
@@ -34,10 +37,21 @@ struct EngineOptions {
   std::chrono::milliseconds load_timeout{30000};
   // Told about every device call; may be null. Must outlive the engine.
   BackendObserver* observer = nullptr;
-  // A reload that finds a new active version reads the device again this much later and switches only
-  // if the second read agrees. A key another process is still deciding about (two rotations at once)
-  // may vanish within that time; encrypting under it would lose the data. Zero: switch at once.
+  // A new version decrypts as soon as a load finds it, but encrypts (and becomes Status' key_id) only
+  // once a later load, at least max(new_version_settle, activation_delay) after the first one that
+  // saw it, still finds the same key. The settle covers a key another process is still deciding
+  // about (two rotations at once: it may vanish, and data encrypted under it would be lost). The
+  // activation delay covers the other plugins of the fleet: set it to at least their refresh
+  // interval plus the settle, and every node holds a version before any node encrypts under it.
+  // Both zero: a new version is active at once. The very first load activates its highest version.
   std::chrono::milliseconds new_version_settle{0};
+  std::chrono::milliseconds activation_delay{0};
+  // A Decrypt naming a key version above every one the ring holds (another node may have activated
+  // it first) reloads the key family, at most once per this interval, so forged key_ids cannot make
+  // device work beyond that rate. Loads already running are joined, not repeated.
+  std::chrono::milliseconds miss_refresh_interval{1000};
+  // The clock of the two rules above (activation, miss rate); empty: steady_clock. Tests pass their own.
+  std::function<std::chrono::steady_clock::time_point()> now;
 };
 
 struct EncryptResult {
@@ -58,10 +72,13 @@ class KmsEngine {
   KmsEngine(const KmsEngine&) = delete;
   KmsEngine& operator=(const KmsEngine&) = delete;
 
-  // Loads the key family from the device and makes its highest version active. On failure the
-  // previous ring stays in force. Refuses a ring whose active version is lower than the current
-  // one: a key_id must never flip back.
+  // Loads the key family from the device: every version for Decrypt, and the active version by the
+  // rule of EngineOptions::activation_delay. On failure the previous ring stays in force. Refuses a
+  // family whose active version vanished: a key_id must never flip back.
   Status LoadKeyRing();
+  // When a version found on the device becomes due for activation (a load then promotes it); nullopt
+  // when none waits.
+  std::optional<std::chrono::steady_clock::time_point> NextActivationAt() const;
 
   // Seals with the active key. Refuses empty plaintext and results longer than `max_ciphertext`.
   // `deadline`: the request's own (gRPC) deadline; the device call also stops at device_timeout.
@@ -93,7 +110,17 @@ class KmsEngine {
   const KeyBackend& backend() const { return *backend_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point Now() const { return options_.now ? options_.now() : Clock::now(); }
   enum class CallKind { kEncrypt, kDecrypt, kProbe, kLoad };
+  // LoadKeyRing with load_mu_ held; `may_activate` false keeps the active version (a Decrypt's refresh).
+  Status LoadKeyRingLocked(bool may_activate, Deadline deadline);
+  // The version to encrypt with among `keys`, given the current ring and when each key was first seen.
+  StatusOr<uint64_t> ChooseActive(const std::vector<BackendKey>& keys, const KeyRing* current, bool may_activate,
+                                  Clock::time_point now);
+  // A Decrypt named a version the ring lacks: reload (single flight, rate-limited) and return the ring
+  // to look in again.
+  std::shared_ptr<const KeyRing> RefreshForMiss(uint64_t version, Deadline deadline);
   // `version`: the key version the call used.
   void Record(CallKind kind, const Status& status, uint64_t version);
   Deadline DeviceDeadline(Deadline request_deadline) const;
@@ -110,7 +137,13 @@ class KmsEngine {
   const std::shared_ptr<KeyBackend> backend_;
   const EngineOptions options_;
   std::atomic<std::shared_ptr<const KeyRing>> ring_;
-  std::mutex load_mu_;  // one key ring load at a time
+  std::timed_mutex load_mu_;  // one key ring load at a time
+  // Guarded by load_mu_: when a load first saw each key_id (a replaced key restarts its clock), and
+  // when the last Decrypt-triggered refresh ran.
+  std::map<std::string, Clock::time_point> first_seen_;
+  Clock::time_point last_miss_refresh_{};
+  std::atomic<uint64_t> loads_done_{0};
+  std::atomic<Clock::rep> next_activation_{0};  // NextActivationAt's time since the clock's epoch; 0: none
   HealthTracker health_;
   mutable std::mutex load_error_mu_;
   Status load_error_;  // why the last load failed, shown by Health() while no ring is loaded

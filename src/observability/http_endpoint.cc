@@ -67,6 +67,22 @@ Status CheckBindable(std::string host, const std::string& port) {
   return result;
 }
 
+// The keys this plugin holds, for an operator comparing nodes during a rotation (/readyz?verbose).
+std::string KeySummary(const KmsEngine& engine) {
+  std::shared_ptr<const KeyRing> ring = engine.key_ring();
+  if (!ring) return "keys: none loaded yet\n";
+  std::string summary;
+  for (const auto& [version, key_id] : ring->key_ids()) {
+    summary += StrCat(version == ring->active_version() ? "key active: " : "key decrypt-only: ", key_id, "\n");
+  }
+  if (auto due = engine.NextActivationAt()) {
+    const auto left = std::chrono::ceil<std::chrono::seconds>(*due - std::chrono::steady_clock::now());
+    summary += StrCat("key activation pending: a newer version becomes active in ", std::max<int64_t>(left.count(), 0),
+                      "s\n");
+  }
+  return summary;
+}
+
 }  // namespace
 
 struct HttpEndpoint::Handlers {
@@ -83,13 +99,15 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
   endpoint->handlers_ = std::make_unique<Handlers>();
   auto& routes = endpoint->handlers_->routes;
   routes.emplace_back("/livez", std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
-  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([why = hooks.not_ready_because](mg_connection* c) {
+  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([why = hooks.not_ready_because,
+                                                                     &engine](mg_connection* c) {
     const std::string reason = why ? why() : "";
-    if (reason.empty()) {
-      Reply(c, 200, "text/plain", "ok\n");
-    } else {
-      Reply(c, 503, "text/plain", StrCat("not ready: ", reason, "\n"));
+    std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
+    const char* query = mg_get_request_info(c)->query_string;
+    if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
+      body += KeySummary(engine);
     }
+    Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
   }));
   routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
     HealthReport health = engine.Health();

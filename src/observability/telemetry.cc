@@ -65,6 +65,24 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                      .Name("trousseau_hsm_active_key_info")
                      .Help("The key_id Encrypt uses now (value 1)")
                      .Register(*registry_);
+  key_versions_ = &prometheus::BuildGauge()
+                       .Name("trousseau_hsm_key_version_info")
+                       .Help("Every key version this plugin can decrypt (value 1), with its key_id; state "
+                             "\"active\" for the one Encrypt uses, \"decrypt_only\" for the others")
+                       .Register(*registry_);
+  activation_pending_ = &prometheus::BuildGauge()
+                             .Name("trousseau_hsm_key_activation_pending")
+                             .Help("1 while a newer version on the device waits for its activation delay")
+                             .Register(*registry_)
+                             .Add({});
+  auto& misses = prometheus::BuildCounter()
+                     .Name("trousseau_hsm_decrypt_key_miss_total")
+                     .Help("Decrypts naming a key version newer than any this plugin held, by outcome of the "
+                           "key family reload they caused (found, not_found, joined, limited, failed)")
+                     .Register(*registry_);
+  for (const char* outcome : {"found", "not_found", "joined", "limited", "failed"}) {
+    decrypt_misses_[outcome] = &misses.Add({{"outcome", outcome}});
+  }
   auto& refreshes = prometheus::BuildCounter()
                         .Name("trousseau_hsm_key_refresh_total")
                         .Help("Re-reads of the key family (SIGHUP, interval) by result; a failed one keeps the last "
@@ -126,8 +144,24 @@ void Telemetry::OnBackendCall(std::string_view call, std::chrono::nanoseconds la
 
 void Telemetry::OnHealth(bool healthy) { backend_up_->Set(healthy ? 1 : 0); }
 
-void Telemetry::SetActiveKey(const std::string& key_id) {
+void Telemetry::OnDecryptMiss(std::string_view outcome) {
+  if (auto it = decrypt_misses_.find(outcome); it != decrypt_misses_.end()) it->second->Increment();
+}
+
+void Telemetry::SetKeyRing(const KeyRing& ring, bool activation_pending) {
   std::lock_guard lock(active_key_mu_);
+  activation_pending_->Set(activation_pending ? 1 : 0);
+  for (prometheus::Gauge* gauge : key_version_gauges_) key_versions_->Remove(gauge);
+  key_version_gauges_.clear();
+  for (const auto& [version, key_id] : ring.key_ids()) {
+    prometheus::Gauge& gauge = key_versions_->Add(
+        {{"version", StrCat(version)},
+         {"key_id", key_id},
+         {"state", version == ring.active_version() ? "active" : "decrypt_only"}});
+    gauge.Set(1);
+    key_version_gauges_.push_back(&gauge);
+  }
+  const std::string& key_id = ring.active_key_id();
   if (key_id == active_key_id_) return;
   if (active_key_gauge_ != nullptr) active_key_->Remove(active_key_gauge_);
   active_key_gauge_ = &active_key_->Add({{"key_id", key_id}});

@@ -14,8 +14,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/backend_observer.h"
+#include "core/key_ring.h"
 #include "core/request_observer.h"
 
 namespace trousseau::observability {
@@ -27,9 +29,11 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   void OnRequest(const RequestRecord& record) override;
   void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) override;
   void OnHealth(bool healthy) override;
+  void OnDecryptMiss(std::string_view outcome) override;
 
   // State sampled when /metrics is scraped.
-  void SetActiveKey(const std::string& key_id);
+  // The key ring now in force: its active key_id and every version it can decrypt.
+  void SetKeyRing(const KeyRing& ring, bool activation_pending);
   void SetSessionPool(size_t in_use, size_t size);
   // Outcome of a key family load (start-up, SIGHUP, interval).
   void RecordKeyRefresh(bool ok);
@@ -59,6 +63,10 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   std::mutex active_key_mu_;
   std::string active_key_id_;
   prometheus::Gauge* active_key_gauge_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* key_versions_ = nullptr;
+  std::vector<prometheus::Gauge*> key_version_gauges_;  // guarded by active_key_mu_
+  prometheus::Gauge* activation_pending_ = nullptr;
+  std::map<std::string, prometheus::Counter*, std::less<>> decrypt_misses_;
 };
 
 }  // namespace trousseau::observability

@@ -1,6 +1,6 @@
 // KmsEngine against a real in-memory AES-256-GCM backend (tests/testing/software_backend.h): the
 // engine's own rules (key_id checks, tamper detection, the active version's monotonicity, the
-// settle read of a new version, health and the circuit breaker) without an HSM. The same rules on SoftHSM are in
+// activation of a new version (settle, fleet delay), the reload on a Decrypt miss, health and the circuit breaker) without an HSM. The same rules on SoftHSM are in
 // tests/integration/kms_service_test.cc.
 #include "core/kms_engine.h"
 
@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -135,44 +137,201 @@ TEST(KmsEngine, FirstLoadReadsOnceWithoutSettling) {
   EXPECT_EQ(f.backend->load_keys_calls(), 2);
 }
 
-TEST(KmsEngine, NewVersionThatStaysThroughTheSettleReadBecomesActive) {
-  Fixture f(std::chrono::milliseconds(1));
-  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  f.backend->AddVersion(3);
-  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  EXPECT_EQ(f.backend->load_keys_calls(), 3) << "a new version must be confirmed by a second read";
-  EXPECT_EQ(f.engine->key_ring()->active_version(), 3u);
-}
+// A clock the test moves by hand: activation and the reload rate are rules about time.
+struct FakeClock {
+  std::chrono::steady_clock::time_point now = std::chrono::steady_clock::time_point() + std::chrono::hours(1);
+  std::function<std::chrono::steady_clock::time_point()> Function() {
+    return [this] { return now; };
+  }
+};
 
-TEST(KmsEngine, NewVersionWithdrawnDuringTheSettleIsNeverUsed) {
-  Fixture f(std::chrono::milliseconds(1));
+struct FleetFixture {
+  FleetFixture(std::chrono::milliseconds settle, std::chrono::milliseconds delay) {
+    backend->AddVersion(1);
+    backend->AddVersion(2);
+    engine = std::make_unique<KmsEngine>(
+        backend, EngineOptions{.family_label = "kek", .new_version_settle = settle, .activation_delay = delay,
+                               .now = clock.Function()});
+  }
+  // Another node's plugin on the same device that activates new versions at once.
+  std::unique_ptr<KmsEngine> EagerPeer() {
+    return std::make_unique<KmsEngine>(backend, EngineOptions{.family_label = "kek", .now = clock.Function()});
+  }
+  uint64_t Active() const { return engine->key_ring()->active_version(); }
+
+  FakeClock clock;
+  std::shared_ptr<SoftwareBackend> backend = std::make_shared<SoftwareBackend>();
+  std::unique_ptr<KmsEngine> engine;
+};
+
+TEST(KmsEngine, ANewVersionDecryptsAtOnceAndEncryptsOnlyOnceASecondReadAfterTheSettleStillShowsIt) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(0));
   ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  const std::string v2 = f.ActiveKeyId();
   f.backend->AddVersion(3);
-  // Call 2 is the first read of this refresh (it sees version 3); before call 3, the settle read,
-  // a rival rotation withdraws version 3.
-  f.backend->OnLoadKeys([&](int call) {
-    if (call == 3) f.backend->RemoveVersion(3);
-  });
-  const Status reload = f.engine->LoadKeyRing();
-  EXPECT_EQ(reload.code(), StatusCode::kFailedPrecondition) << reload.ToString();
-  EXPECT_EQ(f.ActiveKeyId(), v2);
+  auto peer = f.EagerPeer();
+  ASSERT_TRUE(peer->LoadKeyRing().ok());
+  StatusOr<EncryptResult> from_peer = peer->Encrypt(kSeed, kMaxCiphertext);
+  ASSERT_TRUE(from_peer.ok());
+
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 2u) << "active on the first read that saw it";
+  StatusOr<SecureBytes> opened = f.engine->Decrypt(from_peer->ciphertext, from_peer->key_id);
+  ASSERT_TRUE(opened.ok()) << "a version found on the device decrypts at once: " << opened.status().ToString();
+  ASSERT_TRUE(f.engine->NextActivationAt().has_value());
+  EXPECT_EQ(*f.engine->NextActivationAt(), f.clock.now + std::chrono::seconds(2));
+
+  f.clock.now += std::chrono::milliseconds(1999);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 2u);
+  f.clock.now += std::chrono::milliseconds(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 3u);
+  EXPECT_FALSE(f.engine->NextActivationAt().has_value());
   StatusOr<EncryptResult> sealed = f.engine->Encrypt(kSeed, kMaxCiphertext);
-  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  EXPECT_EQ(sealed->key_id, v2);
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_EQ(sealed->key_id, from_peer->key_id) << "both nodes name version 3 alike";
 }
 
-TEST(KmsEngine, NewVersionReplacedDuringTheSettleIsNotTakenOnTheFirstRead) {
-  Fixture f(std::chrono::milliseconds(1));
+TEST(KmsEngine, NewVersionWithdrawnBeforeItIsDueIsNeverUsed) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(0));
   ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  const std::string v2 = f.ActiveKeyId();
   f.backend->AddVersion(3);
-  // Same version number, different key material by the settle read: a different key_id.
-  f.backend->OnLoadKeys([&](int call) {
-    if (call == 3) f.backend->AddVersion(3);
-  });
-  EXPECT_FALSE(f.engine->LoadKeyRing().ok());
-  EXPECT_EQ(f.ActiveKeyId(), v2);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->RemoveVersion(3);  // a rival rotation withdrew it
+  f.clock.now += std::chrono::seconds(5);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 2u);
+  EXPECT_EQ(f.engine->key_ring()->KeyIdOf(3), nullptr);
+  EXPECT_FALSE(f.engine->NextActivationAt().has_value());
+}
+
+TEST(KmsEngine, NewVersionReplacedBeforeItIsDueWaitsAgainFromTheReplacement) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(0));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.clock.now += std::chrono::seconds(1);
+  f.backend->AddVersion(3);  // same number, other key material: another key_id
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.clock.now += std::chrono::seconds(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 2u) << "the replacement has been seen for 1 s only";
+  f.clock.now += std::chrono::seconds(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 3u);
+}
+
+TEST(KmsEngine, TheActivationDelayHoldsANewVersionBackLongerThanTheSettle) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(62));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.clock.now += std::chrono::seconds(61);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 2u);
+  EXPECT_EQ(f.engine->Health().active_key_id, *f.engine->key_ring()->KeyIdOf(2)) << "Status reports the active one";
+  f.clock.now += std::chrono::seconds(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 3u);
+}
+
+TEST(KmsEngine, OfSeveralWaitingVersionsTheHighestDueOneBecomesActive) {
+  FleetFixture f(std::chrono::seconds(0), std::chrono::seconds(10));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.clock.now += std::chrono::seconds(5);
+  f.backend->AddVersion(4);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(*f.engine->NextActivationAt(), f.clock.now + std::chrono::seconds(5)) << "version 3's turn first";
+  f.clock.now += std::chrono::seconds(5);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 3u);
+  f.clock.now += std::chrono::seconds(5);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 4u);
+}
+
+TEST(KmsEngine, AnActiveKeyThatVanishedGivesWayToANewerOneAtOnce) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(60));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  f.backend->RemoveVersion(2);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.Active(), 3u) << "nothing can encrypt under a key that is gone";
+}
+
+// Another node activated a version this plugin has not read yet: the Decrypt that meets it reloads
+// the family once and answers, instead of NOT_FOUND until the next refresh.
+TEST(KmsEngine, ADecryptUnderAVersionAnotherNodeActivatedReloadsAndSucceeds) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(60));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  auto peer = f.EagerPeer();
+  ASSERT_TRUE(peer->LoadKeyRing().ok());
+  StatusOr<EncryptResult> from_peer = peer->Encrypt(kSeed, kMaxCiphertext);
+  ASSERT_TRUE(from_peer.ok());
+  const int loads = f.backend->load_keys_calls();
+
+  for (const std::string& key_id : {from_peer->key_id, std::string()}) {  // v2, then v1beta1 (no key_id)
+    StatusOr<SecureBytes> opened = f.engine->Decrypt(from_peer->ciphertext, key_id);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    EXPECT_EQ(opened->view(), kSeed);
+  }
+  EXPECT_EQ(f.backend->load_keys_calls(), loads + 1) << "one reload, then the version is known";
+  EXPECT_EQ(f.Active(), 2u) << "a Decrypt's reload never activates: the fleet rule still holds";
+}
+
+struct MissCounter : BackendObserver {
+  void OnBackendCall(std::string_view, std::chrono::nanoseconds, const Status&) override {}
+  void OnHealth(bool) override {}
+  void OnDecryptMiss(std::string_view outcome) override { outcomes[std::string(outcome)]++; }
+  std::map<std::string, int> outcomes;
+};
+
+TEST(KmsEngine, ForgedNewerVersionsCauseAtMostOneReloadPerInterval) {
+  FakeClock clock;
+  MissCounter misses;
+  auto backend = std::make_shared<SoftwareBackend>();
+  backend->AddVersion(1);
+  KmsEngine engine(backend, EngineOptions{.family_label = "kek",
+                                          .observer = &misses,
+                                          .miss_refresh_interval = std::chrono::seconds(1),
+                                          .now = clock.Function()});
+  ASSERT_TRUE(engine.LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = engine.Encrypt(kSeed, kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  const int loads = backend->load_keys_calls();
+  for (int i = 0; i < 20; ++i) {
+    std::string forged = EncodeEnvelopeHeader(1000 + i) + sealed->ciphertext.substr(kEnvelopeHeaderSize);
+    EXPECT_EQ(engine.Decrypt(forged, "").status().code(), StatusCode::kNotFound);
+    EXPECT_EQ(engine.Decrypt(forged, "kek-v" + std::to_string(1000 + i) + "-" + std::string(32, '0')).status().code(),
+              StatusCode::kNotFound);
+  }
+  EXPECT_EQ(backend->load_keys_calls(), loads + 1);
+  EXPECT_EQ(misses.outcomes["not_found"], 1);
+  EXPECT_EQ(misses.outcomes["limited"], 39);
+  clock.now += std::chrono::seconds(1);
+  EXPECT_EQ(engine.Decrypt(EncodeEnvelopeHeader(5000) + sealed->ciphertext.substr(kEnvelopeHeaderSize), "")
+                .status()
+                .code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(backend->load_keys_calls(), loads + 2) << "one more after the interval";
+}
+
+TEST(KmsEngine, AnUnknownOlderOrForgedKeyIdOfAKnownVersionNeverReloads) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = f.engine->Encrypt(kSeed, kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  const int loads = f.backend->load_keys_calls();
+  EXPECT_EQ(f.engine->Decrypt(sealed->ciphertext, "kek-v2-" + std::string(32, '0')).status().code(),
+            StatusCode::kNotFound);
+  f.backend->RemoveVersion(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  const std::string retired = EncodeEnvelopeHeader(1) + sealed->ciphertext.substr(kEnvelopeHeaderSize);
+  EXPECT_EQ(f.engine->Decrypt(retired, "").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(f.backend->load_keys_calls(), loads + 1) << "only the explicit reload read the device";
 }
 
 // The key ring is swapped (LoadKeyRing) while requests run: each request sees one whole ring, so a
@@ -212,28 +371,6 @@ TEST(KmsEngine, KeyRingSwapsDuringLoadNeverMixKeys) {
 
 // The settle read comes new_version_settle after the first read, and requests keep the current
 // key meanwhile (a lower bound on the wait, which sleep_for guarantees: no speed assertion).
-TEST(KmsEngine, TheSettleReadWaitsTheSettleTimeWhileRequestsKeepTheCurrentKey) {
-  constexpr auto kSettle = std::chrono::milliseconds(50);
-  Fixture f(kSettle);
-  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  const std::string v2 = f.ActiveKeyId();
-  f.backend->AddVersion(3);
-  std::chrono::steady_clock::time_point first_read, settle_read;
-  std::string key_id_during_settle;
-  f.backend->OnLoadKeys([&](int call) {
-    if (call == 2) first_read = std::chrono::steady_clock::now();
-    if (call == 3) {
-      settle_read = std::chrono::steady_clock::now();
-      StatusOr<EncryptResult> sealed = f.engine->Encrypt(kSeed, kMaxCiphertext);
-      if (sealed.ok()) key_id_during_settle = sealed->key_id;
-    }
-  });
-  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
-  EXPECT_GE(settle_read - first_read, kSettle);
-  EXPECT_EQ(key_id_during_settle, v2) << "a request during the settle used the unconfirmed version";
-  EXPECT_EQ(f.engine->key_ring()->active_version(), 3u);
-}
-
 TEST(KmsEngine, AnUnknownOrMismatchedKeyIdCostsNoDeviceCallAndNoHealth) {
   Fixture f;
   ASSERT_TRUE(f.engine->LoadKeyRing().ok());
