@@ -48,8 +48,8 @@ StatusOr<TokenSlot> FreeSlot(Pkcs11Module& module, std::string_view label) {
     }
   }
   if (free_slot == nullptr) {
-    return FailedPreconditionError(StrCat("no slot of ", module.path(), " has an uninitialised token (",
-                                          tokens->size(), " token(s), all initialised)"));
+    return FailedPreconditionError(StrCat("no slot of ", module.path(), " has an uninitialised token (", tokens->size(),
+                                          " token(s), all initialised)"));
   }
   return *free_slot;
 }
@@ -65,8 +65,8 @@ StatusOr<TokenSlot> FindNewToken(Pkcs11Module& module, std::string_view label) {
   }
   if (!found.ok()) return found.status();
   if (found->size() != 1) {
-    return InternalError(StrCat("after C_InitToken, ", found->size(), " initialised tokens are labelled '", label,
-                                "' instead of one"));
+    return InternalError(
+        StrCat("after C_InitToken, ", found->size(), " initialised tokens are labelled '", label, "' instead of one"));
   }
   return found->front();
 }

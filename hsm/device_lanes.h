@@ -68,8 +68,7 @@ class DeviceLanes {
 };
 
 template <typename T>
-StatusOr<T> DeviceLanes::Run(Deadline deadline, std::string_view what,
-                             std::function<StatusOr<T>(size_t lane)> call) {
+StatusOr<T> DeviceLanes::Run(Deadline deadline, std::string_view what, std::function<StatusOr<T>(size_t lane)> call) {
   struct Pending {
     std::mutex mu;
     std::condition_variable done;

@@ -84,9 +84,9 @@ enum class Decision { kKeep, kWithdraw };
 
 struct Settled {
   Decision decision = Decision::kWithdraw;
-  KeyObject key;  // kKeep: our key as listed in admin's session
+  KeyObject key;         // kKeep: our key as listed in admin's session
   uint64_t highest = 0;  // kKeep: the family's highest version at that read (another run may have gone higher)
-  int lower = 0;  // kWithdraw: how many keys of the version had a lower fingerprint than ours
+  int lower = 0;         // kWithdraw: how many keys of the version had a lower fingerprint than ours
 };
 
 // Decides whether the key with fingerprint `mine_fp`, just created as `version`, keeps it (see above).
@@ -118,9 +118,8 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
         if (!mine.has_value()) {
           problem = InternalError(StrCat("the token does not list the new key '", label, "' version ", version));
         } else {
-          const bool alone = !undecided && std::count_if(keys->begin(), keys->end(), [&](const KeyObject& k) {
-                                             return k.version == version;
-                                           }) == 1;
+          const bool alone = !undecided && std::count_if(keys->begin(), keys->end(),
+                                                         [&](const KeyObject& k) { return k.version == version; }) == 1;
           if (alone) return Settled{.decision = Decision::kKeep, .key = *mine, .highest = keys->back().version};
           if (lower > 0 || Clock::now() >= deadline) {
             if (Status s = DestroyKeyObject(admin->session(), mine->handle); !s.ok()) {
@@ -128,7 +127,7 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
                                              " at the same time, and destroying this run's copy failed (", s.message(),
                                              "): the family may hold version ", version, " twice; check `key list`"));
             }
-            return Settled{.decision = Decision::kWithdraw, .lower = lower};
+            return Settled{.decision = Decision::kWithdraw, .key = {}, .highest = 0, .lower = lower};
           }
         }
       } else {
@@ -138,7 +137,8 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
     if (!problem.ok() && Clock::now() >= deadline) {
       return Status(problem.code(), StrCat(problem.message(), "; version ", version,
                                            " was created but could not be checked against other runs: check "
-                                           "`key list` for version ", version, " twice"));
+                                           "`key list` for version ",
+                                           version, " twice"));
     }
     SleepMs(15, 40);
   }

@@ -20,9 +20,9 @@ const std::vector<p11::AttributeReader::Request>& KeyAttributeRequests() {
   static const std::vector<p11::AttributeReader::Request> requests = [] {
     std::vector<p11::AttributeReader::Request> r = {
         {CKA_ID, 64}, {CKA_KEY_TYPE, sizeof(CK_KEY_TYPE)}, {CKA_VALUE_LEN, sizeof(CK_ULONG)}};
-    for (CK_ATTRIBUTE_TYPE flag : {CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE,
-                                   CKA_LOCAL, CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY,
-                                   CKA_DERIVE, CKA_MODIFIABLE, CKA_PRIVATE}) {
+    for (CK_ATTRIBUTE_TYPE flag :
+         {CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_LOCAL, CKA_ENCRYPT,
+          CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY, CKA_DERIVE, CKA_MODIFIABLE, CKA_PRIVATE}) {
       r.push_back({flag, sizeof(CK_BBOOL)});
     }
     return r;
@@ -34,13 +34,14 @@ const std::vector<p11::AttributeReader::Request>& KeyAttributeRequests() {
 StatusOr<uint64_t> VersionOf(std::string_view label, const std::optional<std::string>& id) {
   const size_t id_len = id ? id->size() : 0;
   if (id_len == 0 || id_len > 8) {
-    return FailedPreconditionError(StrCat(
-        "a key labelled '", label, "' has a CKA_ID of ", id ? static_cast<long>(id_len) : -1L,
-        " bytes; the CKA_ID of a family member is its version, 1 to 8 bytes big-endian (e.g. 01)"));
+    return FailedPreconditionError(
+        StrCat("a key labelled '", label, "' has a CKA_ID of ", id ? static_cast<long>(id_len) : -1L,
+               " bytes; the CKA_ID of a family member is its version, 1 to 8 bytes big-endian (e.g. 01)"));
   }
   const uint64_t version =
       LoadBigEndian(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(id->data()), id->size()));
-  if (version == 0) return FailedPreconditionError(StrCat("a key labelled '", label, "' has version 0; versions start at 1"));
+  if (version == 0)
+    return FailedPreconditionError(StrCat("a key labelled '", label, "' has version 0; versions start at 1"));
   return version;
 }
 

@@ -16,7 +16,6 @@
 
 extern char** environ;
 
-
 namespace trousseau::hsm {
 namespace {
 

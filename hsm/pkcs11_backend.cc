@@ -130,11 +130,11 @@ Status Pkcs11Backend::Probe(uint64_t version, Deadline deadline) {
   if (Current() == nullptr) {
     // Not connected (an outage, or the start failed): this is where recovery happens.
     const Deadline connect_deadline = std::max(deadline, std::chrono::steady_clock::now() + options_.connect_timeout);
-    StatusOr<bool> reconnected = admin_lane_.Run<bool>(connect_deadline, "reconnecting to the HSM",
-                                                       [this](size_t) -> StatusOr<bool> {
-                                                         if (Status s = ReconnectOnAdmin(); !s.ok()) return s;
-                                                         return true;
-                                                       });
+    StatusOr<bool> reconnected =
+        admin_lane_.Run<bool>(connect_deadline, "reconnecting to the HSM", [this](size_t) -> StatusOr<bool> {
+          if (Status s = ReconnectOnAdmin(); !s.ok()) return s;
+          return true;
+        });
     if (!reconnected.ok()) return reconnected.status();
   }
   return lanes_.Run<bool>(deadline, "health probe", [this, version](size_t lane) { return ProbeOnLane(lane, version); })
@@ -246,10 +246,10 @@ Status Pkcs11Backend::LoginBlocked() {
 }
 
 Status Pkcs11Backend::LoginBlockedError() const {
-  return PermissionDeniedError(StrCat(
-      login_block_.message(), "; not trying that PIN again (each try counts towards locking the token): ",
-      uri_.pin_file() ? "fix the PIN file (a change is noticed at once), or send SIGHUP to try it again"
-                      : "restart with the right TROUSSEAU_HSM_PIN, or send SIGHUP to try the same PIN again"));
+  return PermissionDeniedError(
+      StrCat(login_block_.message(), "; not trying that PIN again (each try counts towards locking the token): ",
+             uri_.pin_file() ? "fix the PIN file (a change is noticed at once), or send SIGHUP to try it again"
+                             : "restart with the right TROUSSEAU_HSM_PIN, or send SIGHUP to try the same PIN again"));
 }
 
 Status Pkcs11Backend::RetireBrokenConnections() {
@@ -342,7 +342,7 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
   std::set<uint64_t> replaced;  // restore: versions with an object whose fingerprint is not the known one
   for (const KeyObject& key : *family) {
     auto known = known_fingerprints_.find(key.version);
-    if (restore && known == known_fingerprints_.end()) continue;  // new since the last refresh
+    if (restore && known == known_fingerprints_.end()) continue;    // new since the last refresh
     if (std::string why = KekPolicyViolation(key); !why.empty()) {  // restore only: checked above otherwise
       spdlog::error("key '{}' version {} is no longer usable ({}); it stays out of service", uri_.object_label(),
                     key.version, why);
@@ -354,7 +354,7 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
       replaced.insert(key.version);  // another key under a known version: it must not serve under that key_id
       continue;
     }
-    if (restore && found.contains(key.version)) continue;  // the known key is already found
+    if (restore && found.contains(key.version)) continue;                             // the known key is already found
     found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint)));  // no duplicates: checked above
   }
   for (uint64_t version : replaced) {
@@ -381,8 +381,8 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
       } else if (IsUnavailable(copy.status())) {
         return copy.status();
       } else {
-        spdlog::info("the token does not copy key version {} into the session ({}); using the token object",
-                     version, copy.status().message());
+        spdlog::info("the token does not copy key version {} into the session ({}); using the token object", version,
+                     copy.status().message());
       }
     }
     table->emplace(version, std::move(key));

@@ -136,9 +136,9 @@ class Pkcs11Backend final : public KeyBackend {
   const std::unique_ptr<Pkcs11Module> module_;
 
   mutable std::mutex conn_mu_;
-  std::shared_ptr<Connection> conn_;                   // null: not connected, or broken
-  std::vector<std::shared_ptr<Connection>> broken_;    // to tear down before the module re-initialises
-  Status last_loss_;                                   // why the last connection broke
+  std::shared_ptr<Connection> conn_;                 // null: not connected, or broken
+  std::vector<std::shared_ptr<Connection>> broken_;  // to tear down before the module re-initialises
+  Status last_loss_;                                 // why the last connection broke
 
   // Admin lane only.
   std::map<uint64_t, std::string> known_fingerprints_;  // the key ring a reconnect restores

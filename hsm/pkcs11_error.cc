@@ -4,7 +4,6 @@
 
 #include <cstdio>
 
-
 namespace trousseau::hsm {
 
 std::string RvName(CK_RV rv) {

@@ -40,8 +40,7 @@ class Session {
   Session() = default;
   Session(CK_FUNCTION_LIST* api, CK_SESSION_HANDLE handle) : api_(api), handle_(handle) {}
   ~Session() { Close(); }
-  Session(Session&& other) noexcept
-      : api_(other.api_), handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)) {}
+  Session(Session&& other) noexcept : api_(other.api_), handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)) {}
   Session& operator=(Session&& other) noexcept {
     if (this != &other) {
       Close();

@@ -4,7 +4,6 @@
 
 #include <p11-kit/uri.h>
 
-
 namespace trousseau::hsm {
 
 std::string TrimPadded(const unsigned char* text, size_t size) {
@@ -48,8 +47,8 @@ StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text) {
         "and its CKA_ID is its version number");
   }
   if (CK_ATTRIBUTE* cls = p11_kit_uri_get_attribute(uri, CKA_CLASS);
-      cls != nullptr && (cls->ulValueLen != sizeof(CK_OBJECT_CLASS) ||
-                         *static_cast<CK_OBJECT_CLASS*>(cls->pValue) != CKO_SECRET_KEY)) {
+      cls != nullptr &&
+      (cls->ulValueLen != sizeof(CK_OBJECT_CLASS) || *static_cast<CK_OBJECT_CLASS*>(cls->pValue) != CKO_SECRET_KEY)) {
     return InvalidArgumentError("--pkcs11-uri type= must be secret-key (or absent)");
   }
 

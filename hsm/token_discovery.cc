@@ -58,7 +58,8 @@ Status LoginUser(const Session& session, const TokenSlot& token, const std::opti
   StatusOr<std::optional<SecureBytes>> pin = LoadPin(pin_file);
   if (!pin.ok()) return pin.status();
   if (pin->has_value()) return p11::Login(session, CKU_USER, &**pin, "user PIN", "");
-  if (token.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH) return p11::Login(session, CKU_USER, nullptr, "user PIN", "");
+  if (token.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH)
+    return p11::Login(session, CKU_USER, nullptr, "user PIN", "");
   if (token.info.flags & CKF_LOGIN_REQUIRED) {
     return FailedPreconditionError(
         StrCat("the token needs a PIN: add pin-source=file:/path to the URI or set ", kPinEnvVar));

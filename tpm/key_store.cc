@@ -66,8 +66,10 @@ Status CheckNotWritableByOthers(const struct stat& st, const std::string& path, 
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) == 0) return OkStatus();
   return FailedPreconditionError(StrCat(directory ? "the TPM key directory " : "the TPM key file ", path,
                                         " is writable by ", (st.st_mode & S_IWOTH) ? "everyone" : "its group",
-                                        " (mode ", Octal(st.st_mode), "): whoever can write there can swap the keys; "
-                                        "fix with `chmod ", directory ? "700 " : "600 ", path, "`"));
+                                        " (mode ", Octal(st.st_mode),
+                                        "): whoever can write there can swap the keys; "
+                                        "fix with `chmod ",
+                                        directory ? "700 " : "600 ", path, "`"));
 }
 
 // The blobs load, in this TPM, for anyone who can open the TPM (the keys have an empty auth value):
@@ -77,9 +79,10 @@ Status CheckKeyFileIsPrivate(const struct stat& st, const std::string& path) {
   if ((st.st_mode & (S_IRWXG | S_IRWXO)) == 0) return OkStatus();
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) return CheckNotWritableByOthers(st, path, /*directory=*/false);
   return FailedPreconditionError(StrCat("the TPM key file ", path, " is readable by ",
-                                        (st.st_mode & S_IROTH) ? "everyone" : "its group", " (mode ",
-                                        Octal(st.st_mode), "): on this node whoever can read it and open the TPM "
-                                        "can use the key; fix with `chmod 600 ", path, "`"));
+                                        (st.st_mode & S_IROTH) ? "everyone" : "its group", " (mode ", Octal(st.st_mode),
+                                        "): on this node whoever can read it and open the TPM "
+                                        "can use the key; fix with `chmod 600 ",
+                                        path, "`"));
 }
 
 // The directory's owner can always chmod it open again: only the reading user or root may own it.
@@ -87,8 +90,10 @@ Status CheckKeyDirOwner(const struct stat& st, const std::string& dir) {
   const uid_t me = ::geteuid();
   if (st.st_uid == me || st.st_uid == 0) return OkStatus();
   return FailedPreconditionError(StrCat("the TPM key directory ", dir, " is owned by uid ", st.st_uid,
-                                        ", not by this user (uid ", me, ") or root: its owner can swap the keys; "
-                                        "fix with `chown ", me, " ", dir, "` or run as its owner"));
+                                        ", not by this user (uid ", me,
+                                        ") or root: its owner can swap the keys; "
+                                        "fix with `chown ",
+                                        me, " ", dir, "` or run as its owner"));
 }
 
 bool IsTempName(std::string_view name) {
@@ -103,7 +108,7 @@ StatusOr<std::string> ReadKeyFile(int dir_fd, const std::string& name, const std
   Fd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (!fd && errno == ENOENT) return NotFoundError(Errno("cannot open", path));
   if (!fd) return FailedPreconditionError(Errno("cannot open", path));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", path));
   if (!S_ISREG(st.st_mode)) return FailedPreconditionError(StrCat(path, " is not a regular file"));
   if (Status s = CheckKeyFileIsPrivate(st, path); !s.ok()) return s;
@@ -185,7 +190,7 @@ std::string VersionStem(uint64_t version) {
 
 Status CheckKeyDirForWriting(const std::string& dir) {
   if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
-  struct stat st{};
+  struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) return FailedPreconditionError(Errno("cannot access the TPM key directory", dir));
   if (!S_ISDIR(st.st_mode)) return FailedPreconditionError(StrCat("the key directory ", dir, " is not a directory"));
   if (Status s = CheckKeyDirOwner(st, dir); !s.ok()) return s;
@@ -216,7 +221,7 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
   // The checks and the reads go through one descriptor, so they concern the same directory.
   Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir_fd) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(dir_fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", dir));
   if (Status s = CheckKeyDirOwner(st, dir); !s.ok()) return s;
   if (Status s = CheckNotWritableByOthers(st, dir, /*directory=*/true); !s.ok()) return s;
@@ -280,7 +285,7 @@ StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
 Status WriteVersion(const std::string& dir, const VersionBlobs& blobs) {
   if (blobs.version == 0) return InvalidArgumentError("key versions start at 1");
   const std::string stem = VersionStem(blobs.version);
-  struct stat st{};
+  struct stat st {};
   if (::stat(StrCat(dir, "/", stem, ".aes.pub").c_str(), &st) == 0 ||
       ::stat(StrCat(dir, "/", stem, ".rsa.pub").c_str(), &st) == 0) {
     return AlreadyExistsError(StrCat("key version ", blobs.version, " already exists in ", dir));
@@ -309,12 +314,13 @@ Status WriteVersion(const std::string& dir, const VersionBlobs& blobs) {
 
 Status RemoveVersion(const std::string& dir, uint64_t version) {
   const std::string stem = VersionStem(version);
-  struct stat st{};
+  struct stat st {};
   const bool aes = ::lstat(StrCat(dir, "/", stem, ".aes.pub").c_str(), &st) == 0;
   const bool rsa = !aes && ::lstat(StrCat(dir, "/", stem, ".rsa.pub").c_str(), &st) == 0;
   if (!aes && !rsa) return NotFoundError(StrCat("key version ", version, " is not in ", dir));
-  const std::vector<const char*> parts = aes ? std::vector<const char*>{".aes.pub", ".aes.priv", ".hmac.pub", ".hmac.priv"}
-                                             : std::vector<const char*>{".rsa.pub", ".rsa.priv"};
+  const std::vector<const char*> parts =
+      aes ? std::vector<const char*>{".aes.pub", ".aes.priv", ".hmac.pub", ".hmac.priv"}
+          : std::vector<const char*>{".rsa.pub", ".rsa.priv"};
   for (const char* part : parts) {
     const std::string path = StrCat(dir, "/", stem, part);
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) return FailedPreconditionError(Errno("cannot remove", path));
@@ -346,10 +352,9 @@ StatusOr<KeyDirLock> KeyDirLock::Acquire(const std::string& dir, std::chrono::mi
     if (errno != EWOULDBLOCK) return FailedPreconditionError(Errno("cannot lock", path));
     // Polled rather than a blocking flock: a run stuck on a hung TPM must not block us forever.
     if (std::chrono::steady_clock::now() >= deadline) {
-      return Status(StatusCode::kAborted,
-                    StrCat("another provisioning run holds ", path, " (waited ",
-                           std::chrono::duration_cast<std::chrono::seconds>(wait).count(),
-                           " s); nothing was changed, try again once it has finished"));
+      return Status(StatusCode::kAborted, StrCat("another provisioning run holds ", path, " (waited ",
+                                                 std::chrono::duration_cast<std::chrono::seconds>(wait).count(),
+                                                 " s); nothing was changed, try again once it has finished"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -62,16 +62,14 @@ StatusOr<Scheme> ChooseScheme(const TpmConfig& config, const TpmCapabilities& ca
 // Every existing version must load in this TPM before another is added: a version made by this
 // TPM next to versions it cannot load is a directory the plugin loads nowhere. Unreachable or busy
 // TPMs (UNAVAILABLE) pass through unchanged, they say nothing about the keys.
-Status CheckExistingLoad(Connection& tpm, const Versions& existing, const TpmConfig& config,
-                         const std::string& label) {
+Status CheckExistingLoad(Connection& tpm, const Versions& existing, const TpmConfig& config, const std::string& label) {
   for (const auto& [version, blobs] : existing) {
     StatusOr<TpmKeyInfo> info = Describe(tpm, blobs, label);
     if (info.ok()) continue;
     if (IsUnavailable(info.status())) return info.status();
-    return FailedPreconditionError(StrCat("refusing to rotate: key version ", version, " in ", config.key_dir,
-                                          " does not load in the TPM at '", config.tcti,
-                                          "', so a new version would sit next to keys the plugin cannot load: ",
-                                          info.status().message()));
+    return FailedPreconditionError(StrCat(
+        "refusing to rotate: key version ", version, " in ", config.key_dir, " does not load in the TPM at '",
+        config.tcti, "', so a new version would sit next to keys the plugin cannot load: ", info.status().message()));
   }
   return OkStatus();
 }
@@ -123,7 +121,8 @@ StatusOr<TpmKeyInfo> RotateKey(const TpmConfig& config, const std::string& famil
   StatusOr<Versions> existing = ReadKeyDir(config.key_dir);
   if (!existing.ok()) return existing.status();
   if (existing->empty()) {
-    return FailedPreconditionError(StrCat(config.key_dir, " holds no TPM keys yet; create version 1 with "
+    return FailedPreconditionError(StrCat(config.key_dir,
+                                          " holds no TPM keys yet; create version 1 with "
                                           "`trousseau-hsm-init tpm init`"));
   }
   const uint64_t highest = existing->rbegin()->first;

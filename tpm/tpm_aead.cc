@@ -47,8 +47,7 @@ StatusOr<std::string> Mac(TpmDevice& device, const LoadedVersion& key, std::stri
   lengths.clear();
   AppendLength(lengths, ciphertext.size());
   ok = ok && EVP_DigestUpdate(ctx, lengths.data(), lengths.size()) == 1 &&
-       EVP_DigestUpdate(ctx, ciphertext.data(), ciphertext.size()) == 1 &&
-       EVP_DigestFinal_ex(ctx, digest, &size) == 1;
+       EVP_DigestUpdate(ctx, ciphertext.data(), ciphertext.size()) == 1 && EVP_DigestFinal_ex(ctx, digest, &size) == 1;
   EVP_MD_CTX_free(ctx);
   if (!ok) return InternalError("SHA-256 failed");
   StatusOr<std::string> mac = device.Hmac(key.hmac, std::string_view(reinterpret_cast<char*>(digest), size));
@@ -69,8 +68,10 @@ std::string OaepLabel(std::string_view aad) {
 
 StatusOr<std::string> RsaOaepSeal(const LoadedVersion& key, std::string_view plaintext, std::string_view aad) {
   if (plaintext.size() > kRsaMaxPlaintext) {
-    return InvalidArgumentError(StrCat("plaintext of ", plaintext.size(), " bytes is too long for an RSA-OAEP key "
-                                       "version (at most ", kRsaMaxPlaintext, ")"));
+    return InvalidArgumentError(StrCat("plaintext of ", plaintext.size(),
+                                       " bytes is too long for an RSA-OAEP key "
+                                       "version (at most ",
+                                       kRsaMaxPlaintext, ")"));
   }
   BIGNUM* n = BN_bin2bn(reinterpret_cast<const unsigned char*>(key.rsa_modulus.data()),
                         static_cast<int>(key.rsa_modulus.size()), nullptr);
@@ -88,7 +89,8 @@ StatusOr<std::string> RsaOaepSeal(const LoadedVersion& key, std::string_view pla
             EVP_PKEY_fromdata(from, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1 &&
             (ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, pkey, nullptr)) != nullptr && EVP_PKEY_encrypt_init(ctx) == 1 &&
             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) == 1 &&
-            EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) == 1;
+            EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) == 1 &&
+            EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) == 1;
   if (ok) {
     const std::string label = OaepLabel(aad);
     void* copy = OPENSSL_memdup(label.data(), label.size());
@@ -137,7 +139,8 @@ StatusOr<TpmCapabilities> QueryCapabilities(TpmDevice& device) {
 
 Status RequireAesScheme(const TpmCapabilities& caps) {
   std::vector<std::string> missing;
-  if (!caps.encrypt_decrypt2 && !caps.encrypt_decrypt1) missing.push_back("TPM2_EncryptDecrypt2 nor TPM2_EncryptDecrypt");
+  if (!caps.encrypt_decrypt2 && !caps.encrypt_decrypt1)
+    missing.push_back("TPM2_EncryptDecrypt2 nor TPM2_EncryptDecrypt");
   if (!caps.hmac) missing.push_back("TPM2_HMAC");
   if (missing.empty()) return OkStatus();
   return FailedPreconditionError(StrCat("this TPM does not implement ", StrJoin(missing, ", "),
@@ -177,14 +180,14 @@ StatusOr<std::string> CheckRsaTemplate(const VersionBlobs& blobs) {
   if (r.type != TPM2_ALG_RSA || r.parameters.rsaDetail.keyBits != 2048 ||
       r.parameters.rsaDetail.scheme.scheme != TPM2_ALG_OAEP ||
       r.parameters.rsaDetail.scheme.details.oaep.hashAlg != TPM2_ALG_SHA256 ||
-      (r.parameters.rsaDetail.exponent != 0 && r.parameters.rsaDetail.exponent != 65537) ||
-      r.unique.rsa.size != 256) {
+      (r.parameters.rsaDetail.exponent != 0 && r.parameters.rsaDetail.exponent != 65537) || r.unique.rsa.size != 256) {
     return FailedPreconditionError(StrCat(which, "the .rsa object is not an RSA-2048 OAEP-SHA256 key"));
   }
   if ((r.objectAttributes & kRequired) != kRequired) {
     return FailedPreconditionError(
-        StrCat(which, "refusing a key that could be duplicated or was imported (needs fixedTPM, fixedParent, "
-                      "sensitiveDataOrigin)"));
+        StrCat(which,
+               "refusing a key that could be duplicated or was imported (needs fixedTPM, fixedParent, "
+               "sensitiveDataOrigin)"));
   }
   return std::string(reinterpret_cast<const char*>(r.unique.rsa.buffer), r.unique.rsa.size);
 }
@@ -206,8 +209,9 @@ Status CheckTemplate(const VersionBlobs& blobs) {
   }
   if ((a.objectAttributes & kRequired) != kRequired || (h.objectAttributes & kRequired) != kRequired) {
     return FailedPreconditionError(
-        StrCat(which, "refusing a key that could be duplicated or was imported (needs fixedTPM, fixedParent, "
-                      "sensitiveDataOrigin)"));
+        StrCat(which,
+               "refusing a key that could be duplicated or was imported (needs fixedTPM, fixedParent, "
+               "sensitiveDataOrigin)"));
   }
   return OkStatus();
 }
@@ -322,8 +326,8 @@ StatusOr<SecureBytes> Open(TpmDevice& device, const TpmCapabilities& caps, const
     return InvalidArgumentError("ciphertext failed authentication (tampered, truncated, other aad or not ours)");
   }
   SecureBytes plaintext(body.size());
-  if (Status s = device.Cfb(key.aes, /*decrypt=*/true, caps.encrypt_decrypt2, caps.max_buffer, iv, body,
-                            plaintext.data());
+  if (Status s =
+          device.Cfb(key.aes, /*decrypt=*/true, caps.encrypt_decrypt2, caps.max_buffer, iv, body, plaintext.data());
       !s.ok()) {
     return s;
   }

@@ -58,8 +58,8 @@ TpmBackend::Stats TpmBackend::stats() const {
     std::lock_guard lock(mu_);
     waiting = queue_.size();
   }
-  return {requests_run_.load(), expired_in_queue_.load(), connects_.load(), connection_losses_.load(),
-          refused_queue_full_.load(), waiting};
+  return {requests_run_.load(),      expired_in_queue_.load(),   connects_.load(),
+          connection_losses_.load(), refused_queue_full_.load(), waiting};
 }
 
 void TpmBackend::WorkerLoop() {
@@ -117,8 +117,8 @@ StatusOr<T> TpmBackend::Submit(Clock::time_point deadline, std::function<StatusO
     if (stopping_) return UnavailableError("the TPM backend is shutting down");
     if (queue_.size() >= options_.max_queue) {
       refused_queue_full_.fetch_add(1);
-      return UnavailableError(StrCat("the TPM request queue is full (", options_.max_queue,
-                                     " waiting); the TPM is stuck or overloaded"));
+      return UnavailableError(
+          StrCat("the TPM request queue is full (", options_.max_queue, " waiting); the TPM is stuck or overloaded"));
     }
     queue_.push_back(std::move(job));
   }
@@ -205,8 +205,8 @@ StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeysOnWorker(Clock::time_point
   StatusOr<std::map<uint64_t, VersionBlobs>> dir = ReadKeyDir(options_.key_dir);
   if (!dir.ok()) return dir.status();
   if (dir->empty()) {
-    return FailedPreconditionError(StrCat("no TPM keys in ", options_.key_dir,
-                                          "; create version 1 with `trousseau-hsm-init tpm init`"));
+    return FailedPreconditionError(
+        StrCat("no TPM keys in ", options_.key_dir, "; create version 1 with `trousseau-hsm-init tpm init`"));
   }
   return WithDevice<std::vector<BackendKey>>(deadline, [&]() -> StatusOr<std::vector<BackendKey>> {
     // Check and fingerprint every version first, so a bad directory leaves the loaded keys alone.

@@ -80,12 +80,12 @@ class TpmBackend final : public KeyBackend {
   Status Probe(uint64_t version, Deadline deadline) override;
 
   struct Stats {
-    uint64_t requests_run = 0;       // requests that reached the TPM
-    uint64_t expired_in_queue = 0;   // requests failed unrun because their deadline passed
-    uint64_t connects = 0;           // ESYS contexts opened
-    uint64_t connection_losses = 0;  // contexts dropped after a link / restart failure
-    uint64_t refused_queue_full = 0; // requests refused because max_queue were waiting
-    uint64_t waiting = 0;            // requests in the queue now (not the one the TPM is running)
+    uint64_t requests_run = 0;        // requests that reached the TPM
+    uint64_t expired_in_queue = 0;    // requests failed unrun because their deadline passed
+    uint64_t connects = 0;            // ESYS contexts opened
+    uint64_t connection_losses = 0;   // contexts dropped after a link / restart failure
+    uint64_t refused_queue_full = 0;  // requests refused because max_queue were waiting
+    uint64_t waiting = 0;             // requests in the queue now (not the one the TPM is running)
   };
   Stats stats() const;
   // Requests whose caller gave up at its deadline and that the worker has not got past yet (it is

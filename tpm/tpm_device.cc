@@ -242,9 +242,7 @@ Status TpmDevice::FlushLeftoverTransients() {
   for (UINT32 i = 0; i < handles.count; ++i) {
     ESYS_TR object = ESYS_TR_NONE;
     rc = Execute(
-        [&] {
-          return Esys_TR_FromTPMPublic_Async(esys_, handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE);
-        },
+        [&] { return Esys_TR_FromTPMPublic_Async(esys_, handles.handle[i], ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE); },
         [&] { return Esys_TR_FromTPMPublic_Finish(esys_, &object); });
     if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_ReadPublic(leftover transient object)");
     FlushContext(object);
@@ -303,8 +301,7 @@ StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
   area.type = TPM2_ALG_ECC;
   area.nameAlg = TPM2_ALG_SHA256;
   area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
-                          TPMA_OBJECT_DECRYPT;
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
   area.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_AES;
   area.parameters.eccDetail.symmetric.keyBits.aes = 128;
   area.parameters.eccDetail.symmetric.mode.aes = TPM2_ALG_CFB;
@@ -323,9 +320,7 @@ StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
         return Esys_CreatePrimary_Async(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                         &sensitive, &in_public, &outside, &pcrs);
       },
-      [&] {
-        return Esys_CreatePrimary_Finish(esys_, &handle, &out_public, &creation_data, &creation_hash, &ticket);
-      });
+      [&] { return Esys_CreatePrimary_Finish(esys_, &handle, &out_public, &creation_data, &creation_hash, &ticket); });
   Esys_Free(out_public);
   Esys_Free(creation_data);
   Esys_Free(creation_hash);
@@ -379,9 +374,7 @@ StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKin
         return Esys_Create_Async(esys_, parent.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
                                  &in_public, &outside, &pcrs);
       },
-      [&] {
-        return Esys_Create_Finish(esys_, &out_private, &out_public, &creation_data, &creation_hash, &ticket);
-      });
+      [&] { return Esys_Create_Finish(esys_, &out_private, &out_public, &creation_data, &creation_hash, &ticket); });
   EsysPtr<TPM2B_PRIVATE> priv(out_private);
   EsysPtr<TPM2B_PUBLIC> pub(out_public);
   Esys_Free(creation_data);
@@ -489,10 +482,10 @@ Status TpmDevice::Cfb(const TransientObject& key, bool decrypt, bool use_v2, siz
     const TPMI_YES_NO direction = decrypt ? TPM2_YES : TPM2_NO;
     TSS2_RC rc = Execute(
         [&] {
-          return use_v2 ? Esys_EncryptDecrypt2_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                                                     ESYS_TR_NONE, &data, direction, TPM2_ALG_CFB, &iv_in)
-                        : Esys_EncryptDecrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                                                    ESYS_TR_NONE, direction, TPM2_ALG_CFB, &iv_in, &data);
+          return use_v2 ? Esys_EncryptDecrypt2_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                                     &data, direction, TPM2_ALG_CFB, &iv_in)
+                        : Esys_EncryptDecrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                                    direction, TPM2_ALG_CFB, &iv_in, &data);
         },
         [&] {
           return use_v2 ? Esys_EncryptDecrypt2_Finish(esys_, &raw_out, &raw_iv)
@@ -533,8 +526,8 @@ StatusOr<SecureBytes> TpmDevice::RsaOaepDecrypt(const TransientObject& key, std:
   TPM2B_PUBLIC_KEY_RSA* raw = nullptr;
   TSS2_RC rc = Execute(
       [&] {
-        return Esys_RSA_Decrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in,
-                                      &scheme, &tpm_label);
+        return Esys_RSA_Decrypt_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in, &scheme,
+                                      &tpm_label);
       },
       [&] { return Esys_RSA_Decrypt_Finish(esys_, &raw); });
   EsysPtr<TPM2B_PUBLIC_KEY_RSA> message(raw);
@@ -544,8 +537,8 @@ StatusOr<SecureBytes> TpmDevice::RsaOaepDecrypt(const TransientObject& key, std:
     }
     return RcStatus(rc, "TPM2_RSA_Decrypt");
   }
-  SecureBytes plaintext = SecureBytes::CopyOf(
-      std::string_view(reinterpret_cast<const char*>(message->buffer), message->size));
+  SecureBytes plaintext =
+      SecureBytes::CopyOf(std::string_view(reinterpret_cast<const char*>(message->buffer), message->size));
   WipeMemory(message->buffer, message->size);
   return plaintext;
 }

@@ -25,10 +25,10 @@ using Clock = std::chrono::steady_clock;
 // How a failed TSS2_RC should be handled.
 enum class RcClass {
   kOk,
-  kRetry,      // the TPM asks to be asked again (RETRY, YIELDED, TESTING, NV_RATE, memory pressure, ...)
-  kTransport,  // TCTI / transport failure: the link is gone (swtpm stopped, tabrmd restarted, ...)
-  kStale,      // our handles are not valid on the TPM any more (TPM restarted under us)
-  kIntegrity,  // a key blob does not belong to this TPM / parent (TPM_RC_INTEGRITY and friends)
+  kRetry,        // the TPM asks to be asked again (RETRY, YIELDED, TESTING, NV_RATE, memory pressure, ...)
+  kTransport,    // TCTI / transport failure: the link is gone (swtpm stopped, tabrmd restarted, ...)
+  kStale,        // our handles are not valid on the TPM any more (TPM restarted under us)
+  kIntegrity,    // a key blob does not belong to this TPM / parent (TPM_RC_INTEGRITY and friends)
   kUnsupported,  // TPM_RC_COMMAND_CODE: command not implemented
   kOther,
 };

@@ -27,8 +27,8 @@ class AttributeTemplate {
 
  private:
   std::vector<CK_ATTRIBUTE_TYPE> types_;
-  std::vector<std::string> values_;    // each attribute's value bytes
-  std::vector<CK_ATTRIBUTE> view_;     // rebuilt by data(): values_ may have moved
+  std::vector<std::string> values_;  // each attribute's value bytes
+  std::vector<CK_ATTRIBUTE> view_;   // rebuilt by data(): values_ may have moved
 };
 
 // The attributes one C_GetAttributeValue read of one object returned. Attributes the module does not

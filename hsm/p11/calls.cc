@@ -43,8 +43,8 @@ Status Login(const Session& session, CK_USER_TYPE user, const SecureBytes* pin, 
   const CK_RV rv = session.api()->C_Login(session.handle(), user, bytes, pin != nullptr ? pin->size() : 0);
   if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return OkStatus();
   if (IsPinRejected(rv)) {
-    return PermissionDeniedError(StrCat(step, step.empty() ? "" : ": ", "the token rejected the ", which_pin, " (",
-                                        RvName(rv), ")"));
+    return PermissionDeniedError(
+        StrCat(step, step.empty() ? "" : ": ", "the token rejected the ", which_pin, " (", RvName(rv), ")"));
   }
   return RvStatus(rv, step.empty() ? "C_Login" : step);
 }
@@ -55,8 +55,8 @@ StatusOr<CK_OBJECT_HANDLE> GenerateKey(const Session& session, CK_MECHANISM_TYPE
                                        AttributeTemplate& key_template, std::string_view what) {
   CK_MECHANISM mechanism{mechanism_type, nullptr, 0};
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
-  if (CK_RV rv = session.api()->C_GenerateKey(session.handle(), &mechanism, key_template.data(), key_template.size(),
-                                              &handle);
+  if (CK_RV rv =
+          session.api()->C_GenerateKey(session.handle(), &mechanism, key_template.data(), key_template.size(), &handle);
       rv != CKR_OK) {
     return RvStatus(rv, what);
   }

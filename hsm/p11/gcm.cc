@@ -41,8 +41,8 @@ Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, st
   return OkStatus();
 }
 
-Status GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-               std::string_view in, SecureBytes& out, std::string_view what) {
+Status GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad, std::string_view in,
+               SecureBytes& out, std::string_view what) {
   if (in.size() < kGcmTagSize) return RvStatus(CKR_ENCRYPTED_DATA_LEN_RANGE, what);
   CK_GCM_PARAMS params = GcmParams(iv, aad);
   CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};

@@ -18,12 +18,11 @@ inline constexpr size_t kGcmTagSize = 16;
 
 // `out` gets ciphertext || tag. `what` names the step in errors ("AES-GCM encrypt on the device").
 Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-               std::string_view plaintext, std::string& out,
-               std::string_view what = "AES-GCM encrypt on the device");
+               std::string_view plaintext, std::string& out, std::string_view what = "AES-GCM encrypt on the device");
 
 // `in` is ciphertext || tag; `out` gets the plaintext. A tag that does not verify (once the device took
 // key and IV) gives INVALID_ARGUMENT; see IsTagMismatch in hsm/pkcs11_error.h.
-Status GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-               std::string_view in, SecureBytes& out, std::string_view what = "AES-GCM decrypt on the device");
+Status GcmOpen(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad, std::string_view in,
+               SecureBytes& out, std::string_view what = "AES-GCM decrypt on the device");
 
 }  // namespace trousseau::hsm

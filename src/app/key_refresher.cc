@@ -26,8 +26,8 @@ void LogVersionChanges(const KeyRing& before, const KeyRing& after) {
     const std::string* had = before.KeyIdOf(version);
     if (had != nullptr && *had == key_id) continue;
     if (version == after.active_version()) continue;  // logged as the new active key
-    spdlog::info("key version {} key_id={} found: it decrypts now and encrypts once it is due for activation",
-                 version, key_id);
+    spdlog::info("key version {} key_id={} found: it decrypts now and encrypts once it is due for activation", version,
+                 key_id);
   }
   for (const auto& [version, key_id] : before.key_ids()) {
     const std::string* has = after.KeyIdOf(version);
@@ -74,7 +74,7 @@ bool KeyRefresher::Stop(Clock::time_point deadline) {
 
 void KeyRefresher::Loop() {
   std::chrono::milliseconds retry = kFirstRetry;
-  auto next = !engine_.key_ring()   ? Clock::now() + retry
+  auto next = !engine_.key_ring()     ? Clock::now() + retry
               : interval_.count() > 0 ? Clock::now() + interval_
                                       : Clock::time_point::max();
   if (auto due = engine_.NextActivationAt(); due && engine_.key_ring()) next = std::min(next, *due);
@@ -84,10 +84,10 @@ void KeyRefresher::Loop() {
     if (stopping_) break;
     if (!kicked_ && Clock::now() < next) continue;  // a spurious wake-up
     const auto due = engine_.NextActivationAt();
-    const char* why = kicked_                          ? "SIGHUP"
-                      : !engine_.key_ring()            ? "retry"
-                      : due && *due <= Clock::now()    ? "activation due"
-                                                       : "interval";
+    const char* why = kicked_                       ? "SIGHUP"
+                      : !engine_.key_ring()         ? "retry"
+                      : due && *due <= Clock::now() ? "activation due"
+                                                    : "interval";
     kicked_ = false;
     lock.unlock();
     (void)RefreshNow(why);

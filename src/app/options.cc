@@ -52,7 +52,8 @@ class DurationValidator : public CLI::Validator {
 // They start as the built-in defaults, written as an operator would (shown by --help).
 struct TextSettings {
   std::string config_path;
-  std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, key_activation_delay, shutdown_grace, socket_mode;
+  std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, key_activation_delay, shutdown_grace,
+      socket_mode;
 };
 
 // 60000 ms -> "60s", 1500 ms -> "1500ms".
@@ -95,8 +96,9 @@ void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text,
       ->capture_default_str();
   app.add_flag("--no-session-key-copies", options.no_session_key_copies,
                "Use the token key objects directly instead of in-session copies");
-  app.add_option("--tpm-key-dir", options.tpm_key_dir,
-                 "TPM 2.0 backend instead of PKCS#11: directory of the key versions made by `trousseau-hsm-init tpm init`");
+  app.add_option(
+      "--tpm-key-dir", options.tpm_key_dir,
+      "TPM 2.0 backend instead of PKCS#11: directory of the key versions made by `trousseau-hsm-init tpm init`");
   app.add_option("--tpm-tcti", options.tpm_tcti,
                  "TCTI of the TPM: device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock, ...")
       ->capture_default_str();

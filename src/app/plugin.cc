@@ -112,10 +112,10 @@ StatusOr<SocketOwnership> ResolveSocketOwnership(const PluginOptions& options) {
 
 // The /healthz, /readyz, /livez and /metrics listener, or none without --health-listen.
 StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const PluginOptions& options,
-                                                                          const ConfiguredBackend& configured,
-                                                                          KmsEngine& engine,
-                                                                          observability::Telemetry& telemetry,
-                                                                          const std::atomic<bool>& serving) {
+                                                                         const ConfiguredBackend& configured,
+                                                                         KmsEngine& engine,
+                                                                         observability::Telemetry& telemetry,
+                                                                         const std::atomic<bool>& serving) {
   if (options.health_listen.empty()) return std::unique_ptr<observability::HttpEndpoint>();
   observability::HttpHooks hooks;
   hooks.not_ready_because = [&]() -> std::string {

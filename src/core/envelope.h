@@ -15,7 +15,6 @@
 #include <string_view>
 #include "core/status.h"
 
-
 namespace trousseau {
 
 inline constexpr size_t kEnvelopeHeaderSize = 11;

@@ -30,8 +30,8 @@ bool HealthTracker::RecordFailure(State state, const Status& why) {
   const State before = state_.load(std::memory_order_acquire);
   const bool was_failing = before == State::kOutage || before == State::kFault;
   // Each failed attempt while already failing doubles the wait before the next probe.
-  retry_ = was_failing ? std::min(std::max(retry_ * 2, options_.first_retry), options_.max_retry)
-                       : options_.first_retry;
+  retry_ =
+      was_failing ? std::min(std::max(retry_ * 2, options_.first_retry), options_.max_retry) : options_.first_retry;
   last_error_ = why;
   last_outcome_ns_.store(NowNs(), std::memory_order_relaxed);
   state_.store(state, std::memory_order_release);
@@ -62,8 +62,8 @@ Status HealthTracker::Current(std::chrono::milliseconds grace) const {
   }
   const auto age = std::chrono::nanoseconds(NowNs() - last_outcome_ns_.load(std::memory_order_relaxed));
   if (age > options_.fresh_for + grace) {
-    return UnavailableError(StrCat("no device round trip for ",
-                                   std::chrono::duration_cast<std::chrono::milliseconds>(age).count(), " ms"));
+    return UnavailableError(
+        StrCat("no device round trip for ", std::chrono::duration_cast<std::chrono::milliseconds>(age).count(), " ms"));
   }
   return OkStatus();
 }

@@ -17,15 +17,14 @@ StatusOr<KeyRing> KeyRing::Build(std::string_view backend_kind, std::string_view
     if (key.version == 0) return FailedPreconditionError("key version 0 is not allowed");
     std::string key_id = DeriveKeyId(backend_kind, family_label, key.version, key.fingerprint);
     if (!ring.key_ids_.emplace(key.version, key_id).second) {
-      return FailedPreconditionError(
-          StrCat("key family '", family_label, "' has two keys with version ", key.version));
+      return FailedPreconditionError(StrCat("key family '", family_label, "' has two keys with version ", key.version));
     }
     ring.versions_by_key_id_.emplace(std::move(key_id), key.version);
   }
   ring.active_version_ = active_version == 0 ? ring.key_ids_.rbegin()->first : active_version;
   if (!ring.key_ids_.contains(ring.active_version_)) {
-    return FailedPreconditionError(StrCat("key version ", active_version, " of family '", family_label,
-                                          "' is not on the device"));
+    return FailedPreconditionError(
+        StrCat("key version ", active_version, " of family '", family_label, "' is not on the device"));
   }
   return ring;
 }

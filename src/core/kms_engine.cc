@@ -89,7 +89,8 @@ StatusOr<uint64_t> KmsEngine::ChooseActive(const std::vector<BackendKey>& keys, 
     if (listed->highest_version() > active) return listed->highest_version();
     return FailedPreconditionError(StrCat("the active key ", current->active_key_id(),
                                           " disappeared from the device; keeping it active rather than "
-                                          "flipping back to version ", listed->highest_version()));
+                                          "flipping back to version ",
+                                          listed->highest_version()));
   }
   const auto wait = std::max(options_.new_version_settle, options_.activation_delay);
   std::optional<Clock::time_point> next_due;
@@ -179,15 +180,15 @@ StatusOr<EncryptResult> KmsEngine::Encrypt(std::string_view plaintext, size_t ma
   if (plaintext.empty()) return InvalidArgumentError("plaintext is empty");
   const size_t size = kEnvelopeHeaderSize + backend_->SealOverhead() + plaintext.size();
   if (size > max_ciphertext) {
-    return InvalidArgumentError(StrCat("plaintext of ", plaintext.size(), " bytes would make a ",
-                                                   size, "-byte ciphertext; the limit is ", max_ciphertext));
+    return InvalidArgumentError(StrCat("plaintext of ", plaintext.size(), " bytes would make a ", size,
+                                       "-byte ciphertext; the limit is ", max_ciphertext));
   }
   if (Status open = health_.OpenBecause(); !open.ok()) return open;
   const uint64_t version = ring->active_version();
   EncryptResult result;
   result.ciphertext = EncodeEnvelopeHeader(version);
-  StatusOr<std::string> sealed = Observed(
-      "seal", [&] { return backend_->Seal(version, plaintext, result.ciphertext, DeviceDeadline(deadline)); });
+  StatusOr<std::string> sealed =
+      Observed("seal", [&] { return backend_->Seal(version, plaintext, result.ciphertext, DeviceDeadline(deadline)); });
   Record(CallKind::kEncrypt, sealed.status(), version);
   if (!sealed.ok()) return sealed.status();
   result.ciphertext += *sealed;
@@ -210,9 +211,8 @@ StatusOr<SecureBytes> KmsEngine::Decrypt(std::string_view ciphertext, std::strin
       return NotFoundError(StrCat("unknown key_id ", Quote(claimed_key_id)));
     }
     if (*claimed != envelope->key_version) {
-      return InvalidArgumentError(StrCat("key_id ", Quote(claimed_key_id), " names key version ",
-                                                     *claimed, " but the ciphertext was made with version ",
-                                                     envelope->key_version));
+      return InvalidArgumentError(StrCat("key_id ", Quote(claimed_key_id), " names key version ", *claimed,
+                                         " but the ciphertext was made with version ", envelope->key_version));
     }
   } else if (ring->KeyIdOf(envelope->key_version) == nullptr) {
     return NotFoundError(
@@ -262,8 +262,8 @@ void KmsEngine::ProberLoop() {
     // Before the first key ring there is nothing to probe: wait for LoadKeyRing's nudge.
     const auto now = std::chrono::steady_clock::now();
     // Never back to back, even with a health TTL of 0.
-    const auto due = ring_.load() ? std::max(health_.NextProbeAt(), last_probe + kMinProbeInterval)
-                                  : now + std::chrono::seconds(1);
+    const auto due =
+        ring_.load() ? std::max(health_.NextProbeAt(), last_probe + kMinProbeInterval) : now + std::chrono::seconds(1);
     prober_cv_.wait_until(lock, due, [&] { return prober_stopping_ || prober_kicked_; });
     if (prober_stopping_) break;
     const bool kicked = std::exchange(prober_kicked_, false);

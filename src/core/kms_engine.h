@@ -51,7 +51,7 @@ struct EngineOptions {
   // device work beyond that rate. Loads already running are joined, not repeated.
   std::chrono::milliseconds miss_refresh_interval{1000};
   // The clock of the two rules above (activation, miss rate); empty: steady_clock. Tests pass their own.
-  std::function<std::chrono::steady_clock::time_point()> now;
+  std::function<std::chrono::steady_clock::time_point()> now{};
 };
 
 struct EncryptResult {

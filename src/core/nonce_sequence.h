@@ -14,7 +14,6 @@
 #include <mutex>
 #include "core/status.h"
 
-
 namespace trousseau {
 
 inline constexpr size_t kGcmIvSize = 12;

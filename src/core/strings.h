@@ -18,8 +18,8 @@ inline void Append(std::string& out, const char* piece) { out.append(piece); }
 inline void Append(std::string& out, const std::string& piece) { out.append(piece); }
 inline void Append(std::string& out, char c) { out.push_back(c); }
 template <typename N>
-  requires(std::is_arithmetic_v<N> && !std::same_as<N, char> && !std::same_as<N, bool>)
-void Append(std::string& out, N number) {
+requires(std::is_arithmetic_v<N> && !std::same_as<N, char> && !std::same_as<N, bool>) void Append(std::string& out,
+                                                                                                  N number) {
   out.append(std::to_string(number));
 }
 }  // namespace strings_internal

@@ -77,8 +77,8 @@ std::string KeySummary(const KmsEngine& engine) {
   }
   if (auto due = engine.NextActivationAt()) {
     const auto left = std::chrono::ceil<std::chrono::seconds>(*due - std::chrono::steady_clock::now());
-    summary += StrCat("key activation pending: a newer version becomes active in ", std::max<int64_t>(left.count(), 0),
-                      "s\n");
+    summary +=
+        StrCat("key activation pending: a newer version becomes active in ", std::max<int64_t>(left.count(), 0), "s\n");
   }
   return summary;
 }
@@ -98,25 +98,26 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
   auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
   endpoint->handlers_ = std::make_unique<Handlers>();
   auto& routes = endpoint->handlers_->routes;
-  routes.emplace_back("/livez", std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
-  routes.emplace_back("/readyz", std::make_unique<FunctionHandler>([why = hooks.not_ready_because,
-                                                                     &engine](mg_connection* c) {
-    const std::string reason = why ? why() : "";
-    std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
-    const char* query = mg_get_request_info(c)->query_string;
-    if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
-      body += KeySummary(engine);
-    }
-    Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
-  }));
+  routes.emplace_back("/livez",
+                      std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
+  routes.emplace_back("/readyz",
+                      std::make_unique<FunctionHandler>([why = hooks.not_ready_because, &engine](mg_connection* c) {
+                        const std::string reason = why ? why() : "";
+                        std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
+                        const char* query = mg_get_request_info(c)->query_string;
+                        if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
+                          body += KeySummary(engine);
+                        }
+                        Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
+                      }));
   routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
-    HealthReport health = engine.Health();
-    Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");
-  }));
+                        HealthReport health = engine.Health();
+                        Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");
+                      }));
   routes.emplace_back("/metrics", std::make_unique<FunctionHandler>([&telemetry, hooks](mg_connection* c) {
-    if (hooks.before_scrape) hooks.before_scrape();
-    Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
-  }));
+                        if (hooks.before_scrape) hooks.before_scrape();
+                        Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
+                      }));
 
   // civetweb reports a port it cannot bind only as "null context": bind it once ourselves to say why.
   if (Status bindable = CheckBindable(listen.substr(0, colon), listen.substr(colon + 1)); !bindable.ok()) {

@@ -27,8 +27,8 @@ std::string Timestamp(spdlog::log_clock::time_point when) {
   gmtime_r(&seconds, &tm);
   // Room for any int in every field (GCC checks the worst case): a real date takes 28 bytes.
   char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
   return buf;
 }
 
@@ -49,10 +49,17 @@ void AppendHexEscape(std::string& out, unsigned char c) {
 
 bool AppendNamedEscape(std::string& out, unsigned char c) {
   switch (c) {
-    case '\n': out += "\\n"; return true;
-    case '\r': out += "\\r"; return true;
-    case '\t': out += "\\t"; return true;
-    default: return false;
+    case '\n':
+      out += "\\n";
+      return true;
+    case '\r':
+      out += "\\r";
+      return true;
+    case '\t':
+      out += "\\t";
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -200,8 +207,7 @@ void SetUpLogging(LogFormat format, spdlog::level::level_enum level) {
   spdlog::set_default_logger(logger);
 }
 
-void LogWithFields(spdlog::level::level_enum level, std::string_view message,
-                   std::initializer_list<LogField> fields) {
+void LogWithFields(spdlog::level::level_enum level, std::string_view message, std::initializer_list<LogField> fields) {
   if (!spdlog::should_log(level)) return;
   current_fields = &fields;
   spdlog::log(level, "{}", message);

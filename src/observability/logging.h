@@ -40,7 +40,6 @@ struct LogField {
 };
 
 // Logs `message` with structured fields: JSON members in json format, key=value pairs in text.
-void LogWithFields(spdlog::level::level_enum level, std::string_view message,
-                   std::initializer_list<LogField> fields);
+void LogWithFields(spdlog::level::level_enum level, std::string_view message, std::initializer_list<LogField> fields);
 
 }  // namespace trousseau::observability

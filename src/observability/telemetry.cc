@@ -28,13 +28,14 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                       .Name("trousseau_hsm_operation_duration_seconds")
                       .Help("KMS request latency inside the plugin")
                       .Register(*registry_);
-  const std::pair<const char*, const char*> kOperations[] = {{"v2", "Status"},      {"v2", "Encrypt"},
-                                                             {"v2", "Decrypt"},     {"v1beta1", "Version"},
+  const std::pair<const char*, const char*> kOperations[] = {{"v2", "Status"},       {"v2", "Encrypt"},
+                                                             {"v2", "Decrypt"},      {"v1beta1", "Version"},
                                                              {"v1beta1", "Encrypt"}, {"v1beta1", "Decrypt"}};
   for (const auto& [api, operation] : kOperations) {
     Operation& op = operations_[{api, operation}];
     for (int code = 0; code < kCodes; ++code) {
-      op.by_code[code] = &requests.Add({{"api", api}, {"operation", operation}, {"code", StatusCodeName(static_cast<StatusCode>(code))}});
+      op.by_code[code] = &requests.Add(
+          {{"api", api}, {"operation", operation}, {"code", StatusCodeName(static_cast<StatusCode>(code))}});
     }
     op.latency = &latency.Add({{"api", api}, {"operation", operation}}, kLatencyBuckets);
   }
@@ -67,8 +68,9 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                      .Register(*registry_);
   key_versions_ = &prometheus::BuildGauge()
                        .Name("trousseau_hsm_key_version_info")
-                       .Help("Every key version this plugin can decrypt (value 1), with its key_id; state "
-                             "\"active\" for the one Encrypt uses, \"decrypt_only\" for the others")
+                       .Help(
+                           "Every key version this plugin can decrypt (value 1), with its key_id; state "
+                           "\"active\" for the one Encrypt uses, \"decrypt_only\" for the others")
                        .Register(*registry_);
   activation_pending_ = &prometheus::BuildGauge()
                              .Name("trousseau_hsm_key_activation_pending")
@@ -77,16 +79,18 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                              .Add({});
   auto& misses = prometheus::BuildCounter()
                      .Name("trousseau_hsm_decrypt_key_miss_total")
-                     .Help("Decrypts naming a key version newer than any this plugin held, by outcome of the "
-                           "key family reload they caused (found, not_found, joined, limited, failed)")
+                     .Help(
+                         "Decrypts naming a key version newer than any this plugin held, by outcome of the "
+                         "key family reload they caused (found, not_found, joined, limited, failed)")
                      .Register(*registry_);
   for (const char* outcome : {"found", "not_found", "joined", "limited", "failed"}) {
     decrypt_misses_[outcome] = &misses.Add({{"outcome", outcome}});
   }
   auto& refreshes = prometheus::BuildCounter()
                         .Name("trousseau_hsm_key_refresh_total")
-                        .Help("Re-reads of the key family (SIGHUP, interval) by result; a failed one keeps the last "
-                              "good key ring in force")
+                        .Help(
+                            "Re-reads of the key family (SIGHUP, interval) by result; a failed one keeps the last "
+                            "good key ring in force")
                         .Register(*registry_);
   key_refresh_ok_ = &refreshes.Add({{"result", "ok"}});
   key_refresh_failed_ = &refreshes.Add({{"result", "failed"}});
@@ -122,9 +126,9 @@ void Telemetry::OnRequest(const RequestRecord& record) {
   if (!spdlog::should_log(level)) return;
   const std::string latency = StrCat(Seconds(record.latency));
   const std::string code_name = StatusCodeName(record.code);
-  const std::string message =
-      record.ok() ? StrCat(record.api, " ", record.operation)
-                  : StrCat(record.api, " ", record.operation, " failed: ", record.error_message);
+  const std::string message = record.ok()
+                                  ? StrCat(record.api, " ", record.operation)
+                                  : StrCat(record.api, " ", record.operation, " failed: ", record.error_message);
   LogWithFields(level, message,
                 {{"operation", record.operation},
                  {"api", record.api},
@@ -154,10 +158,10 @@ void Telemetry::SetKeyRing(const KeyRing& ring, bool activation_pending) {
   for (prometheus::Gauge* gauge : key_version_gauges_) key_versions_->Remove(gauge);
   key_version_gauges_.clear();
   for (const auto& [version, key_id] : ring.key_ids()) {
-    prometheus::Gauge& gauge = key_versions_->Add(
-        {{"version", StrCat(version)},
-         {"key_id", key_id},
-         {"state", version == ring.active_version() ? "active" : "decrypt_only"}});
+    prometheus::Gauge& gauge =
+        key_versions_->Add({{"version", StrCat(version)},
+                            {"key_id", key_id},
+                            {"state", version == ring.active_version() ? "active" : "decrypt_only"}});
     gauge.Set(1);
     key_version_gauges_.push_back(&gauge);
   }
@@ -176,7 +180,6 @@ void Telemetry::RecordKeyRefresh(bool ok) {
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   }
 }
-
 
 void Telemetry::SetSessionPool(size_t in_use, size_t size) {
   pool_in_use_->Set(static_cast<double>(in_use));

@@ -16,7 +16,7 @@ inline grpc::Status ToGrpc(const Status& status) {
 inline StatusCode FromGrpc(grpc::StatusCode code) {
   const int value = static_cast<int>(code);
   return value >= 0 && value <= static_cast<int>(StatusCode::kUnauthenticated) ? static_cast<StatusCode>(value)
-                                                                                : StatusCode::kUnknown;
+                                                                               : StatusCode::kUnknown;
 }
 
 }  // namespace trousseau::server

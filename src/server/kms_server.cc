@@ -21,7 +21,6 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
-
 namespace trousseau::server {
 namespace {
 
@@ -85,8 +84,8 @@ std::string ParentOf(const std::string& path) {
 // existing file there may only be a stale socket (one nobody listens on).
 Status CheckSocketPath(const std::string& path) {
   if (path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return InvalidArgumentError(StrCat("socket path is longer than ", sizeof(sockaddr_un::sun_path) - 1,
-                                       " bytes: ", path));
+    return InvalidArgumentError(
+        StrCat("socket path is longer than ", sizeof(sockaddr_un::sun_path) - 1, " bytes: ", path));
   }
   const std::string parent = ParentOf(path);
   struct stat st {};
@@ -98,8 +97,8 @@ Status CheckSocketPath(const std::string& path) {
                  ", or the systemd unit's RuntimeDirectory=, or the static pod's hostPath volume) and check that "
                  "kube-apiserver's EncryptionConfiguration names the same socket"));
     }
-    return FailedPreconditionError(StrCat("--listen unix://", path, ": cannot use the directory ", parent, ": ",
-                                          std::strerror(errno)));
+    return FailedPreconditionError(
+        StrCat("--listen unix://", path, ": cannot use the directory ", parent, ": ", std::strerror(errno)));
   }
   if (!S_ISDIR(st.st_mode)) {
     return FailedPreconditionError(StrCat("--listen unix://", path, ": ", parent, " is not a directory"));
@@ -147,8 +146,8 @@ class PrivateBindDirectory {
       dir.name_ = "." + RandomSuffix();
       if (mkdirat(dir.parent_.get(), dir.name_.c_str(), 0700) != 0) {
         if (errno == EEXIST) continue;
-        return FailedPreconditionError(
-            StrCat("cannot make a private directory in ", dir.parent_path_, " to bind the socket: ", std::strerror(errno)));
+        return FailedPreconditionError(StrCat("cannot make a private directory in ", dir.parent_path_,
+                                              " to bind the socket: ", std::strerror(errno)));
       }
       dir.made_ = true;
       dir.private_ = Fd(openat(dir.parent_.get(), dir.name_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
@@ -199,8 +198,8 @@ class PrivateBindDirectory {
   // rename never follows a symlink at the target).
   Status MoveIntoPlace() const {
     if (renameat(private_.get(), kBoundName, parent_.get(), final_name_.c_str()) != 0) {
-      return FailedPreconditionError(StrCat("cannot move the new socket to ", parent_path_, "/", final_name_, ": ",
-                                            std::strerror(errno)));
+      return FailedPreconditionError(
+          StrCat("cannot move the new socket to ", parent_path_, "/", final_name_, ": ", std::strerror(errno)));
     }
     return OkStatus();
   }

@@ -12,9 +12,9 @@ namespace {
 // kube-apiserver always sends "v1beta1"; empty is tolerated for hand-driven debugging clients.
 grpc::Status CheckVersion(const std::string& version) {
   if (version.empty() || version == kV1beta1Version) return grpc::Status::OK;
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                      StrCat("unsupported KMS API version ", QuoteForMessage(version, 32),
-                                   "; this service speaks v1beta1"));
+  return grpc::Status(
+      grpc::StatusCode::INVALID_ARGUMENT,
+      StrCat("unsupported KMS API version ", QuoteForMessage(version, 32), "; this service speaks v1beta1"));
 }
 
 // Wipes a request's secret field when the handler returns, by whichever path: gRPC frees the request

@@ -18,8 +18,7 @@ grpc::Status KmsV2Service::Status(grpc::ServerContext*, const v2::StatusRequest*
 grpc::Status KmsV2Service::Encrypt(grpc::ServerContext* context, const v2::EncryptRequest* request,
                                    v2::EncryptResponse* response) {
   RequestTimer timer(observer_, "v2", "Encrypt", request->uid());
-  StatusOr<EncryptResult> result =
-      engine_.Encrypt(request->plaintext(), kV2MaxCiphertext, RequestDeadline(*context));
+  StatusOr<EncryptResult> result = engine_.Encrypt(request->plaintext(), kV2MaxCiphertext, RequestDeadline(*context));
   // The request buffer is ours to wipe once the seed is sealed.
   auto& plaintext = const_cast<std::string&>(request->plaintext());
   WipeMemory(plaintext.data(), plaintext.size());

@@ -16,7 +16,8 @@ inline Deadline RequestDeadline(const grpc::ServerContext& context) {
   if (deadline == std::chrono::system_clock::time_point::max() || deadline - now > std::chrono::hours(24)) {
     return Deadline::max();
   }
-  return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline - now);
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline - now);
 }
 
 }  // namespace trousseau::server

@@ -16,7 +16,10 @@ namespace trousseau::server {
 class RequestTimer {
  public:
   RequestTimer(RequestObserver* observer, std::string_view api, std::string_view operation, std::string_view uid)
-      : observer_(observer), api_(api), operation_(operation), uid_(uid),
+      : observer_(observer),
+        api_(api),
+        operation_(operation),
+        uid_(uid),
         start_(observer ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{}) {}
 
   grpc::Status Done(grpc::Status status, std::string_view key_id = {}) {

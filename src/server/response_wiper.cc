@@ -51,7 +51,7 @@ grpc::experimental::Interceptor* ResponseWiperFactory::CreateServerInterceptor(
   }
   if (method == kV1beta1Decrypt) {
     return new WipeAfterSend<v1beta1::DecryptResponse, &v1beta1::DecryptResponse::mutable_plain>(kV1beta1Decrypt,
-                                                                                                  after_wipe_);
+                                                                                                 after_wipe_);
   }
   return nullptr;
 }

@@ -21,15 +21,46 @@ namespace {
 // crictl, useradd, install, setpriv, runuser, systemctl, cmake, apt). Anything else must be a flag of one
 // of the project's binaries.
 const std::set<std::string> kForeignFlags = {
-    "--encryption-provider-config", "--encryption-provider-config-automatic-reload",  // kube-apiserver
-    "--endpoints", "--cacert", "--cert", "--key", "--print-value-only", "--prefix",   // etcdctl
-    "--raw", "--from-literal", "--namespace", "--create-namespace", "--values",       // kubectl, helm
-    "--set", "--kube-version", "--dry-run",                                            // helm
-    "--build-arg", "--file", "--tag", "--entrypoint", "--user", "--rm", "--volume",    // docker
-    "--system", "--uid", "--gid", "--no-create-home", "--home-dir", "--shell",        // useradd/groupadd
-    "--reuid", "--regid", "--clear-groups", "--groups",                                          // setpriv
-    "--now", "--no-install-recommends", "--parallel", "--target", "--recurse",        // systemctl, apt, cmake
-    "--offline", "--threshold",                                                        // systemd-analyze
+    "--encryption-provider-config",
+    "--encryption-provider-config-automatic-reload",  // kube-apiserver
+    "--endpoints",
+    "--cacert",
+    "--cert",
+    "--key",
+    "--print-value-only",
+    "--prefix",  // etcdctl
+    "--raw",
+    "--from-literal",
+    "--namespace",
+    "--create-namespace",
+    "--values",  // kubectl, helm
+    "--set",
+    "--kube-version",
+    "--dry-run",  // helm
+    "--build-arg",
+    "--file",
+    "--tag",
+    "--entrypoint",
+    "--user",
+    "--rm",
+    "--volume",  // docker
+    "--system",
+    "--uid",
+    "--gid",
+    "--no-create-home",
+    "--home-dir",
+    "--shell",  // useradd/groupadd
+    "--reuid",
+    "--regid",
+    "--clear-groups",
+    "--groups",  // setpriv
+    "--now",
+    "--no-install-recommends",
+    "--parallel",
+    "--target",
+    "--recurse",  // systemctl, apt, cmake
+    "--offline",
+    "--threshold",  // systemd-analyze
 };
 
 // Collects what is wrong with the flags deploy/ passes to the project binaries, and counts the invocations
@@ -52,7 +83,8 @@ struct FlagAudit {
 void AuditManifestArgs(FlagAudit& audit) {
   // Static pods and chart, for both backends: the plugin container's args, parsed.
   for (const auto& [where, pod_spec] :
-       {std::pair<std::string, YAML::Node>{"static pod", LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml")["spec"]},
+       {std::pair<std::string, YAML::Node>{"static pod",
+                                           LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml")["spec"]},
         {"TPM static pod", LoadOne(kDeploy / "static-pod" / "trousseau-hsm-tpm.yaml")["spec"]},
         {"Helm DaemonSet", RenderedDaemonSet()["spec"]["template"]["spec"]},
         {"Helm DaemonSet, tpm.enabled", RenderedDaemonSet(TpmValues())["spec"]["template"]["spec"]}}) {

@@ -57,7 +57,8 @@ bool KnownToApt(const std::string& package) {
     return true;
   }
   const RunResult policy = Shell("apt-cache policy " + ShellQuote(package));
-  return policy.out.find("Candidate:") != std::string::npos && policy.out.find("Candidate: (none)") == std::string::npos;
+  return policy.out.find("Candidate:") != std::string::npos &&
+         policy.out.find("Candidate: (none)") == std::string::npos;
 }
 
 TEST(DeployTest, DockerfileBuildsWithCiDependenciesAndRunsAsTheManifestsUser) {
@@ -92,7 +93,8 @@ TEST(DeployTest, DockerfileBuildsWithCiDependenciesAndRunsAsTheManifestsUser) {
   std::smatch entry;
   ASSERT_TRUE(std::regex_search(runtime, entry, std::regex(R"re(ENTRYPOINT \["([^"]+)"\])re")));
   EXPECT_EQ(entry[1].str(), PluginContainer(pod["spec"])["command"][0].as<std::string>());
-  EXPECT_EQ(entry[1].str(), PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])["command"][0].as<std::string>());
+  EXPECT_EQ(entry[1].str(),
+            PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])["command"][0].as<std::string>());
   // All three binaries land in the entrypoint's directory.
   EXPECT_NE(runtime.find("COPY --from=build /out/ " + fs::path(entry[1].str()).parent_path().string() + "/"),
             std::string::npos);
@@ -102,7 +104,8 @@ TEST(DeployTest, DockerfileBuildsWithCiDependenciesAndRunsAsTheManifestsUser) {
 // in the local apt lists: no network), and every shared library the three binaries load comes from one of
 // those packages or their dependencies.
 TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
-  if (!HasCommand("dpkg-query") || !HasCommand("apt-cache")) SKIP_OR_FAIL_IN_CI("not a Debian system (no dpkg-query, apt-cache)");
+  if (!HasCommand("dpkg-query") || !HasCommand("apt-cache"))
+    SKIP_OR_FAIL_IN_CI("not a Debian system (no dpkg-query, apt-cache)");
   const Dockerfile d = ParseDockerfile();
   ASSERT_EQ(d.stages.size(), 2u);
   const auto installs = AptInstalls(d.stages[1]);
@@ -110,7 +113,8 @@ TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
   const std::vector<std::string>& runtime = installs[0];
   ASSERT_GE(runtime.size(), 5u);
   for (const auto& list : installs) {
-    for (const std::string& package : list) EXPECT_TRUE(KnownToApt(package)) << package << " is not a Debian package here";
+    for (const std::string& package : list)
+      EXPECT_TRUE(KnownToApt(package)) << package << " is not a Debian package here";
   }
   // SoftHSM (optional) brings the module the manifests' URI names.
   bool softhsm = false;
@@ -123,7 +127,8 @@ TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
   for (const std::string& p : runtime) list += " " + ShellQuote(p);
   const RunResult depends = Shell(
       "apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces "
-      "--no-enhances" + list);
+      "--no-enhances" +
+      list);
   std::set<std::string> closure(runtime.begin(), runtime.end());
   for (const std::string& line : Lines(depends.out)) {
     if (!line.empty() && line[0] != ' ' && line[0] != '<') closure.insert(Trim(line));
@@ -147,9 +152,8 @@ TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
       ASSERT_EQ(owner.code, 0) << lib << " (needed by " << binary << ") belongs to no Debian package";
       std::string package = owner.out.substr(0, owner.out.find(':'));
       needed.insert(package);
-      EXPECT_TRUE(closure.contains(package))
-          << lib << " (needed by " << fs::path(binary).filename() << ") comes from " << package
-          << ", which the runtime stage does not install";
+      EXPECT_TRUE(closure.contains(package)) << lib << " (needed by " << fs::path(binary).filename() << ") comes from "
+                                             << package << ", which the runtime stage does not install";
     }
   }
   EXPECT_GE(needed.size(), 10u);

@@ -193,7 +193,8 @@ TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
 TEST(DeployTest, EncryptionConfigurationsUseThePluginSocketAndKeepIdentityLast) {
   const YAML::Node pod = LoadOne(kDeploy / "static-pod" / "trousseau-hsm.yaml");
   const std::string static_listen = ArgMap(PluginContainer(pod["spec"])).at("--listen");
-  const std::string helm_listen = ArgMap(PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])).at("--listen");
+  const std::string helm_listen =
+      ArgMap(PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])).at("--listen");
   for (const auto& [file, resources] :
        {std::pair<std::string, std::set<std::string>>{"encryption-configuration.yaml", {"secrets"}},
         std::pair<std::string, std::set<std::string>>{"encryption-configuration-configmaps.yaml",

@@ -85,10 +85,10 @@ TEST(DeployTpmTest, SystemdTpmConfigFileDrivesARealPluginOnATpm) {
   ASSERT_TRUE(v1.ok()) << v1.status().ToString();
   const std::string socket = dir.path() + "/kms.sock";
   const int port = testing::FreeLoopbackPort();
-  Subprocess plugin({PLUGIN_PATH, "--config", (kDeploy / "systemd" / "config-tpm.yaml").string(), "--listen",
-                     "unix://" + socket, "--tpm-tcti", tpm->Tcti(), "--tpm-key-dir", key_dir, "--health-listen",
-                     "127.0.0.1:" + std::to_string(port)},
-                    dir.path() + "/plugin.log");
+  Subprocess plugin(
+      {PLUGIN_PATH, "--config", (kDeploy / "systemd" / "config-tpm.yaml").string(), "--listen", "unix://" + socket,
+       "--tpm-tcti", tpm->Tcti(), "--tpm-key-dir", key_dir, "--health-listen", "127.0.0.1:" + std::to_string(port)},
+      dir.path() + "/plugin.log");
   auto status = [&] { return testing::PluginStatus(socket); };
   ASSERT_TRUE(Eventually([&] { return status().healthz() == "ok"; }, 10s)) << plugin.Log();
   EXPECT_EQ(status().key_id(), v1->key_id);
@@ -135,7 +135,8 @@ TEST_F(DeployPluginTest, PluginReportsReadinessToSystemd) {
 // take its file locks, and a key version created after the plugin started never shows up (rotation would
 // silently not happen). Runs the plugin in a private mount namespace (needs CAP_SYS_ADMIN).
 TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
-  if (Shell("unshare -m true").code != 0) SKIP_OR_FAIL_IN_CI("cannot create a mount namespace here (unshare -m needs root)");
+  if (Shell("unshare -m true").code != 0)
+    SKIP_OR_FAIL_IN_CI("cannot create a mount namespace here (unshare -m needs root)");
   const std::string tokens = token_->dir() + "/tokens";
   const std::string ro_socket = token_->dir() + "/ro/kms.sock";
   fs::create_directories(token_->dir() + "/ro");
@@ -156,9 +157,9 @@ TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
   } else {
     ASSERT_EQ(Status(ro_socket).key_id().rfind("kek-v1-", 0), 0u);
   }
-  Subprocess writable({PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", token_->Uri(),
-                       "--key-refresh-interval", "0"},
-                      token_->dir() + "/rw.log");
+  Subprocess writable(
+      {PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", token_->Uri(), "--key-refresh-interval", "0"},
+      token_->dir() + "/rw.log");
   ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << writable.Log();
 
   auto ro_refreshes = [&] {

@@ -168,7 +168,8 @@ std::vector<std::vector<std::string>> ShellCommands(const std::string& line) {
       break;
     } else if (std::isspace(static_cast<unsigned char>(c))) {
       end_word();
-    } else if (c == '|' || c == ';' || c == '(' || c == ')' || c == '`' || (c == '&' && i + 1 < line.size() && line[i + 1] == '&')) {
+    } else if (c == '|' || c == ';' || c == '(' || c == ')' || c == '`' ||
+               (c == '&' && i + 1 < line.size() && line[i + 1] == '&')) {
       end_command();
       if (c == '&') ++i;
     } else if (c == '$' && i + 1 < line.size() && line[i + 1] == '(') {
@@ -185,8 +186,9 @@ std::vector<std::vector<std::string>> ShellCommands(const std::string& line) {
 
 // Programs that take the binaries' names as plain arguments (a release, unit, user or file name), not as a
 // command to run: no invocation is attributed in their command lines.
-const std::set<std::string> kNamesAsArguments = {"helm", "systemctl", "journalctl", "useradd", "groupadd", "chown",
-                                                 "install", "kill", "pidof", "docker", "kubectl", "cp", "rsync"};
+const std::set<std::string> kNamesAsArguments = {"helm",    "systemctl", "journalctl", "useradd", "groupadd",
+                                                 "chown",   "install",   "kill",       "pidof",   "docker",
+                                                 "kubectl", "cp",        "rsync"};
 
 std::vector<std::string> CheckInvocations(const std::vector<std::string>& words, const std::string& where) {
   std::vector<std::string> problems;
@@ -202,7 +204,8 @@ std::vector<std::string> CheckInvocations(const std::vector<std::string>& words,
     if (level == nullptr) continue;
     if (w.rfind("--", 0) == 0 && w.size() > 2) {
       const std::string flag = FlagName(w);
-      if (!level->flags.contains(flag)) problems.push_back(where + ": `" + command + " ... " + flag + "` is not accepted");
+      if (!level->flags.contains(flag))
+        problems.push_back(where + ": `" + command + " ... " + flag + "` is not accepted");
     } else if (auto it = level->subcommands.find(w); it != level->subcommands.end()) {
       level = &it->second;
       command += " " + w;

@@ -74,9 +74,9 @@ TEST(DeployTest, SystemdUnitIsHardenedAndMatchesThePlugin) {
   EXPECT_EQ(verify.code, 0) << verify.out;
   EXPECT_EQ(verify.out.find("Unknown"), std::string::npos) << verify.out;
   // Exposure score (0-10, lower is better): the unit scores 1.5; fail above 2.5.
-  const RunResult security = Shell("cd " + ShellQuote(dir) +
-                                     " && systemd-analyze security --offline=yes --threshold=25 ./trousseau-hsm.service",
-                                 true);
+  const RunResult security = Shell(
+      "cd " + ShellQuote(dir) + " && systemd-analyze security --offline=yes --threshold=25 ./trousseau-hsm.service",
+      true);
   EXPECT_EQ(security.code, 0) << security.out.substr(security.out.size() > 400 ? security.out.size() - 400 : 0);
   fs::remove_all(dir);
 }
@@ -113,8 +113,8 @@ TEST(DeployTest, SystemdTpmDropInOpensOnlyTheTpmAndKeepsTheHardening) {
   char dir_template[] = "/tmp/deploy-tpm-unit-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
   fs::create_directories(dir + "/trousseau-hsm.service.d");
-  std::ofstream(dir + "/trousseau-hsm.service") << std::regex_replace(unit, std::regex("/usr/local/bin/trousseau-hsm"),
-                                                                      PLUGIN_PATH);
+  std::ofstream(dir + "/trousseau-hsm.service")
+      << std::regex_replace(unit, std::regex("/usr/local/bin/trousseau-hsm"), PLUGIN_PATH);
   std::ofstream(dir + "/trousseau-hsm.service.d/tpm.conf")
       << std::regex_replace(drop_in, std::regex("/usr/local/bin/trousseau-hsm"), PLUGIN_PATH);
   const std::string env = "cd " + ShellQuote(dir) + " && SYSTEMD_UNIT_PATH=" + ShellQuote(dir) + ": ";

@@ -84,23 +84,20 @@ CK_RV FindSlot(CK_SLOT_ID* slot) {
 }
 
 CK_RV OpenSession(CK_SLOT_ID slot, CK_SESSION_HANDLE* session) {
-  return g_p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                              session);
+  return g_p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, session);
 }
 
 CK_RV Login(CK_SESSION_HANDLE session) {
   std::string pin(kUserPin);
-  return g_p11->C_Login(session, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()),
-                        pin.size());
+  return g_p11->C_Login(session, CKU_USER, reinterpret_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
 }
 
 CK_RV GenerateAesKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE* key) {
   CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
   CK_ULONG len = 32;
   CK_ATTRIBUTE tmpl[] = {
-      {CKA_TOKEN, &no, sizeof no},        {CKA_SENSITIVE, &yes, sizeof yes},
-      {CKA_EXTRACTABLE, &no, sizeof no},  {CKA_ENCRYPT, &yes, sizeof yes},
-      {CKA_DECRYPT, &yes, sizeof yes},    {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &no, sizeof no},     {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no},
+      {CKA_ENCRYPT, &yes, sizeof yes}, {CKA_DECRYPT, &yes, sizeof yes},   {CKA_VALUE_LEN, &len, sizeof len},
   };
   CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
   return g_p11->C_GenerateKey(session, &mech, tmpl, std::size(tmpl), key);
@@ -122,8 +119,7 @@ struct Gcm {
   }
 };
 
-CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& pt,
-              std::vector<CK_BYTE>* ct) {
+CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& pt, std::vector<CK_BYTE>* ct) {
   Gcm gcm;
   CK_RV rv = g_p11->C_EncryptInit(s, &gcm.mech, key);
   if (rv != CKR_OK) return rv;
@@ -135,8 +131,7 @@ CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BY
   return rv;
 }
 
-CK_RV Decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& ct,
-              std::vector<CK_BYTE>* pt) {
+CK_RV Decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& ct, std::vector<CK_BYTE>* pt) {
   Gcm gcm;
   CK_RV rv = g_p11->C_DecryptInit(s, &gcm.mech, key);
   if (rv != CKR_OK) return rv;
@@ -176,8 +171,7 @@ class SoftHsmEnvironment : public ::testing::Environment {
     }
     // Before anything loads SoftHSM; softhsm2-util inherits it too.
     setenv("SOFTHSM2_CONF", (g_dir / "softhsm2.conf").c_str(), 1);
-    const std::string cmd = std::string(SOFTHSM2_UTIL) +
-                            " --init-token --free --label " + std::string(kLabel) +
+    const std::string cmd = std::string(SOFTHSM2_UTIL) + " --init-token --free --label " + std::string(kLabel) +
                             " --so-pin 12345678 --pin " + std::string(kUserPin) + " >/dev/null";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
 
@@ -196,8 +190,7 @@ class SoftHsmEnvironment : public ::testing::Environment {
   }
 };
 
-[[maybe_unused]] ::testing::Environment* const g_env =
-    ::testing::AddGlobalTestEnvironment(new SoftHsmEnvironment);
+[[maybe_unused]] ::testing::Environment* const g_env = ::testing::AddGlobalTestEnvironment(new SoftHsmEnvironment);
 
 class FaultShimTest : public ::testing::Test {
  protected:
@@ -243,8 +236,7 @@ TEST_F(FaultShimTest, FunctionListIsCompleteAndStable) {
   EXPECT_EQ(g_p11->version.minor, 40);
   // Every entry after `version` is a function pointer; none may be missing.
   const auto* fns = reinterpret_cast<const CK_C_Initialize*>(&g_p11->C_Initialize);
-  const size_t n = (sizeof(CK_FUNCTION_LIST) - offsetof(CK_FUNCTION_LIST, C_Initialize)) /
-                   sizeof(CK_C_Initialize);
+  const size_t n = (sizeof(CK_FUNCTION_LIST) - offsetof(CK_FUNCTION_LIST, C_Initialize)) / sizeof(CK_C_Initialize);
   EXPECT_EQ(n, 68u);
   for (size_t i = 0; i < n; ++i) EXPECT_NE(fns[i], nullptr) << "entry " << i;
   CK_FUNCTION_LIST* again = nullptr;

@@ -70,8 +70,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       name = kNames[in.ConsumeIntegralInRange<size_t>(0, std::size(kNames) - 1)];
     } else {
       name = in.ConsumeRandomLengthString(24);
-      if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos ||
-          name == "." || name == "..") {
+      if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos || name == "." ||
+          name == "..") {
         continue;
       }
     }

@@ -27,8 +27,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::Eventually;
-using testing::HttpGet;
 using support::Subprocess;
+using testing::HttpGet;
 
 class FaultTest : public testing::SoftHsmPluginTest {
  protected:

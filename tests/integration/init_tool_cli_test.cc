@@ -64,15 +64,14 @@ TEST_F(InitToolTest, UsageErrorsExitTwoAndEveryCommandHasHelp) {
   EXPECT_EQ(Run({"key", "list", "--pkcs11-uri", uri_, "--pin", "x"}).code, 2);
   EXPECT_EQ(Run({"key", "list", "--pkcs11-uri", "not a uri"}).code, 2);
   EXPECT_EQ(Run({"key", "retire", "--pkcs11-uri", uri_}).code, 2);  // no --version
-  for (std::vector<std::string> command :
-       std::vector<std::vector<std::string>>{{},
-                                             {"token", "init"},
-                                             {"key", "generate"},
-                                             {"key", "rotate"},
-                                             {"key", "list"},
-                                             {"key", "retire"},
-                                             {"selftest"},
-                                             {"config"}}) {
+  for (std::vector<std::string> command : std::vector<std::vector<std::string>>{{},
+                                                                                {"token", "init"},
+                                                                                {"key", "generate"},
+                                                                                {"key", "rotate"},
+                                                                                {"key", "list"},
+                                                                                {"key", "retire"},
+                                                                                {"selftest"},
+                                                                                {"config"}}) {
     command.push_back("--help");
     ToolResult help = Run(command);
     EXPECT_EQ(help.code, 0) << help.all();
@@ -142,8 +141,7 @@ TEST_F(InitToolTest, TheToolCannotBeTracedDumpsNoCoreAndDropsThePinVariable) {
   // `token init` opens its SO PIN file first: a FIFO nobody writes holds it there, after main's setup.
   const pid_t pid = SpawnAsNobody({TOOL_PATH, "token", "init", "--module", support::kSoftHsmModule, "--label", "x",
                                    "--so-pin-file", fifo, "--pin-file", fifo},
-                                  {std::string("TROUSSEAU_HSM_PIN=") + support::kTestUserPin, "PATH=/usr/bin:/bin"},
-                                  0);
+                                  {std::string("TROUSSEAU_HSM_PIN=") + support::kTestUserPin, "PATH=/usr/bin:/bin"}, 0);
   ASSERT_GT(pid, 0);
   const bool blocked = Eventually([&] { return BlockedIn(pid, TOOL_PATH, "wait_for_partner"); }, 10s);
   struct stat proc {};

@@ -158,9 +158,8 @@ TEST_F(InitToolTest, ListShowsAnEmptyFamilyAndHumanReadableAttributes) {
 TEST_F(InitToolTest, TheUriFlagWinsOverTheEnvironmentInEverySubcommand) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   setenv("TROUSSEAU_HSM_PKCS11_URI", "pkcs11:token=no-such-token;object=kek?module-path=/nonexistent.so", 1);
-  for (const std::vector<std::string>& command :
-       {std::vector<std::string>{"key", "list", "--pkcs11-uri", uri_},
-        std::vector<std::string>{"selftest", "--pkcs11-uri", uri_}}) {
+  for (const std::vector<std::string>& command : {std::vector<std::string>{"key", "list", "--pkcs11-uri", uri_},
+                                                  std::vector<std::string>{"selftest", "--pkcs11-uri", uri_}}) {
     const ToolResult r = Run(command);
     EXPECT_EQ(r.code, 0) << command[0] << " " << command[1] << ": " << r.all();
   }

@@ -45,12 +45,14 @@ TEST_F(InitToolTest, SighupActivatesARotationAndARetiredKeyGivesNotFound) {
 
   // No refresh interval: nothing changes until SIGHUP. The tool asks the plugin for a second and
   // reports that the new key_id did not show up.
-  ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "1s"});
+  ToolResult rotate =
+      Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "1s"});
   const std::string v2 = PrintedKeyId(rotate.out);
   ASSERT_EQ(v2.rfind("kek-v2-", 0), 0u) << rotate.all();
   EXPECT_EQ(rotate.code, 1) << rotate.all();
-  EXPECT_NE(rotate.err.find("did not report its key_id within 1s: its Status still reports key_id " + old_sealed.key_id()),
-            std::string::npos)
+  EXPECT_NE(
+      rotate.err.find("did not report its key_id within 1s: its Status still reports key_id " + old_sealed.key_id()),
+      std::string::npos)
       << rotate.err;
   EXPECT_EQ(Status().key_id(), old_sealed.key_id());
   plugin->Signal(SIGHUP);
@@ -122,8 +124,8 @@ TEST_F(InitToolTest, RotateWithoutAPluginToAskSaysItIsUnconfirmed) {
   EXPECT_EQ(rotate.out.find("becomes the active key"), std::string::npos) << rotate.out;
   EXPECT_NE(rotate.out.find("Not confirmed with a running plugin (--no-wait)"), std::string::npos) << rotate.out;
   // A socket nobody serves on: the tool says so and fails, after creating the version.
-  ToolResult unanswered = Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_,
-                               "--wait-timeout", "300ms"});
+  ToolResult unanswered =
+      Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "300ms"});
   EXPECT_EQ(unanswered.code, 1) << unanswered.all();
   EXPECT_NE(unanswered.err.find("version 3 was created, but the plugin on unix://" + socket_), std::string::npos)
       << unanswered.err;

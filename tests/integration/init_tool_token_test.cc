@@ -40,8 +40,8 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
   const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
   WriteFile(so_pin, kNewSoPin, 0644);
   WriteFile(user_pin, kNewUserPin, 0600);
-  ToolResult so = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", "fresh-token",
-                       "--so-pin-file", so_pin, "--pin-file", user_pin});
+  ToolResult so = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", "fresh-token", "--so-pin-file",
+                       so_pin, "--pin-file", user_pin});
   EXPECT_EQ(so.code, 2) << so.all();
   EXPECT_NE(so.err.find("--so-pin-file"), std::string::npos) << so.err;
   EXPECT_NE(so.err.find("chmod 600"), std::string::npos) << so.err;
@@ -69,8 +69,8 @@ TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
                          "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
   EXPECT_EQ(init.code, 1) << init.all();
   EXPECT_NE(init.err.find("already exists"), std::string::npos) << init.err;
-  ToolResult bad_label = Run({"token", "init", "--module", support::kSoftHsmModule, "--label",
-                              std::string(33, 'x'), "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
+  ToolResult bad_label = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", std::string(33, 'x'),
+                              "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
   EXPECT_EQ(bad_label.code, 2) << bad_label.all();
 }
 
@@ -79,15 +79,16 @@ TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
 TEST_F(InitToolTest, ConfigPrintsAnEncryptionConfigurationWithoutTheToken) {
   // A token that does not exist: config is pure output.
   const std::string uri =
-      "pkcs11:token=not-there;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/trousseau-hsm/pin";
+      "pkcs11:token=not-there;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/"
+      "trousseau-hsm/pin";
   ToolResult config = Run({"config", "--pkcs11-uri", uri, "--listen", "unix:///run/trousseau-hsm/kms.sock", "--name",
                            "hsm-kms", "--timeout", "5s"});
   ASSERT_EQ(config.code, 0) << config.all();
   const std::string& y = config.out;
-  for (const char* line :
-       {"apiVersion: apiserver.config.k8s.io/v1\n", "kind: EncryptionConfiguration\n", "      - secrets\n",
-        "      - kms:\n", "          apiVersion: v2\n", "          name: hsm-kms\n",
-        "          endpoint: unix:///run/trousseau-hsm/kms.sock\n", "          timeout: 5s\n", "      - identity: {}\n"}) {
+  for (const char* line : {"apiVersion: apiserver.config.k8s.io/v1\n", "kind: EncryptionConfiguration\n",
+                           "      - secrets\n", "      - kms:\n", "          apiVersion: v2\n",
+                           "          name: hsm-kms\n", "          endpoint: unix:///run/trousseau-hsm/kms.sock\n",
+                           "          timeout: 5s\n", "      - identity: {}\n"}) {
     EXPECT_NE(y.find(line), std::string::npos) << "missing " << line << " in\n" << y;
   }
   // identity is the last provider: nothing but the end of the document after it.

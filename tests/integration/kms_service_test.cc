@@ -23,9 +23,9 @@
 namespace trousseau {
 namespace {
 
+using support::SoftHsmToken;
 using testing::CallContext;
 using testing::KmsClients;
-using support::SoftHsmToken;
 
 class KmsServiceTest : public ::testing::Test {
  protected:
@@ -279,14 +279,18 @@ TEST_F(KmsServiceTest, TheServerRunsTheResponseWiperOnBothDecrypts) {
   EXPECT_EQ(v1_opened.plain(), seed);
 
   // POST_SEND_MESSAGE runs before the status reaches the client, but allow for the ordering.
-  ASSERT_TRUE(support::Eventually([&] { std::lock_guard l(wipes_mu_); return wipes_.size() == 2; },
-                                  std::chrono::seconds(2)));
+  ASSERT_TRUE(support::Eventually(
+      [&] {
+        std::lock_guard l(wipes_mu_);
+        return wipes_.size() == 2;
+      },
+      std::chrono::seconds(2)));
   std::lock_guard lock(wipes_mu_);
   // The two wipes may land in either order: each runs on the server after its own response is sent.
   std::multiset<std::string> methods;
   for (const auto& wipe : wipes_) methods.insert(wipe.first);
-  EXPECT_EQ(methods, (std::multiset<std::string>{"/v1beta1.KeyManagementService/Decrypt",
-                                                 "/v2.KeyManagementService/Decrypt"}));
+  EXPECT_EQ(methods,
+            (std::multiset<std::string>{"/v1beta1.KeyManagementService/Decrypt", "/v2.KeyManagementService/Decrypt"}));
   for (const auto& [method, field] : wipes_) {
     EXPECT_EQ(field, std::string(32, '\0')) << method << ": every plaintext byte must be zero";
   }
@@ -358,9 +362,9 @@ class BufferWatch {
   };
   struct ResponseSeen {
     std::string call;
-    bool held_plaintext = false;       // the field was non-zero when the handler returned
-    bool same_message = false;         // gRPC sent the very object the handler filled
-    bool zero_after_send = false;      // the field's bytes, after the send (and the wiper)
+    bool held_plaintext = false;   // the field was non-zero when the handler returned
+    bool same_message = false;     // gRPC sent the very object the handler filled
+    bool zero_after_send = false;  // the field's bytes, after the send (and the wiper)
   };
 
   void RequestAfterHandler(const std::string& call, const std::string& plaintext) {
@@ -600,18 +604,19 @@ TEST_F(WipeTest, EncryptHandlersWipeTheRequestPlaintextOnEveryPath) {
   EXPECT_EQ(v1_encrypt("v1beta1", std::string(server::kV1MaxCiphertext, 's')), grpc::StatusCode::INVALID_ARGUMENT);
 
   const std::vector<BufferWatch::RequestSeen> seen = watch_.requests();
-  const std::vector<std::pair<std::string, size_t>> expected = {
-      {"v2 Encrypt", seed.size()}, {"v2 Encrypt", 1024},
-      {"v1beta1 Encrypt", seed.size()}, {"v1beta1 Encrypt", seed.size()},
-      {"v1beta1 Encrypt", server::kV1MaxCiphertext}};
+  const std::vector<std::pair<std::string, size_t>> expected = {{"v2 Encrypt", seed.size()},
+                                                                {"v2 Encrypt", 1024},
+                                                                {"v1beta1 Encrypt", seed.size()},
+                                                                {"v1beta1 Encrypt", seed.size()},
+                                                                {"v1beta1 Encrypt", server::kV1MaxCiphertext}};
   ASSERT_EQ(seen.size(), expected.size());
   for (size_t i = 0; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i].call, expected[i].first) << i;
     EXPECT_EQ(seen[i].size, expected[i].second) << seen[i].call << " #" << i;
-    EXPECT_TRUE(seen[i].zero_after_handler) << seen[i].call << " #" << i << ": the request's plaintext outlived the handler";
+    EXPECT_TRUE(seen[i].zero_after_handler)
+        << seen[i].call << " #" << i << ": the request's plaintext outlived the handler";
   }
 }
 
 }  // namespace
 }  // namespace trousseau
-

@@ -25,14 +25,14 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
+using support::Subprocess;
+using testing::CallContext;
 using testing::FreeLoopbackPort;
 using testing::HttpGet;
 using testing::HttpResponse;
 using testing::KmsClients;
 using testing::MetricValue;
-using support::Subprocess;
 
 class OperationsTest : public testing::SoftHsmPluginTest {
  protected:
@@ -51,8 +51,9 @@ class OperationsTest : public testing::SoftHsmPluginTest {
   }
 
   std::vector<std::string> BaseArgs(const std::string& uri = "") {
-    return {"--listen", "unix://" + socket_, "--pkcs11-uri", uri.empty() ? token_->Uri() : uri, "--health-listen",
-            "127.0.0.1:" + std::to_string(port_)};
+    return {"--listen",        "unix://" + socket_,
+            "--pkcs11-uri",    uri.empty() ? token_->Uri() : uri,
+            "--health-listen", "127.0.0.1:" + std::to_string(port_)};
   }
 
   bool Serving(const std::string& socket) { return testing::PluginStatus(socket, 500ms).healthz() == "ok"; }
@@ -83,8 +84,8 @@ TEST_F(OperationsTest, ProbesAnswerAndMetricsCountRequestsByApiOperationAndCode)
   HttpResponse metrics = HttpGet(port_, "/metrics");
   ASSERT_EQ(metrics.code, 200);
   const std::string& m = metrics.body;
-  EXPECT_NE(m.find("trousseau_hsm_operations_total{api=\"v2\",code=\"OK\",operation=\"Encrypt\"} 1"),
-            std::string::npos) << m;
+  EXPECT_NE(m.find("trousseau_hsm_operations_total{api=\"v2\",code=\"OK\",operation=\"Encrypt\"} 1"), std::string::npos)
+      << m;
   EXPECT_NE(m.find("trousseau_hsm_operations_total{api=\"v2\",code=\"INVALID_ARGUMENT\",operation=\"Decrypt\"} 1"),
             std::string::npos);
   EXPECT_NE(m.find("trousseau_hsm_operation_duration_seconds_bucket{api=\"v2\",operation=\"Encrypt\",le=\"5e-05\"}"),
@@ -167,10 +168,13 @@ TEST_F(OperationsTest, AFailedKeyRefreshKeepsTheLastGoodRingAndIsCountedInTheMet
 
   ASSERT_TRUE(token_->GenerateUnsafeKey(2).ok());
   plugin->Signal(SIGHUP);
-  EXPECT_TRUE(Eventually([&] {
-    return HttpGet(port_, "/metrics").body.find("trousseau_hsm_key_refresh_total{result=\"failed\"} 1") !=
-           std::string::npos;
-  }, 5s)) << plugin->Log();
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return HttpGet(port_, "/metrics").body.find("trousseau_hsm_key_refresh_total{result=\"failed\"} 1") !=
+               std::string::npos;
+      },
+      5s))
+      << plugin->Log();
   v2::StatusResponse after;
   ASSERT_TRUE(clients.v2->Status(CallContext().get(), {}, &after).ok());
   EXPECT_EQ(after.key_id(), v1.key_id()) << "the unsafe version 2 must never become active";

@@ -18,10 +18,10 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
-using testing::KmsClients;
 using support::Subprocess;
+using testing::CallContext;
+using testing::KmsClients;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -174,8 +174,10 @@ TEST_F(Pkcs11BackendTest, WorksWithoutSessionKeyCopiesAndWithOneSession) {
 
 TEST_F(Pkcs11BackendTest, MissingTokenIsUnavailable) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  auto backend = NewBackend({}, "pkcs11:token=no-such-token;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&"
-                                "pin-source=file:" + token_->pin_file());
+  auto backend = NewBackend({},
+                            "pkcs11:token=no-such-token;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&"
+                            "pin-source=file:" +
+                                token_->pin_file());
   Status s = backend->LoadKeys().status();
   EXPECT_TRUE(IsUnavailable(s)) << s.ToString();
   EXPECT_NE(s.message().find("no-such-token"), std::string::npos);
@@ -203,8 +205,8 @@ class RejectedPinTest : public Pkcs11BackendTest {
     std::rename(tmp.c_str(), pin_file_.c_str());
   }
   std::string Uri() const {
-    return "pkcs11:token=" + token_->label() + ";object=kek?module-path=" FAULT_SHIM_PATH "&pin-source=file:" +
-           pin_file_;
+    return "pkcs11:token=" + token_->label() +
+           ";object=kek?module-path=" FAULT_SHIM_PATH "&pin-source=file:" + pin_file_;
   }
   int LoginAttempts() const {
     std::ifstream log(login_log_);
@@ -308,7 +310,7 @@ TEST(Pkcs11UriParse, RefusesAPinValueWithoutEchoingIt) {
 
 TEST(Pkcs11UriParse, ExplainsWhatIsMissingOrWrong) {
   EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("not-a-uri").status()));
-  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek").status()));  // no module
+  EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek").status()));         // no module
   EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t?module-path=/m.so").status()));  // no object
   EXPECT_TRUE(IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=k;id=%01?module-path=/m.so").status()));
   EXPECT_TRUE(IsInvalidArgument(

@@ -23,10 +23,10 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
-using testing::KmsClients;
 using support::Subprocess;
+using testing::CallContext;
+using testing::KmsClients;
 
 class PluginProcessTest : public testing::SoftHsmPluginTest {
  protected:
@@ -135,9 +135,9 @@ TEST_F(PluginProcessTest, RefusesToStartWithAnExtractableKey) {
 
 TEST_F(PluginProcessTest, RefusesAPinInTheUriWithoutPrintingIt) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
-  auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() +
-                                    ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=" +
-                                    support::kTestUserPin);
+  auto plugin =
+      StartPlugin({}, "pkcs11:token=" + token_->label() +
+                          ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=" + support::kTestUserPin);
   EXPECT_EQ(plugin->Wait(10s), 2);
   EXPECT_NE(plugin->Log().find("pin-source"), std::string::npos) << plugin->Log();
   EXPECT_EQ(plugin->Log().find(support::kTestUserPin), std::string::npos);
@@ -154,7 +154,8 @@ TEST_F(PluginProcessTest, RefusesAWorldReadablePinFile) {
 TEST_F(PluginProcessTest, TakesThePinFromTheEnvironment) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   setenv("TROUSSEAU_HSM_PIN", support::kTestUserPin, 1);
-  auto plugin = StartPlugin({}, "pkcs11:token=" + token_->label() + ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so");
+  auto plugin =
+      StartPlugin({}, "pkcs11:token=" + token_->label() + ";object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so");
   unsetenv("TROUSSEAU_HSM_PIN");
   EXPECT_TRUE(Eventually([&] { return Serving(); }, 5s)) << plugin->Log();
 }
@@ -225,8 +226,9 @@ TEST_F(PluginProcessTest, ANewVersionThatVanishesAMomentLaterNeverBecomesActive)
   // Key family reads done (a histogram count): the first read of the refresh sees version 2, then the
   // plugin waits to read again.
   auto key_reads = [&] {
-    return testing::MetricValue(testing::HttpGet(port, "/metrics").body,
-                                "trousseau_hsm_backend_call_duration_seconds_count{backend=\"pkcs11\",call=\"load_keys\"}");
+    return testing::MetricValue(
+        testing::HttpGet(port, "/metrics").body,
+        "trousseau_hsm_backend_call_duration_seconds_count{backend=\"pkcs11\",call=\"load_keys\"}");
   };
   const double reads_before = key_reads();
   ASSERT_GE(reads_before, 1) << "no key-read count on /metrics";
@@ -292,11 +294,11 @@ TEST_F(PluginProcessTest, RejectsAnAbstractOrRelativeSocket) {
 TEST_F(PluginProcessTest, EveryUsageErrorExitsTwoAndAStrayArgumentIsNeverEchoed) {
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   const std::vector<std::vector<std::string>> usage_errors = {
-      {"--pin", "s3cr3t-pin-value"},           // no such flag: a PIN never goes on the command line
-      {"s3cr3t-pin-value"},                    // a stray positional
-      {"--log-level", "chatty"},               // not one of the levels
-      {"--hsm-sessions", "0"},                 // out of range
-      {"--health-cache", "soon"},              // not a duration
+      {"--pin", "s3cr3t-pin-value"},               // no such flag: a PIN never goes on the command line
+      {"s3cr3t-pin-value"},                        // a stray positional
+      {"--log-level", "chatty"},                   // not one of the levels
+      {"--hsm-sessions", "0"},                     // out of range
+      {"--health-cache", "soon"},                  // not a duration
       {"--tpm-key-dir", token_->dir() + "/keys"},  // two backends at once
   };
   for (const auto& extra : usage_errors) {
@@ -308,7 +310,8 @@ TEST_F(PluginProcessTest, EveryUsageErrorExitsTwoAndAStrayArgumentIsNeverEchoed)
   auto from_env = StartPlugin();
   unsetenv("TROUSSEAU_HSM_HEALTH_CACHE");
   EXPECT_EQ(from_env->Wait(10s), 2) << from_env->Log();
-  auto no_backend = std::make_unique<Subprocess>(std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_}, log_);
+  auto no_backend =
+      std::make_unique<Subprocess>(std::vector<std::string>{PLUGIN_PATH, "--listen", "unix://" + socket_}, log_);
   EXPECT_EQ(no_backend->Wait(10s), 2);
   EXPECT_NE(no_backend->Log().find("exactly one backend"), std::string::npos) << no_backend->Log();
 }

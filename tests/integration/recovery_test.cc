@@ -18,10 +18,10 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
-using testing::KmsClients;
 using support::Subprocess;
+using testing::CallContext;
+using testing::KmsClients;
 
 class RecoveryTest : public testing::SoftHsmPluginTest {
  protected:
@@ -94,8 +94,7 @@ TEST_F(RecoveryTest, ABadNewKeyOnTheTokenDoesNotStopRecoveryFromAnOutage) {
   ASSERT_TRUE(token_->DestroyKey(1).ok());
   ASSERT_TRUE(token_->GenerateKek(1).ok());
   SetLink("up");  // after the swap: a reconnect between the two steps would see version 1 merely gone
-  EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
-                         10s))
+  EXPECT_TRUE(Eventually([&] { return Decrypt(sealed, &plaintext).error_code() == grpc::StatusCode::NOT_FOUND; }, 10s))
       << plugin_->Log();
   EXPECT_NE(plugin_->Log().find("version 1 was replaced on the token"), std::string::npos) << plugin_->Log();
   EXPECT_FALSE(plugin_->Wait(0ms).has_value()) << plugin_->Log();

@@ -55,9 +55,7 @@ class SocketTest : public testing::SoftHsmPluginTest {
     return SoftHsmPluginTest::StartPlugin(std::move(extra));
   }
 
-  static bool Serving(const Subprocess& plugin) {
-    return plugin.Log().find("serving KMS v2") != std::string::npos;
-  }
+  static bool Serving(const Subprocess& plugin) { return plugin.Log().find("serving KMS v2") != std::string::npos; }
 };
 
 TEST_F(SocketTest, AMissingSocketDirectoryIsRefusedNotCreated) {
@@ -74,7 +72,8 @@ TEST_F(SocketTest, AMissingSocketDirectoryIsRefusedNotCreated) {
 TEST_F(SocketTest, TheSocketGetsItsModeAndGroupAndNothingIsLeftBehind) {
   const std::string dir = token_->dir() + "/run";
   ASSERT_EQ(mkdir(dir.c_str(), 0755), 0);
-  auto plugin = StartPlugin(dir + "/kms.sock", {"--socket-mode", "0660", "--socket-group", std::to_string(kOtherGroup)});
+  auto plugin =
+      StartPlugin(dir + "/kms.sock", {"--socket-mode", "0660", "--socket-group", std::to_string(kOtherGroup)});
   ASSERT_TRUE(Eventually([&] { return Serving(*plugin) || plugin->Wait(0ms).has_value(); }, 10s)) << plugin->Log();
   ASSERT_TRUE(support::UnixSocketAccepts(dir + "/kms.sock")) << plugin->Log();
   struct stat st {};
@@ -121,7 +120,8 @@ TEST_F(SocketTest, ASymlinkSwappedInCannotRedirectChmodOrChown) {
       }
     }
   });
-  auto plugin = StartPlugin(dir + "/kms.sock", {"--socket-mode", "0660", "--socket-group", std::to_string(kOtherGroup)});
+  auto plugin =
+      StartPlugin(dir + "/kms.sock", {"--socket-mode", "0660", "--socket-group", std::to_string(kOtherGroup)});
   const bool up = Eventually([&] { return Serving(*plugin) || plugin->Wait(0ms).has_value(); }, 10s);
   stop.store(true);
   attacker.join();

@@ -28,10 +28,10 @@ namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-using testing::CallContext;
 using support::Eventually;
-using testing::KmsClients;
 using support::Subprocess;
+using testing::CallContext;
+using testing::KmsClients;
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
@@ -91,7 +91,8 @@ class TrousseauctlTest : public testing::SoftHsmPluginTest {
     std::ofstream(base + ".in", std::ios::binary) << input;
     std::string command = "exec " + ShellQuote(CTL_PATH);
     for (const std::string& a : args) command += " " + ShellQuote(a);
-    command += " < " + ShellQuote(base + ".in") + " > " + ShellQuote(base + ".out") + " 2> " + ShellQuote(base + ".err");
+    command +=
+        " < " + ShellQuote(base + ".in") + " > " + ShellQuote(base + ".out") + " 2> " + ShellQuote(base + ".err");
     Subprocess ctl({"/bin/sh", "-c", command}, base + ".log");
     CtlResult result;
     result.code = ctl.Wait(30s).value_or(-1);
@@ -149,8 +150,7 @@ TEST_F(TrousseauctlTest, V2EncryptThenDecryptGivesTheSameBytesBack) {
   // stdout: base64 ciphertext only; stderr: the key_id.
   ASSERT_EQ(sealed.out.back(), '\n');
   const std::string ciphertext_b64 = sealed.out.substr(0, sealed.out.size() - 1);
-  EXPECT_EQ(ciphertext_b64.find_first_not_of(
-                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="),
+  EXPECT_EQ(ciphertext_b64.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="),
             std::string::npos);
   EXPECT_EQ(sealed.out.find("seed"), std::string::npos) << "plaintext on stdout";
   const std::string key_id = GrpcStatus().key_id();
@@ -178,7 +178,8 @@ TEST_F(TrousseauctlTest, V2JsonEncryptAndDecrypt) {
   ASSERT_NO_THROW(s = json::parse(sealed.out)) << sealed.out;
   EXPECT_EQ(s["key_id"], GrpcStatus().key_id());
   const std::string ciphertext = s["ciphertext"];
-  const CtlResult opened = Ctl(WithSocket({"--json", "decrypt", "--key-id", s["key_id"].get<std::string>()}), ciphertext);
+  const CtlResult opened =
+      Ctl(WithSocket({"--json", "decrypt", "--key-id", s["key_id"].get<std::string>()}), ciphertext);
   ASSERT_EQ(opened.code, 0) << opened.err;
   json o;
   ASSERT_NO_THROW(o = json::parse(opened.out)) << opened.out;
@@ -279,7 +280,8 @@ TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   set_link("down");
   CtlResult down;
   EXPECT_TRUE(Eventually([&] { return (down = Ctl(WithSocket({"status"}))).code == 3; }, 10s))
-      << down.code << "\n" << down.out << down.err << plugin_->Log();
+      << down.code << "\n"
+      << down.out << down.err << plugin_->Log();
   EXPECT_EQ(down.out.find("healthz: ok"), std::string::npos) << down.out;
   EXPECT_NE(down.out.find("key_id:  kek-v1-"), std::string::npos) << "the key_id is still reported: " << down.out;
   const CtlResult json_down = Ctl(WithSocket({"--json", "status"}));

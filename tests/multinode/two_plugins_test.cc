@@ -42,8 +42,13 @@ class TwoPluginsTest : public ::testing::Test {
   Node Start(const std::string& name, std::vector<std::string> extra) {
     Node node{name, token_->dir() + "/" + name + "/kms.sock", testing::FreeLoopbackPort(), nullptr};
     mkdir((token_->dir() + "/" + name).c_str(), 0700);
-    std::vector<std::string> argv = {PLUGIN_PATH, "--listen", "unix://" + node.socket, "--pkcs11-uri", token_->Uri(),
-                                     "--health-listen", "127.0.0.1:" + std::to_string(node.health_port)};
+    std::vector<std::string> argv = {PLUGIN_PATH,
+                                     "--listen",
+                                     "unix://" + node.socket,
+                                     "--pkcs11-uri",
+                                     token_->Uri(),
+                                     "--health-listen",
+                                     "127.0.0.1:" + std::to_string(node.health_port)};
     argv.insert(argv.end(), extra.begin(), extra.end());
     node.plugin = std::make_unique<Subprocess>(argv, token_->dir() + "/" + name + ".log");
     return node;
@@ -140,9 +145,10 @@ TEST_F(TwoPluginsTest, WithAnActivationDelayBothNodesHoldAVersionBeforeEitherEnc
         for (const auto& [writer, reader] : {std::pair{&a, &b}, std::pair{&b, &a}}) {
           if (!WriteThenRead(*writer, *reader, rounds, key_id, last_failure)) ++failures;
           if (key_id.rfind("kek-v2-", 0) == 0 &&
-              Metric(b, "trousseau_hsm_key_version_info{key_id=\"" + key_id + "\",state=\"decrypt_only\",version=\"2\"}") !=
-                  1 &&
-              Metric(b, "trousseau_hsm_key_version_info{key_id=\"" + key_id + "\",state=\"active\",version=\"2\"}") != 1) {
+              Metric(b, "trousseau_hsm_key_version_info{key_id=\"" + key_id +
+                            "\",state=\"decrypt_only\",version=\"2\"}") != 1 &&
+              Metric(b, "trousseau_hsm_key_version_info{key_id=\"" + key_id + "\",state=\"active\",version=\"2\"}") !=
+                  1) {
             b_held_v2_before_anyone_used_it = false;
           }
         }

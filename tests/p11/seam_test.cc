@@ -76,14 +76,14 @@ TEST_F(SeamTest, ObjectFinderEndsItsSearchEvenWhenDroppedEarly) {
 TEST_F(SeamTest, AttributeReaderGivesTypedValuesAndLeavesUnreadableOnesOut) {
   std::vector<CK_OBJECT_HANDLE> keys = FindFamily("kek");
   ASSERT_FALSE(keys.empty());
-  StatusOr<hsm::p11::AttributeReader> attrs = hsm::p11::AttributeReader::Read(
-      session(), keys.front(),
-      {{CKA_KEY_TYPE, sizeof(CK_KEY_TYPE)},
-       {CKA_VALUE_LEN, sizeof(CK_ULONG)},
-       {CKA_SENSITIVE, sizeof(CK_BBOOL)},
-       {CKA_EXTRACTABLE, sizeof(CK_BBOOL)},
-       {CKA_LABEL, 64},
-       {CKA_VALUE, 64}});  // the key itself: sensitive, so the token must not return it
+  StatusOr<hsm::p11::AttributeReader> attrs =
+      hsm::p11::AttributeReader::Read(session(), keys.front(),
+                                      {{CKA_KEY_TYPE, sizeof(CK_KEY_TYPE)},
+                                       {CKA_VALUE_LEN, sizeof(CK_ULONG)},
+                                       {CKA_SENSITIVE, sizeof(CK_BBOOL)},
+                                       {CKA_EXTRACTABLE, sizeof(CK_BBOOL)},
+                                       {CKA_LABEL, 64},
+                                       {CKA_VALUE, 64}});  // the key itself: sensitive, so the token must not return it
   ASSERT_TRUE(attrs.ok()) << attrs.status().ToString();
   EXPECT_EQ(attrs->Ulong(CKA_KEY_TYPE), CK_ULONG{CKK_AES});
   EXPECT_EQ(attrs->Ulong(CKA_VALUE_LEN), CK_ULONG{32});

@@ -19,11 +19,11 @@ inline bool RunningInCi() {
 }  // namespace trousseau::testing
 
 // Use in a TEST body or SetUp (it returns from the function, as GTEST_SKIP and FAIL do).
-#define SKIP_OR_FAIL_IN_CI(reason)                                                                   \
-  do {                                                                                               \
-    if (::trousseau::testing::RunningInCi()) {                                                       \
-      FAIL() << "CI=true, so no skipping: " << (reason);                                         \
-    } else {                                                                                         \
-      GTEST_SKIP() << (reason);                                                                      \
-    }                                                                                                \
+#define SKIP_OR_FAIL_IN_CI(reason)                       \
+  do {                                                   \
+    if (::trousseau::testing::RunningInCi()) {           \
+      FAIL() << "CI=true, so no skipping: " << (reason); \
+    } else {                                             \
+      GTEST_SKIP() << (reason);                          \
+    }                                                    \
   } while (0)

@@ -61,7 +61,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 mode_t Mode(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 07777;
 }
@@ -127,7 +127,8 @@ class InitToolTpmTest : public testing::SwtpmTest {
   // tpm <command> --tpm-tcti <this swtpm> --tpm-key-dir <key_dir_> <extra...>
   ToolResult Tpm(const std::string& command, std::vector<std::string> extra = {}, const std::string& tcti = "",
                  const std::string& key_dir = "") {
-    std::vector<std::string> args = {"tpm", command, "--tpm-tcti", tcti.empty() ? tpm_->Tcti() : tcti,
+    std::vector<std::string> args = {"tpm",           command,
+                                     "--tpm-tcti",    tcti.empty() ? tpm_->Tcti() : tcti,
                                      "--tpm-key-dir", key_dir.empty() ? key_dir_ : key_dir};
     args.insert(args.end(), extra.begin(), extra.end());
     return Run(args);
@@ -153,8 +154,7 @@ class InitToolTpmTest : public testing::SwtpmTest {
         tpm::TpmBackend::Create({.tcti = tpm_->Tcti(), .key_dir = key_dir_});
     EXPECT_TRUE(backend.ok()) << backend.status().ToString();
     if (!backend.ok()) return {};
-    KmsEngine engine(std::shared_ptr<tpm::TpmBackend>(*std::move(backend)),
-                     {.family_label = tpm::kTpmFamilyLabel});
+    KmsEngine engine(std::shared_ptr<tpm::TpmBackend>(*std::move(backend)), {.family_label = tpm::kTpmFamilyLabel});
     Status loaded = engine.LoadKeyRing();
     EXPECT_TRUE(loaded.ok()) << loaded.ToString();
     if (!loaded.ok()) return {};
@@ -284,10 +284,10 @@ TEST_F(InitToolTpmTest, TwoRotationsAtOnceGetTheNextTwoVersions) {
   // their turn; neither reuses the other's version number or temp files.
   std::vector<std::unique_ptr<Subprocess>> runs;
   for (int i = 0; i < 2; ++i) {
-    runs.push_back(std::make_unique<Subprocess>(
-        std::vector<std::string>{TOOL_PATH, "tpm", "rotate", "--json", "--tpm-tcti", tpm_->Tcti(), "--tpm-key-dir",
-                                 key_dir_},
-        StrCat(dir_.path(), "/concurrent-", i, ".log")));
+    runs.push_back(
+        std::make_unique<Subprocess>(std::vector<std::string>{TOOL_PATH, "tpm", "rotate", "--json", "--tpm-tcti",
+                                                              tpm_->Tcti(), "--tpm-key-dir", key_dir_},
+                                     StrCat(dir_.path(), "/concurrent-", i, ".log")));
     ASSERT_TRUE(runs.back()->started());
   }
   std::set<int> versions;
@@ -334,7 +334,8 @@ TEST_F(InitToolTpmTest, KeyIdsAreStableAndEqualWhatInitAndRotatePrintedAndWhatTh
   const json rotated = Json(rotate);
   EXPECT_EQ(rotated["version"], 2);
   EXPECT_EQ(rotated["active"], true);
-  const std::map<uint64_t, std::string> printed = {{1, PrintedKeyId(init.output)}, {2, rotated["key_id"].get<std::string>()}};
+  const std::map<uint64_t, std::string> printed = {{1, PrintedKeyId(init.output)},
+                                                   {2, rotated["key_id"].get<std::string>()}};
 
   const json first = ListJson();
   const json second = ListJson();

@@ -58,7 +58,7 @@ std::unique_ptr<PtyTpm> PtyTpm::Start(const std::string& swtpm_socket) {
   if (pty->device_keepalive_ < 0) return nullptr;
   // Binary TPM frames must pass untouched: no echo, no line editing, no CR/LF translation, no
   // flow-control bytes.
-  struct termios raw{};
+  struct termios raw {};
   if (::tcgetattr(pty->device_keepalive_, &raw) != 0) return nullptr;
   ::cfmakeraw(&raw);
   if (::tcsetattr(pty->device_keepalive_, TCSANOW, &raw) != 0) return nullptr;
@@ -77,7 +77,9 @@ void PtyTpm::RelayLoop() {
   std::string pending;
   char buffer[4096];
   while (!stop_) {
-    struct pollfd fd{master_, POLLIN, 0};
+    struct pollfd fd {
+      master_, POLLIN, 0
+    };
     if (::poll(&fd, 1, 50) <= 0 || !(fd.revents & POLLIN)) continue;
     const ssize_t n = ::read(master_, buffer, sizeof buffer);
     if (n <= 0) continue;
@@ -101,7 +103,7 @@ void PtyTpm::RelayLoop() {
 std::string PtyTpm::AskSwtpm(const std::string& command) const {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "";
-  struct sockaddr_un addr{};
+  struct sockaddr_un addr {};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, swtpm_socket_.c_str(), sizeof addr.sun_path - 1);
   std::string response;

@@ -76,9 +76,7 @@ bool Swtpm::Stop() {
   return std::system(("/usr/bin/swtpm_ioctl --unix '" + socket_ + ".ctrl' --stop >/dev/null 2>&1").c_str()) == 0;
 }
 
-std::string Swtpm::Log() const {
-  return process_ ? process_->Log() : std::string();
-}
+std::string Swtpm::Log() const { return process_ ? process_->Log() : std::string(); }
 
 Swtpm::~Swtpm() { Kill(); }
 

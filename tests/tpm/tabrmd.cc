@@ -30,10 +30,9 @@ class SessionBus {
 
   SessionBus() {
     const std::string address = "unix:path=" + dir_.path() + "/dbus.sock";
-    daemon_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{"/usr/bin/dbus-daemon", "--session", "--nofork", "--nopidfile",
-                                 "--address=" + address},
-        dir_.path() + "/dbus.log");
+    daemon_ = std::make_unique<Subprocess>(std::vector<std::string>{"/usr/bin/dbus-daemon", "--session", "--nofork",
+                                                                    "--nopidfile", "--address=" + address},
+                                           dir_.path() + "/dbus.log");
     up_ = daemon_->started() &&
           Eventually([&] { return UnixSocketAccepts(dir_.path() + "/dbus.sock"); }, std::chrono::seconds(10));
     if (up_) ::setenv("DBUS_SESSION_BUS_ADDRESS", address.c_str(), /*overwrite=*/1);

@@ -320,7 +320,8 @@ TEST_F(TpmBackendTest, RequestsWhoseDeadlinePassesInTheQueueFailWithoutTouchingT
     if (i == 0) {
       EXPECT_TRUE(Eventually([&] { return backend->stats().requests_run == run_before + 1; }, std::chrono::seconds(1)));
     } else {
-      EXPECT_TRUE(Eventually([&] { return backend->stats().waiting == static_cast<uint64_t>(i); }, std::chrono::seconds(1)))
+      EXPECT_TRUE(
+          Eventually([&] { return backend->stats().waiting == static_cast<uint64_t>(i); }, std::chrono::seconds(1)))
           << backend->stats().waiting;
     }
   }
@@ -397,8 +398,9 @@ TEST_F(TpmBackendTest, TpmEncryptDecryptAndEncryptDecrypt2MakeTheSameCiphertexts
                               "type=unixio,path=" + socket + ".ctrl", "--flags", "startup-clear,not-need-init",
                               "--tpmstate", "dir=" + tpm_->state_dir(), "--log", "file=" + log_path + ",level=20"},
                              dir_.path() + "/swtpm-logged.out");
-  ASSERT_TRUE(Eventually([&] { return support::UnixSocketAccepts(socket + ".ctrl") && support::UnixSocketAccepts(socket); },
-                         std::chrono::seconds(10)))
+  ASSERT_TRUE(
+      Eventually([&] { return support::UnixSocketAccepts(socket + ".ctrl") && support::UnixSocketAccepts(socket); },
+                 std::chrono::seconds(10)))
       << logged.Log();
   auto log_since = [&](size_t offset) {
     std::ifstream file(log_path);
@@ -417,7 +419,11 @@ TEST_F(TpmBackendTest, TpmEncryptDecryptAndEncryptDecrypt2MakeTheSameCiphertexts
   EXPECT_EQ(Count(sent, TPM2_CC_EncryptDecrypt), 0u);
 
   offset = end;
-  auto backend = LoadedBackend({.tcti = "", .key_dir = "", .load_timeout = std::chrono::seconds(30), .loaded_versions = 1, .prefer_encrypt_decrypt2 = false});
+  auto backend = LoadedBackend({.tcti = "",
+                                .key_dir = "",
+                                .load_timeout = std::chrono::seconds(30),
+                                .loaded_versions = 1,
+                                .prefer_encrypt_decrypt2 = false});
   EXPECT_EQ(backend->Open(1, by_v2_command, "aad")->view(), "seed");
   const std::string by_v1_command = *backend->Seal(1, "seed", "aad");
   backend.reset();

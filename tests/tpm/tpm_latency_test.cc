@@ -62,9 +62,10 @@ TEST(TpmLatencyTest, PerOperationLatencyOnThisTpm) {
   const double primary = MicrosPerOp(50, [&] { ASSERT_TRUE(device->CreateStoragePrimary().ok()); });
   device.reset();
   std::printf("TPM latency (swtpm, µs/op): CreatePrimary(ECC P-256)=%.0f\n", primary);
-  std::printf("TPM latency (swtpm, µs/op, %d ops): seal32=%.0f open32=%.0f seal985=%.0f open985=%.0f probe=%.0f "
-              "open-switching-versions=%.0f new-backend+LoadKeys(2 versions)=%.0f\n",
-              n, seal, open, seal_big, open_big, probe, switching, load_keys);
+  std::printf(
+      "TPM latency (swtpm, µs/op, %d ops): seal32=%.0f open32=%.0f seal985=%.0f open985=%.0f probe=%.0f "
+      "open-switching-versions=%.0f new-backend+LoadKeys(2 versions)=%.0f\n",
+      n, seal, open, seal_big, open_big, probe, switching, load_keys);
   // The RSA-OAEP fallback: sealing is host-side (public key), opening is TPM2_RSA_Decrypt.
   TpmConfig rsa_config{tpm->Tcti(), dir.path() + "/rsa-keys", KeyScheme::kRsaOaep};
   ASSERT_TRUE(InitKeyDir(rsa_config, "kek").ok());

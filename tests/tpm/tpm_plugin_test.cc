@@ -18,10 +18,10 @@ namespace trousseau {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::CallContext;
 using support::Eventually;
-using testing::KmsClients;
 using support::Subprocess;
+using testing::CallContext;
+using testing::KmsClients;
 using testing::Swtpm;
 using testing::Tabrmd;
 using testing::TempDir;
@@ -46,8 +46,8 @@ class TpmPluginTest : public testing::SwtpmTest {
 
   std::unique_ptr<Subprocess> StartPlugin(const std::string& tcti, std::vector<std::string> extra = {},
                                           const std::string& health_cache = "0s") {
-    std::vector<std::string> argv = {PLUGIN_PATH,  "--listen",  "unix://" + socket_, "--tpm-tcti", tcti,
-                                     "--tpm-key-dir", key_dir_, "--health-cache", health_cache};
+    std::vector<std::string> argv = {PLUGIN_PATH,     "--listen", "unix://" + socket_, "--tpm-tcti", tcti,
+                                     "--tpm-key-dir", key_dir_,   "--health-cache",    health_cache};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return std::make_unique<Subprocess>(argv, dir_.path() + "/plugin.log");
   }
@@ -111,7 +111,6 @@ TEST_F(TpmPluginTest, ServesKmsV2WithTheKeyIdTheProvisioningPrinted) {
   plugin->Signal(SIGTERM);
   EXPECT_EQ(plugin->Wait(10s), 0);
 }
-
 
 // A TPM that still answers but fails every command (a chip in failure mode): re-reading the unchanged
 // key directory sends it nothing, so the periodic key refresh keeps succeeding. That must not count as
@@ -231,9 +230,8 @@ TEST_F(TpmPluginTest, AHungTpmCostsOneDeadlineAndNeverHoldsStatusOrShutdown) {
 TEST_F(TpmPluginTest, AnUnopenableTpmDeviceIsUnhealthyWithTheReasonAndTheProcessStays) {
   InitKeys(tpm_->Tcti());
   auto plugin = StartPlugin("device:" + dir_.path() + "/no-such-tpmrm0");
-  EXPECT_TRUE(Eventually([&] { return Status().healthz().find("no-such-tpmrm0: No such file or directory") !=
-                                      std::string::npos; },
-                         10s))
+  EXPECT_TRUE(Eventually(
+      [&] { return Status().healthz().find("no-such-tpmrm0: No such file or directory") != std::string::npos; }, 10s))
       << Status().healthz() << plugin->Log();
   v2::EncryptResponse sealed;
   EXPECT_EQ(Encrypt(kSeed, sealed).error_code(), grpc::StatusCode::UNAVAILABLE);
@@ -310,7 +308,8 @@ TEST_F(TpmPluginRotationTest, TheToolsRotationIsActiveOnSighupWithTheKeyIdItPrin
   ASSERT_EQ(rotate.code, 0) << rotate.output;
   const nlohmann::json printed = nlohmann::json::parse(rotate.output, nullptr, /*allow_exceptions=*/false);
   ASSERT_TRUE(printed.is_object() && printed.contains("key_id") && printed["key_id"].is_string())
-      << "not the JSON of --json:\n" << rotate.output;
+      << "not the JSON of --json:\n"
+      << rotate.output;
   const std::string printed_key_id = printed["key_id"].get<std::string>();
   EXPECT_EQ(printed.value("version", 0), 2) << rotate.output;
   ASSERT_NE(printed_key_id, v1);
@@ -318,7 +317,8 @@ TEST_F(TpmPluginRotationTest, TheToolsRotationIsActiveOnSighupWithTheKeyIdItPrin
 
   plugin->Signal(SIGHUP);
   ASSERT_TRUE(Eventually([&] { return Status().key_id() == printed_key_id; }, 5s))
-      << "Status key_id " << Status().key_id() << ", the tool printed " << printed_key_id << "\n" << plugin->Log();
+      << "Status key_id " << Status().key_id() << ", the tool printed " << printed_key_id << "\n"
+      << plugin->Log();
   v2::EncryptResponse under_v2;
   ASSERT_TRUE(Encrypt(kSeed, under_v2).ok()) << plugin->Log();
   EXPECT_EQ(under_v2.key_id(), printed_key_id);
@@ -345,8 +345,7 @@ TEST_F(TpmPluginRotationTest, ARetiredVersionIsDroppedOnSighupAndItsCiphertextsA
   plugin->Signal(SIGHUP);
   ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2->key_id; }, 5s)) << plugin->Log();
   std::string plaintext;
-  EXPECT_TRUE(Eventually([&] { return Decrypt(under_v1, plaintext).error_code() == grpc::StatusCode::NOT_FOUND; },
-                         5s))
+  EXPECT_TRUE(Eventually([&] { return Decrypt(under_v1, plaintext).error_code() == grpc::StatusCode::NOT_FOUND; }, 5s))
       << "retired means unreadable, never a wrong plaintext: " << plugin->Log();
   EXPECT_EQ(Status().healthz(), "ok") << "the plugin keeps serving with the active version: " << plugin->Log();
 }

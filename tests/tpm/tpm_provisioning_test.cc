@@ -34,7 +34,7 @@ class TpmProvisioningTest : public testing::SwtpmTest {
 };
 
 mode_t Mode(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_mode & 07777;
 }
@@ -223,8 +223,8 @@ TEST_F(TpmProvisioningTest, ARotationWaitsForTheLockAndRefusesClearlyIfItIsKept)
       v2 = RotateKey(Config(), "kek");
     });
     const std::string lock_path = Config().key_dir + "/.lock";
-    const bool waiting = Eventually(
-        [&] { return OpenCount(lock_path) >= 2 && rotator != 0 && Sleeping(rotator); }, std::chrono::seconds(5));
+    const bool waiting = Eventually([&] { return OpenCount(lock_path) >= 2 && rotator != 0 && Sleeping(rotator); },
+                                    std::chrono::seconds(5));
     held.reset();
     rotation.join();
     EXPECT_TRUE(waiting) << "the rotation was never seen waiting for the lock";
@@ -331,7 +331,7 @@ TEST_F(TpmProvisioningTest, InitCreatesMissingParentDirectories) {
   config.key_dir = parent + "/tpm";
   StatusOr<TpmKeyInfo> v1 = InitKeyDir(config, "kek");
   ASSERT_TRUE(v1.ok()) << v1.status().ToString();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(parent.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0755u);
   ASSERT_EQ(::stat(config.key_dir.c_str(), &st), 0);

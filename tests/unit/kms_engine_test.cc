@@ -1,7 +1,7 @@
 // KmsEngine against a real in-memory AES-256-GCM backend (tests/testing/software_backend.h): the
 // engine's own rules (key_id checks, tamper detection, the active version's monotonicity, the
-// activation of a new version (settle, fleet delay), the reload on a Decrypt miss, health and the circuit breaker) without an HSM. The same rules on SoftHSM are in
-// tests/integration/kms_service_test.cc.
+// activation of a new version (settle, fleet delay), the reload on a Decrypt miss, health and the circuit breaker)
+// without an HSM. The same rules on SoftHSM are in tests/integration/kms_service_test.cc.
 #include "core/kms_engine.h"
 
 #include <gtest/gtest.h>
@@ -95,12 +95,10 @@ TEST(KmsEngine, EveryTamperedByteIsInvalidArgumentAndNotIllHealth) {
     }
   }
   // Truncated and extended envelopes too.
-  EXPECT_EQ(f.engine->Decrypt(sealed->ciphertext.substr(0, sealed->ciphertext.size() - 1), sealed->key_id)
-                .status()
-                .code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(f.engine->Decrypt(sealed->ciphertext + "x", sealed->key_id).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      f.engine->Decrypt(sealed->ciphertext.substr(0, sealed->ciphertext.size() - 1), sealed->key_id).status().code(),
+      StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.engine->Decrypt(sealed->ciphertext + "x", sealed->key_id).status().code(), StatusCode::kInvalidArgument);
   // Forgeries are the client's problem, not the device's.
   EXPECT_TRUE(f.engine->Health().ok);
 }
@@ -150,8 +148,9 @@ struct FleetFixture {
     backend->AddVersion(1);
     backend->AddVersion(2);
     engine = std::make_unique<KmsEngine>(
-        backend, EngineOptions{.family_label = "kek", .new_version_settle = settle, .activation_delay = delay,
-                               .now = clock.Function()});
+        backend,
+        EngineOptions{
+            .family_label = "kek", .new_version_settle = settle, .activation_delay = delay, .now = clock.Function()});
   }
   // Another node's plugin on the same device that activates new versions at once.
   std::unique_ptr<KmsEngine> EagerPeer() {
@@ -312,10 +311,9 @@ TEST(KmsEngine, ForgedNewerVersionsCauseAtMostOneReloadPerInterval) {
   EXPECT_EQ(misses.outcomes["not_found"], 1);
   EXPECT_EQ(misses.outcomes["limited"], 39);
   clock.now += std::chrono::seconds(1);
-  EXPECT_EQ(engine.Decrypt(EncodeEnvelopeHeader(5000) + sealed->ciphertext.substr(kEnvelopeHeaderSize), "")
-                .status()
-                .code(),
-            StatusCode::kNotFound);
+  EXPECT_EQ(
+      engine.Decrypt(EncodeEnvelopeHeader(5000) + sealed->ciphertext.substr(kEnvelopeHeaderSize), "").status().code(),
+      StatusCode::kNotFound);
   EXPECT_EQ(backend->load_keys_calls(), loads + 2) << "one more after the interval";
 }
 

@@ -29,7 +29,9 @@ class LoggingTest : public ::testing::Test {
     return out.str();
   }
 
-  static size_t Lines(const std::string& text) { return static_cast<size_t>(std::count(text.begin(), text.end(), '\n')); }
+  static size_t Lines(const std::string& text) {
+    return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+  }
 };
 
 TEST_F(LoggingTest, TextKeepsPlainValuesBare) {
@@ -44,8 +46,9 @@ TEST_F(LoggingTest, TextEscapesNewlinesAndCannotForgeFieldsOrRecords) {
   const std::string line = LogRequest(LogFormat::kText, "request\nforged line", uid, "kek-v1-abc");
   EXPECT_EQ(Lines(line), 1u) << line;
   EXPECT_NE(line.find("request\\nforged line"), std::string::npos) << line;
-  EXPECT_NE(line.find(R"( uid="a key_id=forged\n2026-01-01T00:00:00.000000Z error fake record uid=\"x\\" key_id=kek-v1-abc)"),
-            std::string::npos)
+  EXPECT_NE(
+      line.find(R"( uid="a key_id=forged\n2026-01-01T00:00:00.000000Z error fake record uid=\"x\\" key_id=kek-v1-abc)"),
+      std::string::npos)
       << line;
 }
 

@@ -112,8 +112,7 @@ std::optional<Plugin> StartPlugin(const std::string& binary, const std::string& 
   }
   std::optional<double> ms = WaitServing(*plugin.process, plugin.socket, spawned, 15s);
   if (!ms) {
-    Progress("plugin '%s' did not start serving; its log:\n%s", name.c_str(),
-             Tail(plugin.process->Log(), 30).c_str());
+    Progress("plugin '%s' did not start serving; its log:\n%s", name.c_str(), Tail(plugin.process->Log(), 30).c_str());
     return std::nullopt;
   }
   plugin.start_ms = *ms;
@@ -127,8 +126,7 @@ void StopPlugin(Plugin& plugin) {
 }
 
 std::optional<std::unique_ptr<Subprocess>> StartEcho(const std::string& self, const std::string& dir,
-                                                     const std::string& name, int work_us,
-                                                     const std::string& socket) {
+                                                     const std::string& name, int work_us, const std::string& socket) {
   std::vector<std::string> argv = {self, "echo-server", "--listen", "unix://" + socket};
   if (work_us > 0) {
     argv.push_back("--work-us");

@@ -50,7 +50,8 @@ bool RawHsm::OpenOnce(const ParsedEnvelope& envelope, std::string_view expected)
   GcmIv iv;
   std::copy(envelope.sealed.begin(), envelope.sealed.begin() + kGcmIvSize, iv.begin());
   SecureBytes plaintext;
-  const Status opened = hsm::GcmOpen(session_, key_, iv, envelope.header, envelope.sealed.substr(kGcmIvSize), plaintext);
+  const Status opened =
+      hsm::GcmOpen(session_, key_, iv, envelope.header, envelope.sealed.substr(kGcmIvSize), plaintext);
   return opened.ok() && plaintext.view() == expected;
 }
 

@@ -46,7 +46,7 @@ struct LoadOptions {
 
 template <typename Response>
 using Starter = std::function<std::unique_ptr<grpc::ClientAsyncResponseReader<Response>>(grpc::ClientContext*,
-                                                                                        grpc::CompletionQueue*)>;
+                                                                                         grpc::CompletionQueue*)>;
 template <typename Response>
 using Checker = std::function<bool(const Response&)>;
 

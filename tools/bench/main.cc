@@ -32,7 +32,6 @@ std::string SelfPath() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
-
 // An option that takes a positive number and shows its default in --help.
 template <typename T>
 CLI::Option* AddPositive(CLI::App* app, const std::string& name, T& value, const std::string& description) {
@@ -109,7 +108,8 @@ CLI::App* AddRun(CLI::App& app, RunOptions& o) {
                   "copyable (modifiable: the plugin uses a session copy); none skips them")
       ->delimiter(',')
       ->capture_default_str();
-  run->add_option("--hsm-sessions", o.hsm_sessions, "--hsm-sessions of the plugin in [1],[2],[4] (0: the plugin's default)")
+  run->add_option("--hsm-sessions", o.hsm_sessions,
+                  "--hsm-sessions of the plugin in [1],[2],[4] (0: the plugin's default)")
       ->capture_default_str();
   AddRunLatencyOptions(run, o);
   AddRunSlowHsmOptions(run, o);

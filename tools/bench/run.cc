@@ -72,8 +72,7 @@ bool RunScenarios(const RunOptions& o, const SoftHsmToken& token, RawHsm& raw, R
     results.starts.push_back(*std::move(s));
   }
   for (const std::string& v : o.variants) {
-    std::optional<VariantResult> r =
-        MeasureVariant(o, token, raw, *echo_stub, echo_process.pid(), v, FamilyOf(v));
+    std::optional<VariantResult> r = MeasureVariant(o, token, raw, *echo_stub, echo_process.pid(), v, FamilyOf(v));
     if (!r) return false;
     results.variants.push_back(*std::move(r));
   }

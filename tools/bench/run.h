@@ -41,8 +41,8 @@ struct RunOptions {
 
   int starts = 5;
 
-  bool json = false;        // JSON object on stdout (the table then goes to stderr)
-  std::string json_file;    // also/instead write the JSON object here
+  bool json = false;      // JSON object on stdout (the table then goes to stderr)
+  std::string json_file;  // also/instead write the JSON object here
 };
 
 int Run(const RunOptions& options);

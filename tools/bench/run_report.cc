@@ -30,8 +30,7 @@ void PrintStarts(const RunOptions& o, const RunResults& r) {
   Out("\n[4] Start to serving: spawn -> first v2 Status \"ok\" (polled every ~1 ms), %d starts, ms\n", o.starts);
   Out("    %-40s %8s %8s %8s   %s\n", "", "min", "p50", "max", "target p50 <= 100 ms");
   for (const StartResult& s : r.starts) {
-    Out("    %-40s %8.1f %8.1f %8.1f   %s\n", (s.label + " key").c_str(), s.min(), s.p50(), s.max(),
-        Verdict(s.pass()));
+    Out("    %-40s %8.1f %8.1f %8.1f   %s\n", (s.label + " key").c_str(), s.min(), s.p50(), s.max(), Verdict(s.pass()));
   }
 }
 
@@ -50,8 +49,7 @@ void PrintLatency(const RunOptions& o, const RunResults& r) {
     LatencyRow(StrCat("raw HSM GcmOpen, ", v.key_kind, ", in-process").c_str(), v.raw_hsm);
     LatencyRow("plugin v2 Decrypt", v.plugin);
     Out("    floor = %.1f + %.1f = %.1f us; plugin p50 %.1f us = %+.1f %%   target <= +15 %%  %s\n",
-        v.echo_empty.p50_us, v.raw_hsm.p50_us, v.floor_us, v.plugin.p50_us, 100 * v.overhead,
-        Verdict(v.latency_pass));
+        v.echo_empty.p50_us, v.raw_hsm.p50_us, v.floor_us, v.plugin.p50_us, 100 * v.overhead, Verdict(v.latency_pass));
     Out("    reference rows (no target):\n");
     LatencyRow("echo, Decrypt-sized request", v.echo_sized);
     LatencyRow("raw HSM GcmOpen, each right after an echo call", v.raw_cold);

@@ -15,8 +15,8 @@ std::optional<SlowResult> MeasureOneSessionCount(const RunOptions& o, const supp
   SlowResult result;
   result.sessions = sessions;
   Progress("[slow HSM] --hsm-sessions %zu: starting the plugin on the fault shim", sessions);
-  std::optional<Plugin> plugin = StartPlugin(o.plugin, token.dir(), StrCat("plugin-shim-", sessions),
-                                             token.Uri("kek", o.fault_shim), sessions);
+  std::optional<Plugin> plugin =
+      StartPlugin(o.plugin, token.dir(), StrCat("plugin-shim-", sessions), token.Uri("kek", o.fault_shim), sessions);
   if (!plugin) return std::nullopt;
   std::optional<SeededPlugin> seeded = SealASeed(plugin->socket);
   if (!seeded) return std::nullopt;
@@ -24,9 +24,11 @@ std::optional<SlowResult> MeasureOneSessionCount(const RunOptions& o, const supp
   Workload& w = seeded->workload;
 
   PhaseResult single;
-  TimeSequential(3, [&] { return CallDecrypt(*stub, w); }, single);
+  TimeSequential(
+      3, [&] { return CallDecrypt(*stub, w); }, single);
   single = {};
-  TimeSequential(20, [&] { return CallDecrypt(*stub, w); }, single);
+  TimeSequential(
+      20, [&] { return CallDecrypt(*stub, w); }, single);
   result.single = Summarize(single.latencies_ns, single.errors);
   result.ceiling = result.single.p50_us > 0 ? static_cast<double>(sessions) / (result.single.p50_us / 1e6) : 0;
 

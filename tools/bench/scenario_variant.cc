@@ -99,8 +99,7 @@ void MeasureRound(pid_t server, double warmup_and_run_factor, const std::functio
   const double server0 = ProcCpuSeconds(server), self0 = SelfCpuSeconds();
   const CpuSample a = ReadCpuSample();
   PhaseResult round = load();
-  into.round_rates.push_back(round.seconds > 0 ? static_cast<double>(round.latencies_ns.size()) / round.seconds
-                                               : 0);
+  into.round_rates.push_back(round.seconds > 0 ? static_cast<double>(round.latencies_ns.size()) / round.seconds : 0);
   Append(tally.phase, std::move(round));
   const CpuSample b = ReadCpuSample();
   into.server_cpu_us += (ProcCpuSeconds(server) - server0) / warmup_and_run_factor;
@@ -128,11 +127,11 @@ void MeasureThroughput(const RunOptions& o, const Servers& s, const Workload& w,
   LoadTally echo, work, plugin;
   for (int r = 0; r < o.throughput_rounds; ++r) {
     MeasureRound(
-        s.echo_pid, factor, [&] { return LoadEcho(o, s.echo, w.echo_sized, o.streams, o.throughput_seconds); },
-        echo, result.tp_echo);
+        s.echo_pid, factor, [&] { return LoadEcho(o, s.echo, w.echo_sized, o.streams, o.throughput_seconds); }, echo,
+        result.tp_echo);
     MeasureRound(
-        s.work_pid, factor, [&] { return LoadEcho(o, s.work, w.echo_sized, o.streams, o.throughput_seconds); },
-        work, result.tp_echo_work);
+        s.work_pid, factor, [&] { return LoadEcho(o, s.work, w.echo_sized, o.streams, o.throughput_seconds); }, work,
+        result.tp_echo_work);
     MeasureRound(
         s.plugin_pid, factor, [&] { return LoadDecrypt(o, s.plugin, w, o.streams, o.throughput_seconds); }, plugin,
         result.tp_plugin);
@@ -173,8 +172,8 @@ std::optional<VariantResult> MeasureVariant(const RunOptions& o, const support::
   VariantResult result;
   result.name = name;
   Progress("[%s] starting the plugin (key family '%s')", name.c_str(), family.c_str());
-  std::optional<Plugin> plugin = StartPlugin(o.plugin, token.dir(), "plugin-" + name,
-                                             token.Uri(family, o.softhsm_module), o.hsm_sessions);
+  std::optional<Plugin> plugin =
+      StartPlugin(o.plugin, token.dir(), "plugin-" + name, token.Uri(family, o.softhsm_module), o.hsm_sessions);
   if (!plugin) return std::nullopt;
   std::optional<SeededPlugin> seeded = SealASeed(plugin->socket);
   if (!seeded) return std::nullopt;
@@ -208,8 +207,7 @@ std::optional<VariantResult> MeasureVariant(const RunOptions& o, const support::
   calls.echo_work = [&] { return CallEcho(*work_stub, w.echo_sized); };
 
   MeasureLatency(o, calls, result);
-  MeasureThroughput(o, {echo, echo_pid, *work_stub, (*work_process)->pid(), *stub, plugin->process->pid()}, w,
-                    result);
+  MeasureThroughput(o, {echo, echo_pid, *work_stub, (*work_process)->pid(), *stub, plugin->process->pid()}, w, result);
 
   result.mem = ReadProcMem(plugin->process->pid());
   result.sessions = plugin->sessions;

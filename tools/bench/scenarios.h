@@ -47,7 +47,7 @@ struct VariantResult {
   std::string name;
   std::string key_kind;
   size_t sessions = 0;  // the plugin's HSM session pool, as it logged it
-  int work_us = 0;  // busy work of the reference echo server (= hot raw HSM op p50)
+  int work_us = 0;      // busy work of the reference echo server (= hot raw HSM op p50)
   // [1]
   Summary echo_empty, echo_sized, echo_work, raw_hsm, raw_cold, plugin;
   double floor_us = 0, overhead = 0;

@@ -108,8 +108,7 @@ std::optional<SoakPlugin> StartSoakPlugin(const SoakOptions& o) {
       PluginArgv(o.plugin, socket, p.token->Uri("kek", o.fault_shim), o.hsm_sessions), p.token->dir() + "/plugin.log");
   TrackChild(p.process->pid());
   p.channel = UnixChannel(socket);
-  if (!p.process->started() ||
-      !support::Eventually([&] { return support::UnixSocketAccepts(socket); }, 15s) ||
+  if (!p.process->started() || !support::Eventually([&] { return support::UnixSocketAccepts(socket); }, 15s) ||
       !WaitConnected(p.channel, 5s)) {
     Progress("the plugin did not start serving; its log:\n%s", p.process->Log().c_str());
     return std::nullopt;
@@ -128,13 +127,13 @@ void SampleUntilDone(const SoakOptions& o, Shared& shared, pid_t plugin, int64_t
                      std::vector<Sample>& samples) {
   int decile = 0;
   while (!shared.load_done.load()) {
-    Sample s{static_cast<double>(shared.answered.load()) / static_cast<double>(o.requests), NowNs(),
-             VmRssKib(plugin), OpenFds(plugin)};
+    Sample s{static_cast<double>(shared.answered.load()) / static_cast<double>(o.requests), NowNs(), VmRssKib(plugin),
+             OpenFds(plugin)};
     samples.push_back(s);
     if (s.progress * 10 >= decile + 1) {
       decile = static_cast<int>(s.progress * 10);
-      Progress("%3d %%  %zu answered, %zu errors, %.0f /s, VmRSS %ld KiB, %ld fds", decile * 10,
-               shared.answered.load(), shared.errors.load(),
+      Progress("%3d %%  %zu answered, %zu errors, %.0f /s, VmRSS %ld KiB, %ld fds", decile * 10, shared.answered.load(),
+               shared.errors.load(),
                static_cast<double>(shared.answered.load()) / (static_cast<double>(NowNs() - begin) / 1e9), s.rss_kib,
                s.fds);
     }
@@ -152,8 +151,7 @@ void RunLoad(const SoakOptions& o, const Durations& d, Load& load, Controller& c
   run.rss_start = VmRssKib(plugin);
   run.begin_ns = NowNs();
   std::thread sampler([&] {
-    SampleUntilDone(o, *run.shared, plugin, run.begin_ns, std::chrono::nanoseconds(d.time_limit).count(),
-                    run.samples);
+    SampleUntilDone(o, *run.shared, plugin, run.begin_ns, std::chrono::nanoseconds(d.time_limit).count(), run.samples);
   });
   std::thread control_thread([&] { controller.Run(run.plan); });
   load.Run();

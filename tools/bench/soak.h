@@ -16,13 +16,13 @@ struct SoakOptions {
   std::string init_tool;  // trousseau-hsm-init, makes each new key version
   std::string softhsm_module = "/usr/lib/softhsm/libsofthsm2.so";
 
-  size_t requests = 1'000'000;   // answered calls (errors included) in the main run
-  int streams = 64;              // calls in flight at all times
-  size_t rotate_every = 100'000;  // a new key version + SIGHUP every this many requests (0: none)
-  std::string outage = "10s";    // shim "down" this long, once, in the middle ("0s": none)
+  size_t requests = 1'000'000;            // answered calls (errors included) in the main run
+  int streams = 64;                       // calls in flight at all times
+  size_t rotate_every = 100'000;          // a new key version + SIGHUP every this many requests (0: none)
+  std::string outage = "10s";             // shim "down" this long, once, in the middle ("0s": none)
   std::string recovery_allowance = "5s";  // errors after "up" are allowed this long (issue 12: serve within 5 s)
-  size_t hsm_sessions = 0;       // the plugin's --hsm-sessions (0: its default)
-  std::string time_limit = "30m";  // the run stops (and fails) after this long
+  size_t hsm_sessions = 0;                // the plugin's --hsm-sessions (0: its default)
+  std::string time_limit = "30m";         // the run stops (and fails) after this long
 
   std::string json_file;   // also write the figures as JSON here
   std::string plugin_log;  // keep a copy of the plugin's log here (it holds no secrets)

@@ -92,8 +92,8 @@ void Controller::DoRotation() {
   r.tool_exit = exit.value_or(-1);
   r.key_id = JsonField(tool.Log(), "key_id");
   if (r.tool_exit != 0 || r.key_id.empty()) {
-    Progress("rotation at request %zu: trousseau-hsm-init key rotate failed (exit %d):\n%s", r.at_request,
-             r.tool_exit, tool.Log().c_str());
+    Progress("rotation at request %zu: trousseau-hsm-init key rotate failed (exit %d):\n%s", r.at_request, r.tool_exit,
+             tool.Log().c_str());
     rotations_.push_back(r);
     return;
   }
@@ -110,8 +110,7 @@ void Controller::DoRotation() {
     std::this_thread::sleep_for(5ms);
   }
   Progress("rotation at request %zu: %s, tool %.0f ms, Status reports it %s after SIGHUP", r.at_request,
-           r.key_id.c_str(), r.tool_ms,
-           r.active_ms ? StrCat(static_cast<long>(*r.active_ms), " ms").c_str() : "NEVER");
+           r.key_id.c_str(), r.tool_ms, r.active_ms ? StrCat(static_cast<long>(*r.active_ms), " ms").c_str() : "NEVER");
   r.hup_ns = hup;
   rotations_.push_back(r);
 }

@@ -34,7 +34,7 @@ struct Rotation {
 struct Outage {
   size_t at_request = 0;
   int64_t down_ns = 0, up_ns = 0;
-  std::optional<double> first_ok_ms;   // "up" -> first OK answer to a call started after "up"
+  std::optional<double> first_ok_ms;    // "up" -> first OK answer to a call started after "up"
   std::optional<double> last_error_ms;  // "up" -> last error answered
 };
 
@@ -52,8 +52,13 @@ class Controller {
   // be one more fd in the plugin.
   Controller(const SoakOptions& o, Shared& shared, pid_t plugin, const std::shared_ptr<grpc::Channel>& channel,
              std::string tool_uri, std::string control, std::string work_dir, std::chrono::milliseconds outage)
-      : o_(o), shared_(shared), plugin_(plugin), status_stub_(v2::KeyManagementService::NewStub(channel)),
-        tool_uri_(std::move(tool_uri)), control_(std::move(control)), work_dir_(std::move(work_dir)),
+      : o_(o),
+        shared_(shared),
+        plugin_(plugin),
+        status_stub_(v2::KeyManagementService::NewStub(channel)),
+        tool_uri_(std::move(tool_uri)),
+        control_(std::move(control)),
+        work_dir_(std::move(work_dir)),
         outage_length_(outage) {}
 
   void Run(const Plan& plan);

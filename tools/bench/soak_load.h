@@ -29,15 +29,16 @@ namespace trousseau::bench {
 inline constexpr char kSoakUid[] = "5c1f8a3e-2d4b-4f6a-8e9c-0b1a2c3d4e5f";
 
 enum Phase { kBefore, kOutage, kRecovery, kAfter, kFinal, kPhaseCount };
-inline constexpr const char* kPhaseNames[kPhaseCount] = {"before the outage", "outage (down..up)", "recovery (up..+allowance)",
-                                                  "after recovery", "final check"};
+inline constexpr const char* kPhaseNames[kPhaseCount] = {"before the outage", "outage (down..up)",
+                                                         "recovery (up..+allowance)", "after recovery", "final check"};
 inline constexpr int kCodeCount = 17;
 
 inline const char* CodeName(int code) {
   static constexpr const char* kNames[kCodeCount] = {
-      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-      "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-      "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+      "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+      "DATA_LOSS", "UNAUTHENTICATED"};
   return code >= 0 && code < kCodeCount ? kNames[code] : "?";
 }
 
@@ -48,13 +49,13 @@ struct Counts {
   size_t answered = 0;
   size_t encrypt_ok = 0, decrypt_ok = 0;
   size_t decrypt_unverified = 0, decrypt_old = 0;  // decrypts issued by kind
-  size_t decrypt_older_version = 0;  // decrypts OK of a version older than the active one at the time
+  size_t decrypt_older_version = 0;                // decrypts OK of a version older than the active one at the time
   size_t wrong_plaintexts = 0;
-  size_t bad_encrypts = 0;   // OK but empty ciphertext/key_id, or the seed visible in the ciphertext
-  size_t flipbacks = 0;      // an Encrypt started after a newer version was seen came back under an older one
+  size_t bad_encrypts = 0;  // OK but empty ciphertext/key_id, or the seed visible in the ciphertext
+  size_t flipbacks = 0;     // an Encrypt started after a newer version was seen came back under an older one
   std::array<std::array<size_t, kCodeCount>, kPhaseCount> errors{};
   std::vector<size_t> encrypts_by_version, decrypts_by_version;
-  std::vector<int64_t> latencies_ns;  // of OK calls
+  std::vector<int64_t> latencies_ns;           // of OK calls
   int64_t slowest_ns = 0, slowest_end_ns = 0;  // the slowest OK call, to place it among the events
   bool slowest_encrypt = false;
   size_t errors_in(Phase p) const {
@@ -93,7 +94,11 @@ struct Shared {
 class Load {
  public:
   Load(v2::KeyManagementService::Stub& stub, Shared& shared, size_t requests, int streams, int64_t allowance_ns)
-      : stub_(stub), shared_(shared), requests_(requests), streams_(streams), allowance_ns_(allowance_ns),
+      : stub_(stub),
+        shared_(shared),
+        requests_(requests),
+        streams_(streams),
+        allowance_ns_(allowance_ns),
         corpus_(std::random_device{}() ^ static_cast<uint64_t>(NowNs())) {
     counts_.latencies_ns.reserve(requests);
   }

@@ -100,10 +100,10 @@ std::vector<Criterion> Criteria(const SoakRun& run, const Figures& f) {
   criteria.push_back(
       {"no error outside the outage + recovery allowance", Fmt("%zu", f.stray_errors), f.stray_errors == 0});
   OutageCriteria(run, f, criteria);
-  criteria.push_back({"every rotation active after SIGHUP",
-                      Fmt("%zu / %zu (worst %.0f ms)", f.rotations_active, run.plan.rotations.size(),
-                          f.worst_activation_ms),
-                      f.rotations_active == run.plan.rotations.size() && !run.controller->skipped()});
+  criteria.push_back(
+      {"every rotation active after SIGHUP",
+       Fmt("%zu / %zu (worst %.0f ms)", f.rotations_active, run.plan.rotations.size(), f.worst_activation_ms),
+       f.rotations_active == run.plan.rotations.size() && !run.controller->skipped()});
   criteria.push_back({"every version decrypts at the end",
                       Fmt("%zu / %zu versions, %zu calls", f.versions_final_ok, versions, run.final_check.calls),
                       f.versions_final_ok == versions && versions == run.plan.rotations.size() + 1});
@@ -132,8 +132,8 @@ void PrintTotals(const SoakRun& run, const Figures& f) {
       counts.decrypt_ok, counts.decrypt_unverified, counts.decrypt_old, counts.decrypt_older_version);
   Out("load held at an event's mark (waiting for the previous rotation or recovery): %.2f s\n",
       run.load->held_seconds());
-  Out("latency of OK calls: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.1f ms\n", f.latency.p50_us,
-      f.latency.p90_us, f.latency.p99_us, f.latency.max_us / 1000);
+  Out("latency of OK calls: p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.1f ms\n", f.latency.p50_us, f.latency.p90_us,
+      f.latency.p99_us, f.latency.max_us / 1000);
 }
 
 // Where the slowest OK call ended, against the events (seconds since the start of the load).
@@ -192,9 +192,8 @@ void PrintVersions(const SoakRun& run) {
 void PrintResources(const SoakRun& run, const Figures& f) {
   const std::optional<Outage>& out = run.controller->outage();
   if (out) {
-    Out("outage: shim \"down\" at request %zu for %.1f s; after \"up\": first OK %s, last error %s\n",
-        out->at_request, Ms(out->up_ns - out->down_ns) / 1000,
-        out->first_ok_ms ? Fmt("%.0f ms", *out->first_ok_ms).c_str() : "never",
+    Out("outage: shim \"down\" at request %zu for %.1f s; after \"up\": first OK %s, last error %s\n", out->at_request,
+        Ms(out->up_ns - out->down_ns) / 1000, out->first_ok_ms ? Fmt("%.0f ms", *out->first_ok_ms).c_str() : "never",
         f.last_error_ms ? Fmt("%.0f ms", *f.last_error_ms).c_str() : "none after up");
   }
   Out("VmRSS KiB: start %ld, at 10 %% %ld, at 100 %% %ld (min %ld, max %ld over %zu samples), after the final "
@@ -240,7 +239,8 @@ void WriteJson(const SoakRun& run, const Figures& f, bool all) {
   j.Int("answered", static_cast<int64_t>(counts.answered)).Num("seconds", run.seconds);
   j.Num("held_seconds", run.load->held_seconds());
   j.Num("per_second", static_cast<double>(counts.answered) / run.seconds);
-  j.Int("encrypt_ok", static_cast<int64_t>(counts.encrypt_ok)).Int("decrypt_ok", static_cast<int64_t>(counts.decrypt_ok));
+  j.Int("encrypt_ok", static_cast<int64_t>(counts.encrypt_ok))
+      .Int("decrypt_ok", static_cast<int64_t>(counts.decrypt_ok));
   j.Int("wrong_plaintexts", static_cast<int64_t>(f.wrong));
   j.Summ("latency_ok", f.latency);
   j.Open("errors");

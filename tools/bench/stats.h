@@ -25,8 +25,8 @@ Summary Summarize(std::vector<int64_t>& ns, size_t errors = 0, double seconds = 
 // Builds one JSON value; callers add keys and values in order.
 class Json {
  public:
-  Json& Open(std::string_view key = {});   // {   (key ignored at top level / inside arrays)
-  Json& Close();                           // }
+  Json& Open(std::string_view key = {});  // {   (key ignored at top level / inside arrays)
+  Json& Close();                          // }
   Json& OpenArray(std::string_view key = {});
   Json& CloseArray();
   Json& Str(std::string_view key, std::string_view value);

@@ -76,12 +76,14 @@ PhaseResult LoadEcho(const RunOptions& o, Echo::Stub& stub, const EchoMessage& r
                      double seconds) {
   return ClosedLoop<EchoMessage>(
       ThroughputLoad(o, concurrency, seconds),
-      [&](grpc::ClientContext* context, grpc::CompletionQueue* cq) { return stub.PrepareAsyncEcho(context, request, cq); },
+      [&](grpc::ClientContext* context, grpc::CompletionQueue* cq) {
+        return stub.PrepareAsyncEcho(context, request, cq);
+      },
       [](const EchoMessage& reply) { return reply.payload().size() == kEchoReplyBytes; });
 }
 
-PhaseResult LoadDecrypt(const RunOptions& o, v2::KeyManagementService::Stub& stub, const Workload& w,
-                        int concurrency, double seconds) {
+PhaseResult LoadDecrypt(const RunOptions& o, v2::KeyManagementService::Stub& stub, const Workload& w, int concurrency,
+                        double seconds) {
   return ClosedLoop<v2::DecryptResponse>(
       ThroughputLoad(o, concurrency, seconds),
       [&](grpc::ClientContext* context, grpc::CompletionQueue* cq) {

@@ -45,7 +45,7 @@ bool CallEcho(Echo::Stub& stub, const EchoMessage& request);
 // `concurrency` calls in flight for `seconds` (after o.warmup_seconds), on o.client_threads threads.
 PhaseResult LoadEcho(const RunOptions& o, Echo::Stub& stub, const EchoMessage& request, int concurrency,
                      double seconds);
-PhaseResult LoadDecrypt(const RunOptions& o, v2::KeyManagementService::Stub& stub, const Workload& w,
-                        int concurrency, double seconds);
+PhaseResult LoadDecrypt(const RunOptions& o, v2::KeyManagementService::Stub& stub, const Workload& w, int concurrency,
+                        double seconds);
 
 }  // namespace trousseau::bench

@@ -146,12 +146,12 @@ int StatusV1beta1(const Options& o) {
   const bool healthy = healthz == "ok";
   if (o.json) {
     std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"healthz\":" << trousseau::JsonQuote(healthz)
-              << ",\"version\":" << trousseau::JsonQuote(response.version()) << ",\"runtime_name\":"
-              << trousseau::JsonQuote(response.runtime_name()) << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version())
-              << "}\n";
+              << ",\"version\":" << trousseau::JsonQuote(response.version())
+              << ",\"runtime_name\":" << trousseau::JsonQuote(response.runtime_name())
+              << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version()) << "}\n";
   } else {
-    std::cout << "healthz: " << healthz << "\nversion: " << response.version() << "\nruntime: " << response.runtime_name()
-              << " " << response.runtime_version() << "\n";
+    std::cout << "healthz: " << healthz << "\nversion: " << response.version()
+              << "\nruntime: " << response.runtime_name() << " " << response.runtime_version() << "\n";
   }
   return healthy ? 0 : 3;
 }
@@ -162,9 +162,10 @@ int StatusV2(const Options& o) {
   if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(s);
   const bool healthy = response.healthz() == "ok" && response.version() == "v2" && !response.key_id().empty();
   if (o.json) {
-    std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"version\":" << trousseau::JsonQuote(response.version())
-              << ",\"healthz\":" << trousseau::JsonQuote(response.healthz()) << ",\"key_id\":" << trousseau::JsonQuote(response.key_id())
-              << "}\n";
+    std::cout << "{\"healthy\":" << (healthy ? "true" : "false")
+              << ",\"version\":" << trousseau::JsonQuote(response.version())
+              << ",\"healthz\":" << trousseau::JsonQuote(response.healthz())
+              << ",\"key_id\":" << trousseau::JsonQuote(response.key_id()) << "}\n";
   } else {
     std::cout << "healthz: " << response.healthz() << "\nversion: " << response.version()
               << "\nkey_id:  " << response.key_id() << "\n";
@@ -204,8 +205,8 @@ int Encrypt(const Options& o) {
     key_id = response.key_id();
   }
   if (o.json) {
-    std::cout << "{\"ciphertext\":" << trousseau::JsonQuote(Base64Encode(ciphertext)) << ",\"key_id\":" << trousseau::JsonQuote(key_id)
-              << "}\n";
+    std::cout << "{\"ciphertext\":" << trousseau::JsonQuote(Base64Encode(ciphertext))
+              << ",\"key_id\":" << trousseau::JsonQuote(key_id) << "}\n";
   } else {
     std::cout << Base64Encode(ciphertext) << "\n";
     if (!key_id.empty()) std::cerr << "key_id: " << key_id << "\n";
@@ -267,9 +268,10 @@ int main(int argc, char** argv) {
               << " failed: a crash may write plaintext to a core file\n";
   }
   Options o;
-  CLI::App app{"trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
-               "Data is read from stdin, never from arguments.",
-               "trousseauctl"};
+  CLI::App app{
+      "trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
+      "Data is read from stdin, never from arguments.",
+      "trousseauctl"};
   app.require_subcommand(1);
   // Global options may also follow the subcommand: `trousseauctl status --socket unix:///...`.
   app.fallthrough();

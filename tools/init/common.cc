@@ -15,9 +15,7 @@ int FailStatus(const Status& status) { return Fail(kExitFailed, status.message()
 
 std::string Hex(const std::string& bytes) { return HexEncode(bytes); }
 
-std::string Family::Describe() const {
-  return StrCat("key family '", label(), "' on ", uri->token_description());
-}
+std::string Family::Describe() const { return StrCat("key family '", label(), "' on ", uri->token_description()); }
 
 int OpenFamily(const std::string& uri_text, Family& family) {
   StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(uri_text);

@@ -59,8 +59,9 @@ int Config(const ConfigOptions& options) {
 
   if (options.name.empty()) return Fail(kExitUsage, "--name may not be empty");
   if (options.name.find(':') != std::string::npos) {
-    return Fail(kExitUsage, "--name may not contain ':' (kube-apiserver refuses it for KMS v2 providers: the name is "
-                            "part of the k8s:enc:kms:v2:<name>: prefix stored in etcd)");
+    return Fail(kExitUsage,
+                "--name may not contain ':' (kube-apiserver refuses it for KMS v2 providers: the name is "
+                "part of the k8s:enc:kms:v2:<name>: prefix stored in etcd)");
   }
   if (HasControlOrSpace(options.name)) return Fail(kExitUsage, "--name may not contain spaces or control characters");
 
@@ -70,13 +71,14 @@ int Config(const ConfigOptions& options) {
   }
   const std::string path = endpoint.substr(7);
   if (path.starts_with("/@")) {
-    return Fail(kExitUsage, "--listen: abstract unix sockets have no file permissions, so any local process could use "
-                            "the KEK (and the plugin refuses them); use unix:///absolute/path.sock");
+    return Fail(kExitUsage,
+                "--listen: abstract unix sockets have no file permissions, so any local process could use "
+                "the KEK (and the plugin refuses them); use unix:///absolute/path.sock");
   }
   if (HasControlOrSpace(path)) return Fail(kExitUsage, "--listen may not contain spaces or control characters");
   if (path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return Fail(kExitUsage, StrCat("--listen: the socket path is longer than ", sizeof(sockaddr_un::sun_path) - 1,
-                                   " bytes"));
+    return Fail(kExitUsage,
+                StrCat("--listen: the socket path is longer than ", sizeof(sockaddr_un::sun_path) - 1, " bytes"));
   }
 
   std::optional<std::chrono::milliseconds> timeout = ParseDuration(options.timeout);

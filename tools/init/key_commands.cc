@@ -80,12 +80,11 @@ int CheckStorageOwner(const Family& family) {
     return kExitOk;
   }
   if (storage.owner == geteuid()) return kExitOk;
-  return Fail(kExitFailed,
-              StrCat("the token's storage ", storage.path, " belongs to uid ", storage.owner, ", but this runs as uid ",
-                     geteuid(), ": a key created now would be readable by uid ", geteuid(),
-                     " only, and a plugin running as uid ", storage.owner,
-                     " would never see it. Nothing was created; run this command as uid ", storage.owner,
-                     " (e.g. runuser -u <that user> -- ", kToolName, " ...)"));
+  return Fail(kExitFailed, StrCat("the token's storage ", storage.path, " belongs to uid ", storage.owner,
+                                  ", but this runs as uid ", geteuid(), ": a key created now would be readable by uid ",
+                                  geteuid(), " only, and a plugin running as uid ", storage.owner,
+                                  " would never see it. Nothing was created; run this command as uid ", storage.owner,
+                                  " (e.g. runuser -u <that user> -- ", kToolName, " ...)"));
 }
 
 // Refuses when the plugin would refuse the family as a whole: no version of it, new or old, would be
@@ -112,17 +111,19 @@ void PrintNextSteps(const KeyOptions& options, bool rotation, uint64_t version, 
     std::cout << "Another run created version " << highest_version << " at the same time; that one is the active key.\n"
               << "Check with `" << kToolName << " key list`. See docs/rotation.md.\n";
   } else if (rotation && confirmed) {
-    std::cout << "The plugin on " << socket << " now reports this key_id: version " << version << " is the active key.\n"
+    std::cout << "The plugin on " << socket << " now reports this key_id: version " << version
+              << " is the active key.\n"
               << "Re-encrypt existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -) before\n"
               << "retiring older versions. See docs/rotation.md.\n";
   } else if (rotation) {
-    std::cout << "Version " << version << " is the highest version and the plugin's policy accepts the family, so a\n"
-              << "running trousseau-hsm makes it active on SIGHUP or within its --key-refresh-interval (60s by default).\n"
-              << "Not confirmed with a running plugin ("
-              << (options.no_wait ? "--no-wait" : StrCat("no --socket, and no ", kDefaultPluginSocket)) << "):\n"
-              << "check its Status key_id (trousseauctl status). Then re-encrypt existing Secrets\n"
-              << "(kubectl get secrets -A -o json | kubectl replace -f -) before retiring older versions.\n"
-              << "See docs/rotation.md.\n";
+    std::cout
+        << "Version " << version << " is the highest version and the plugin's policy accepts the family, so a\n"
+        << "running trousseau-hsm makes it active on SIGHUP or within its --key-refresh-interval (60s by default).\n"
+        << "Not confirmed with a running plugin ("
+        << (options.no_wait ? "--no-wait" : StrCat("no --socket, and no ", kDefaultPluginSocket)) << "):\n"
+        << "check its Status key_id (trousseauctl status). Then re-encrypt existing Secrets\n"
+        << "(kubectl get secrets -A -o json | kubectl replace -f -) before retiring older versions.\n"
+        << "See docs/rotation.md.\n";
   } else {
     std::cout << "Start (or SIGHUP) trousseau-hsm with this --pkcs11-uri; its Status reports this key_id.\n";
   }
@@ -143,9 +144,10 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   // the template is caught now.
   const hsm::KeyObject* created = &made->key;
   if (std::string why = hsm::KekPolicyViolation(*created); !why.empty()) {
-    return Fail(kExitFailed, StrCat("the token created version ", version, " but the plugin would refuse it: ", why,
-                                    ". The token did not apply the requested template; remove the object with the token's own "
-                                    "tools (it is the active version, so `key retire` will not)"));
+    return Fail(kExitFailed,
+                StrCat("the token created version ", version, " but the plugin would refuse it: ", why,
+                       ". The token did not apply the requested template; remove the object with the token's own "
+                       "tools (it is the active version, so `key retire` will not)"));
   }
   StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *created);
   if (!key_id.ok()) return FailStatus(key_id.status());
@@ -181,16 +183,18 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   }
   if (!family_violation.empty()) {
     return Fail(kExitFailed, StrCat("version ", version, " was created, but the plugin now refuses ", family.Describe(),
-                                    " as a whole (", family_violation, "): it will not become active. Remove or "
+                                    " as a whole (", family_violation,
+                                    "): it will not become active. Remove or "
                                     "replace the offending object with the token's own tools"));
   }
   if (waited && !confirmed) {
-    const std::string seen = waited->last_error.empty()
-                                 ? StrCat("its Status still reports key_id ", waited->last_key_id.empty() ? "(none)" : waited->last_key_id)
-                                 : StrCat("its Status call fails: ", waited->last_error);
+    const std::string seen =
+        waited->last_error.empty()
+            ? StrCat("its Status still reports key_id ", waited->last_key_id.empty() ? "(none)" : waited->last_key_id)
+            : StrCat("its Status call fails: ", waited->last_error);
     return Fail(kExitFailed,
-                StrCat("version ", version, " was created, but the plugin on ", *socket, " did not report its key_id within ",
-                       Seconds(options.wait_timeout), ": ", seen,
+                StrCat("version ", version, " was created, but the plugin on ", *socket,
+                       " did not report its key_id within ", Seconds(options.wait_timeout), ": ", seen,
                        ". Send the plugin SIGHUP (or wait for its --key-refresh-interval) and check with trousseauctl "
                        "status; if it never reports it, the plugin uses another token or family, or runs as a user "
                        "that cannot see this key. --wait-timeout waits longer, --no-wait does not ask"));
@@ -299,9 +303,10 @@ int KeyRetire(const KeyOptions& options) {
   }
   const uint64_t active = family.keys.back().version;
   if (options.version == active) {
-    return Fail(kExitFailed, StrCat("version ", options.version, " is the active (highest) version of ", family.Describe(),
-                                    " and can never be retired: new encryptions use it. Rotate first (`key rotate`), "
-                                    "re-encrypt, then retire the old version"));
+    return Fail(kExitFailed,
+                StrCat("version ", options.version, " is the active (highest) version of ", family.Describe(),
+                       " and can never be retired: new encryptions use it. Rotate first (`key rotate`), "
+                       "re-encrypt, then retire the old version"));
   }
   StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *targets.front());
   const std::string name = key_id.ok() ? StrCat("key_id ", *key_id) : StrCat("version ", options.version);

@@ -100,17 +100,16 @@ void AddTokenCommands(CLI::App& app, Commands& c) {
 
 // --wait-timeout of `key rotate`: a positive duration.
 void AddWaitTimeout(CLI::App* rotate, KeyOptions& rotate_options) {
-  rotate
-      ->add_option_function<std::string>(
-          "--wait-timeout",
-          [options = &rotate_options](const std::string& text) {
-            std::optional<std::chrono::milliseconds> parsed = trousseau::ParseDuration(text);
-            if (!parsed || parsed->count() <= 0) throw CLI::ValidationError("--wait-timeout", "a duration such as 90s");
-            options->wait_timeout = *parsed;
-          },
-          "How long to wait for the plugin's Status to report the new key_id (default 65s: the plugin's default "
-          "--key-refresh-interval of 60s, the 2s a new version settles, and slack). Set it above the plugin's "
-          "--key-refresh-interval, or SIGHUP the plugin meanwhile");
+  rotate->add_option_function<std::string>(
+      "--wait-timeout",
+      [options = &rotate_options](const std::string& text) {
+        std::optional<std::chrono::milliseconds> parsed = trousseau::ParseDuration(text);
+        if (!parsed || parsed->count() <= 0) throw CLI::ValidationError("--wait-timeout", "a duration such as 90s");
+        options->wait_timeout = *parsed;
+      },
+      "How long to wait for the plugin's Status to report the new key_id (default 65s: the plugin's default "
+      "--key-refresh-interval of 60s, the 2s a new version settles, and slack). Set it above the plugin's "
+      "--key-refresh-interval, or SIGHUP the plugin meanwhile");
 }
 
 void AddKeyRotate(CLI::App* key, Commands& c) {
@@ -139,8 +138,7 @@ void AddKeyRotate(CLI::App* key, Commands& c) {
 
 // key generate | rotate | list | retire
 void AddKeyCommands(CLI::App& app, Commands& c) {
-  KeyOptions &generate_options = c.generate_options, &list_options = c.list_options,
-             &retire_options = c.retire_options;
+  KeyOptions &generate_options = c.generate_options, &list_options = c.list_options, &retire_options = c.retire_options;
   CLI::App* key = app.add_subcommand("key", "The KEK family: generate, rotate, list, retire");
   key->require_subcommand(1);
 
@@ -181,7 +179,8 @@ void AddSelftest(CLI::App& app, Commands& c) {
   KeyOptions& selftest_options = c.selftest_options;
   CLI::App* selftest = app.add_subcommand(
       "selftest",
-      "Check every version against the plugin's KEK policy (failures: not AES-256, extractable, not sensitive, not private, "
+      "Check every version against the plugin's KEK policy (failures: not AES-256, extractable, not sensitive, not "
+      "private, "
       "cannot encrypt/decrypt; warnings: extra usages such as wrap/unwrap/sign/verify/derive, modifiable, once "
       "extractable), then an AES-GCM round trip on the device and a tamper check (a flipped bit must be rejected). "
       "Exits 0 only if every check passes.");
@@ -230,7 +229,8 @@ void AddTpmKeyCommands(CLI::App* tpm, Commands& c) {
       "are removed.");
   AddTpm(tpm_rotate, tpm_rotate_options);
   AddScheme(tpm_rotate, tpm_rotate_options);
-  tpm_rotate->add_flag("--json", tpm_rotate_options.json, "Print {\"version\":N,\"key_id\":...,\"scheme\":...} as JSON");
+  tpm_rotate->add_flag("--json", tpm_rotate_options.json,
+                       "Print {\"version\":N,\"key_id\":...,\"scheme\":...} as JSON");
   tpm_rotate->callback([&c] { c.rc = TpmRotate(c.tpm_rotate_options); });
 }
 
@@ -273,7 +273,8 @@ void AddTpmVersionCommands(CLI::App* tpm, Commands& c) {
 void AddTpmCommands(CLI::App& app, Commands& c) {
   CLI::App* tpm = app.add_subcommand(
       "tpm",
-      "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest, retire. Keys are "
+      "The TPM 2.0 backend's key directory (the plugin's --tpm-key-dir): init, rotate, list, selftest, retire. Keys "
+      "are "
       "generated in the TPM (fixedTPM: they never leave it); the directory holds only blobs this TPM can load. "
       "Run through a resource manager (device:/dev/tpmrm0, tabrmd) while the plugin runs. Exit codes: 0 ok, "
       "1 the TPM failed or the operation was refused, 2 usage error (bad flag; a key directory that is missing, "

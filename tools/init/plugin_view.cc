@@ -40,14 +40,14 @@ std::optional<std::string> SoftHsmTokenDir() {
   return std::nullopt;
 }
 
-
 }  // namespace
 
 StorageOwner TokenStorageOwner(const std::string& module_path, const std::string& serial) {
   StorageOwner result;
   if (module_path.find("softhsm") == std::string::npos) {
-    result.note = "this module's storage is not known to the tool, so it cannot tell whether the plugin's user sees "
-                  "the new key; --socket checks it with the running plugin";
+    result.note =
+        "this module's storage is not known to the tool, so it cannot tell whether the plugin's user sees "
+        "the new key; --socket checks it with the running plugin";
     return result;
   }
   const std::optional<std::string> token_dir = SoftHsmTokenDir();
@@ -87,13 +87,12 @@ std::optional<std::string> DefaultPluginSocket() {
   return std::nullopt;
 }
 
-PluginWait WaitForPluginKeyId(const std::string& socket, const std::string& key_id,
-                              std::chrono::milliseconds timeout) {
+PluginWait WaitForPluginKeyId(const std::string& socket, const std::string& key_id, std::chrono::milliseconds timeout) {
   grpc::ChannelArguments args;
   args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, "localhost");  // as kube-apiserver sends it
   const std::string target = socket.starts_with("unix:") ? socket : StrCat("unix://", socket);
-  auto stub = v2::KeyManagementService::NewStub(
-      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  auto stub =
+      v2::KeyManagementService::NewStub(grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
   PluginWait result;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

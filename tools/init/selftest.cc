@@ -59,7 +59,8 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
     check.warnings.push_back("modifiable (CKA_MODIFIABLE=true): its label, id or usages can still be changed");
   }
   if (!key.always_sensitive || !key.never_extractable) {
-    check.warnings.push_back("it was not always sensitive and never extractable: its value may exist outside the token");
+    check.warnings.push_back(
+        "it was not always sensitive and never extractable: its value may exist outside the token");
   }
 
   StatusOr<std::string> key_id = hsm::KeyIdOf(session, family.label(), key);
@@ -80,14 +81,14 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
   }
   std::string sealed;
   if (Status s = hsm::GcmSeal(session, key.handle, *iv, kSelftestAad, kSelftestPlaintext, sealed,
-                             "AES-GCM encrypt on the device failed");
+                              "AES-GCM encrypt on the device failed");
       !s.ok()) {
     check.failures.push_back(std::string(s.message()));
     return check;
   }
   SecureBytes opened;
-  if (Status s = hsm::GcmOpen(session, key.handle, *iv, kSelftestAad, sealed, opened,
-                             "AES-GCM decrypt on the device failed");
+  if (Status s =
+          hsm::GcmOpen(session, key.handle, *iv, kSelftestAad, sealed, opened, "AES-GCM decrypt on the device failed");
       !s.ok()) {
     check.failures.push_back(std::string(s.message()));
     return check;
@@ -132,8 +133,8 @@ int Selftest(const KeyOptions& options) {
   std::map<uint64_t, int> seen;
   for (const hsm::KeyObject& key : family.keys) {
     if (++seen[key.version] == 2) {
-      family_failures.push_back(StrCat("two keys have version ", key.version, " (CKA_ID ", Hex(key.id),
-                                       "): the plugin refuses the family"));
+      family_failures.push_back(
+          StrCat("two keys have version ", key.version, " (CKA_ID ", Hex(key.id), "): the plugin refuses the family"));
     }
   }
   NonceSequence ivs;  // random fixed field per run: never the fingerprint IV, never one the plugin draws again

@@ -30,7 +30,8 @@ std::string UriEscape(std::string_view text, bool keep_slash) {
 
 int TokenInit(const TokenInitOptions& options) {
   if (options.module.empty() || options.module[0] != '/') {
-    return Fail(kExitUsage, "--module needs the absolute path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)");
+    return Fail(kExitUsage,
+                "--module needs the absolute path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)");
   }
   // Both PIN files are checked before the token is touched: owner-only, regular, not empty.
   StatusOr<SecureBytes> so_pin = hsm::ReadPinFile(options.so_pin_file);
@@ -47,12 +48,12 @@ int TokenInit(const TokenInitOptions& options) {
     return Fail(IsInvalidArgument(token.status()) ? kExitUsage : kExitFailed, token.status().message());
   }
 
-  const std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false), ";object=kek?module-path=",
-                                 UriEscape(options.module, true), "&pin-source=file:", UriEscape(options.pin_file, true));
+  const std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false),
+                                 ";object=kek?module-path=", UriEscape(options.module, true),
+                                 "&pin-source=file:", UriEscape(options.pin_file, true));
   if (options.json) {
     std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
-              << ",\"module\":" << JsonQuote(options.module)
-              << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
+              << ",\"module\":" << JsonQuote(options.module) << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
     return kExitOk;
   }
   std::cout << "initialised token '" << token->label << "' (serial " << token->serial << ") of " << options.module

@@ -64,8 +64,8 @@ std::string Hint(const Status& status, const TpmOptions& options) {
            "holds 2. Provision through a resource manager (--tpm-tcti device:/dev/tpmrm0 or tabrmd) or stop the "
            "plugin meanwhile";
   }
-  if (IsUnavailable(status) &&
-      (m.starts_with("cannot open TCTI") || m.starts_with("cannot start ESYS") || m.find("unreachable") != std::string::npos)) {
+  if (IsUnavailable(status) && (m.starts_with("cannot open TCTI") || m.starts_with("cannot start ESYS") ||
+                                m.find("unreachable") != std::string::npos)) {
     return StrCat(". Is the TPM there and is --tpm-tcti right (", options.tcti, ")?",
                   options.tcti.starts_with("device:") ? " The TPM device needs root or the tss group" : "");
   }
@@ -86,28 +86,32 @@ int CheckOptions(const TpmOptions& options, bool must_exist) {
   // TPM error (and it would garble --json for scripts reading both streams). An operator's TSS2_LOG wins.
   setenv("TSS2_LOG", "all+none", /*overwrite=*/0);
   if (options.tcti.empty()) {
-    return Fail(kExitUsage, "--tpm-tcti may not be empty (e.g. device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock)");
+    return Fail(kExitUsage,
+                "--tpm-tcti may not be empty (e.g. device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock)");
   }
   if (options.key_dir.empty()) return Fail(kExitUsage, "--tpm-key-dir may not be empty");
   if (options.scheme != "auto" && options.scheme != "aes-cfb-hmac" && options.scheme != "rsa-oaep") {
-    return Fail(kExitUsage, StrCat("--scheme must be auto, aes-cfb-hmac or rsa-oaep, not ", QuoteForMessage(options.scheme)));
+    return Fail(kExitUsage,
+                StrCat("--scheme must be auto, aes-cfb-hmac or rsa-oaep, not ", QuoteForMessage(options.scheme)));
   }
-  struct stat st{};
+  struct stat st {};
   if (::stat(options.key_dir.c_str(), &st) != 0) {
     if (errno == ENOENT && !must_exist) return kExitOk;  // init creates it
     if (errno == ENOENT) {
-      return Fail(kExitUsage, StrCat("the TPM key directory ", options.key_dir, " does not exist; create it and key "
-                                     "version 1 with `", kToolName, " tpm init`, or fix --tpm-key-dir"));
+      return Fail(kExitUsage, StrCat("the TPM key directory ", options.key_dir,
+                                     " does not exist; create it and key "
+                                     "version 1 with `",
+                                     kToolName, " tpm init`, or fix --tpm-key-dir"));
     }
-    return Fail(kExitUsage, StrCat("cannot access the TPM key directory ", options.key_dir, ": ", std::strerror(errno)));
+    return Fail(kExitUsage,
+                StrCat("cannot access the TPM key directory ", options.key_dir, ": ", std::strerror(errno)));
   }
   if (!S_ISDIR(st.st_mode)) {
     return Fail(kExitUsage, StrCat("--tpm-key-dir ", options.key_dir, " is not a directory"));
   }
   if (::access(options.key_dir.c_str(), must_exist ? (R_OK | X_OK) : (R_OK | W_OK | X_OK)) != 0) {
     return Fail(kExitUsage, StrCat("cannot ", must_exist ? "read" : "write to", " the TPM key directory ",
-                                   options.key_dir, ": ", std::strerror(errno),
-                                   " (run as the plugin's user or root)"));
+                                   options.key_dir, ": ", std::strerror(errno), " (run as the plugin's user or root)"));
   }
   // The plugin's reader refuses a directory others own or can write to (they could plant key files):
   // for every command that is a usage error naming the fix, not a failure found later.
@@ -148,8 +152,8 @@ int PrintCreated(const TpmOptions& options, const tpm::TpmKeyInfo& key, bool rot
         << "decrypting. Re-encrypt existing Secrets (kubectl get secrets -A -o json | kubectl replace -f -)\n"
         << "before removing an older version's files from the directory.\n";
   } else {
-    out << "Start (or SIGHUP) trousseau-hsm with --tpm-key-dir " << AbsoluteKeyDir(options.key_dir)
-        << " --tpm-tcti " << options.tcti << ";\n"
+    out << "Start (or SIGHUP) trousseau-hsm with --tpm-key-dir " << AbsoluteKeyDir(options.key_dir) << " --tpm-tcti "
+        << options.tcti << ";\n"
         << "its Status reports this key_id.\n";
   }
   std::cout << out.str();
@@ -165,8 +169,8 @@ int TpmInit(const TpmOptions& options) {
   StatusOr<tpm::TpmKeyInfo> key = tpm::InitKeyDir(Config(options), tpm::kTpmFamilyLabel);
   if (!key.ok()) {
     if (key.status().code() == StatusCode::kAlreadyExists) {
-      return Fail(kExitFailed, StrCat("refusing to create version 1 again: ", key.status().message(), " (`",
-                                      kToolName, " tpm rotate`)"));
+      return Fail(kExitFailed, StrCat("refusing to create version 1 again: ", key.status().message(), " (`", kToolName,
+                                      " tpm rotate`)"));
     }
     return FailTpm(key.status(), options);
   }
@@ -213,8 +217,8 @@ int TpmList(const TpmOptions& options) {
     out << "\nversion " << key.version << (key.version == active ? "  (active: new encryptions use it)" : "") << "\n"
         << "  key_id:  " << key.key_id << "\n"
         << "  scheme:  " << SchemeDescription(scheme) << "\n"
-        << "  files:   " << tpm::VersionStem(key.version) << (scheme == "rsa-oaep" ? ".rsa.{pub,priv}" : ".{aes,hmac}.{pub,priv}")
-        << " (loaded in this TPM)\n";
+        << "  files:   " << tpm::VersionStem(key.version)
+        << (scheme == "rsa-oaep" ? ".rsa.{pub,priv}" : ".{aes,hmac}.{pub,priv}") << " (loaded in this TPM)\n";
   }
   std::cout << out.str();
   return kExitOk;
@@ -263,8 +267,8 @@ int TpmSelftest(const TpmOptions& options) {
     if (listed.ok()) {
       keys = *std::move(listed);
     } else {
-      failures.push_back(StrCat("listing the keys after the self-test: ", listed.status().message(),
-                                Hint(listed.status(), options)));
+      failures.push_back(
+          StrCat("listing the keys after the self-test: ", listed.status().message(), Hint(listed.status(), options)));
     }
   }
   const bool ok = failures.empty();

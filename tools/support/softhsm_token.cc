@@ -78,9 +78,9 @@ struct KeyFlags {
 // seam so the test support holds no raw PKCS#11.
 Status GenerateAesKey(const SoftHsmToken& token, uint64_t version, const std::string& object, KeyFlags flags) {
   return WithAdminSession(token, object, [&](const hsm::Session& session) -> Status {
-    return hsm::GenerateTestAesKey(session, object, version,
-                                   {.sensitive = flags.sensitive, .extractable = flags.extractable,
-                                    .is_private = flags.is_private})
+    return hsm::GenerateTestAesKey(
+               session, object, version,
+               {.sensitive = flags.sensitive, .extractable = flags.extractable, .is_private = flags.is_private})
         .status();
   });
 }
