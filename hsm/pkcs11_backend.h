@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "core/defaults.h"
 #include "core/key_backend.h"
 #include "core/nonce_sequence.h"
 #include "core/status.h"
@@ -46,7 +47,7 @@ inline constexpr std::chrono::milliseconds kKekSettleTimeout{1000};
 
 struct Pkcs11BackendOptions {
   // Sessions, each with its own lane: the number of device calls that can be in flight at once.
-  size_t sessions = 16;
+  size_t sessions = defaults::kHsmSessions;
   // Use an in-session copy of each key (C_CopyObject, CKA_TOKEN=false: still sensitive and
   // non-extractable). SoftHSM serialises token-object use on file locks; a session copy does not.
   bool session_key_copies = true;

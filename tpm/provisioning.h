@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/defaults.h"
 #include "core/status.h"
 #include "tpm/tpm_backend.h"  // kTpmFamilyLabel
 
@@ -22,7 +23,7 @@ enum class KeyScheme {
 };
 
 struct TpmConfig {
-  std::string tcti = "device:/dev/tpmrm0";  // empty: FAILED_PRECONDITION, never tpm2-tss' default
+  std::string tcti = defaults::kTpmTcti;  // empty: FAILED_PRECONDITION, never tpm2-tss' default
   std::string key_dir;
   KeyScheme scheme = KeyScheme::kAuto;  // for new versions (init, rotate)
   // How long init/rotate wait for another run holding the key directory's lock (then ABORTED).

@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "core/defaults.h"
 #include "core/key_backend.h"
 #include "tpm/key_store.h"
 #include "tpm/tpm_aead.h"
@@ -37,12 +38,12 @@ inline constexpr char kTpmFamilyLabel[] = "kek";
 
 struct TpmBackendOptions {
   // TCTI configuration: "device:/dev/tpmrm0" (default), "tabrmd", "swtpm:path=/run/swtpm/sock", ...
-  std::string tcti = "device:/dev/tpmrm0";
+  std::string tcti = defaults::kTpmTcti;
   // Directory holding the key versions' blobs (see key_store.h).
   std::string key_dir;
   // Deadline of each Seal/Open/Probe, from the call until the TPM answered (or the caller's
   // deadline, when sooner).
-  std::chrono::milliseconds request_timeout{3000};
+  std::chrono::milliseconds request_timeout = defaults::kDeviceTimeout;
   // Deadline of LoadKeys (loads and fingerprints every version).
   std::chrono::milliseconds load_timeout{30000};
   // Key versions kept loaded at once (2 transient objects each, plus the primary while loading).

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "core/defaults.h"
 #include "app/options.h"
 #include "core/key_backend.h"
 #include "core/status.h"
@@ -27,7 +28,7 @@ struct ConfiguredBackend {
   // Sessions in use and in the pool, for the metrics; empty for a backend without a pool.
   std::function<void(size_t& in_use, size_t& size)> session_pool;
   // Deadline of one device call (--hsm-timeout / --tpm-timeout).
-  std::chrono::milliseconds device_timeout{2000};
+  std::chrono::milliseconds device_timeout = defaults::kDeviceTimeout;
   // Device calls whose caller gave up and that the device has not returned: at exit, the process
   // leaves without joining them.
   std::function<size_t()> calls_stuck;

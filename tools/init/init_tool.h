@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/defaults.h"
 #include "core/status.h"
 #include "hsm/admin.h"
 #include "hsm/pkcs11_uri.h"
@@ -37,7 +38,7 @@ struct TokenInitOptions {
 };
 
 // The socket a plugin listens on when nothing else is said (the plugin's --listen default).
-inline constexpr char kDefaultPluginSocket[] = "/run/trousseau-hsm/kms.sock";
+inline constexpr const char* kDefaultPluginSocket = defaults::kSocketPath;
 // How long `key rotate` waits for the plugin's Status to report the new key_id by default: the
 // plugin's default --key-refresh-interval (60 s), the settle read of a new version (2 s), and slack.
 inline constexpr std::chrono::seconds kDefaultPluginWait{65};
@@ -56,7 +57,7 @@ struct KeyOptions {
 
 struct ConfigOptions {
   std::string pkcs11_uri;
-  std::string listen = "unix:///run/trousseau-hsm/kms.sock";
+  std::string listen = defaults::kListenEndpoint;
   std::string name = "trousseau-hsm";
   std::string timeout = "3s";
 };
@@ -64,7 +65,7 @@ struct ConfigOptions {
 // tpm init | rotate | list | selftest: the TPM 2.0 key directory (tpm_commands.cc, on top of
 // tpm/provisioning.h). key_ids use tpm::kTpmFamilyLabel, as the plugin does.
 struct TpmOptions {
-  std::string tcti = "device:/dev/tpmrm0";
+  std::string tcti = defaults::kTpmTcti;
   std::string key_dir;
   std::string scheme = "auto";  // init, rotate: auto | aes-cfb-hmac | rsa-oaep
   bool json = false;
