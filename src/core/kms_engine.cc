@@ -148,7 +148,10 @@ std::shared_ptr<const KeyRing> KmsEngine::RefreshForMiss(uint64_t version, Deadl
   const uint64_t loads_before = loads_done_.load();
   deadline = DeviceDeadline(deadline);
   std::unique_lock lock(load_mu_, std::defer_lock);
-  if (!lock.try_lock_until(deadline)) return ring_.load();
+  while (!lock.try_lock()) {
+    if (Clock::now() >= deadline) return ring_.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // a load in flight: join it, never repeat it
+  }
   const auto report = [&](std::string_view outcome) {
     if (options_.observer != nullptr) options_.observer->OnDecryptMiss(outcome);
   };
