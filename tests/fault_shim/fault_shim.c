@@ -31,6 +31,25 @@
  *                  HSM whose crypto engine has failed (a self-test or
  *                  tamper error state) but which still answers lookups.
  *                  "up" or "down" later in the file does not clear it.
+ *   device_iv      a FIPS-mode HSM that generates GCM IVs itself (Thales Luna
+ *                  and others refuse a caller-chosen IV for encryption): a
+ *                  C_EncryptInit with CKM_AES_GCM must pass CK_GCM_PARAMS
+ *                  (ulParameterLen == sizeof(CK_GCM_PARAMS)) whose pIv points
+ *                  to ulIvLen == 12 zero bytes (ulIvBits is not looked at);
+ *                  anything else (a caller IV, another length, no
+ *                  parameters, a NULL pIv) fails with
+ *                  CKR_MECHANISM_PARAM_INVALID without reaching the real
+ *                  module ("down" and crypto_fail are checked first and win).
+ *                  Otherwise the shim draws 12 random bytes (getrandom, never
+ *                  all zero), writes them into the caller's pIv (the PKCS#11
+ *                  2.40/3.0 convention: the device returns the IV it used
+ *                  there) and forwards the caller's init, so the real module
+ *                  encrypts under that IV; if the real module refuses the
+ *                  init, the buffer is zeroed again (no IV was used). An init
+ *                  the shim refuses itself is not in the call log.
+ *                  C_DecryptInit takes the caller's IV as usual; every other
+ *                  call and mechanism is unchanged. "up" or "down" later in
+ *                  the file does not clear it.
  *   hang           every call (C_Initialize and C_Finalize included, as with a
  *                  black-holed network HSM) blocks until the file no longer
  *                  says "hang", then goes on as usual. Calls already inside
@@ -63,6 +82,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -130,6 +150,7 @@ static _Atomic(const char *) g_control_path;
 static atomic_bool g_down;
 static atomic_ulong g_delay_us;
 static atomic_bool g_crypto_fail;
+static atomic_bool g_device_iv;
 static atomic_bool g_hang;
 
 /* Identity of the control file as last read. INT64_MIN never matches a stat. */
@@ -165,30 +186,35 @@ static bool key_is_seen(struct file_key k) {
          k.ino == atomic_load(&g_seen_ino);
 }
 
-static void parse_control(const char *path, bool *down, unsigned long *delay_us, bool *crypto_fail, bool *hang) {
-  *down = false;
-  *delay_us = 0;
-  *crypto_fail = false;
-  *hang = false;
+struct control {
+  bool down, crypto_fail, device_iv, hang;
+  unsigned long delay_us;
+};
+
+static struct control parse_control(const char *path) {
+  struct control c = {0};
   FILE *f = fopen(path, "r");
-  if (f == NULL) return; /* missing file: up, no delay */
+  if (f == NULL) return c; /* missing file: up, no delay */
   char word[64];
   while (fscanf(f, "%63s", word) == 1) {
     if (strcmp(word, "down") == 0) {
-      *down = true;
+      c.down = true;
     } else if (strcmp(word, "up") == 0) {
-      *down = false;
+      c.down = false;
     } else if (strncmp(word, "delay_us=", 9) == 0) {
-      *delay_us = strtoul(word + 9, NULL, 10);
+      c.delay_us = strtoul(word + 9, NULL, 10);
     } else if (strcmp(word, "crypto_fail") == 0) {
-      *crypto_fail = true;
+      c.crypto_fail = true;
+    } else if (strcmp(word, "device_iv") == 0) {
+      c.device_iv = true;
     } else if (strcmp(word, "hang") == 0) {
-      *hang = true;
+      c.hang = true;
     } else {
       debugf("ignoring control word '%s'", word);
     }
   }
   fclose(f);
+  return c;
 }
 
 /* Like a dropped link: every session of this process is gone. Errors are
@@ -209,13 +235,14 @@ static void close_all_real_sessions(void) {
 
 /* Called with g_reload_mu held. */
 static void apply_control_file(const char *path) {
-  bool down, crypto_fail, hang;
-  unsigned long delay_us;
-  parse_control(path, &down, &delay_us, &crypto_fail, &hang);
-  atomic_store(&g_hang, hang);
-  debugf("control: %s delay_us=%lu%s", down ? "down" : "up", delay_us, crypto_fail ? " crypto_fail" : "");
-  atomic_store(&g_delay_us, delay_us);
-  atomic_store(&g_crypto_fail, crypto_fail);
+  const struct control c = parse_control(path);
+  const bool down = c.down;
+  atomic_store(&g_hang, c.hang);
+  debugf("control: %s delay_us=%lu%s%s", down ? "down" : "up", c.delay_us, c.crypto_fail ? " crypto_fail" : "",
+         c.device_iv ? " device_iv" : "");
+  atomic_store(&g_delay_us, c.delay_us);
+  atomic_store(&g_crypto_fail, c.crypto_fail);
+  atomic_store(&g_device_iv, c.device_iv);
   if (down && !atomic_load(&g_down)) {
     pthread_rwlock_wrlock(&g_calls); /* drain in-flight real calls */
     atomic_store(&g_down, true);
@@ -275,6 +302,7 @@ static void reset_control_from_env(void) {
   atomic_store(&g_down, false);
   atomic_store(&g_delay_us, 0);
   atomic_store(&g_crypto_fail, false);
+  atomic_store(&g_device_iv, false);
   atomic_store(&g_hang, false);
   atomic_store(&g_seen_mtime_ns, INT64_MIN);
   atomic_store(&g_seen_size, INT64_MIN);
@@ -342,7 +370,8 @@ static void leave(enum policy p) {
 }
 
 /* X(name, policy, (parameters), (arguments)) for every CK_FUNCTION_LIST 2.40
- * entry except C_Initialize and C_GetFunctionList, written by hand below. */
+ * entry except C_Initialize, C_GetFunctionList and C_EncryptInit, written by
+ * hand below. */
 #define SHIM_FUNCTIONS(X)                                                                     \
   X(C_Finalize, ALWAYS, (CK_VOID_PTR reserved), (reserved))                                   \
   X(C_GetInfo, ALWAYS, (CK_INFO_PTR info), (info))                                            \
@@ -391,8 +420,6 @@ static void leave(enum policy p) {
   X(C_FindObjects, GATED,                                                                     \
     (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n), (s, o, max, n)) \
   X(C_FindObjectsFinal, GATED, (CK_SESSION_HANDLE s), (s))                                    \
-  X(C_EncryptInit, CRYPTO_START, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k),     \
-    (s, m, k))                                                                                \
   X(C_Encrypt, CRYPTO,                                                                        \
     (CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG inl, CK_BYTE_PTR out, CK_ULONG_PTR outl),  \
     (s, in, inl, out, outl))                                                                  \
@@ -491,6 +518,74 @@ static void leave(enum policy p) {
   }
 SHIM_FUNCTIONS(SHIM_DEFINE)
 
+/* ---- device_iv: a FIPS-mode HSM that chooses the GCM IV itself ----------- */
+
+enum { kDeviceIvLen = 12 };
+
+static bool all_zero(const CK_BYTE *p, size_t n) {
+  CK_BYTE any = 0;
+  for (size_t i = 0; i < n; i++) any |= p[i];
+  return any == 0;
+}
+
+/* Never all zero: that is the caller's "choose one for me", so a client that
+ * checks it got an IV back must never be fooled by a (2^-96) coincidence. */
+static bool draw_device_iv(CK_BYTE iv[kDeviceIvLen]) {
+  do {
+    size_t got = 0;
+    while (got < kDeviceIvLen) {
+      ssize_t n = getrandom(iv + got, kDeviceIvLen - got, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return false;
+      got += (size_t)n;
+    }
+  } while (all_zero(iv, kDeviceIvLen));
+  return true;
+}
+
+/* The only GCM encryption such a device accepts: CK_GCM_PARAMS whose pIv is a
+ * 12-byte buffer of zeros, for the device to fill. */
+static bool asks_for_device_iv(const CK_MECHANISM *m) {
+  if (m->pParameter == NULL || m->ulParameterLen != sizeof(CK_GCM_PARAMS)) return false;
+  const CK_GCM_PARAMS *params = m->pParameter;
+  return params->pIv != NULL && params->ulIvLen == kDeviceIvLen && all_zero(params->pIv, kDeviceIvLen);
+}
+
+/* Called inside enter()/leave(). The IV goes into the caller's own buffer
+ * before forwarding, so the real module sees exactly the caller's mechanism
+ * (and a module that kept the pIv pointer until C_Encrypt would still read a
+ * live buffer); a refused init puts the zeros back, as a device that returned
+ * no IV. */
+static CK_RV device_iv_encrypt_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k, bool *forwarded) {
+  *forwarded = false;
+  if (!asks_for_device_iv(m)) {
+    debugf("device_iv: refusing a GCM encryption that does not ask for the device's IV");
+    return CKR_MECHANISM_PARAM_INVALID;
+  }
+  CK_BYTE iv[kDeviceIvLen];
+  if (!draw_device_iv(iv)) return CKR_DEVICE_ERROR; /* the "device's" RNG failed */
+  CK_BYTE *caller_iv = ((CK_GCM_PARAMS *)m->pParameter)->pIv;
+  memcpy(caller_iv, iv, sizeof iv);
+  *forwarded = true;
+  CK_RV rv = g_real->C_EncryptInit(s, m, k);
+  if (rv != CKR_OK) memset(caller_iv, 0, sizeof iv);
+  return rv;
+}
+
+static CK_RV shim_C_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
+  CK_RV rv = enter(CRYPTO_START);
+  if (rv != CKR_OK) return rv;
+  bool forwarded = true;
+  if (atomic_load(&g_device_iv) && m != NULL && m->mechanism == CKM_AES_GCM) {
+    rv = device_iv_encrypt_init(s, m, k, &forwarded);
+  } else {
+    rv = g_real->C_EncryptInit(s, m, k);
+  }
+  leave(CRYPTO_START);
+  if (forwarded) record_call("C_EncryptInit", rv); /* as every logged call: only what reached the real module */
+  return rv;
+}
+
 static CK_FUNCTION_LIST g_list;
 
 static CK_RV shim_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
@@ -516,11 +611,12 @@ static CK_FUNCTION_LIST g_list = {
     .version = {2, 40},
     .C_Initialize = shim_C_Initialize,
     .C_GetFunctionList = shim_C_GetFunctionList,
+    .C_EncryptInit = shim_C_EncryptInit,
     SHIM_FUNCTIONS(SHIM_ENTRY)};
 
-/* Every slot of the 2.40 list is filled: the X-list plus the two above. */
+/* Every slot of the 2.40 list is filled: the X-list plus the three above. */
 #define SHIM_COUNT(name, policy, params, args) +1
-_Static_assert(2 SHIM_FUNCTIONS(SHIM_COUNT) ==
+_Static_assert(3 SHIM_FUNCTIONS(SHIM_COUNT) ==
                    (sizeof(CK_FUNCTION_LIST) - offsetof(CK_FUNCTION_LIST, C_Initialize)) /
                        sizeof(CK_C_Initialize),
                "SHIM_FUNCTIONS must cover all of CK_FUNCTION_LIST");

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -119,8 +120,14 @@ struct Gcm {
   }
 };
 
-CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& pt, std::vector<CK_BYTE>* ct) {
-  Gcm gcm;
+// What a client of a FIPS-mode HSM passes: 12 zero bytes for the device to fill with the IV it uses.
+struct DeviceIvGcm : Gcm {
+  DeviceIvGcm() { std::fill(std::begin(iv), std::end(iv), CK_BYTE{0}); }
+  std::vector<CK_BYTE> Iv() const { return {std::begin(iv), std::end(iv)}; }
+};
+
+CK_RV EncryptWith(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, Gcm& gcm, const std::vector<CK_BYTE>& pt,
+                  std::vector<CK_BYTE>* ct) {
   CK_RV rv = g_p11->C_EncryptInit(s, &gcm.mech, key);
   if (rv != CKR_OK) return rv;
   std::vector<CK_BYTE> in = pt;
@@ -131,8 +138,13 @@ CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BY
   return rv;
 }
 
-CK_RV Decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& ct, std::vector<CK_BYTE>* pt) {
+CK_RV Encrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& pt, std::vector<CK_BYTE>* ct) {
   Gcm gcm;
+  return EncryptWith(s, key, gcm, pt, ct);
+}
+
+CK_RV DecryptWith(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, Gcm& gcm, const std::vector<CK_BYTE>& ct,
+                  std::vector<CK_BYTE>* pt) {
   CK_RV rv = g_p11->C_DecryptInit(s, &gcm.mech, key);
   if (rv != CKR_OK) return rv;
   std::vector<CK_BYTE> in = ct;
@@ -141,6 +153,20 @@ CK_RV Decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BY
   rv = g_p11->C_Decrypt(s, in.data(), in.size(), pt->data(), &len);
   pt->resize(rv == CKR_OK ? len : 0);
   return rv;
+}
+
+CK_RV Decrypt(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& ct, std::vector<CK_BYTE>* pt) {
+  Gcm gcm;
+  return DecryptWith(s, key, gcm, ct, pt);
+}
+
+// Decrypts under `iv` (the caller's IV, as a FIPS-mode device takes it for decryption).
+CK_RV DecryptUnder(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const std::vector<CK_BYTE>& iv,
+                   const std::vector<CK_BYTE>& ct, std::vector<CK_BYTE>* pt) {
+  Gcm gcm;
+  if (iv.size() != sizeof gcm.iv) return CKR_ARGUMENTS_BAD;
+  std::copy(iv.begin(), iv.end(), gcm.iv);
+  return DecryptWith(s, key, gcm, ct, pt);
 }
 
 // Encrypt then decrypt, checking the result; returns the first failure.
@@ -415,6 +441,128 @@ TEST_F(FaultShimTest, MissingControlFileMeansUp) {
   CK_ULONG n = 0;
   EXPECT_EQ(g_p11->C_GetSlotList(CK_FALSE, nullptr, &n), CKR_OK);
   EXPECT_EQ(RoundTrip(session_, key_), CKR_OK);
+}
+
+// ---- device_iv: a FIPS-mode HSM that generates the GCM IV itself --------------------------------
+
+const std::vector<CK_BYTE> kZeroIv(12, 0);
+
+std::vector<std::string> CallLogLines(const fs::path& log) {
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST_F(FaultShimTest, DeviceIvRefusesACallerChosenIvForEncryption) {
+  WriteControl("device_iv");
+  const fs::path call_log = g_dir / "calls";
+  fs::remove(call_log);
+  setenv("TROUSSEAU_FAULT_SHIM_CALL_LOG", call_log.c_str(), 1);
+
+  Gcm caller_iv;
+  const std::vector<CK_BYTE> chosen(std::begin(caller_iv.iv), std::end(caller_iv.iv));
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &caller_iv.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+  EXPECT_EQ(std::vector<CK_BYTE>(std::begin(caller_iv.iv), std::end(caller_iv.iv)), chosen) << "caller's IV untouched";
+
+  // A single non-zero byte is a caller's IV too.
+  DeviceIvGcm almost_zero;
+  almost_zero.iv[11] = 1;
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &almost_zero.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+
+  // Zeros of another length, no buffer at all, no parameters: not a request for a 96-bit device IV.
+  CK_BYTE zeros16[16] = {};
+  DeviceIvGcm long_iv;
+  long_iv.params.pIv = zeros16;
+  long_iv.params.ulIvLen = sizeof zeros16;
+  long_iv.params.ulIvBits = 128;
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &long_iv.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+  DeviceIvGcm no_buffer;
+  no_buffer.params.pIv = nullptr;
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &no_buffer.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+  CK_MECHANISM bare{CKM_AES_GCM, nullptr, 0};
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &bare, key_), CKR_MECHANISM_PARAM_INVALID);
+
+  // "up" later in the file does not clear it.
+  WriteControl("device_iv up");
+  EXPECT_EQ(g_p11->C_EncryptInit(session_, &caller_iv.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+
+  // Refusals never reached the device (nothing in the call log) and left no operation active on the
+  // session: the request for a device IV that follows, on the same session, is accepted.
+  EXPECT_TRUE(CallLogLines(call_log).empty());
+  DeviceIvGcm asks;
+  std::vector<CK_BYTE> ct;
+  EXPECT_EQ(EncryptWith(session_, key_, asks, {'p', 't'}, &ct), CKR_OK);
+  EXPECT_EQ(CallLogLines(call_log), std::vector<std::string>{"C_EncryptInit 0x0"});
+  unsetenv("TROUSSEAU_FAULT_SHIM_CALL_LOG");
+}
+
+TEST_F(FaultShimTest, DeviceIvFillsTheZeroBufferWithTheIvTheDeviceUsed) {
+  WriteControl("device_iv");
+  const std::vector<CK_BYTE> pt = {'d', 'a', 't', 'a', ' ', 'k', 'e', 'y'};
+
+  DeviceIvGcm first, second;
+  std::vector<CK_BYTE> ct1, ct2;
+  ASSERT_EQ(EncryptWith(session_, key_, first, pt, &ct1), CKR_OK);
+  ASSERT_EQ(EncryptWith(session_, key_, second, pt, &ct2), CKR_OK);
+  EXPECT_EQ(ct1.size(), pt.size() + 16);
+  EXPECT_NE(first.Iv(), kZeroIv) << "the device returns its IV in pIv";
+  EXPECT_NE(second.Iv(), kZeroIv);
+  EXPECT_NE(first.Iv(), second.Iv()) << "a fresh IV for every encryption";
+  EXPECT_NE(ct1, ct2);
+  EXPECT_EQ(first.params.ulIvLen, 12u);
+
+  // Decryption takes the caller's IV: the returned one gives the plaintext back, so it is the IV the
+  // device really encrypted under (not the zeros, not the other encryption's).
+  std::vector<CK_BYTE> back;
+  ASSERT_EQ(DecryptUnder(session_, key_, first.Iv(), ct1, &back), CKR_OK);
+  EXPECT_EQ(back, pt);
+  ASSERT_EQ(DecryptUnder(session_, key_, second.Iv(), ct2, &back), CKR_OK);
+  EXPECT_EQ(back, pt);
+  EXPECT_NE(DecryptUnder(session_, key_, kZeroIv, ct1, &back), CKR_OK);
+  EXPECT_NE(DecryptUnder(session_, key_, second.Iv(), ct1, &back), CKR_OK);
+
+  // An init the real module refuses (no such key) used no IV: the buffer stays zero.
+  DeviceIvGcm refused;
+  EXPECT_NE(g_p11->C_EncryptInit(session_, &refused.mech, CK_INVALID_HANDLE), CKR_OK);
+  EXPECT_EQ(refused.Iv(), kZeroIv);
+}
+
+TEST_F(FaultShimTest, DeviceIvLeavesOtherMechanismsAndDecryptionAlone) {
+  // GCM decryption with any caller IV: what the plain shim encrypted decrypts under device_iv.
+  const std::vector<CK_BYTE> pt(40, 0x5a);
+  std::vector<CK_BYTE> ct, back;
+  ASSERT_EQ(Encrypt(session_, key_, pt, &ct), CKR_OK);
+  WriteControl("device_iv");
+  ASSERT_EQ(Decrypt(session_, key_, ct, &back), CKR_OK);
+  EXPECT_EQ(back, pt);
+
+  // Another mechanism keeps its caller-chosen IV.
+  CK_BYTE cbc_iv[16] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6};
+  CK_MECHANISM cbc{CKM_AES_CBC_PAD, cbc_iv, sizeof cbc_iv};
+  ASSERT_EQ(g_p11->C_EncryptInit(session_, &cbc, key_), CKR_OK);
+  std::vector<CK_BYTE> in = pt, out(pt.size() + 16);
+  CK_ULONG out_len = out.size();
+  EXPECT_EQ(g_p11->C_Encrypt(session_, in.data(), in.size(), out.data(), &out_len), CKR_OK);
+  EXPECT_EQ(out_len, 48u);
+  EXPECT_EQ(cbc_iv[0], 9);
+}
+
+TEST_F(FaultShimTest, WithoutDeviceIvCallerIvsWorkAndZerosStayZeros) {
+  WriteControl("device_iv");
+  Gcm caller_iv;
+  ASSERT_EQ(g_p11->C_EncryptInit(session_, &caller_iv.mech, key_), CKR_MECHANISM_PARAM_INVALID);
+
+  WriteControl("up");  // the word is gone: a caller IV works again, in the same session
+  EXPECT_EQ(RoundTrip(session_, key_), CKR_OK);
+  // And a zero IV is just the caller's IV: used as given, never replaced.
+  DeviceIvGcm zeros;
+  const std::vector<CK_BYTE> pt = {'z'};
+  std::vector<CK_BYTE> ct, back;
+  ASSERT_EQ(EncryptWith(session_, key_, zeros, pt, &ct), CKR_OK);
+  EXPECT_EQ(zeros.Iv(), kZeroIv);
+  ASSERT_EQ(DecryptUnder(session_, key_, kZeroIv, ct, &back), CKR_OK);
+  EXPECT_EQ(back, pt);
 }
 
 // No TROUSSEAU_FAULT_SHIM_CONTROL at C_Initialize: the control file, even
