@@ -86,7 +86,7 @@ Status SetUserPin(CK_FUNCTION_LIST* api, const TokenSlot& token, const SecureByt
 
 StatusOr<std::unique_ptr<AdminSession>> AdminSession::Open(const Pkcs11Uri& uri) {
   std::unique_ptr<AdminSession> admin(new AdminSession());
-  StatusOr<std::unique_ptr<Pkcs11Module>> module = Pkcs11Module::Load(uri.module_path());
+  StatusOr<std::unique_ptr<Pkcs11Module>> module = Pkcs11Module::Load(uri.module_path(), uri.init_reserved());
   if (!module.ok()) return module.status();
   admin->module_ = *std::move(module);
   if (Status s = admin->module_->Initialize(); !s.ok()) return s;

@@ -60,7 +60,7 @@ bool Pkcs11Backend::PinFileStamp::operator==(const PinFileStamp& o) const {
 
 StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Pkcs11Uri uri, Pkcs11BackendOptions options) {
   if (options.sessions == 0) return InvalidArgumentError("the session pool needs at least one session");
-  StatusOr<std::unique_ptr<Pkcs11Module>> module = Pkcs11Module::Load(uri.module_path());
+  StatusOr<std::unique_ptr<Pkcs11Module>> module = Pkcs11Module::Load(uri.module_path(), uri.init_reserved());
   if (!module.ok()) return module.status();
   return std::unique_ptr<Pkcs11Backend>(new Pkcs11Backend(std::move(uri), options, *std::move(module)));
 }

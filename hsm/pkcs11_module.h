@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -13,22 +14,30 @@ namespace trousseau::hsm {
 // One loaded module. Initialise/Finalize can be repeated: that is how a lost device is recovered.
 class Pkcs11Module {
  public:
-  static StatusOr<std::unique_ptr<Pkcs11Module>> Load(const std::string& path);
+  // `init_reserved`: the module's initialisation string (CK_C_INITIALIZE_ARGS.pReserved), for modules
+  // that need one (NSS softoken); from the URI's x-init-reserved. A module that cannot be loaded is
+  // configuration (FAILED_PRECONDITION), never an outage.
+  static StatusOr<std::unique_ptr<Pkcs11Module>> Load(const std::string& path,
+                                                      std::optional<std::string> init_reserved = std::nullopt);
   ~Pkcs11Module();
   Pkcs11Module(const Pkcs11Module&) = delete;
   Pkcs11Module& operator=(const Pkcs11Module&) = delete;
 
   // C_Initialize with OS locking, since sessions are used from many threads. If another part of
   // this process already initialised the module, it is used as is and Finalize leaves it alone.
+  // A refusal that no retry can fix (bad or missing initialisation arguments, no OS locking) is
+  // FAILED_PRECONDITION with what to change; anything else is UNAVAILABLE (a daemon or device that
+  // is not there yet).
   Status Initialize();
   void Finalize();
   CK_FUNCTION_LIST* api() const { return api_; }
   const std::string& path() const { return path_; }
 
  private:
-  Pkcs11Module(std::string path, void* handle, CK_FUNCTION_LIST* api)
-      : path_(std::move(path)), handle_(handle), api_(api) {}
+  Pkcs11Module(std::string path, std::optional<std::string> init_reserved, void* handle, CK_FUNCTION_LIST* api)
+      : path_(std::move(path)), init_reserved_(std::move(init_reserved)), handle_(handle), api_(api) {}
   std::string path_;
+  std::optional<std::string> init_reserved_;
   void* handle_;
   CK_FUNCTION_LIST* api_;
   bool initialized_ = false;

@@ -62,6 +62,11 @@ StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text) {
     parsed.pin_file_ = path;
   }
 
+  if (const char* init = p11_kit_uri_get_vendor_query(uri, "x-init-reserved"); init != nullptr) {
+    if (init[0] == '\0') return InvalidArgumentError("--pkcs11-uri has an empty x-init-reserved");
+    parsed.init_reserved_ = init;
+  }
+
   CK_TOKEN_INFO* token = p11_kit_uri_get_token_info(uri);
   const std::string token_label = TrimPadded(token->label, sizeof token->label);
   const std::string serial = TrimPadded(token->serialNumber, sizeof token->serialNumber);

@@ -2,6 +2,8 @@
 //   pkcs11:token=k8s-kms;object=kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/trousseau-hsm/pin
 // Parsed by p11-kit. The URI selects the module, the token (by label, serial, manufacturer, model or
 // slot) and the key family (object = CKA_LABEL). Versions come from CKA_ID, so the URI may not pin one.
+// A module that needs initialisation arguments (NSS softoken's configdir=...) gets them from the query
+// attribute x-init-reserved (p11-kit's name for the same string in its module files), percent-encoded.
 #pragma once
 
 #include <memory>
@@ -23,6 +25,8 @@ class Pkcs11Uri {
   const std::string& object_label() const { return object_label_; }
   // Absolute path of the PIN file from `pin-source`, if the URI names one.
   const std::optional<std::string>& pin_file() const { return pin_file_; }
+  // The string handed to C_Initialize in CK_C_INITIALIZE_ARGS.pReserved, if the URI has x-init-reserved.
+  const std::optional<std::string>& init_reserved() const { return init_reserved_; }
   // "token 'k8s-kms'" (and serial, if given) for messages.
   const std::string& token_description() const { return token_description_; }
 
@@ -34,6 +38,7 @@ class Pkcs11Uri {
   std::string module_path_;
   std::string object_label_;
   std::optional<std::string> pin_file_;
+  std::optional<std::string> init_reserved_;
   std::string token_description_;
 };
 

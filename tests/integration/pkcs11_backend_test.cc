@@ -300,6 +300,21 @@ TEST(Pkcs11UriParse, TakesModuleTokenObjectAndPinSource) {
   EXPECT_EQ(uri->token_description(), "token 'k8s-kms' serial abc");
 }
 
+TEST(Pkcs11UriParse, TakesThePercentEncodedModuleInitialisationString) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(
+      "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=/usr/lib/x86_64-linux-gnu/libsoftokn3.so"
+      "&x-init-reserved=configdir%3D%27sql%3A%2Fvar%2Flib%2Fnss%27%20certPrefix%3D%27%27&pin-source=file:/etc/p");
+  ASSERT_TRUE(uri.ok()) << uri.status().ToString();
+  EXPECT_EQ(uri->init_reserved(), "configdir='sql:/var/lib/nss' certPrefix=''");
+  EXPECT_EQ(uri->pin_file(), "/etc/p");
+
+  StatusOr<hsm::Pkcs11Uri> plain = hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek?module-path=/m.so");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->init_reserved().has_value());
+  EXPECT_TRUE(
+      IsInvalidArgument(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=k?module-path=/m.so&x-init-reserved=").status()));
+}
+
 TEST(Pkcs11UriParse, RefusesAPinValueWithoutEchoingIt) {
   StatusOr<hsm::Pkcs11Uri> uri =
       hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek?module-path=/m.so&pin-value=s3cr3t-pin");
