@@ -44,15 +44,34 @@ using Clock = std::chrono::steady_clock;
 
 // The part of a key template every family member shares: an AES-256 secret key on the token, with
 // the family's label and CKA_ID = its version.
-p11::AttributeTemplate Aes256TokenKey(std::string_view label, uint64_t version) {
+p11::AttributeTemplate Aes256TokenKey(std::string_view label, std::string_view raw_id) {
   p11::AttributeTemplate key_template;
   key_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})
       .Add(CKA_KEY_TYPE, CK_ULONG{CKK_AES})
       .Add(CKA_VALUE_LEN, CK_ULONG{kAes256KeySize})
       .Add(CKA_LABEL, label)
-      .Add(CKA_ID, VersionToId(version))
+      .Add(CKA_ID, raw_id)
       .Add(CKA_TOKEN, true);
   return key_template;
+}
+p11::AttributeTemplate Aes256TokenKey(std::string_view label, uint64_t version) {
+  return Aes256TokenKey(label, VersionToId(version));
+}
+
+// Keys of other labels on the token whose CKA_ID is `id`.
+std::vector<TokenSecretKey> OthersWithId(std::string_view label, std::string_view id,
+                                         const std::vector<TokenSecretKey>& token_keys) {
+  std::vector<TokenSecretKey> others;
+  for (const TokenSecretKey& key : token_keys) {
+    if (key.label != label && key.id == id) others.push_back(key);
+  }
+  return others;
+}
+
+std::string Describe(const std::vector<TokenSecretKey>& keys) {
+  std::vector<std::string> names;
+  for (const TokenSecretKey& key : keys) names.push_back(DescribeSecretKey(key));
+  return StrJoin(names, " and ");
 }
 
 // Worth another try: a token briefly not there or a call that failed (UNAVAILABLE, INTERNAL), not a
@@ -87,6 +106,7 @@ struct Settled {
   KeyObject key;         // kKeep: our key as listed in admin's session
   uint64_t highest = 0;  // kKeep: the family's highest version at that read (another run may have gone higher)
   int lower = 0;         // kWithdraw: how many keys of the version had a lower fingerprint than ours
+  std::string taken_by;  // kWithdraw: who keeps the version (or its CKA_ID) instead
 };
 
 // Decides whether the key with fingerprint `mine_fp`, just created as `version`, keeps it (see above).
@@ -95,17 +115,25 @@ struct Settled {
 StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri, uint64_t version,
                          const std::string& mine_fp, Clock::time_point deadline) {
   const std::string& label = uri.object_label();
+  const std::string id = VersionToId(version);
   for (;;) {
     Status problem = Reopen(admin, uri);
     if (!problem.ok() && !Transient(problem)) return problem;
     if (problem.ok()) {
       StatusOr<std::vector<KeyObject>> keys = ListKeyFamily(admin->session(), label);
-      if (keys.ok()) {
+      StatusOr<std::vector<TokenSecretKey>> token_keys =
+          keys.ok() ? ListTokenSecretKeys(admin->session()) : StatusOr<std::vector<TokenSecretKey>>(keys.status());
+      if (keys.ok() && token_keys.ok()) {
+        // Keys of other families created with our CKA_ID at the same moment (before it, our choice would
+        // have skipped it).
+        const std::vector<TokenSecretKey> rivals = OthersWithId(label, id, *token_keys);
         std::optional<KeyObject> mine;
         bool undecided = false;
         int lower = 0;
+        int same_version = 0;
         for (const KeyObject& key : *keys) {
           if (key.version != version) continue;
+          ++same_version;
           StatusOr<std::string> fp = KeyFingerprint(admin->session(), key.handle);
           if (!fp.ok()) {
             undecided = true;  // may be going away right now; look again
@@ -115,23 +143,46 @@ StatusOr<Settled> Settle(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& 
             ++lower;
           }
         }
+        const std::string other_key =
+            rivals.empty() ? StrCat("another key of family '", label, "' with version ", version) : Describe(rivals);
         if (!mine.has_value()) {
+          if (!undecided && (same_version > 0 || !rivals.empty())) {
+            // The token replaced our key by one created with the same CKA_ID (NSS keeps CKA_ID unique
+            // among secret keys): nothing of ours to withdraw; that key keeps the number.
+            return Settled{.decision = Decision::kWithdraw,
+                           .key = {},
+                           .highest = 0,
+                           .lower = 0,
+                           .taken_by = StrCat(other_key, ", which replaced this run's key on the token")};
+          }
           problem = InternalError(StrCat("the token does not list the new key '", label, "' version ", version));
         } else {
-          const bool alone = !undecided && std::count_if(keys->begin(), keys->end(),
-                                                         [&](const KeyObject& k) { return k.version == version; }) == 1;
-          if (alone) return Settled{.decision = Decision::kKeep, .key = *mine, .highest = keys->back().version};
-          if (lower > 0 || Clock::now() >= deadline) {
+          const bool alone = !undecided && same_version == 1 && rivals.empty();
+          if (alone) {
+            return Settled{
+                .decision = Decision::kKeep, .key = *mine, .highest = keys->back().version, .lower = 0, .taken_by = {}};
+          }
+          // Across families fingerprints decide nothing (the other family's key may not be able to make
+          // one): the family whose label sorts later gives way at once, the other waits for that.
+          const bool yield_to_rival = std::any_of(rivals.begin(), rivals.end(),
+                                                  [&](const TokenSecretKey& rival) { return rival.label < label; });
+          if (lower > 0 || yield_to_rival || Clock::now() >= deadline) {
             if (Status s = DestroyKeyObject(admin->session(), mine->handle); !s.ok()) {
-              return Status(s.code(), StrCat("another run created key '", label, "' version ", version,
-                                             " at the same time, and destroying this run's copy failed (", s.message(),
-                                             "): the family may hold version ", version, " twice; check `key list`"));
+              return Status(s.code(),
+                            StrCat("another run created ", other_key, " at the same time as this run's key '", label,
+                                   "' version ", version, " (CKA_ID ", HexEncode(id),
+                                   "), and destroying this run's copy failed (", s.message(),
+                                   "): the token may hold CKA_ID ", HexEncode(id), " twice; check `key list`"));
             }
-            return Settled{.decision = Decision::kWithdraw, .key = {}, .highest = 0, .lower = lower};
+            return Settled{.decision = Decision::kWithdraw,
+                           .key = {},
+                           .highest = 0,
+                           .lower = lower,
+                           .taken_by = StrCat(other_key, ", created at the same time")};
           }
         }
       } else {
-        problem = keys.status();
+        problem = keys.ok() ? token_keys.status() : keys.status();
       }
     }
     if (!problem.ok() && Clock::now() >= deadline) {
@@ -176,6 +227,33 @@ StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::strin
   return p11::GenerateKey(session, CKM_AES_KEY_GEN, key_template, "C_GenerateKey");
 }
 
+StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKeyWithId(const Session& session, std::string_view label,
+                                                    std::string_view raw_id) {
+  p11::AttributeTemplate key_template = Aes256TokenKey(label, raw_id);
+  key_template.Add(CKA_SENSITIVE, true)
+      .Add(CKA_EXTRACTABLE, false)
+      .Add(CKA_PRIVATE, true)
+      .Add(CKA_ENCRYPT, true)
+      .Add(CKA_DECRYPT, true)
+      .Add(CKA_MODIFIABLE, false);
+  return p11::GenerateKey(session, CKM_AES_KEY_GEN, key_template, "C_GenerateKey");
+}
+
+StatusOr<uint64_t> ChooseNewVersion(std::string_view label, uint64_t above,
+                                    const std::vector<TokenSecretKey>& token_keys,
+                                    std::vector<SkippedVersion>& skipped) {
+  constexpr uint64_t kLast = std::numeric_limits<uint64_t>::max();
+  for (uint64_t version = above; version != kLast;) {
+    ++version;
+    if (!IdIsWritable(version)) continue;  // an ID the plugin would read as text: never written
+    const std::vector<TokenSecretKey> others = OthersWithId(label, VersionToId(version), token_keys);
+    if (others.empty()) return version;
+    skipped.push_back({.version = version,
+                       .why = StrCat("CKA_ID ", HexEncode(VersionToId(version)), " is used by ", Describe(others))});
+  }
+  return FailedPreconditionError(StrCat("key family '", label, "' has no version number left above ", above));
+}
+
 StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Uri& uri) {
   constexpr int kTries = 8;
   for (int attempt = 1;; ++attempt) {
@@ -211,9 +289,8 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
     }
     StatusOr<std::vector<KeyObject>> keys = ListKeyFamilyPatiently(admin->session(), label);
     if (!keys.ok()) return keys.status();
-    uint64_t version = 1;
     if (options.first_version && !keys->empty() && attempt > 1) {
-      // What this run saw may be a rival's version 1 that is about to be withdrawn too (both can
+      // What this run saw may be a rival's first version that is about to be withdrawn too (both can
       // withdraw): once every contest over it is decided, look again.
       std::this_thread::sleep_for(options.settle_timeout + std::chrono::milliseconds(200));
       if (Status s = Reopen(admin, uri); !s.ok()) return s;
@@ -223,17 +300,24 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
     if (options.first_version) {
       if (!keys->empty()) {
         return AlreadyExistsError(StrCat("key family '", label, "' already has version(s) ", Versions(*keys),
-                                         "; refusing to generate version 1 again. Use `key rotate` for a new version"));
+                                         "; refusing to generate a first version again. Use `key rotate` for a new "
+                                         "version"));
       }
-    } else {
-      if (keys->empty()) {
-        return FailedPreconditionError(
-            StrCat("key family '", label, "' has no key yet; create version 1 with `key generate`"));
-      }
-      if (keys->back().version == std::numeric_limits<uint64_t>::max()) {
-        return FailedPreconditionError("the highest key version is already the largest possible one");
-      }
-      version = keys->back().version + 1;
+    } else if (keys->empty()) {
+      return FailedPreconditionError(
+          StrCat("key family '", label, "' has no key yet; create its first version with `key generate`"));
+    }
+    // Every secret key on the token, whatever its label: the new CKA_ID must be used by none of them.
+    StatusOr<std::vector<TokenSecretKey>> token_keys = ListTokenSecretKeys(admin->session());
+    if (!token_keys.ok()) return token_keys.status();
+    std::vector<SkippedVersion> skipped;
+    StatusOr<uint64_t> chosen = ChooseNewVersion(label, keys->empty() ? 0 : keys->back().version, *token_keys, skipped);
+    if (!chosen.ok()) return chosen.status();
+    const uint64_t version = *chosen;
+    for (SkippedVersion& skip : skipped) {
+      const bool known = std::any_of(result.skipped.begin(), result.skipped.end(),
+                                     [&](const SkippedVersion& s) { return s.version == skip.version; });
+      if (!known) result.skipped.push_back(std::move(skip));
     }
     StatusOr<CK_OBJECT_HANDLE> handle = GenerateKekVersion(admin->session(), label, version, options.key);
     if (!handle.ok()) return handle.status();
@@ -256,11 +340,11 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
       result.highest = settled->highest;
       return result;
     }
-    result.lost.push_back(version);
+    result.lost.push_back({.version = version, .why = settled->taken_by});
     lower = settled->lower;
   }
   std::vector<std::string> lost;
-  for (uint64_t v : result.lost) lost.push_back(StrCat(v));
+  for (const SkippedVersion& v : result.lost) lost.push_back(StrCat(v.version));
   return Status(StatusCode::kAborted,
                 StrCat("other runs created the version this run chose ", attempts, " times in a row (versions ",
                        StrJoin(lost, ", "), "), each at the same moment; this run created nothing. Run it again"));

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -38,12 +39,19 @@ struct TestKeyFlags {
 };
 StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
                                               TestKeyFlags flags);
+// The same with any raw CKA_ID (tests of the CKA_IDs other tools write: tpm2_ptool's ASCII "3031",
+// a non-minimal 0001), with the production protection flags.
+StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKeyWithId(const Session& session, std::string_view label,
+                                                    std::string_view raw_id);
 
 struct NextKekOptions {
   KekOptions key;
-  // `key generate`: version 1 of an empty family and nothing else (ALREADY_EXISTS once the family has
-  // a key, also when another run created version 1 at the same moment). Otherwise (`key rotate`):
-  // (highest present) + 1, in a family that has a key (FAILED_PRECONDITION if it has none).
+  // `key generate`: the first version of an empty family and nothing else (ALREADY_EXISTS once the
+  // family has a key, also when another run created its first version at the same moment). Otherwise
+  // (`key rotate`): a version above the highest present, in a family that has a key
+  // (FAILED_PRECONDITION if it has none). Either way the version is the lowest such number whose
+  // CKA_ID no secret key of another label on the token uses (ChooseNewVersion): tokens such as NSS
+  // softoken keep CKA_ID unique among secret keys and silently replace the older key.
   bool first_version = false;
   // Versions tried before giving up (ABORTED) while other runs keep taking the one this run chose.
   int max_attempts = 5;
@@ -52,10 +60,25 @@ struct NextKekOptions {
   std::chrono::milliseconds settle_timeout = kKekSettleTimeout;
 };
 
+// A version number a new key did not get, and why (e.g. "CKA_ID 02 is used by family 'other' version 2 (CKA_ID 02)").
+struct SkippedVersion {
+  uint64_t version = 0;
+  std::string why;
+};
+
+// The version a new key of family `label` gets: the lowest number above `above` (its highest version;
+// 0 for an empty family) whose CKA_ID (VersionToId) no secret key of another label in `token_keys` uses
+// and that IdIsWritable. Numbers passed over for another key's CKA_ID are added to `skipped`.
+// FAILED_PRECONDITION when no number is left.
+StatusOr<uint64_t> ChooseNewVersion(std::string_view label, uint64_t above,
+                                    const std::vector<TokenSecretKey>& token_keys,
+                                    std::vector<SkippedVersion>& skipped);
+
 struct NewKekVersion {
-  KeyObject key;               // the new version as the token lists it, in the session `admin` holds now
-  std::vector<uint64_t> lost;  // versions other runs created at the same time; this run withdrew from them
-  uint64_t highest = 0;        // the highest version in the family at the read that decided (>= key.version)
+  KeyObject key;                        // the new version as the token lists it, in the session `admin` holds now
+  std::vector<SkippedVersion> lost;     // versions other runs created at the same time; this run withdrew from them
+  std::vector<SkippedVersion> skipped;  // numbers passed over because another key on the token has their CKA_ID
+  uint64_t highest = 0;                 // the highest version in the family at the read that decided (>= key.version)
 };
 
 // Creates the next version of the family `uri` names, safely against other runs doing the same at the
@@ -64,6 +87,10 @@ struct NewKekVersion {
 // C_GenerateKey it reads the family again; when another object has the same version, exactly one of
 // the two keeps it, the other destroys the object it created (never anyone else's) and tries the next
 // version. Never leaves one version twice on the token, as long as every creator goes through here.
+// The same holds across families for the CKA_ID: a key of another label with the new key's CKA_ID,
+// created at the same moment, is a contest too; the run of the family whose label sorts later gives way
+// (and the other waits for that, until the settle deadline). A token that replaced the new key by
+// another one with its CKA_ID (NSS) counts as a lost contest.
 //
 // `admin` is a session opened on `uri` (AdminSession::Open) and is the only user of the module in
 // this process. Every read after C_GenerateKey is made on a freshly loaded module: the session is

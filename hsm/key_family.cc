@@ -30,19 +30,31 @@ const std::vector<p11::AttributeReader::Request>& KeyAttributeRequests() {
   return requests;
 }
 
-// The version a family member's CKA_ID carries: 1 to 8 bytes big-endian, at least 1.
+// Token text (labels) made printable for a message, at most 64 bytes shown.
+std::string Printable(std::string_view text) {
+  std::string quoted = QuoteForMessage(text, 64);  // "text" or "text"...
+  const size_t close = quoted.rfind('"');
+  return quoted.substr(1, close - 1) + quoted.substr(close + 1);
+}
+
+// CKA_ID bytes for a message: hex, the first 32 bytes.
+std::string IdHex(std::string_view id) {
+  return id.size() <= 32 ? HexEncode(id) : StrCat(HexEncode(id.substr(0, 32)), "... (", id.size(), " bytes)");
+}
+
+// Printable ASCII, as text typed into a tool's --id would be.
+bool LooksLikeText(std::string_view id) {
+  return id.size() >= 2 && std::all_of(id.begin(), id.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+uint64_t VersionFromId(std::string_view id) {
+  return LoadBigEndian(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(id.data()), id.size()));
+}
+
+// The version a family member's CKA_ID carries (VersionIdProblem says which ones are refused).
 StatusOr<uint64_t> VersionOf(std::string_view label, const std::optional<std::string>& id) {
-  const size_t id_len = id ? id->size() : 0;
-  if (id_len == 0 || id_len > 8) {
-    return FailedPreconditionError(
-        StrCat("a key labelled '", label, "' has a CKA_ID of ", id ? static_cast<long>(id_len) : -1L,
-               " bytes; the CKA_ID of a family member is its version, 1 to 8 bytes big-endian (e.g. 01)"));
-  }
-  const uint64_t version =
-      LoadBigEndian(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(id->data()), id->size()));
-  if (version == 0)
-    return FailedPreconditionError(StrCat("a key labelled '", label, "' has version 0; versions start at 1"));
-  return version;
+  if (std::string why = VersionIdProblem(label, id.value_or("")); !why.empty()) return FailedPreconditionError(why);
+  return VersionFromId(*id);
 }
 
 // One family member as its attributes describe it. Attributes the module does not report keep safe
@@ -94,6 +106,68 @@ StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::stri
   return keys;
 }
 
+std::string VersionIdProblem(std::string_view label, std::string_view id) {
+  constexpr std::string_view kHow =
+      "; trousseau-hsm-init writes the version as big-endian bytes, e.g. 01 for version 1, 0100 for 256. Remove the "
+      "key, or give it the CKA_ID of the version it should be, with the token's own tools";
+  const std::string key = StrCat("a key labelled '", Printable(label), "'");
+  if (id.empty()) return StrCat(key, " has no CKA_ID; the CKA_ID of a family member is its version", kHow);
+  if (id.size() > 8) {
+    return StrCat(key, " has CKA_ID ", IdHex(id), ", ", id.size(), " bytes: a version is 1 to 8 bytes", kHow);
+  }
+  if (VersionFromId(id) == 0) return StrCat(key, " has CKA_ID ", IdHex(id), ", version 0; versions start at 1", kHow);
+  if (id.front() == 0) {
+    return StrCat(key, " has CKA_ID ", IdHex(id), ", which starts with a zero byte: not how a version is written (",
+                  HexEncode(VersionToId(VersionFromId(id))), " is version ", VersionFromId(id),
+                  "), and two objects could then name one version", kHow);
+  }
+  if (LooksLikeText(id)) {
+    return StrCat(key, " has CKA_ID ", IdHex(id), ", which looks like ASCII text '", Printable(id),
+                  "' (tpm2_ptool writes IDs that way), not a version; refused rather than read as version ",
+                  VersionFromId(id), kHow);
+  }
+  return "";
+}
+
+bool IdIsWritable(uint64_t version) { return version != 0 && VersionIdProblem("", VersionToId(version)).empty(); }
+
+StatusOr<std::vector<TokenSecretKey>> ListTokenSecretKeys(const Session& session) {
+  p11::AttributeTemplate query;
+  query.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY}).Add(CKA_TOKEN, true);
+  StatusOr<std::vector<CK_OBJECT_HANDLE>> handles = p11::FindObjects(session, query);
+  if (!handles.ok()) return handles.status();
+  static const std::vector<p11::AttributeReader::Request> kRequests = {{CKA_LABEL, 256}, {CKA_ID, 64}};
+  std::vector<TokenSecretKey> keys;
+  for (CK_OBJECT_HANDLE handle : *handles) {
+    StatusOr<p11::AttributeReader> attrs = p11::AttributeReader::Read(session, handle, kRequests);
+    if (!attrs.ok()) return attrs.status();
+    keys.push_back(
+        {.handle = handle, .label = attrs->Bytes(CKA_LABEL).value_or(""), .id = attrs->Bytes(CKA_ID).value_or("")});
+  }
+  return keys;
+}
+
+StatusOr<size_t> CountOtherObjectsLabelled(const Session& session, std::string_view label) {
+  p11::AttributeTemplate query;
+  query.Add(CKA_LABEL, label).Add(CKA_TOKEN, true);
+  StatusOr<std::vector<CK_OBJECT_HANDLE>> all = p11::FindObjects(session, query);
+  if (!all.ok()) return all.status();
+  p11::AttributeTemplate secret;
+  secret.Add(CKA_LABEL, label).Add(CKA_TOKEN, true).Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY});
+  StatusOr<std::vector<CK_OBJECT_HANDLE>> keys = p11::FindObjects(session, secret);
+  if (!keys.ok()) return keys.status();
+  return all->size() - std::min(all->size(), keys->size());
+}
+
+std::string DescribeSecretKey(const TokenSecretKey& key) {
+  if (key.label.empty()) return StrCat("a secret key with no label (CKA_ID ", IdHex(key.id), ")");
+  if (VersionIdProblem(key.label, key.id).empty()) {
+    return StrCat("family '", Printable(key.label), "' version ", VersionFromId(key.id), " (CKA_ID ", IdHex(key.id),
+                  ")");
+  }
+  return StrCat("the secret key '", Printable(key.label), "' (CKA_ID ", IdHex(key.id), ")");
+}
+
 std::string KekPolicyViolation(const KeyObject& key) {
   if (key.key_type != CKK_AES) return "it is not an AES key";
   if (key.value_len != kAes256KeySize) return StrCat("it is AES-", key.value_len * 8, ", not AES-256");
@@ -104,6 +178,27 @@ std::string KekPolicyViolation(const KeyObject& key) {
   }
   if (!key.encrypt || !key.decrypt) return "it may not encrypt and decrypt (CKA_ENCRYPT/CKA_DECRYPT)";
   return "";
+}
+
+std::vector<std::string> KekPolicyWarnings(const KeyObject& key) {
+  std::vector<std::string> warnings;
+  std::vector<std::string> extra;
+  if (key.wrap) extra.push_back("wrap");
+  if (key.unwrap) extra.push_back("unwrap");
+  if (key.sign) extra.push_back("sign");
+  if (key.verify) extra.push_back("verify");
+  if (key.derive) extra.push_back("derive");
+  if (!extra.empty()) {
+    warnings.push_back(StrCat("extra usages ", StrJoin(extra, ", "),
+                              ": a KEK needs only encrypt and decrypt (unwrap could import keys under it)"));
+  }
+  if (key.modifiable) {
+    warnings.push_back("modifiable (CKA_MODIFIABLE=true): its label, id or usages can still be changed");
+  }
+  if (!key.always_sensitive || !key.never_extractable) {
+    warnings.push_back("it was not always sensitive and never extractable: its value may exist outside the token");
+  }
+  return warnings;
 }
 
 std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates) {

@@ -46,13 +46,43 @@ struct KeyObject {
   bool is_private = false;  // CKA_PRIVATE: usable only after C_Login
 };
 
-// Every secret key labelled `label`, with attributes, sorted by version. A key whose CKA_ID is not
-// a 1..8 byte big-endian version >= 1 is an error (it would be ambiguous which version it is).
+// Every secret key labelled `label`, with attributes, sorted by version. A key whose CKA_ID is not a
+// version as trousseau-hsm-init writes it (VersionIdProblem) is an error naming the bytes and why, never
+// read as some other number.
 StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::string_view label);
+
+// Why `id` (raw CKA_ID bytes) is not a family member's version as trousseau-hsm-init writes it, or ""
+// if it is: 1 to 8 bytes, big-endian, minimal (no leading zero byte: 00 01 and 01 would both name
+// version 1), at least 1, and not printable text of 2 bytes or more (tpm2_ptool writes `--id=01` as
+// the ASCII bytes 3031, which read as a number is version 12337; no rotation ever reaches such numbers,
+// and IdIsWritable keeps our own tools from writing them). The message names the bytes in hex.
+std::string VersionIdProblem(std::string_view label, std::string_view id);
+// Whether trousseau-hsm-init may give a new key `version`: its CKA_ID passes VersionIdProblem.
+bool IdIsWritable(uint64_t version);
+
+// One secret key on the token as the collision checks need it (every label, not only a family's).
+struct TokenSecretKey {
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  std::string label;  // raw CKA_LABEL ("" when it has none)
+  std::string id;     // raw CKA_ID ("" when it has none)
+};
+// Every secret key stored on the token (CKA_TOKEN=true), whatever its label.
+StatusOr<std::vector<TokenSecretKey>> ListTokenSecretKeys(const Session& session);
+// How many token objects of another class than secret key carry `label` (certificates, data objects,
+// key pairs): they do not take part in a key family, but an operator deleting "the objects labelled
+// kek" with another tool would take them too.
+StatusOr<size_t> CountOtherObjectsLabelled(const Session& session, std::string_view label);
+// "family 'other' version 2" for a key whose CKA_ID is a version, else "the secret key 'label' (CKA_ID 3031)".
+std::string DescribeSecretKey(const TokenSecretKey& key);
 
 // Empty when the key may serve as a KEK, else why not: it must be AES-256, sensitive,
 // non-extractable, private (usable only after login), and allowed to encrypt and decrypt.
 std::string KekPolicyViolation(const KeyObject& key);
+
+// What the plugin accepts but a KEK should not be, each as one sentence (empty: nothing): extra usages
+// (wrap, unwrap, sign, verify, derive), modifiable, not always sensitive or once extractable. The one
+// judgement `key list` and `selftest` both show (selftest --strict fails on it).
+std::vector<std::string> KekPolicyWarnings(const KeyObject& key);
 
 // Why the plugin would refuse the family `keys` (as ListKeyFamily returns it) as a whole, or "" if it
 // would load it: a version that breaks the KEK policy (KekPolicyViolation), as "version N: why", or two

@@ -43,6 +43,16 @@ std::vector<std::string> Usages(const hsm::KeyObject& key) {
 
 const char* Bool(bool b) { return b ? "true" : "false"; }
 
+// The keys of other labels on the token that have `key`'s CKA_ID, described.
+std::vector<std::string> SharedIdWith(const std::string& label, const hsm::KeyObject& key,
+                                      const std::vector<hsm::TokenSecretKey>& token_keys) {
+  std::vector<std::string> shared;
+  for (const hsm::TokenSecretKey& other : token_keys) {
+    if (other.label != label && other.id == key.id) shared.push_back(hsm::DescribeSecretKey(other));
+  }
+  return shared;
+}
+
 // OpenFamily for generate and rotate, which other runs may be doing at the same moment: opening the
 // token is tried again while it is briefly unavailable (OpenAdminSessionPatiently).
 int OpenFamilyToChange(const std::string& uri_text, Family& family) {
@@ -129,6 +139,40 @@ void PrintNextSteps(const KeyOptions& options, bool rotation, uint64_t version, 
   }
 }
 
+// Version numbers the new key did not get because another key on the token has their CKA_ID.
+void PrintSkipped(const hsm::NewKekVersion& made, uint64_t version) {
+  if (made.skipped.empty()) return;
+  std::cout << "skipped version(s) ";
+  for (size_t i = 0; i < made.skipped.size(); ++i) std::cout << (i ? ", " : "") << made.skipped[i].version;
+  std::cout << ": a key of another label on the token has that CKA_ID, and tokens such as NSS softoken keep\n"
+            << "CKA_ID unique among secret keys (a new key would silently replace that one). Version " << version
+            << " is the lowest number free:\n";
+  for (const hsm::SkippedVersion& skip : made.skipped) std::cout << "  " << skip.version << ": " << skip.why << "\n";
+}
+
+// The family's label must name the family only. Secret keys with it that are no KEK family member
+// are refused (ListKeyFamily already refuses a CKA_ID that is no version, with the bytes); other
+// objects with the label are no part of the family and are only noted.
+int CheckLabelIsTheFamilys(const Family& family, bool first_version) {
+  if (first_version && !family.keys.empty()) {
+    if (std::string why = hsm::KekFamilyViolation(family.keys); !why.empty()) {
+      return Fail(kExitFailed,
+                  StrCat("the label '", family.label(), "' is already used by secret key(s) on ",
+                         family.uri->token_description(), " that are no KEK (", why,
+                         "); the plugin would read them as versions of this family. Nothing was created; choose "
+                         "another object= label, or remove those keys with the token's own tools"));
+    }
+  }
+  StatusOr<size_t> others = hsm::CountOtherObjectsLabelled(family.session(), family.label());
+  if (others.ok() && *others > 0) {
+    std::cerr << kToolName << ": note: " << *others << " object(s) on " << family.uri->token_description()
+              << " that are not secret keys (certificates, data objects, key pairs) are labelled '" << family.label()
+              << "' too. The plugin ignores them, but removing \"every object labelled " << family.label()
+              << "\" with another tool would take the key family with them\n";
+  }
+  return kExitOk;
+}
+
 int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (int rc = CheckStorageOwner(family); rc != kExitOk) return rc;
   hsm::NextKekOptions next;
@@ -136,9 +180,9 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   StatusOr<hsm::NewKekVersion> made = hsm::CreateNextKekVersion(family.admin, *family.uri, next);
   if (!made.ok()) return FailStatus(made.status());
   const uint64_t version = made->key.version;
-  for (uint64_t lost : made->lost) {
-    std::cerr << kToolName << ": another run created version " << lost << " of " << family.Describe()
-              << " at the same time; this run left it to that run and took the next version\n";
+  for (const hsm::SkippedVersion& lost : made->lost) {
+    std::cerr << kToolName << ": version " << lost.version << " of " << family.Describe() << " went to " << lost.why
+              << "; this run left it and took another number\n";
   }
   // The new key as the token lists it, read back as the plugin will, so a token that ignored part of
   // the template is caught now.
@@ -173,10 +217,16 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (options.json) {
     std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
               << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
-              << ",\"active\":" << (active ? "true" : "false");
+              << ",\"active\":" << (active ? "true" : "false") << ",\"skipped_versions\":[";
+    for (size_t i = 0; i < made->skipped.size(); ++i) {
+      std::cout << (i ? "," : "") << "{\"version\":" << made->skipped[i].version
+                << ",\"why\":" << JsonQuote(made->skipped[i].why) << "}";
+    }
+    std::cout << "]";
     if (waited) std::cout << ",\"plugin_confirmed\":" << (confirmed ? "true" : "false");
     std::cout << "}\n";
   } else {
+    PrintSkipped(*made, version);
     std::cout << "created version " << version << " of " << family.Describe()
               << ": AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n"
               << "key_id: " << *key_id << "\n";
@@ -209,9 +259,11 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
 int KeyGenerate(const KeyOptions& options) {
   Family family;
   if (int rc = OpenFamilyToChange(options.pkcs11_uri, family); rc != kExitOk) return rc;
+  if (int rc = CheckLabelIsTheFamilys(family, /*first_version=*/true); rc != kExitOk) return rc;
   if (!family.keys.empty()) {
     return Fail(kExitFailed, StrCat(family.Describe(), " already has version(s) ", Versions(family.keys),
-                                    "; refusing to generate version 1 again. Use `key rotate` for a new version"));
+                                    "; refusing to generate a first version again. Use `key rotate` for a new "
+                                    "version"));
   }
   return CreateVersion(family, options, /*rotation=*/false);
 }
@@ -235,6 +287,7 @@ int KeyRotate(const KeyOptions& options) {
     family.keys = *std::move(again);
   }
   if (int rc = CheckFamilyIsAccepted(family); rc != kExitOk) return rc;
+  if (int rc = CheckLabelIsTheFamilys(family, /*first_version=*/false); rc != kExitOk) return rc;
   return CreateVersion(family, options, /*rotation=*/true);
 }
 
@@ -250,9 +303,15 @@ int KeyList(const KeyOptions& options) {
     out << "\n";
   }
   bool first = true;
+  StatusOr<std::vector<hsm::TokenSecretKey>> listed_token_keys = hsm::ListTokenSecretKeys(family.session());
+  if (!listed_token_keys.ok()) return FailStatus(listed_token_keys.status());
+  const std::vector<hsm::TokenSecretKey>& token_keys = *listed_token_keys;
   for (const hsm::KeyObject& key : family.keys) {
     StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), key);
     const std::string violation = hsm::KekPolicyViolation(key);
+    // The same judgement as selftest: what the plugin accepts but a KEK should not be is a warning.
+    const std::vector<std::string> warnings = hsm::KekPolicyWarnings(key);
+    const std::vector<std::string> shared = SharedIdWith(family.label(), key, token_keys);
     const bool is_active = key.version == active;
     if (options.json) {
       if (!first) out << ",";
@@ -266,7 +325,11 @@ int KeyList(const KeyOptions& options) {
           << ",\"modifiable\":" << Bool(key.modifiable) << ",\"usages\":[";
       const std::vector<std::string> usages = Usages(key);
       for (size_t i = 0; i < usages.size(); ++i) out << (i ? "," : "") << JsonQuote(usages[i]);
-      out << "],\"policy_ok\":" << Bool(violation.empty());
+      out << "],\"policy_ok\":" << Bool(violation.empty()) << ",\"policy_warnings\":[";
+      for (size_t i = 0; i < warnings.size(); ++i) out << (i ? "," : "") << JsonQuote(warnings[i]);
+      out << "],\"cka_id_shared_with\":[";
+      for (size_t i = 0; i < shared.size(); ++i) out << (i ? "," : "") << JsonQuote(shared[i]);
+      out << "]";
       if (!violation.empty()) out << ",\"policy_violation\":" << JsonQuote(violation);
       if (!key_id.ok()) out << ",\"key_id_error\":" << JsonQuote(key_id.status().message());
       out << "}";
@@ -283,7 +346,17 @@ int KeyList(const KeyOptions& options) {
         << (key.local ? "generated on the token" : "not generated on the token") << ", "
         << (key.modifiable ? "modifiable" : "not modifiable") << "\n"
         << "  usages:     " << StrJoin(Usages(key), ", ") << "\n"
-        << "  policy:     " << (violation.empty() ? "ok" : StrCat("REFUSED by the plugin: ", violation)) << "\n";
+        << "  policy:     "
+        << (!violation.empty() ? StrCat("REFUSED by the plugin: ", violation)
+            : warnings.empty() ? std::string("ok")
+                               : StrCat("accepted by the plugin, with ", warnings.size(),
+                                        " warning(s) (selftest warns, selftest --strict fails)"))
+        << "\n";
+    for (const std::string& warning : warnings) out << "  WARN        " << warning << "\n";
+    for (const std::string& other : shared) {
+      out << "  WARN        CKA_ID " << Hex(key.id) << " is also used by " << other
+          << ": a token that keeps CKA_ID unique (NSS) may replace one by the other\n";
+    }
   }
   if (options.json) out << "]}\n";
   std::cout << out.str();

@@ -45,23 +45,8 @@ Check CheckKey(const Family& family, const hsm::KeyObject& key, NonceSequence& i
   } else {
     check.passed.push_back("KEK policy: AES-256, sensitive, not extractable, private, may encrypt and decrypt");
   }
-  std::vector<std::string> extra;
-  if (key.wrap) extra.push_back("wrap");
-  if (key.unwrap) extra.push_back("unwrap");
-  if (key.sign) extra.push_back("sign");
-  if (key.verify) extra.push_back("verify");
-  if (key.derive) extra.push_back("derive");
-  if (!extra.empty()) {
-    check.warnings.push_back(StrCat("extra usages ", StrJoin(extra, ", "),
-                                    ": a KEK needs only encrypt and decrypt (unwrap could import keys under it)"));
-  }
-  if (key.modifiable) {
-    check.warnings.push_back("modifiable (CKA_MODIFIABLE=true): its label, id or usages can still be changed");
-  }
-  if (!key.always_sensitive || !key.never_extractable) {
-    check.warnings.push_back(
-        "it was not always sensitive and never extractable: its value may exist outside the token");
-  }
+  // The same warnings `key list` shows.
+  for (std::string& warning : hsm::KekPolicyWarnings(key)) check.warnings.push_back(std::move(warning));
 
   StatusOr<std::string> key_id = hsm::KeyIdOf(session, family.label(), key);
   if (key_id.ok()) {

@@ -1,6 +1,7 @@
 // token init: a free slot's token gets a label, an SO PIN and a user PIN, all from files.
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "core/strings.h"
@@ -48,9 +49,14 @@ int TokenInit(const TokenInitOptions& options) {
     return Fail(IsInvalidArgument(token.status()) ? kExitUsage : kExitFailed, token.status().message());
   }
 
+  // The URI's pin-source must be absolute (the plugin and the tools refuse a relative one: it would
+  // depend on their working directory), so a relative --pin-file is printed as the file it named here.
+  std::error_code error;
+  std::filesystem::path pin_path = std::filesystem::absolute(options.pin_file, error);
+  if (error) pin_path = options.pin_file;
   const std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false),
                                  ";object=kek?module-path=", UriEscape(options.module, true),
-                                 "&pin-source=file:", UriEscape(options.pin_file, true));
+                                 "&pin-source=file:", UriEscape(pin_path.lexically_normal().string(), true));
   if (options.json) {
     std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
               << ",\"module\":" << JsonQuote(options.module) << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
