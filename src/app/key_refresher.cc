@@ -32,13 +32,30 @@ void LogVersionChanges(const KeyRing& before, const KeyRing& after) {
   for (const auto& [version, key_id] : before.key_ids()) {
     const std::string* has = after.KeyIdOf(version);
     if (has != nullptr && *has == key_id) continue;
-    if (version > after.active_version()) {
-      spdlog::warn("new key {} did not stay on the device (a rotation still deciding?); {} stays active", key_id,
-                   after.active_key_id());
-    } else {
-      spdlog::info("key version {} key_id={} is no longer on the device (retired)", version, key_id);
+    // Versions that were active or decrypt-only and vanished are incidents: ReportVanished logs them.
+    if (version > before.active_version()) {
+      spdlog::warn(
+          "new key {} did not stay on the device before it became active (a rotation's contest withdrew it?); "
+          "nothing was encrypted under it here; {} stays active",
+          key_id, after.active_key_id());
     }
   }
+}
+
+// One error line per vanished version: what is lost, and what the operator should check.
+void LogVanished(const VanishedKey& gone) {
+  const std::string how =
+      gone.replaced_by.empty()
+          ? std::string("the device no longer lists it")
+          : fmt::format("another key now holds version {} on the device (key_id={})", gone.version, gone.replaced_by);
+  spdlog::error(
+      "key version {} key_id={}{} vanished: {}. Ciphertexts made under key_id={} cannot be decrypted any more "
+      "(kube-apiserver gets NOT_FOUND for them). If it was retired on purpose (`trousseau-hsm-init key retire "
+      "--version {}` after re-encrypting every object), nothing is lost; otherwise find out what removed it (the "
+      "HSM's audit log; on a token that keeps CKA_ID unique, such as NSS softoken, a new key with the same CKA_ID "
+      "replaces the old one) and restore it from the HSM's backup",
+      gone.version, gone.key_id, gone.was_active ? " (the active key)" : " (decrypt-only)", how, gone.key_id,
+      gone.version);
 }
 
 }  // namespace
@@ -106,7 +123,24 @@ void KeyRefresher::Loop() {
   cv_.notify_all();
 }
 
+void KeyRefresher::ReportVanished() {
+  const std::vector<VanishedKey> vanished = engine_.VanishedKeys();
+  for (size_t i = vanished_reported_; i < vanished.size(); ++i) {
+    LogVanished(vanished[i]);
+    telemetry_.RecordVanishedKey(vanished[i].version, vanished[i].key_id);
+  }
+  vanished_reported_ = vanished.size();
+}
+
 Status KeyRefresher::RefreshNow(const char* why) {
+  Status loaded = Load(why);
+  // Whether or not this load succeeded, and also what a Decrypt's reload found since the last refresh
+  // (it has no thread of its own to say it).
+  ReportVanished();
+  return loaded;
+}
+
+Status KeyRefresher::Load(const char* why) {
   const auto before_ring = engine_.key_ring();
   const std::string before = before_ring ? before_ring->active_key_id() : "";
   if (Status s = engine_.LoadKeyRing(); !s.ok()) {

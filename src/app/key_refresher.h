@@ -37,6 +37,10 @@ class KeyRefresher {
 
  private:
   void Loop();
+  // RefreshNow's load, its metrics and its log lines.
+  Status Load(const char* why);
+  // Logs and counts the versions KmsEngine::VanishedKeys added since the last call.
+  void ReportVanished();
 
   KmsEngine& engine_;
   observability::Telemetry& telemetry_;
@@ -46,7 +50,8 @@ class KeyRefresher {
   bool kicked_ = false;
   bool stopping_ = false;
   bool finished_ = false;
-  std::string last_failure_;  // refresh thread (or the caller of RefreshNow before Start) only
+  std::string last_failure_;      // refresh thread (or the caller of RefreshNow before Start) only
+  size_t vanished_reported_ = 0;  // the same
   std::thread thread_;
 };
 

@@ -118,6 +118,9 @@ Status KmsEngine::LoadKeyRingLocked(bool may_activate, Deadline deadline) {
     return keys.status();
   }
   std::shared_ptr<const KeyRing> current = ring_.load();
+  // Before anything may refuse this listing (the active key gone with nothing newer is refused below):
+  // a version that vanished is an incident either way.
+  if (current != nullptr) NoteVanished(*current, *keys);
   StatusOr<uint64_t> active = ChooseActive(*keys, current.get(), may_activate, Now());
   if (!active.ok()) return active.status();
   StatusOr<KeyRing> ring = KeyRing::Build(backend_->Kind(), options_.family_label, *keys, *active);
@@ -139,6 +142,35 @@ Status KmsEngine::LoadKeyRingLocked(bool may_activate, Deadline deadline) {
   }
   prober_cv_.notify_all();
   return OkStatus();
+}
+
+void KmsEngine::NoteVanished(const KeyRing& current, const std::vector<BackendKey>& keys) {
+  // The listing's key_ids by version (an empty family lists none: every version vanished).
+  std::map<uint64_t, std::string> listed;
+  if (!keys.empty()) {
+    StatusOr<KeyRing> ring = KeyRing::Build(backend_->Kind(), options_.family_label, keys);
+    if (!ring.ok()) return;  // two keys with one version: refused as a whole, nothing to compare
+    listed = ring->key_ids();
+  }
+  std::lock_guard lock(vanished_mu_);
+  for (const auto& [version, key_id] : current.key_ids()) {
+    if (version > current.active_version()) break;  // pending, never encrypted under here
+    auto now_listed = listed.find(version);
+    if (now_listed != listed.end() && now_listed->second == key_id) continue;
+    const bool known =
+        std::any_of(vanished_.begin(), vanished_.end(), [&](const VanishedKey& gone) { return gone.key_id == key_id; });
+    if (known) continue;
+    vanished_.push_back({.version = version,
+                         .key_id = key_id,
+                         .was_active = version == current.active_version(),
+                         .replaced_by = now_listed == listed.end() ? "" : now_listed->second,
+                         .noticed = std::chrono::system_clock::now()});
+  }
+}
+
+std::vector<VanishedKey> KmsEngine::VanishedKeys() const {
+  std::lock_guard lock(vanished_mu_);
+  return vanished_;
 }
 
 std::shared_ptr<const KeyRing> KmsEngine::RefreshForMiss(uint64_t version, Deadline deadline) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 #include <condition_variable>
 #include <map>
 #include <optional>
@@ -57,6 +58,17 @@ struct EngineOptions {
 struct EncryptResult {
   std::string ciphertext;
   std::string key_id;
+};
+
+// A key version that a load no longer found on the device although a loaded key ring held it: its
+// key_id is gone (the key deleted, or replaced by another key under the same version). Ciphertexts
+// made under it cannot be decrypted any more, unless the key comes back.
+struct VanishedKey {
+  uint64_t version = 0;
+  std::string key_id;
+  bool was_active = false;  // it was the active key when it vanished
+  std::string replaced_by;  // the key_id now listed under the same version, if any
+  std::chrono::system_clock::time_point noticed;
 };
 
 struct HealthReport {
@@ -107,6 +119,11 @@ class KmsEngine {
   bool StopProber(Deadline deadline);
 
   std::shared_ptr<const KeyRing> key_ring() const { return ring_.load(); }
+  // Every key version a load found gone since the engine started (each key_id once, oldest first):
+  // the active version or one below it (decrypt-only) whose key_id a later listing of the device no
+  // longer shows. A newer version that vanished before it became active is not one (a rotation's
+  // contest may withdraw it; nothing was encrypted under it here). Kept until the process ends.
+  std::vector<VanishedKey> VanishedKeys() const;
   const KeyBackend& backend() const { return *backend_; }
 
  private:
@@ -115,6 +132,8 @@ class KmsEngine {
   enum class CallKind { kEncrypt, kDecrypt, kProbe, kLoad };
   // LoadKeyRing with load_mu_ held; `may_activate` false keeps the active version (a Decrypt's refresh).
   Status LoadKeyRingLocked(bool may_activate, Deadline deadline);
+  // Records the versions of `current` that `keys` (a successful listing) no longer has.
+  void NoteVanished(const KeyRing& current, const std::vector<BackendKey>& keys);
   // The version to encrypt with among `keys`, given the current ring and when each key was first seen.
   StatusOr<uint64_t> ChooseActive(const std::vector<BackendKey>& keys, const KeyRing* current, bool may_activate,
                                   Clock::time_point now);
@@ -147,6 +166,8 @@ class KmsEngine {
   std::atomic<uint64_t> loads_done_{0};
   std::atomic<Clock::rep> next_activation_{0};  // NextActivationAt's time since the clock's epoch; 0: none
   HealthTracker health_;
+  mutable std::mutex vanished_mu_;
+  std::vector<VanishedKey> vanished_;  // guarded by vanished_mu_
   mutable std::mutex load_error_mu_;
   Status load_error_;  // why the last load failed, shown by Health() while no ring is loaded
 

@@ -77,6 +77,20 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                              .Help("1 while a newer version on the device waits for its activation delay")
                              .Register(*registry_)
                              .Add({});
+  vanished_total_ = &prometheus::BuildCounter()
+                         .Name("trousseau_hsm_key_versions_vanished_total")
+                         .Help(
+                             "Key versions the plugin had loaded (active or decrypt-only) that a later read of the "
+                             "device no longer found: ciphertexts under them cannot be decrypted any more, unless "
+                             "they were retired on purpose")
+                         .Register(*registry_)
+                         .Add({});
+  vanished_keys_ = &prometheus::BuildGauge()
+                        .Name("trousseau_hsm_key_version_vanished_info")
+                        .Help(
+                            "Each key version counted by trousseau_hsm_key_versions_vanished_total (value 1), with "
+                            "its key_id, until the plugin restarts")
+                        .Register(*registry_);
   auto& misses = prometheus::BuildCounter()
                      .Name("trousseau_hsm_decrypt_key_miss_total")
                      .Help(
@@ -179,6 +193,11 @@ void Telemetry::RecordKeyRefresh(bool ok) {
     key_refresh_last_success_->Set(
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   }
+}
+
+void Telemetry::RecordVanishedKey(uint64_t version, const std::string& key_id) {
+  vanished_total_->Increment();
+  vanished_keys_->Add({{"version", StrCat(version)}, {"key_id", key_id}}).Set(1);
 }
 
 void Telemetry::SetSessionPool(size_t in_use, size_t size) {

@@ -37,6 +37,9 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   void SetSessionPool(size_t in_use, size_t size);
   // Outcome of a key family load (start-up, SIGHUP, interval).
   void RecordKeyRefresh(bool ok);
+  // A key version the device no longer lists although a loaded key ring held it (KmsEngine::VanishedKeys):
+  // counted, and shown as an info series with its key_id until the process ends.
+  void RecordVanishedKey(uint64_t version, const std::string& key_id);
 
   // Prometheus text exposition format.
   std::string Render() const;
@@ -66,6 +69,8 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   prometheus::Family<prometheus::Gauge>* key_versions_ = nullptr;
   std::vector<prometheus::Gauge*> key_version_gauges_;  // guarded by active_key_mu_
   prometheus::Gauge* activation_pending_ = nullptr;
+  prometheus::Counter* vanished_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* vanished_keys_ = nullptr;
   std::map<std::string, prometheus::Counter*, std::less<>> decrypt_misses_;
 };
 

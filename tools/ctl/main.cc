@@ -17,6 +17,7 @@
 #include "core/process_hardening.h"
 #include "core/secure_bytes.h"
 #include "core/strings.h"
+#include "tools/ctl/plugin_keys.h"
 #include "v1beta1/kms.grpc.pb.h"
 #include "v2/kms.grpc.pb.h"
 
@@ -95,7 +96,46 @@ struct Options {
   bool json = false;
   std::string api = "v2";
   std::string key_id;
+  // status: the plugin's --health-listen, to show every key version it holds (from /metrics).
+  std::string health_listen;
 };
+
+// The key versions the plugin holds, from its /metrics page: a JSON member list (",\"keys\":...")
+// or text lines. Empty without --health-listen. A page that cannot be had is said, not fatal: the
+// KMS Status decides the exit code.
+std::string PluginKeysReport(const Options& o) {
+  if (o.health_listen.empty()) return "";
+  std::string page, error;
+  if (!trousseauctl::FetchMetrics(o.health_listen, o.timeout_seconds, page, error)) {
+    return o.json ? ",\"keys_error\":" + trousseau::JsonQuote(error) : "keys:    (unknown: " + error + ")\n";
+  }
+  const trousseauctl::PluginKeys keys = trousseauctl::ParsePluginKeys(page);
+  std::string out;
+  if (o.json) {
+    const auto list = [](const std::vector<trousseauctl::KeyVersionSeen>& seen) {
+      std::string items;
+      for (const auto& key : seen) {
+        items += trousseau::StrCat(items.empty() ? "" : ",", "{\"version\":", key.version,
+                                   ",\"key_id\":", trousseau::JsonQuote(key.key_id),
+                                   ",\"state\":", trousseau::JsonQuote(key.state), "}");
+      }
+      return "[" + items + "]";
+    };
+    return trousseau::StrCat(",\"keys\":", list(keys.versions), ",\"vanished_keys\":", list(keys.vanished),
+                             ",\"activation_pending\":", keys.activation_pending ? "true" : "false");
+  }
+  for (const auto& key : keys.versions) {
+    out += trousseau::StrCat(key.state == "active" ? "key active:       " : "key decrypt-only: ", key.key_id,
+                             " (version ", key.version, ")\n");
+  }
+  if (keys.activation_pending) out += "key activation pending: a newer version waits for its activation delay\n";
+  for (const auto& key : keys.vanished) {
+    out += trousseau::StrCat("KEY VANISHED:     ", key.key_id, " (version ", key.version,
+                             "): gone from the device; ciphertexts under it cannot be decrypted any more (see the "
+                             "plugin's error log)\n");
+  }
+  return out;
+}
 
 std::unique_ptr<grpc::ClientContext> Context(const Options& o) {
   auto context = std::make_unique<grpc::ClientContext>();
@@ -148,10 +188,12 @@ int StatusV1beta1(const Options& o) {
     std::cout << "{\"healthy\":" << (healthy ? "true" : "false") << ",\"healthz\":" << trousseau::JsonQuote(healthz)
               << ",\"version\":" << trousseau::JsonQuote(response.version())
               << ",\"runtime_name\":" << trousseau::JsonQuote(response.runtime_name())
-              << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version()) << "}\n";
+              << ",\"runtime_version\":" << trousseau::JsonQuote(response.runtime_version()) << PluginKeysReport(o)
+              << "}\n";
   } else {
     std::cout << "healthz: " << healthz << "\nversion: " << response.version()
-              << "\nruntime: " << response.runtime_name() << " " << response.runtime_version() << "\n";
+              << "\nruntime: " << response.runtime_name() << " " << response.runtime_version() << "\n"
+              << PluginKeysReport(o);
   }
   return healthy ? 0 : 3;
 }
@@ -165,10 +207,11 @@ int StatusV2(const Options& o) {
     std::cout << "{\"healthy\":" << (healthy ? "true" : "false")
               << ",\"version\":" << trousseau::JsonQuote(response.version())
               << ",\"healthz\":" << trousseau::JsonQuote(response.healthz())
-              << ",\"key_id\":" << trousseau::JsonQuote(response.key_id()) << "}\n";
+              << ",\"key_id\":" << trousseau::JsonQuote(response.key_id()) << PluginKeysReport(o) << "}\n";
   } else {
     std::cout << "healthz: " << response.healthz() << "\nversion: " << response.version()
-              << "\nkey_id:  " << response.key_id() << "\n";
+              << "\nkey_id:  " << response.key_id() << "\n"
+              << PluginKeysReport(o);
   }
   return healthy ? 0 : 3;
 }
@@ -282,9 +325,11 @@ int main(int argc, char** argv) {
   app.add_option("--api", o.api, "KMS API to use")->check(CLI::IsMember({"v2", "v1beta1"}))->capture_default_str();
   app.add_flag("--json", o.json, "Machine-readable output");
   int rc = 0;
-  app.add_subcommand("status", "Print health, API version and key_id; exit 3 when unhealthy")->callback([&] {
-    rc = Status(o);
-  });
+  auto* status = app.add_subcommand("status", "Print health, API version and key_id; exit 3 when unhealthy");
+  status->add_option("--health-listen", o.health_listen,
+                     "The plugin's --health-listen (HOST:PORT): also list every key version it holds, pending "
+                     "activations and versions that vanished from the device (read from /metrics)");
+  status->callback([&] { rc = Status(o); });
   app.add_subcommand("encrypt", "Encrypt stdin; prints base64 ciphertext (key_id on stderr)")->callback([&] {
     rc = Encrypt(o);
   });
