@@ -506,5 +506,75 @@ TEST(KmsEngine, ADecryptFailureWithAnOlderVersionLeavesHealthOk) {
   EXPECT_FALSE(f.engine->BreakerOpen());
 }
 
+// ---- versions that vanish from the device ----
+
+TEST(KmsEngine, ADecryptOnlyVersionThatVanishesIsRecordedOnceWithItsKeyId) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  const std::string v1 = *f.engine->key_ring()->KeyIdOf(1);
+  EXPECT_TRUE(f.engine->VanishedKeys().empty());
+  f.backend->RemoveVersion(1);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok()) << "the active key is still there: the load succeeds";
+  std::vector<VanishedKey> vanished = f.engine->VanishedKeys();
+  ASSERT_EQ(vanished.size(), 1u);
+  EXPECT_EQ(vanished[0].version, 1u);
+  EXPECT_EQ(vanished[0].key_id, v1);
+  EXPECT_FALSE(vanished[0].was_active);
+  EXPECT_TRUE(vanished[0].replaced_by.empty());
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.engine->VanishedKeys().size(), 1u) << "one key_id is one incident, however often it is read";
+}
+
+TEST(KmsEngine, AVersionReplacedUnderTheSameNumberIsRecordedWithTheKeyIdThatTookIt) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  const std::string old_v1 = *f.engine->key_ring()->KeyIdOf(1);
+  f.backend->AddVersion(1);  // other key material under version 1 (NSS replacing a key with the same CKA_ID)
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  std::vector<VanishedKey> vanished = f.engine->VanishedKeys();
+  ASSERT_EQ(vanished.size(), 1u);
+  EXPECT_EQ(vanished[0].key_id, old_v1);
+  EXPECT_EQ(vanished[0].replaced_by, *f.engine->key_ring()->KeyIdOf(1));
+  EXPECT_NE(vanished[0].replaced_by, old_v1);
+}
+
+TEST(KmsEngine, TheActiveVersionVanishingIsRecordedEvenThoughTheLoadIsRefused) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  const std::string v2 = f.ActiveKeyId();
+  f.backend->RemoveVersion(2);
+  EXPECT_EQ(f.engine->LoadKeyRing().code(), StatusCode::kFailedPrecondition);
+  std::vector<VanishedKey> vanished = f.engine->VanishedKeys();
+  ASSERT_EQ(vanished.size(), 1u);
+  EXPECT_EQ(vanished[0].key_id, v2);
+  EXPECT_TRUE(vanished[0].was_active);
+  f.backend->RemoveVersion(1);  // the whole family gone: an empty listing
+  EXPECT_FALSE(f.engine->LoadKeyRing().ok());
+  EXPECT_EQ(f.engine->VanishedKeys().size(), 2u);
+}
+
+TEST(KmsEngine, APendingVersionWithdrawnBeforeItWasActiveIsNoIncident) {
+  FleetFixture f(std::chrono::seconds(2), std::chrono::seconds(0));
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->AddVersion(3);
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  ASSERT_NE(f.engine->key_ring()->KeyIdOf(3), nullptr);
+  f.backend->RemoveVersion(3);  // a rival rotation withdrew it: nothing was encrypted under it
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  EXPECT_TRUE(f.engine->VanishedKeys().empty());
+}
+
+TEST(KmsEngine, AVersionGoneAtADecryptsReloadIsRecordedToo) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  f.backend->RemoveVersion(1);
+  // A Decrypt naming a version above all held reloads the family (another node may have activated it).
+  std::string forged =
+      EncodeEnvelopeHeader(9) + std::string(SoftwareBackend::kIvSize + SoftwareBackend::kTagSize + 1, 'x');
+  (void)f.engine->Decrypt(forged, "");
+  ASSERT_EQ(f.engine->VanishedKeys().size(), 1u);
+  EXPECT_EQ(f.engine->VanishedKeys()[0].version, 1u);
+}
+
 }  // namespace
 }  // namespace trousseau
