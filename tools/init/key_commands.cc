@@ -401,7 +401,9 @@ int KeyRetire(const KeyOptions& options) {
   std::cout << "retired version " << options.version << " of " << family.Describe() << " (" << name
             << "): the key is destroyed.\n"
             << "Send SIGHUP to trousseau-hsm (or wait for its --key-refresh-interval) so it drops the version;\n"
-            << "decrypting anything still under it now fails with NOT_FOUND. Active version: " << active << ".\n";
+            << "decrypting anything still under it now fails with NOT_FOUND. Active version: " << active << ".\n"
+            << "A running plugin counts this as a vanished version (an error line naming " << name << ",\n"
+            << "trousseau_hsm_key_versions_vanished_total): that is this retirement, expected.\n";
   return kExitOk;
 }
 
