@@ -25,7 +25,7 @@ class InitToolCollisionTest : public InitToolTest {
     ASSERT_TRUE(uri.ok()) << uri.status().ToString();
     StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
     ASSERT_TRUE(admin.ok()) << admin.status().ToString();
-    StatusOr<CK_OBJECT_HANDLE> key = hsm::GenerateTestAesKeyWithId((*admin)->session(), label, raw_id);
+    StatusOr<hsm::ObjectHandle> key = hsm::GenerateTestAesKeyWithId((*admin)->session(), label, raw_id);
     ASSERT_TRUE(key.ok()) << key.status().ToString();
   }
 
