@@ -60,17 +60,31 @@ start_daemon() {
   wait_for_daemon
 }
 
-stop_daemon() {
-  local pid deadline
-  pid="$(running_daemon)"
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid"
-  deadline=$((SECONDS + 10))
-  while kill -0 "$pid" 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || die "pkcsslotd (pid $pid) still running 10 s after SIGTERM"
+# Waits (bounded) until process $1 is gone. A zombie counts as gone: in a container whose PID 1 does not reap,
+# the exited daemon stays a zombie and `kill -0` would keep saying it runs.
+wait_gone() {
+  local pid="$1" deadline=$((SECONDS + $2))
+  while [ -e "/proc/$pid/exe" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$daemon" ]; do
+    [ $SECONDS -lt $deadline ] || return 1
     sleep 0.1
   done
-  # On SIGTERM the daemon removes its socket and SysV segment but leaves its pid file.
+}
+
+stop_daemon() {
+  local pid
+  for pid in $(pgrep -x pkcsslotd || true); do
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$daemon" ] || continue
+    # On SIGTERM the daemon removes its socket and SysV segment but leaves its pid file. Should it not exit,
+    # SIGKILL and the cleanup it skipped.
+    kill -TERM "$pid"
+    if ! wait_gone "$pid" 5; then
+      echo "opencryptoki-token: pkcsslotd (pid $pid) ignored SIGTERM for 5 s: SIGKILL" >&2
+      kill -KILL "$pid"
+      wait_gone "$pid" 5 || die "pkcsslotd (pid $pid) survived SIGKILL"
+      rm -f "$socket"
+      ipcrm -M 0x6200600a 2>/dev/null || true  # the daemon's SysV segment (key from ftok on its lock file)
+    fi
+  done
   rm -f "$pidfile"
 }
 
