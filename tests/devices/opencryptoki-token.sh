@@ -74,8 +74,8 @@ stop_daemon() {
   local pid
   for pid in $(pgrep -x pkcsslotd || true); do
     [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$daemon" ] || continue
-    # On SIGTERM the daemon removes its socket and SysV segment but leaves its pid file. Should it not exit,
-    # SIGKILL and the cleanup it skipped.
+    # On SIGTERM the daemon removes its socket and SysV segment but leaves its pid file. While a client process
+    # is attached it does not exit on SIGTERM (seen: still running 5 s later): SIGKILL and the cleanup it skipped.
     kill -TERM "$pid"
     if ! wait_gone "$pid" 5; then
       echo "opencryptoki-token: pkcsslotd (pid $pid) ignored SIGTERM for 5 s: SIGKILL" >&2
