@@ -22,16 +22,6 @@ size_t DeviceLanes::busy() const {
   return lanes_.size() - free_.size();
 }
 
-size_t DeviceLanes::abandoned() const {
-  std::lock_guard lock(mu_);
-  return abandoned_;
-}
-
-void DeviceLanes::Abandoned(int delta) {
-  std::lock_guard lock(mu_);
-  abandoned_ += delta;
-}
-
 bool DeviceLanes::Dispatch(Deadline deadline, std::function<void(size_t lane)> job) {
   std::unique_lock lock(mu_);
   if (!lane_freed_.wait_until(lock, deadline, [&] { return stopping_ || !free_.empty(); }) || stopping_) {

@@ -8,9 +8,11 @@
 // calls fail at their deadline without ever reaching the device.
 //
 // The call runs to completion even after its caller left, so it must own what it uses (capture by
-// value or shared_ptr); its result is then dropped (a SecureBytes result wipes itself).
+// value or shared_ptr); its result is then dropped (a SecureBytes result wipes itself). The hand-off
+// between caller and lane is core/abandonable_call.h.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -22,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/abandonable_call.h"
 #include "core/key_backend.h"
 #include "core/status.h"
 #include "core/strings.h"
@@ -46,7 +49,7 @@ class DeviceLanes {
   size_t size() const { return lanes_.size(); }
   size_t busy() const;
   // Calls whose caller stopped waiting and which the device has not returned yet.
-  size_t abandoned() const;
+  size_t abandoned() const { return abandoned_.load(); }
 
  private:
   struct Lane {
@@ -57,36 +60,22 @@ class DeviceLanes {
   // Hands `job` to a free lane; false if none was free by `deadline`.
   bool Dispatch(Deadline deadline, std::function<void(size_t lane)> job);
   void LaneLoop(size_t index);
-  void Abandoned(int delta);
 
   mutable std::mutex mu_;
   std::condition_variable lane_freed_;
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::vector<size_t> free_;
-  size_t abandoned_ = 0;
+  std::atomic<size_t> abandoned_{0};  // see AbandonableCall
   bool stopping_ = false;
 };
 
 template <typename T>
 StatusOr<T> DeviceLanes::Run(Deadline deadline, std::string_view what, std::function<StatusOr<T>(size_t lane)> call) {
-  struct Pending {
-    std::mutex mu;
-    std::condition_variable done;
-    std::optional<StatusOr<T>> result;
-    bool caller_gone = false;
-  };
-  auto pending = std::make_shared<Pending>();
+  auto pending = AbandonableCall<StatusOr<T>>::Create(&abandoned_);
   const auto started = std::chrono::steady_clock::now();
-  const bool dispatched = Dispatch(deadline, [this, pending, call = std::move(call)](size_t lane) {
-    StatusOr<T> result = call(lane);
-    std::lock_guard lock(pending->mu);
-    if (pending->caller_gone) {
-      Abandoned(-1);  // the device returned a call nobody waits for: the lane is usable again
-      return;         // `result` is dropped here
-    }
-    pending->result.emplace(std::move(result));
-    pending->done.notify_all();
-  });
+  // A result nobody waits for any more is dropped in Deliver, and the lane is usable again.
+  const bool dispatched =
+      Dispatch(deadline, [pending, call = std::move(call)](size_t lane) { pending->Deliver(call(lane)); });
   const auto waited_ms = [&] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
   };
@@ -94,13 +83,9 @@ StatusOr<T> DeviceLanes::Run(Deadline deadline, std::string_view what, std::func
     return UnavailableError(StrCat(what, ": no device session became free within ", waited_ms(),
                                    " ms (every session is busy or stuck in the device)"));
   }
-  std::unique_lock lock(pending->mu);
-  if (!pending->done.wait_until(lock, deadline, [&] { return pending->result.has_value(); })) {
-    pending->caller_gone = true;
-    Abandoned(+1);
-    return UnavailableError(StrCat(what, ": the device did not answer within ", waited_ms(), " ms"));
-  }
-  return std::move(*pending->result);
+  std::optional<StatusOr<T>> result = pending->WaitUntil(deadline);
+  if (!result) return UnavailableError(StrCat(what, ": the device did not answer within ", waited_ms(), " ms"));
+  return std::move(*result);
 }
 
 }  // namespace trousseau::hsm

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "core/abandonable_call.h"
 #include "core/strings.h"
 
 namespace trousseau::tpm {
@@ -88,29 +89,19 @@ void TpmBackend::WorkerLoop() {
 
 template <typename T>
 StatusOr<T> TpmBackend::Submit(Clock::time_point deadline, std::function<StatusOr<T>()> op) {
-  struct Shared {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::optional<StatusOr<T>> result;
-    bool caller_gone = false;
-  };
-  auto shared = std::make_shared<Shared>();
+  auto pending = AbandonableCall<StatusOr<T>>::Create(&abandoned_);
   const auto queued_at = Clock::now();
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - queued_at);
   Job job;
   job.deadline = deadline;
-  job.run = [this, shared, op = std::move(op), timeout](bool expired) {
-    StatusOr<T> result =
-        expired ? StatusOr<T>(UnavailableError(StrCat("the TPM request waited in the queue longer than its deadline (",
-                                                      timeout.count(), " ms); the TPM is busy or stuck")))
-                : op();
-    std::lock_guard lock(shared->mu);
-    if (shared->caller_gone) {
-      abandoned_.fetch_sub(1);  // the worker is past it: no longer stuck
+  // A result nobody waits for any more is dropped in Deliver: the worker is past it, no longer stuck.
+  job.run = [pending, op = std::move(op), timeout](bool expired) {
+    if (expired) {
+      pending->Deliver(UnavailableError(StrCat("the TPM request waited in the queue longer than its deadline (",
+                                               timeout.count(), " ms); the TPM is busy or stuck")));
       return;
     }
-    shared->result.emplace(std::move(result));
-    shared->cv.notify_all();
+    pending->Deliver(op());
   };
   {
     std::lock_guard lock(mu_);
@@ -123,13 +114,9 @@ StatusOr<T> TpmBackend::Submit(Clock::time_point deadline, std::function<StatusO
     queue_.push_back(std::move(job));
   }
   cv_.notify_one();
-  std::unique_lock lock(shared->mu);
-  if (!shared->cv.wait_until(lock, deadline, [&] { return shared->result.has_value(); })) {
-    shared->caller_gone = true;
-    abandoned_.fetch_add(1);
-    return UnavailableError(StrCat("the TPM did not answer within ", timeout.count(), " ms"));
-  }
-  return std::move(*shared->result);
+  std::optional<StatusOr<T>> result = pending->WaitUntil(deadline);
+  if (!result) return UnavailableError(StrCat("the TPM did not answer within ", timeout.count(), " ms"));
+  return std::move(*result);
 }
 
 Status TpmBackend::EnsureConnected(Clock::time_point deadline) {

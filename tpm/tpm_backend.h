@@ -5,7 +5,8 @@
 // The TPM is a serial device: one worker thread owns the ESYS context and runs requests one at a
 // time from a queue. Every request has a deadline (request_timeout); a request still queued when
 // its deadline passes fails with UNAVAILABLE without touching the TPM, and a caller whose request
-// is still running at its deadline gets UNAVAILABLE (the result is dropped when it arrives).
+// is still running at its deadline gets UNAVAILABLE (the result is dropped when it arrives; the
+// hand-off is core/abandonable_call.h).
 // When the link fails (TCTI error) or the TPM restarted under us, the context is dropped and the
 // next request re-opens it, re-derives the primary and reloads keys: the backend recovers by itself.
 #pragma once
