@@ -8,7 +8,6 @@
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,17 +17,15 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <sstream>
 
 #include "tests/testing/kms_clients.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
-
-extern char** environ;
-
-extern char** environ;
 
 namespace trousseau::init_tool {
 
@@ -91,8 +88,8 @@ class InitToolTest : public ::testing::Test {
 
   // A tool process started by Start(), collected by Finish().
   struct Started {
-    pid_t pid = -1;
-    std::string base;  // its stdout and stderr go to base.out and base.err
+    std::shared_ptr<Subprocess> process;  // null if it could not start
+    std::string base;                     // its stdout and stderr go to base.out and base.err
   };
 
   // Runs the tool with `args`; stdout and stderr apart.
@@ -102,50 +99,28 @@ class InitToolTest : public ::testing::Test {
   Started Start(std::vector<std::string> args) {
     const std::string base = StrCatPath("tool-", runs_++);
     args.insert(args.begin(), TOOL_PATH);
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, (base + ".out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&actions, 2, (base + ".err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-    pid_t pid = -1;
-    const int spawned = posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) {
+    auto process =
+        std::make_shared<Subprocess>(std::move(args), Subprocess::SeparateOutput{base + ".out", base + ".err"});
+    if (!process->started()) {
       ADD_FAILURE() << "cannot start " << TOOL_PATH;
       return {};
     }
-    return {pid, base};
+    return {std::move(process), base};
   }
 
   // Waits for a run from Start() (killing it after 30 s) and collects its exit code and output.
   ToolResult Finish(const Started& started) {
     ToolResult result;
-    if (started.pid < 0) return result;
-    const pid_t pid = started.pid;
-    const std::string& base = started.base;
-    int status = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        ADD_FAILURE() << "the tool hung";
-        break;
-      }
-      usleep(2000);
+    if (started.process == nullptr) return result;
+    std::optional<int> code = started.process->Wait(30s);
+    if (!code) {
+      started.process->Signal(SIGKILL);
+      code = started.process->Wait(30s);
+      ADD_FAILURE() << "the tool hung";
     }
-    result.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    result.out = ReadFile(base + ".out");
-    result.err = ReadFile(base + ".err");
+    result.code = code.value_or(-1);
+    result.out = started.process->Log();
+    result.err = started.process->ErrorLog();
     outputs_.push_back(result.all());
     return result;
   }

@@ -18,13 +18,27 @@ extern char** environ;
 namespace trousseau::support {
 
 Subprocess::Subprocess(std::vector<std::string> argv, std::string log_path) : log_path_(std::move(log_path)) {
+  Spawn(std::move(argv));
+}
+
+Subprocess::Subprocess(std::vector<std::string> argv, SeparateOutput output)
+    : log_path_(std::move(output.stdout_path)), stderr_path_(std::move(output.stderr_path)) {
+  Spawn(std::move(argv));
+}
+
+void Subprocess::Spawn(std::vector<std::string> argv) {
   std::vector<char*> args;
   for (std::string& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
+  constexpr int kAppend = O_WRONLY | O_CREAT | O_APPEND;
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path_.c_str(), kAppend, 0600);
+  if (stderr_path_.empty()) {
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, 2, stderr_path_.c_str(), kAppend, 0600);
+  }
   // Children must not inherit a blocked signal mask from test threads.
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
@@ -66,12 +80,20 @@ std::optional<int> Subprocess::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
-std::string Subprocess::Log() const {
-  std::ifstream in(log_path_);
+namespace {
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
+
+}  // namespace
+
+std::string Subprocess::Log() const { return ReadWhole(log_path_); }
+
+std::string Subprocess::ErrorLog() const { return stderr_path_.empty() ? std::string() : ReadWhole(stderr_path_); }
 
 bool UnixSocketAccepts(const std::string& path) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

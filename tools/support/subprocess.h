@@ -1,5 +1,5 @@
-// A child process for tests and the benchmark: started with posix_spawn, output to a log file,
-// signalled and reaped.
+// A child process for tests and the benchmark: started with posix_spawn, output to a log file (or
+// stdout and stderr to two files), signalled and reaped.
 #pragma once
 
 #include <sys/types.h>
@@ -13,20 +13,38 @@ namespace trousseau::support {
 
 class Subprocess {
  public:
+  // Where a caller that tells stdout from stderr wants them (each appended to its file).
+  struct SeparateOutput {
+    std::string stdout_path;
+    std::string stderr_path;
+  };
+
   // Starts `argv` (argv[0] is the path) with stdout+stderr appended to `log_path`.
   Subprocess(std::vector<std::string> argv, std::string log_path);
+  // Starts `argv` with stdout and stderr apart (Log() reads stdout, ErrorLog() stderr).
+  Subprocess(std::vector<std::string> argv, SeparateOutput output);
   ~Subprocess();  // SIGKILLs a child still running
+  // One owner per child: a copy would kill or reap it twice.
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
 
   pid_t pid() const { return pid_; }
   bool started() const { return pid_ > 0; }
   void Signal(int sig) const;
   // Exit code, or 128+signal; nullopt if still running after `timeout`.
   std::optional<int> Wait(std::chrono::milliseconds timeout);
+  // What the child wrote to `log_path` (with SeparateOutput: to stdout).
   std::string Log() const;
+  // With SeparateOutput: what the child wrote to stderr; otherwise empty (it is in Log()).
+  std::string ErrorLog() const;
 
  private:
+  // Starts the child: stdout to log_path_, stderr to stderr_path_ (or with stdout when empty).
+  void Spawn(std::vector<std::string> argv);
+
   pid_t pid_ = -1;
   std::string log_path_;
+  std::string stderr_path_;
   std::optional<int> exit_code_;
 };
 
