@@ -14,7 +14,8 @@ std::unique_ptr<RawHsm> RawHsm::Open(const std::string& uri_text) {
   auto raw = std::unique_ptr<RawHsm>(new RawHsm());
   StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(uri_text);
   if (!uri.ok()) return Fail(uri.status());
-  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module = hsm::Pkcs11Module::Load(uri->module_path(), uri->init_reserved());
+  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module =
+      hsm::Pkcs11Module::Load(uri->module_path(), uri->init_reserved());
   if (!module.ok()) return Fail(module.status());
   raw->module_ = *std::move(module);
   if (Status s = raw->module_->Initialize(); !s.ok()) return Fail(s);
