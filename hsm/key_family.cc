@@ -1,6 +1,7 @@
 #include "hsm/key_family.h"
 
 #include <algorithm>
+#include <map>
 #include <set>
 #include <span>
 
@@ -8,6 +9,7 @@
 #include "core/nonce_sequence.h"
 #include "core/strings.h"
 #include "hsm/p11/attributes.h"
+#include "hsm/p11/cbc_hmac.h"
 #include "hsm/p11/calls.h"
 #include "hsm/p11/gcm.h"
 #include "hsm/p11/object_finder.h"
@@ -168,29 +170,45 @@ std::string DescribeSecretKey(const TokenSecretKey& key) {
   return StrCat("the secret key '", Printable(key.label), "' (CKA_ID ", IdHex(key.id), ")");
 }
 
+KeyRole RoleOf(const KeyObject& key) {
+  return key.key_type == CKK_GENERIC_SECRET || key.key_type == CKK_SHA256_HMAC ? KeyRole::kMac : KeyRole::kCipher;
+}
+
 std::string KekPolicyViolation(const KeyObject& key) {
-  if (key.key_type != CKK_AES) return "it is not an AES key";
-  if (key.value_len != kAes256KeySize) return StrCat("it is AES-", key.value_len * 8, ", not AES-256");
+  const bool mac = RoleOf(key) == KeyRole::kMac;
+  if (mac) {
+    if (key.value_len != kHmacKeySize) {
+      return StrCat("it is an HMAC key of ", key.value_len * 8, " bits, not ", kHmacKeySize * 8);
+    }
+  } else {
+    if (key.key_type != CKK_AES) return "it is not an AES key";
+    if (key.value_len != kAes256KeySize) return StrCat("it is AES-", key.value_len * 8, ", not AES-256");
+  }
   if (key.extractable) return "it is extractable (CKA_EXTRACTABLE=true): its value could leave the HSM";
   if (!key.sensitive) return "it is not sensitive (CKA_SENSITIVE=false): its value could be read";
   if (!key.is_private) {
     return "it is not private (CKA_PRIVATE=false): any process that can open a session could use it without the PIN";
   }
-  if (!key.encrypt || !key.decrypt) return "it may not encrypt and decrypt (CKA_ENCRYPT/CKA_DECRYPT)";
+  if (mac && (!key.sign || !key.verify)) return "the HMAC key may not sign and verify (CKA_SIGN/CKA_VERIFY)";
+  if (!mac && (!key.encrypt || !key.decrypt)) return "it may not encrypt and decrypt (CKA_ENCRYPT/CKA_DECRYPT)";
   return "";
 }
 
 std::vector<std::string> KekPolicyWarnings(const KeyObject& key) {
+  const bool mac = RoleOf(key) == KeyRole::kMac;
   std::vector<std::string> warnings;
   std::vector<std::string> extra;
+  if (mac && key.encrypt) extra.push_back("encrypt");
+  if (mac && key.decrypt) extra.push_back("decrypt");
   if (key.wrap) extra.push_back("wrap");
   if (key.unwrap) extra.push_back("unwrap");
-  if (key.sign) extra.push_back("sign");
-  if (key.verify) extra.push_back("verify");
+  if (!mac && key.sign) extra.push_back("sign");
+  if (!mac && key.verify) extra.push_back("verify");
   if (key.derive) extra.push_back("derive");
   if (!extra.empty()) {
     warnings.push_back(StrCat("extra usages ", StrJoin(extra, ", "),
-                              ": a KEK needs only encrypt and decrypt (unwrap could import keys under it)"));
+                              mac ? ": an HMAC key needs only sign and verify"
+                                  : ": a KEK needs only encrypt and decrypt (unwrap could import keys under it)"));
   }
   if (key.modifiable) {
     warnings.push_back("modifiable (CKA_MODIFIABLE=true): its label, id or usages can still be changed");
@@ -202,14 +220,48 @@ std::vector<std::string> KekPolicyWarnings(const KeyObject& key) {
 }
 
 std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates) {
-  std::set<uint64_t> versions;
+  std::set<uint64_t> ciphers;
+  std::set<uint64_t> macs;
   for (const KeyObject& key : keys) {
     if (std::string why = KekPolicyViolation(key); !why.empty()) return StrCat("version ", key.version, ": ", why);
-    if (!versions.insert(key.version).second && count_duplicates) {
-      return StrCat("there are two keys with version ", key.version);
+    const bool mac = RoleOf(key) == KeyRole::kMac;
+    if (!(mac ? macs : ciphers).insert(key.version).second && count_duplicates) {
+      return StrCat("there are two ", mac ? "HMAC" : "AES", " keys with version ", key.version);
+    }
+  }
+  for (uint64_t version : macs) {
+    if (!ciphers.contains(version)) {
+      return StrCat("version ", version, " has an HMAC key but no AES key (an aes-cbc-hmac version needs both)");
     }
   }
   return "";
+}
+
+std::vector<KeyVersion> GroupKeyVersions(const std::vector<KeyObject>& keys) {
+  std::map<uint64_t, KeyVersion> versions;
+  for (const KeyObject& key : keys) {  // ciphers first, so a MAC key always finds its version's entry
+    if (RoleOf(key) != KeyRole::kCipher || versions.contains(key.version)) continue;
+    KeyVersion& v = versions[key.version];
+    v.version = key.version;
+    v.cipher = key;
+    v.mac.handle = kNoObject;
+  }
+  for (const KeyObject& key : keys) {
+    if (RoleOf(key) != KeyRole::kMac) continue;
+    auto v = versions.find(key.version);
+    if (v == versions.end() || v->second.scheme == KeyScheme::kAesCbcHmac) continue;
+    v->second.scheme = KeyScheme::kAesCbcHmac;
+    v->second.mac = key;
+  }
+  std::vector<KeyVersion> grouped;
+  for (auto& [version, v] : versions) grouped.push_back(std::move(v));
+  return grouped;
+}
+
+VersionHandles HandlesOf(const KeyVersion& version) {
+  return {.scheme = version.scheme,
+          .cipher = version.cipher.handle,
+          .mac = version.scheme == KeyScheme::kAesCbcHmac ? version.mac.handle : kNoObject};
 }
 
 std::string VersionToId(uint64_t version) {
@@ -222,13 +274,39 @@ std::string VersionToId(uint64_t version) {
 }
 
 StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key) {
-  std::string tag;
-  if (Status s = GcmSeal(session, key, NonceSequence::FingerprintIv(), kFingerprintAad, "", tag,
-                         "computing the key fingerprint (AES-GCM on the device)");
-      !s.ok()) {
-    return s;
+  StatusOr<Fingerprint> fingerprint =
+      VersionFingerprint(session, {.scheme = KeyScheme::kAesGcm, .cipher = key}, GcmIvSource::kCaller);
+  if (!fingerprint.ok()) return fingerprint.status();
+  return std::move(fingerprint->bytes);
+}
+
+StatusOr<Fingerprint> VersionFingerprint(const Session& session, const VersionHandles& version,
+                                         std::optional<GcmIvSource> iv_source) {
+  Fingerprint fingerprint;
+  if (version.scheme == KeyScheme::kAesCbcHmac) {
+    StatusOr<std::string> mac =
+        HmacSha256(session, version.mac, kFingerprintAad, "computing the key fingerprint (HMAC-SHA256 on the device)");
+    if (!mac.ok()) return mac.status();
+    StatusOr<std::string> block =
+        CbcPadEncryptOfNothing(session, version.cipher, "computing the key fingerprint (AES-CBC on the device)");
+    if (!block.ok()) return block.status();
+    fingerprint.bytes = *mac + *block;
+    return fingerprint;
   }
-  return tag;
+  if (iv_source.value_or(GcmIvSource::kCaller) == GcmIvSource::kCaller) {
+    Status tagged = GcmSeal(session, version.cipher, NonceSequence::FingerprintIv(), kFingerprintAad, "",
+                            fingerprint.bytes, "computing the key fingerprint (AES-GCM on the device)");
+    if (tagged.ok()) return fingerprint;
+    // FIPS-mode devices refuse an IV from the caller this way; anything else is an error of its own.
+    if (iv_source.has_value() || !IsCallerIvRefused(tagged)) return tagged;
+  }
+  StatusOr<std::string> block = AesEncryptBlock(session, version.cipher, kDeviceIvFingerprintBlock,
+                                                "computing the key fingerprint (AES-ECB on the device, which chooses "
+                                                "its own GCM IVs)");
+  if (!block.ok()) return block.status();
+  fingerprint.bytes = *std::move(block);
+  fingerprint.gcm_iv_source = GcmIvSource::kDevice;
+  return fingerprint;
 }
 
 StatusOr<CK_OBJECT_HANDLE> CopyToSessionObject(const Session& session, CK_OBJECT_HANDLE key) {

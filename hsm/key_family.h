@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/status.h"
+#include "hsm/key_scheme.h"
 #include "hsm/pkcs11.h"
 #include "hsm/pkcs11_module.h"
 
@@ -20,6 +22,8 @@ inline constexpr size_t kAes256KeySize = 32;
 // KeyObject::key_type of a key whose module did not report CKA_KEY_TYPE.
 inline constexpr CK_KEY_TYPE kUnknownKeyType = static_cast<CK_KEY_TYPE>(-1);
 inline constexpr CK_KEY_TYPE kAesKeyType = CKK_AES;
+// The HMAC key of an aes-cbc-hmac version (hsm/key_scheme.h).
+inline constexpr CK_KEY_TYPE kHmacKeyType = CKK_GENERIC_SECRET;
 using ObjectHandle = CK_OBJECT_HANDLE;
 inline constexpr ObjectHandle kNoObject = CK_INVALID_HANDLE;
 
@@ -44,6 +48,20 @@ struct KeyObject {
   bool derive = false;
   bool modifiable = true;
   bool is_private = false;  // CKA_PRIVATE: usable only after C_Login
+};
+
+// The job of a key object in its version: the AES key that encrypts (every scheme), or the HMAC key of
+// an aes-cbc-hmac version. A generic secret (CKK_GENERIC_SECRET, or CKK_SHA256_HMAC as some modules
+// type HMAC keys) is a MAC key; anything else is judged as a cipher key (and refused if not AES).
+enum class KeyRole { kCipher, kMac };
+KeyRole RoleOf(const KeyObject& key);
+
+// One version of the family: its AES key, and for aes-cbc-hmac its HMAC key (same label and CKA_ID).
+struct KeyVersion {
+  uint64_t version = 0;
+  KeyScheme scheme = KeyScheme::kAesGcm;
+  KeyObject cipher;
+  KeyObject mac;  // handle kNoObject unless scheme is kAesCbcHmac
 };
 
 // Every secret key labelled `label`, with attributes, sorted by version. A key whose CKA_ID is not a
@@ -75,8 +93,9 @@ StatusOr<size_t> CountOtherObjectsLabelled(const Session& session, std::string_v
 // "family 'other' version 2" for a key whose CKA_ID is a version, else "the secret key 'label' (CKA_ID 3031)".
 std::string DescribeSecretKey(const TokenSecretKey& key);
 
-// Empty when the key may serve as a KEK, else why not: it must be AES-256, sensitive,
-// non-extractable, private (usable only after login), and allowed to encrypt and decrypt.
+// Empty when the key may serve as a KEK, else why not. Both roles: sensitive, non-extractable, private
+// (usable only after login). A cipher key is AES-256 and may encrypt and decrypt; a MAC key is a 256-bit
+// generic secret and may sign and verify.
 std::string KekPolicyViolation(const KeyObject& key);
 
 // What the plugin accepts but a KEK should not be, each as one sentence (empty: nothing): extra usages
@@ -85,22 +104,56 @@ std::string KekPolicyViolation(const KeyObject& key);
 std::vector<std::string> KekPolicyWarnings(const KeyObject& key);
 
 // Why the plugin would refuse the family `keys` (as ListKeyFamily returns it) as a whole, or "" if it
-// would load it: a version that breaks the KEK policy (KekPolicyViolation), as "version N: why", or two
-// objects with one version, as "there are two keys with version N". The plugin loads nothing from such
-// a family, so no version of it becomes active. `count_duplicates` false skips the second rule: right
-// after creating a version, other runs' contests over a version may still be undecided.
+// would load it: a version that breaks the KEK policy (KekPolicyViolation), as "version N: why"; two
+// objects of one role with one version, as "there are two AES keys with version N"; an HMAC key with
+// no AES key beside it. The plugin loads nothing from such a family, so no version of it becomes
+// active. `count_duplicates` false skips the duplicate rule: right after creating a version, other
+// runs' contests over a version may still be undecided.
 std::string KekFamilyViolation(const std::vector<KeyObject>& keys, bool count_duplicates = true);
+
+// The family's versions, ascending: each AES key with the HMAC key of its version if there is one.
+// Assumes KekFamilyViolation(keys) passed (with duplicates, the first object of a role wins).
+std::vector<KeyVersion> GroupKeyVersions(const std::vector<KeyObject>& keys);
 
 // Minimal big-endian bytes of `version` (1 -> "\x01").
 std::string VersionToId(uint64_t version);
 
-// The fixed associated data of the key fingerprint.
+// The fixed associated data of the key fingerprint (and the HMAC message of an aes-cbc-hmac one).
 inline constexpr std::string_view kFingerprintAad = "trousseau-hsm key fingerprint v1";
 
-// Public bytes that identify the key material: the AES-GCM tag of an empty message under the IV
-// reserved for it (NonceSequence::FingerprintIv(), never drawn for data) and kFingerprintAad,
-// computed on the device. The plugin and trousseau-hsm-init both derive key_ids from it, so they
-// must agree byte for byte. Needs a logged-in session; the key must allow CKA_ENCRYPT.
+// The block whose AES-ECB encryption is the fingerprint when the device chooses GCM IVs: 0^96 || 1^32,
+// a counter block that GCM under a 96-bit IV reaches only after 2^32 - 2 blocks of one message (never:
+// a message is far shorter), and not the all-zero block whose encryption is GCM's hash key.
+inline constexpr std::string_view kDeviceIvFingerprintBlock{"\0\0\0\0\0\0\0\0\0\0\0\0\xff\xff\xff\xff", 16};
+
+// The device objects of one version, as a fingerprint or a seal needs them.
+struct VersionHandles {
+  KeyScheme scheme = KeyScheme::kAesGcm;
+  CK_OBJECT_HANDLE cipher = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE mac = CK_INVALID_HANDLE;
+};
+VersionHandles HandlesOf(const KeyVersion& version);
+
+struct Fingerprint {
+  std::string bytes;
+  // aes-gcm: who chooses the IV on this device (found out while fingerprinting, see VersionFingerprint).
+  GcmIvSource gcm_iv_source = GcmIvSource::kCaller;
+};
+
+// Public bytes that identify the key material of a version, computed on the device. The plugin and
+// trousseau-hsm-init both derive key_ids from them, so they must agree byte for byte:
+//   aes-gcm, caller IV   the AES-GCM tag of an empty message under the IV reserved for it
+//                        (NonceSequence::FingerprintIv(), never drawn for data) and kFingerprintAad
+//   aes-gcm, device IV   AES-ECB of kDeviceIvFingerprintBlock (a device that picks its own IV cannot
+//                        give a repeatable tag)
+//   aes-cbc-hmac         HMAC-SHA256(mac, kFingerprintAad) || AES-CBC-PAD(cipher, zero IV, empty)
+// `iv_source` nullopt: find out, by trying the caller's IV first; a device that refuses it with
+// CKR_MECHANISM_PARAM_INVALID chooses its own. Needs a logged-in session.
+StatusOr<Fingerprint> VersionFingerprint(const Session& session, const VersionHandles& version,
+                                         std::optional<GcmIvSource> iv_source = std::nullopt);
+
+// The aes-gcm caller-IV fingerprint of one AES key (VersionFingerprint with kCaller), for callers not
+// yet moved to VersionFingerprint.
 StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key);
 
 // A copy of `key` that lives in `session` (CKA_TOKEN=false), as sensitive and non-extractable as the

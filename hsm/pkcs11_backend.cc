@@ -7,6 +7,7 @@
 
 #include "core/strings.h"
 #include "hsm/p11/gcm.h"
+#include "hsm/version_aead.h"
 
 namespace trousseau::hsm {
 namespace {
@@ -15,23 +16,33 @@ namespace {
 constexpr std::string_view kProbePlaintext = "trousseau-hsm health probe";
 constexpr std::string_view kProbeAad = "trousseau-hsm probe";
 
-StatusOr<GcmIv> SplitIv(std::string_view sealed) {
+// Shorter than any scheme's sealed bytes: refused before it takes a lane.
+Status CheckSealedSize(std::string_view sealed) {
   if (sealed.size() < kGcmIvSize + kGcmTagSize) {
     return InvalidArgumentError("ciphertext is too short to hold an IV and an authentication tag");
   }
-  GcmIv iv;
-  std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
-  return iv;
+  return OkStatus();
 }
 
 }  // namespace
 
+// One version's device objects: the AES key and, for aes-cbc-hmac, the HMAC key; each the token object
+// or its session copy (which ends with the admin session).
 struct Pkcs11Backend::KeyHandle {
+  KeyScheme scheme = KeyScheme::kAesGcm;
+  GcmIvSource gcm_iv_source = GcmIvSource::kCaller;
   CK_OBJECT_HANDLE token_object = CK_INVALID_HANDLE;
-  CK_OBJECT_HANDLE session_copy = CK_INVALID_HANDLE;  // ends with the admin session
+  CK_OBJECT_HANDLE session_copy = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE mac_token_object = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE mac_session_copy = CK_INVALID_HANDLE;
   std::string fingerprint;
   NonceSequence ivs;
-  CK_OBJECT_HANDLE handle() const { return session_copy != CK_INVALID_HANDLE ? session_copy : token_object; }
+  SealingKey sealing() const {
+    return {.handles = {.scheme = scheme,
+                        .cipher = session_copy != CK_INVALID_HANDLE ? session_copy : token_object,
+                        .mac = mac_session_copy != CK_INVALID_HANDLE ? mac_session_copy : mac_token_object},
+            .gcm_iv_source = gcm_iv_source};
+  }
 };
 
 struct Pkcs11Backend::Connection {
@@ -111,7 +122,7 @@ StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view pla
                                           Deadline deadline) {
   // The call may outlive this request (a hung device): it gets its own copies.
   auto input = std::make_shared<const SecureBytes>(SecureBytes::CopyOf(plaintext));
-  return lanes_.Run<std::string>(deadline, "AES-GCM encrypt on the device",
+  return lanes_.Run<std::string>(deadline, "encrypt on the device",
                                  [this, version, input, aad = std::string(aad)](size_t lane) {
                                    return SealOnLane(lane, version, input->view(), aad);
                                  });
@@ -119,8 +130,8 @@ StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view pla
 
 StatusOr<SecureBytes> Pkcs11Backend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
                                           Deadline deadline) {
-  if (StatusOr<GcmIv> iv = SplitIv(sealed); !iv.ok()) return iv.status();
-  return lanes_.Run<SecureBytes>(deadline, "AES-GCM decrypt on the device",
+  if (Status s = CheckSealedSize(sealed); !s.ok()) return s;
+  return lanes_.Run<SecureBytes>(deadline, "decrypt on the device",
                                  [this, version, sealed = std::string(sealed), aad = std::string(aad)](size_t lane) {
                                    return OpenOnLane(lane, version, sealed, aad);
                                  });
@@ -160,15 +171,9 @@ StatusOr<std::string> Pkcs11Backend::SealOnLane(size_t lane, uint64_t version, s
   if (!in_use.ok()) return in_use.status();
   const std::shared_ptr<Connection>& conn = in_use->conn;
   KeyHandle& key = *in_use->key;
-  StatusOr<GcmIv> iv = key.ivs.Next();
-  if (!iv.ok()) return iv.status();
-  std::string body;
-  if (Status failed = GcmSeal(conn->sessions[lane], key.handle(), *iv, aad, plaintext, body); !failed.ok()) {
-    if (IsUnavailable(failed)) MarkBroken(conn, failed);  // the connection is lost (hsm/pkcs11_error.cc)
-    return failed;
-  }
-  std::string sealed(reinterpret_cast<const char*>(iv->data()), iv->size());
-  sealed += body;
+  StatusOr<std::string> sealed = SealWithVersion(conn->sessions[lane], key.sealing(), key.ivs, aad, plaintext);
+  // UNAVAILABLE: the connection is lost (hsm/pkcs11_error.cc).
+  if (IsUnavailable(sealed.status())) MarkBroken(conn, sealed.status());
   return sealed;
 }
 
@@ -177,15 +182,10 @@ StatusOr<SecureBytes> Pkcs11Backend::OpenOnLane(size_t lane, uint64_t version, s
   StatusOr<KeyInUse> in_use = UseKey(version);
   if (!in_use.ok()) return in_use.status();
   const std::shared_ptr<Connection>& conn = in_use->conn;
-  KeyHandle& key = *in_use->key;
-  GcmIv iv;
-  std::copy(sealed.begin(), sealed.begin() + kGcmIvSize, iv.begin());
-  SecureBytes plaintext;
-  // INVALID_ARGUMENT: the tag did not verify, the caller's bytes (never an outage).
-  Status failed = GcmOpen(conn->sessions[lane], key.handle(), iv, aad, sealed.substr(kGcmIvSize), plaintext);
-  if (failed.ok()) return plaintext;
-  if (IsUnavailable(failed)) MarkBroken(conn, failed);
-  return failed;
+  // INVALID_ARGUMENT: the tag or MAC did not verify, the caller's bytes (never an outage).
+  StatusOr<SecureBytes> plaintext = OpenWithVersion(conn->sessions[lane], in_use->key->sealing(), aad, sealed);
+  if (IsUnavailable(plaintext.status())) MarkBroken(conn, plaintext.status());
+  return plaintext;
 }
 
 StatusOr<bool> Pkcs11Backend::ProbeOnLane(size_t lane, uint64_t version) {
@@ -227,7 +227,9 @@ StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeysOnAdmin() {
   }
   if (!loaded.ok()) return loaded;
   std::vector<BackendKey> keys;
-  for (const auto& [version, key] : *conn->keys.load()) keys.push_back({version, key->fingerprint});
+  for (const auto& [version, key] : *conn->keys.load()) {
+    keys.push_back({version, key->fingerprint, EnvelopeFormatOf(key->scheme)});
+  }
   known_fingerprints_.clear();
   for (const BackendKey& key : keys) known_fingerprints_[key.version] = key.fingerprint;
   return keys;
@@ -338,8 +340,11 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
       return FailedPreconditionError(StrCat("refusing key family '", uri_.object_label(), "': ", why));
     }
   }
-  std::map<uint64_t, std::pair<CK_OBJECT_HANDLE, std::string>> found;  // version -> (object, fingerprint)
-  std::set<uint64_t> replaced;  // restore: versions with an object whose fingerprint is not the known one
+  // Each version's objects by role (a well-judged family has one of each; a restore may meet more).
+  struct Candidates {
+    std::vector<CK_OBJECT_HANDLE> ciphers, macs;
+  };
+  std::map<uint64_t, Candidates> candidates;
   for (const KeyObject& key : *family) {
     auto known = known_fingerprints_.find(key.version);
     if (restore && known == known_fingerprints_.end()) continue;    // new since the last refresh
@@ -348,45 +353,73 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
                     key.version, why);
       continue;
     }
-    StatusOr<std::string> fingerprint = KeyFingerprint(conn.admin, key.handle);  // as trousseau-hsm-init computes it
-    if (!fingerprint.ok()) return fingerprint.status();
-    if (restore && *fingerprint != known->second) {
-      replaced.insert(key.version);  // another key under a known version: it must not serve under that key_id
-      continue;
+    Candidates& c = candidates[key.version];
+    (RoleOf(key) == KeyRole::kMac ? c.macs : c.ciphers).push_back(key.handle);
+  }
+  struct Found {
+    VersionHandles handles;
+    Fingerprint fingerprint;
+  };
+  std::map<uint64_t, Found> found;
+  std::set<uint64_t> replaced;  // restore: versions with objects whose fingerprint is not the known one
+  for (const auto& [version, c] : candidates) {
+    const KeyScheme scheme = c.macs.empty() ? KeyScheme::kAesGcm : KeyScheme::kAesCbcHmac;
+    const std::vector<CK_OBJECT_HANDLE> macs = c.macs.empty() ? std::vector<CK_OBJECT_HANDLE>{kNoObject} : c.macs;
+    for (CK_OBJECT_HANDLE cipher : c.ciphers) {
+      for (CK_OBJECT_HANDLE mac : macs) {
+        if (found.contains(version)) break;
+        const VersionHandles handles{.scheme = scheme, .cipher = cipher, .mac = mac};
+        // As trousseau-hsm-init computes it (hsm/key_family.h).
+        StatusOr<Fingerprint> fingerprint = VersionFingerprint(conn.admin, handles, uri_.gcm_iv_source());
+        if (!fingerprint.ok()) return fingerprint.status();
+        if (restore && fingerprint->bytes != known_fingerprints_.at(version)) {
+          replaced.insert(version);  // other keys under a known version: they must not serve under its key_id
+          continue;
+        }
+        found.emplace(version, Found{handles, *std::move(fingerprint)});  // no duplicates unless restoring
+      }
     }
-    if (restore && found.contains(key.version)) continue;                             // the known key is already found
-    found.emplace(key.version, std::make_pair(key.handle, *std::move(fingerprint)));  // no duplicates: checked above
   }
   for (uint64_t version : replaced) {
-    if (found.contains(version)) continue;  // the known key is still there too (a duplicate): it serves
+    if (found.contains(version)) continue;  // the known keys are still there too (a duplicate): they serve
     spdlog::error("key '{}' version {} was replaced on the token; it stays unusable until the key ring reloads",
                   uri_.object_label(), version);
   }
   std::shared_ptr<const KeyTable> previous = conn.keys.load();
   auto table = std::make_shared<KeyTable>();
-  for (auto& [version, object_and_fingerprint] : found) {
-    auto& [object, fingerprint] = object_and_fingerprint;
+  size_t overhead = kGcmIvSize + kGcmTagSize;
+  for (auto& [version, f] : found) {
+    overhead = std::max(overhead, MaxSealOverhead(f.handles.scheme));
     auto same = previous->find(version);
-    if (same != previous->end() && same->second->token_object == object && same->second->fingerprint == fingerprint) {
-      table->emplace(version, same->second);  // keeps its copy and IV sequence
+    if (same != previous->end() && same->second->token_object == f.handles.cipher &&
+        same->second->mac_token_object == f.handles.mac && same->second->fingerprint == f.fingerprint.bytes) {
+      table->emplace(version, same->second);  // keeps its copies and IV sequence
       continue;
     }
     auto key = std::make_shared<KeyHandle>();
-    key->token_object = object;
-    key->fingerprint = std::move(fingerprint);
+    key->scheme = f.handles.scheme;
+    key->gcm_iv_source = f.fingerprint.gcm_iv_source;
+    key->token_object = f.handles.cipher;
+    key->mac_token_object = f.handles.mac;
+    key->fingerprint = std::move(f.fingerprint.bytes);
     if (options_.session_key_copies) {
-      StatusOr<CK_OBJECT_HANDLE> copy = CopyToSessionObject(conn.admin, object);
-      if (copy.ok()) {
-        key->session_copy = *copy;
-      } else if (IsUnavailable(copy.status())) {
-        return copy.status();
-      } else {
-        spdlog::info("the token does not copy key version {} into the session ({}); using the token object", version,
-                     copy.status().message());
+      for (auto [object, copy] : {std::pair{key->token_object, &key->session_copy},
+                                  std::pair{key->mac_token_object, &key->mac_session_copy}}) {
+        if (object == kNoObject) continue;
+        StatusOr<CK_OBJECT_HANDLE> copied = CopyToSessionObject(conn.admin, object);
+        if (copied.ok()) {
+          *copy = *copied;
+        } else if (IsUnavailable(copied.status())) {
+          return copied.status();
+        } else {
+          spdlog::info("the token does not copy key version {} into the session ({}); using the token object", version,
+                       copied.status().message());
+        }
       }
     }
     table->emplace(version, std::move(key));
   }
+  seal_overhead_.store(overhead);
   // A version gone from the table keeps its session copy until the admin session ends: a call that
   // took the old table may still be using it.
   conn.keys.store(std::move(table));

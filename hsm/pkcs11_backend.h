@@ -1,5 +1,6 @@
-// KeyBackend on a PKCS#11 token: the KEK family is AES-256 secret keys that never leave the token;
-// every seal/open is CKM_AES_GCM on the device.
+// KeyBackend on a PKCS#11 token: the KEK family is secret keys that never leave the token; every
+// seal/open runs on the device, by the scheme of the key version (hsm/key_scheme.h): CKM_AES_GCM with
+// our IV or, on a device that insists, its own; or AES-CBC-PAD with HMAC-SHA256 on tokens without GCM.
 //
 // Deadlines: every device call runs on a lane (device_lanes.h), one per session, and the caller
 // waits only until its deadline. Connecting, logging in and listing keys run on one more lane, the
@@ -74,7 +75,8 @@ class Pkcs11Backend final : public KeyBackend {
                              Deadline deadline) override;
   StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
                              Deadline deadline) override;
-  size_t SealOverhead() const override { return kGcmIvSize + kGcmTagSize; }
+  // 28 (IV + tag) while every loaded version is aes-gcm; 64 (IV, padding, HMAC) once one is aes-cbc-hmac.
+  size_t SealOverhead() const override { return seal_overhead_.load(); }
   Status Probe(uint64_t version, Deadline deadline) override;
 
   // After the token rejected the PIN, logins stop until the PIN file changes or this is called
@@ -146,6 +148,7 @@ class Pkcs11Backend final : public KeyBackend {
   Status login_block_;                                  // the PIN was rejected
   std::optional<PinFileStamp> blocked_pin_stamp_;
   std::atomic<bool> login_retry_requested_{false};
+  std::atomic<size_t> seal_overhead_{kGcmIvSize + kGcmTagSize};
 
   // Last: their threads stop (and are joined) before anything above goes.
   DeviceLanes lanes_;

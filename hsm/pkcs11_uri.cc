@@ -66,6 +66,16 @@ StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text) {
     if (init[0] == '\0') return InvalidArgumentError("--pkcs11-uri has an empty x-init-reserved");
     parsed.init_reserved_ = init;
   }
+  if (const char* iv = p11_kit_uri_get_vendor_query(uri, "x-gcm-iv"); iv != nullptr) {
+    const std::string_view value = iv;
+    if (value == "device") {
+      parsed.gcm_iv_source_ = GcmIvSource::kDevice;
+    } else if (value == "caller") {
+      parsed.gcm_iv_source_ = GcmIvSource::kCaller;
+    } else {
+      return InvalidArgumentError("--pkcs11-uri: x-gcm-iv must be 'device' or 'caller'");
+    }
+  }
 
   CK_TOKEN_INFO* token = p11_kit_uri_get_token_info(uri);
   const std::string token_label = TrimPadded(token->label, sizeof token->label);

@@ -4,12 +4,15 @@
 // slot) and the key family (object = CKA_LABEL). Versions come from CKA_ID, so the URI may not pin one.
 // A module that needs initialisation arguments (NSS softoken's configdir=...) gets them from the query
 // attribute x-init-reserved (p11-kit's name for the same string in its module files), percent-encoded.
+// A device that chooses AES-GCM IVs itself (FIPS mode) is found out by trying; `x-gcm-iv=device` says so
+// up front (the device never sees a caller IV), `x-gcm-iv=caller` forbids the device-IV fallback.
 #pragma once
 
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "hsm/key_scheme.h"
 #include "hsm/pkcs11.h"
 #include "core/status.h"
 
@@ -27,6 +30,8 @@ class Pkcs11Uri {
   const std::optional<std::string>& pin_file() const { return pin_file_; }
   // The string handed to C_Initialize in CK_C_INITIALIZE_ARGS.pReserved, if the URI has x-init-reserved.
   const std::optional<std::string>& init_reserved() const { return init_reserved_; }
+  // x-gcm-iv=device|caller; nullopt: find out from the device (hsm/key_family.h VersionFingerprint).
+  const std::optional<GcmIvSource>& gcm_iv_source() const { return gcm_iv_source_; }
   // "token 'k8s-kms'" (and serial, if given) for messages.
   const std::string& token_description() const { return token_description_; }
 
@@ -39,6 +44,7 @@ class Pkcs11Uri {
   std::string object_label_;
   std::optional<std::string> pin_file_;
   std::optional<std::string> init_reserved_;
+  std::optional<GcmIvSource> gcm_iv_source_;
   std::string token_description_;
 };
 

@@ -1,5 +1,8 @@
 #include "hsm/p11/gcm.h"
 
+#include <algorithm>
+
+#include "core/strings.h"
 #include "hsm/pkcs11_error.h"
 
 namespace trousseau::hsm {
@@ -24,9 +27,37 @@ Status AuthenticationFailed() {
 
 }  // namespace
 
+bool IsCallerIvRefused(const Status& status) { return status.code() == StatusCode::kUnimplemented; }
+
 Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
                std::string_view plaintext, std::string& out, std::string_view what) {
   CK_GCM_PARAMS params = GcmParams(iv, aad);
+  CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
+  CK_FUNCTION_LIST* api = session.api();
+  if (CK_RV rv = api->C_EncryptInit(session.handle(), &mechanism, key); rv != CKR_OK) {
+    if (rv == CKR_MECHANISM_PARAM_INVALID) {
+      return Status(StatusCode::kUnimplemented,
+                    StrCat(what, ": the device refused the IV we chose (CKR_MECHANISM_PARAM_INVALID); devices in FIPS ",
+                           "mode choose GCM IVs themselves"));
+    }
+    return RvStatus(rv, what);
+  }
+  out.resize(plaintext.size() + kGcmTagSize);
+  CK_ULONG out_len = out.size();
+  static const char kEmpty[1] = {0};
+  CK_BYTE* in = Bytes(plaintext.empty() ? std::string_view(kEmpty, 0) : plaintext);
+  CK_RV rv = api->C_Encrypt(session.handle(), in, plaintext.size(), reinterpret_cast<CK_BYTE*>(out.data()), &out_len);
+  if (rv != CKR_OK) return RvStatus(rv, what);
+  // A wrong length is a device that misbehaves: classified as CKR_GENERAL_ERROR is (see pkcs11_error.cc).
+  if (out_len != plaintext.size() + kGcmTagSize) return RvStatus(CKR_GENERAL_ERROR, what);
+  return OkStatus();
+}
+
+Status GcmSealDeviceIv(const Session& session, CK_OBJECT_HANDLE key, std::string_view aad, std::string_view plaintext,
+                       GcmIv& iv, std::string& out, std::string_view what) {
+  iv.fill(0);
+  CK_GCM_PARAMS params = GcmParams(iv, aad);
+  params.pIv = iv.data();  // written by the device
   CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
   CK_FUNCTION_LIST* api = session.api();
   if (CK_RV rv = api->C_EncryptInit(session.handle(), &mechanism, key); rv != CKR_OK) return RvStatus(rv, what);
@@ -36,8 +67,13 @@ Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, st
   CK_BYTE* in = Bytes(plaintext.empty() ? std::string_view(kEmpty, 0) : plaintext);
   CK_RV rv = api->C_Encrypt(session.handle(), in, plaintext.size(), reinterpret_cast<CK_BYTE*>(out.data()), &out_len);
   if (rv != CKR_OK) return RvStatus(rv, what);
-  // A wrong length is a device that misbehaves: classified as CKR_GENERAL_ERROR is (see pkcs11_error.cc).
   if (out_len != plaintext.size() + kGcmTagSize) return RvStatus(CKR_GENERAL_ERROR, what);
+  if (std::all_of(iv.begin(), iv.end(), [](uint8_t b) { return b == 0; })) {
+    out.clear();
+    return FailedPreconditionError(StrCat(what, ": the device returned no IV in CK_GCM_PARAMS.pIv; it does not ",
+                                          "generate GCM IVs this way (remove x-gcm-iv=device from the URI if it ",
+                                          "accepts the caller's IV)"));
+  }
   return OkStatus();
 }
 

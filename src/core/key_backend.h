@@ -20,6 +20,9 @@ struct BackendKey {
   // Public bytes that identify the key material itself (e.g. a MAC of a fixed message made on the
   // device), so a re-created key with the same label and version never gets the same key_id.
   std::string fingerprint;
+  // The envelope format (core/envelope.h) of what this version seals: the engine writes it into the
+  // header and refuses an envelope of this version that names another.
+  uint8_t envelope_format = 1;
 };
 
 // When a device call must have answered. A device that does not answer by then costs the caller
@@ -65,7 +68,8 @@ class KeyBackend {
                                      Deadline deadline) = 0;
   virtual StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
                                      Deadline deadline) = 0;
-  // Bytes Seal adds to the plaintext (IV, tag, ...), for enforcing size limits up front.
+  // Bytes Seal adds to the plaintext at most, with any version (IV, padding, tag, ...), for enforcing
+  // size limits up front.
   virtual size_t SealOverhead() const = 0;
 
   // A real round trip on the device with `version`; OK means the device works now.

@@ -20,6 +20,7 @@ StatusOr<KeyRing> KeyRing::Build(std::string_view backend_kind, std::string_view
       return FailedPreconditionError(StrCat("key family '", family_label, "' has two keys with version ", key.version));
     }
     ring.versions_by_key_id_.emplace(std::move(key_id), key.version);
+    ring.formats_.emplace(key.version, key.envelope_format);
   }
   ring.active_version_ = active_version == 0 ? ring.key_ids_.rbegin()->first : active_version;
   if (!ring.key_ids_.contains(ring.active_version_)) {
@@ -38,6 +39,11 @@ std::optional<uint64_t> KeyRing::VersionOf(std::string_view key_id) const {
 const std::string* KeyRing::KeyIdOf(uint64_t version) const {
   auto it = key_ids_.find(version);
   return it == key_ids_.end() ? nullptr : &it->second;
+}
+
+uint8_t KeyRing::EnvelopeFormatOf(uint64_t version) const {
+  auto it = formats_.find(version);
+  return it == formats_.end() ? 0 : it->second;
 }
 
 }  // namespace trousseau

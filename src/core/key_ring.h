@@ -26,6 +26,8 @@ class KeyRing {
   uint64_t highest_version() const { return key_ids_.rbegin()->first; }
   std::optional<uint64_t> VersionOf(std::string_view key_id) const;
   const std::string* KeyIdOf(uint64_t version) const;
+  // The envelope format `version` seals with (BackendKey::envelope_format); 0 if no such version.
+  uint8_t EnvelopeFormatOf(uint64_t version) const;
   // version -> key_id, ascending.
   const std::map<uint64_t, std::string>& key_ids() const { return key_ids_; }
 
@@ -34,6 +36,7 @@ class KeyRing {
   uint64_t active_version_ = 0;
   std::map<uint64_t, std::string> key_ids_;
   std::unordered_map<std::string, uint64_t> versions_by_key_id_;
+  std::map<uint64_t, uint8_t> formats_;
 };
 
 }  // namespace trousseau

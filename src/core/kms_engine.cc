@@ -221,7 +221,7 @@ StatusOr<EncryptResult> KmsEngine::Encrypt(std::string_view plaintext, size_t ma
   if (Status open = health_.OpenBecause(); !open.ok()) return open;
   const uint64_t version = ring->active_version();
   EncryptResult result;
-  result.ciphertext = EncodeEnvelopeHeader(version);
+  result.ciphertext = EncodeEnvelopeHeader(version, ring->EnvelopeFormatOf(version));
   StatusOr<std::string> sealed =
       Observed("seal", [&] { return backend_->Seal(version, plaintext, result.ciphertext, DeviceDeadline(deadline)); });
   Record(CallKind::kEncrypt, sealed.status(), version);
@@ -252,6 +252,11 @@ StatusOr<SecureBytes> KmsEngine::Decrypt(std::string_view ciphertext, std::strin
   } else if (ring->KeyIdOf(envelope->key_version) == nullptr) {
     return NotFoundError(
         StrCat("ciphertext was made with key version ", envelope->key_version, ", which is not on the device"));
+  }
+  // The header is authenticated too, so this only answers a mismatch before the device is asked.
+  if (const uint8_t format = ring->EnvelopeFormatOf(envelope->key_version); format != envelope->format) {
+    return InvalidArgumentError(StrCat("ciphertext names envelope format ", envelope->format, " but key version ",
+                                       envelope->key_version, " seals with format ", format));
   }
   if (Status open = health_.OpenBecause(); !open.ok()) return open;
   StatusOr<SecureBytes> plaintext = Observed("open", [&] {

@@ -22,6 +22,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(!parsed->sealed.empty());
   FUZZ_CHECK(parsed->header.data() == input.data());  // views into the input, no copy
   FUZZ_CHECK(parsed->header.size() + parsed->sealed.size() == input.size());
-  FUZZ_CHECK(trousseau::EncodeEnvelopeHeader(parsed->key_version) == parsed->header);
+  FUZZ_CHECK(trousseau::EncodeEnvelopeHeader(parsed->key_version, parsed->format) == parsed->header);
   return 0;
 }

@@ -149,7 +149,7 @@ TEST_F(InitToolTest, RotateRefusesAFamilyWithALastingDuplicateVersion) {
   ASSERT_TRUE(token_->GenerateKek(2).ok());  // made by another tool: nobody withdraws it
   ToolResult rotate = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
   EXPECT_EQ(rotate.code, 1) << rotate.all();
-  EXPECT_NE(rotate.err.find("(there are two keys with version 2)"), std::string::npos) << rotate.err;
+  EXPECT_NE(rotate.err.find("(there are two AES keys with version 2)"), std::string::npos) << rotate.err;
   EXPECT_NE(rotate.err.find("Nothing was created"), std::string::npos) << rotate.err;
   EXPECT_EQ(ListJson()["keys"].size(), 3u);
 }

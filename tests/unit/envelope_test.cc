@@ -36,8 +36,20 @@ TEST(Envelope, RejectsForeignMagic) {
 
 TEST(Envelope, RejectsUnknownFormatVersion) {
   std::string ciphertext = EncodeEnvelopeHeader(1) + "x";
-  ciphertext[2] = 2;
-  EXPECT_TRUE(IsInvalidArgument(ParseEnvelope(ciphertext).status()));
+  for (char format : {0, 3, 0x7f}) {
+    ciphertext[2] = format;
+    EXPECT_TRUE(IsInvalidArgument(ParseEnvelope(ciphertext).status())) << int{format};
+  }
+}
+
+TEST(Envelope, CarriesTheFormatOfTheKeyVersionsScheme) {
+  const std::string ciphertext = EncodeEnvelopeHeader(7, kEnvelopeFormatV2) + "sealed";
+  EXPECT_EQ(ciphertext[2], 2);
+  StatusOr<ParsedEnvelope> parsed = ParseEnvelope(ciphertext);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->format, kEnvelopeFormatV2);
+  EXPECT_EQ(parsed->key_version, 7u);
+  EXPECT_EQ(ParseEnvelope(EncodeEnvelopeHeader(7) + "sealed")->format, kEnvelopeFormatV1);
 }
 
 TEST(Envelope, RejectsKeyVersionZero) {
