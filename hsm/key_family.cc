@@ -298,7 +298,11 @@ StatusOr<Fingerprint> VersionFingerprint(const Session& session, const VersionHa
                             fingerprint.bytes, "computing the key fingerprint (AES-GCM on the device)");
     if (tagged.ok()) return fingerprint;
     // FIPS-mode devices refuse an IV from the caller this way; anything else is an error of its own.
-    if (iv_source.has_value() || !IsCallerIvRefused(tagged)) return tagged;
+    if (!IsCallerIvRefused(tagged)) return tagged;
+    if (iv_source.has_value()) {
+      return FailedPreconditionError(
+          StrCat(tagged.message(), "; the URI says x-gcm-iv=caller: remove it to let the ", "device choose"));
+    }
   }
   StatusOr<std::string> block = AesEncryptBlock(session, version.cipher, kDeviceIvFingerprintBlock,
                                                 "computing the key fingerprint (AES-ECB on the device, which chooses "

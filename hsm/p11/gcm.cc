@@ -31,7 +31,10 @@ bool IsCallerIvRefused(const Status& status) { return status.code() == StatusCod
 
 Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
                std::string_view plaintext, std::string& out, std::string_view what) {
-  CK_GCM_PARAMS params = GcmParams(iv, aad);
+  // A device that makes its own IVs may take our buffer as the place to write one (the all-zero
+  // fingerprint IV looks exactly like such a request): it gets a copy, compared afterwards.
+  GcmIv used = iv;
+  CK_GCM_PARAMS params = GcmParams(used, aad);
   CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
   CK_FUNCTION_LIST* api = session.api();
   if (CK_RV rv = api->C_EncryptInit(session.handle(), &mechanism, key); rv != CKR_OK) {
@@ -50,6 +53,12 @@ Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, st
   if (rv != CKR_OK) return RvStatus(rv, what);
   // A wrong length is a device that misbehaves: classified as CKR_GENERAL_ERROR is (see pkcs11_error.cc).
   if (out_len != plaintext.size() + kGcmTagSize) return RvStatus(CKR_GENERAL_ERROR, what);
+  if (used != iv) {
+    out.clear();
+    return Status(StatusCode::kUnimplemented,
+                  StrCat(what, ": the device replaced the IV we chose with its own; devices in FIPS mode choose GCM ",
+                         "IVs themselves"));
+  }
   return OkStatus();
 }
 

@@ -18,7 +18,7 @@ inline constexpr size_t kGcmTagSize = 16;
 
 // `out` gets ciphertext || tag. `what` names the step in errors ("AES-GCM encrypt on the device").
 // A device that refuses the caller's IV (CKR_MECHANISM_PARAM_INVALID at C_EncryptInit, as FIPS-mode
-// HSMs do) gives UNIMPLEMENTED: see IsCallerIvRefused.
+// HSMs do), or writes its own over it, gives UNIMPLEMENTED: see IsCallerIvRefused.
 Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
                std::string_view plaintext, std::string& out, std::string_view what = "AES-GCM encrypt on the device");
 

@@ -56,6 +56,23 @@ TEST(KmsEngine, EncryptsUnderTheHighestVersionAndDecryptsWithItsKeyId) {
   EXPECT_EQ(opened_v1->view(), kSeed);
 }
 
+TEST(KmsEngine, AnEnvelopeNamingAnotherFormatThanItsVersionsSchemeIsRefusedBeforeTheDevice) {
+  Fixture f;
+  ASSERT_TRUE(f.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = f.engine->Encrypt(kSeed, kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_EQ(sealed->ciphertext[2], static_cast<char>(kEnvelopeFormatV1));  // the version's own format
+  std::string other = sealed->ciphertext;
+  other[2] = static_cast<char>(kEnvelopeFormatV2);  // a valid format, but not this version's scheme
+  const int calls = f.backend->device_calls();
+  for (const std::string& key_id : {sealed->key_id, std::string()}) {
+    StatusOr<SecureBytes> opened = f.engine->Decrypt(other, key_id);
+    EXPECT_EQ(opened.status().code(), StatusCode::kInvalidArgument) << opened.status().ToString();
+    EXPECT_NE(opened.status().message().find("envelope format 2"), std::string::npos) << opened.status().ToString();
+  }
+  EXPECT_EQ(f.backend->device_calls(), calls);
+}
+
 TEST(KmsEngine, UnknownKeyIdIsNotFound) {
   Fixture f;
   ASSERT_TRUE(f.engine->LoadKeyRing().ok());
