@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "core/strings.h"
+#include "hsm/capabilities.h"
 #include "hsm/p11/gcm.h"
 #include "hsm/version_aead.h"
 
@@ -47,8 +48,9 @@ struct Pkcs11Backend::KeyHandle {
 
 struct Pkcs11Backend::Connection {
   TokenSlot token;
-  Session admin;                  // logs in, finds keys and owns the session copies (admin lane only)
-  std::vector<Session> sessions;  // sessions[i] is used by lane i only
+  TokenCapabilities capabilities;  // read at connect: which schemes this token can serve
+  Session admin;                   // logs in, finds keys and owns the session copies (admin lane only)
+  std::vector<Session> sessions;   // sessions[i] is used by lane i only
   std::atomic<std::shared_ptr<const KeyTable>> keys{std::make_shared<const KeyTable>()};
   // Shared by a call on one of the sessions; exclusive to tear the connection down, which waits
   // (with a deadline) for calls still inside the device.
@@ -309,9 +311,16 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::Connect(bool
   module_->Finalize();  // closes every session of the old connection (none is in use: retired)
   if (Status s = module_->Initialize(); !s.ok()) return s;
   auto conn = std::make_shared<Connection>();
+  // tpm2-pkcs11 is a TPM: the native backend serves it; said before its (often absent) token is sought.
+  StatusOr<ModuleIdentity> module = ReadModuleIdentity(module_->api());
+  if (!module.ok()) return module.status();
+  if (Status tpm = RefuseTpm2Pkcs11(*module); !tpm.ok()) return tpm;
   StatusOr<TokenSlot> token = FindToken(module_->api(), uri_);
   if (!token.ok()) return token.status();
   conn->token = *token;
+  StatusOr<TokenCapabilities> capabilities = ReadTokenCapabilities(module_->api(), token->slot);
+  if (!capabilities.ok()) return capabilities.status();
+  conn->capabilities = *std::move(capabilities);
   StatusOr<Session> admin = OpenSession(module_->api(), token->slot, /*read_write=*/false);
   if (!admin.ok()) return admin.status();
   conn->admin = *std::move(admin);
@@ -338,6 +347,16 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
   if (!restore) {
     if (std::string why = KekFamilyViolation(*family); !why.empty()) {
       return FailedPreconditionError(StrCat("refusing key family '", uri_.object_label(), "': ", why));
+    }
+    // A token that cannot run a version's scheme: one message naming what is missing and what it offers.
+    std::set<KeyScheme> schemes;
+    for (const KeyVersion& version : GroupKeyVersions(*family)) schemes.insert(version.scheme);
+    for (KeyScheme scheme : schemes) {
+      if (Status s = CanServe(conn.capabilities, scheme); !s.ok()) return s;
+    }
+    // No key yet on a token no scheme can use: say that, rather than "provision a key" that cannot be made.
+    if (family->empty()) {
+      if (StatusOr<KeyScheme> usable = SchemeForNewKeys(conn.capabilities); !usable.ok()) return usable.status();
     }
   }
   // Each version's objects by role (a well-judged family has one of each; a restore may meet more).
