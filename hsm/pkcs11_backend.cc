@@ -57,9 +57,14 @@ struct Pkcs11Backend::Connection {
   std::shared_timed_mutex use;
   bool closed = false;  // guarded by `use`
 
-  // The sessions end with the module's C_Finalize, which every reconnect does before it opens new
-  // ones. Closing them here instead, perhaps after that, could close a new session that the module
-  // gave the same handle number.
+  // Closes every session (which ends the login): called on a retired or half-built connection before
+  // any new session is opened, so no close can hit a new session that reuses a handle number.
+  void CloseSessions() {
+    for (Session& session : sessions) session = Session();
+    admin = Session();
+  }
+  // Sessions still open here end with the module's C_Finalize: closing them here, perhaps after that,
+  // could close a new session that the module gave the same handle number.
   ~Connection() {
     admin.Release();
     for (Session& session : sessions) session.Release();
@@ -268,6 +273,7 @@ Status Pkcs11Backend::RetireBrokenConnections() {
     std::unique_lock use(conn->use, std::defer_lock);
     if (use.try_lock_for(std::chrono::milliseconds(100))) {
       conn->closed = true;
+      conn->CloseSessions();  // before the reconnect opens new ones (see Connect)
       continue;
     }
     result = UnavailableError(
@@ -308,9 +314,32 @@ Status Pkcs11Backend::ReconnectOnAdmin() {
 }
 
 StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::Connect(bool restore) {
-  module_->Finalize();  // closes every session of the old connection (none is in use: retired)
+  // First on the module as it is: a token that went away and came back is usually found again without
+  // re-initialising, and some modules cannot re-initialise while their device is away (opencryptoki
+  // with pkcsslotd down: after C_Finalize, C_Initialize fails until the daemon returns, and every call
+  // until then says CKR_CRYPTOKI_NOT_INITIALIZED). Only an outage-like failure tries again afresh.
+  if (module_initialized_) {
+    StatusOr<std::shared_ptr<Connection>> conn = ConnectOnce(restore);
+    if (conn.ok() || !IsUnavailable(conn.status())) return conn;
+    spdlog::debug("reconnecting without re-initialising the module failed ({}); re-initialising it",
+                  conn.status().message());
+  }
+  module_initialized_ = false;
+  module_->Finalize();  // closes any session left (none is in use: the broken ones are retired)
   if (Status s = module_->Initialize(); !s.ok()) return s;
+  module_initialized_ = true;
+  return ConnectOnce(restore);
+}
+
+StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::ConnectOnce(bool restore) {
   auto conn = std::make_shared<Connection>();
+  StatusOr<std::shared_ptr<Connection>> built = BuildConnection(conn, restore);
+  if (!built.ok()) conn->CloseSessions();  // none leaks into the next attempt, which may not finalise
+  return built;
+}
+
+StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnection(std::shared_ptr<Connection> conn,
+                                                                                    bool restore) {
   // tpm2-pkcs11 is a TPM: the native backend serves it; said before its (often absent) token is sought.
   StatusOr<ModuleIdentity> module = ReadModuleIdentity(module_->api());
   if (!module.ok()) return module.status();

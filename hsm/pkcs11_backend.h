@@ -8,9 +8,10 @@
 //
 // Recovery: a call that finds the device gone marks the connection broken. The next Probe() or
 // LoadKeys() (the engine's prober retries with backoff) tears it down once no call is inside it any
-// more, re-initialises the module, finds the token again by its URI, re-opens the sessions, logs in
-// and restores the last good key ring. A PIN the token rejected is never tried again (it would lock
-// the token) until the PIN file changes or AllowLoginRetry() (SIGHUP).
+// more (closing its sessions), finds the token again by its URI, re-opens the sessions, logs in and
+// restores the last good key ring; first on the module as it is, and if that fails as an outage,
+// after re-initialising the module (C_Finalize + C_Initialize). A PIN the token rejected is never tried again (it would
+// lock the token) until the PIN file changes or AllowLoginRetry() (SIGHUP).
 #pragma once
 
 #include <sys/stat.h>
@@ -129,6 +130,8 @@ class Pkcs11Backend final : public KeyBackend {
   // `restore`: after an outage, bring back only the last good key ring (see LoadFamily); otherwise
   // (start-up, refresh) the whole family is judged and any bad key fails the load.
   StatusOr<std::shared_ptr<Connection>> Connect(bool restore);
+  StatusOr<std::shared_ptr<Connection>> ConnectOnce(bool restore);
+  StatusOr<std::shared_ptr<Connection>> BuildConnection(std::shared_ptr<Connection> conn, bool restore);
   Status LoadFamily(Connection& conn, bool restore);
   // OK, or lifts the block if the PIN file changed or SIGHUP asked since; else LoginBlockedError().
   Status LoginBlocked();
@@ -144,6 +147,7 @@ class Pkcs11Backend final : public KeyBackend {
   Status last_loss_;                                 // why the last connection broke
 
   // Admin lane only.
+  bool module_initialized_ = false;                     // C_Initialize succeeded and no C_Finalize since
   std::map<uint64_t, std::string> known_fingerprints_;  // the key ring a reconnect restores
   Status login_block_;                                  // the PIN was rejected
   std::optional<PinFileStamp> blocked_pin_stamp_;
