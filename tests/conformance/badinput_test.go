@@ -3,6 +3,7 @@ package conformance
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"testing"
 
@@ -19,6 +20,15 @@ func flipped(b []byte, i int) []byte {
 	return c
 }
 
+// envelopeVersion is the key version an envelope's header names (docs/envelope.md: offset 3, 8 bytes).
+func envelopeVersion(t *testing.T, ct []byte) uint64 {
+	t.Helper()
+	if len(ct) < 11 || ct[0] != 'T' || ct[1] != 'H' {
+		t.Fatalf("not a trousseau-hsm envelope (%d bytes)", len(ct))
+	}
+	return binary.BigEndian.Uint64(ct[3:11])
+}
+
 func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 	env := sharedEnv(t)
 	ctx := context.Background()
@@ -33,12 +43,14 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 		t.Fatalf("ciphertext of %d bytes", len(ct))
 	}
 
-	// A second token holding a different key with the same label and version, as
-	// on a wrong or re-initialised HSM.
-	other := startEnv(t, "other")
+	// Another HSM: a second token holding a different key of the same family label
+	// and version, as on a wrong or re-initialised HSM (opencryptoki has one soft
+	// token per host: there the other HSM is a SoftHSM token, whose aes-gcm
+	// envelope names another format than our aes-cbc-hmac version).
+	other := startOtherHSMEnv(t, "other")
 	otherResp, err := newV2Client(t, other.plugin.endpoint()).Encrypt(ctx, "uid-other", seed)
 	if err != nil {
-		t.Fatalf("Encrypt on the other token: %v", err)
+		t.Fatalf("Encrypt on the other HSM: %v", err)
 	}
 
 	// Forged or foreign input is the caller's error (InvalidArgument), an unknown key_id NotFound: never
@@ -58,8 +70,8 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 		{"truncated by one byte", kmsservice.DecryptRequest{Ciphertext: ct[:len(ct)-1], KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
 		{"ciphertext with a trailing byte", kmsservice.DecryptRequest{Ciphertext: append(bytes.Clone(ct), 0), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
 		{"oversize ciphertext (1025 bytes)", kmsservice.DecryptRequest{Ciphertext: randomBytes(t, 1025), KeyID: good.KeyID, Annotations: good.Annotations}, codes.InvalidArgument},
-		{"another token's ciphertext under our key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: good.KeyID, Annotations: otherResp.Annotations}, codes.InvalidArgument},
-		{"another token's ciphertext and key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: otherResp.KeyID, Annotations: otherResp.Annotations}, codes.NotFound},
+		{"another HSM's ciphertext under our key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: good.KeyID, Annotations: otherResp.Annotations}, codes.InvalidArgument},
+		{"another HSM's ciphertext and key_id", kmsservice.DecryptRequest{Ciphertext: otherResp.Ciphertext, KeyID: otherResp.KeyID, Annotations: otherResp.Annotations}, codes.NotFound},
 	}
 	for _, c := range cases {
 		req := c.req
@@ -127,8 +139,16 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("v1 Encrypt: %v", err)
 	}
+	// The envelope header's key version (bytes 3-10, big-endian): one far above any the family has.
 	unknownVersion := bytes.Clone(v1ct)
-	unknownVersion[10] = 9 // the envelope header's key version (its last byte): not on the token
+	binary.BigEndian.PutUint64(unknownVersion[3:11], envelopeVersion(t, v1ct)+1000)
+	// v1beta1 carries no key_id: the other HSM's envelope names a version by number only. Where our family
+	// has that number (every token but a shared one starts at 1) the bytes fail authentication
+	// (InvalidArgument); where it has not, the version is unknown (NotFound).
+	otherV1Want := codes.NotFound
+	if envelopeVersion(t, otherResp.Ciphertext) == envelopeVersion(t, v1ct) {
+		otherV1Want = codes.InvalidArgument
+	}
 	v1Cases := []struct {
 		name string
 		ct   []byte
@@ -140,7 +160,7 @@ func TestBadInputIsRefusedAndPluginKeepsServing(t *testing.T) {
 		{"last byte flipped (forged)", flipped(v1ct, len(v1ct)-1), codes.InvalidArgument},
 		{"truncated by one byte", v1ct[:len(v1ct)-1], codes.InvalidArgument},
 		{"oversize ciphertext (65536 bytes)", randomBytes(t, 65536), codes.InvalidArgument},
-		{"another token's v2 ciphertext", otherResp.Ciphertext, codes.InvalidArgument},
+		{"another HSM's v2 ciphertext", otherResp.Ciphertext, otherV1Want},
 		{"a key version not on the token", unknownVersion, codes.NotFound},
 	}
 	for _, c := range v1Cases {

@@ -59,25 +59,33 @@ func softhsmModule() string {
 	return "/usr/lib/softhsm/libsofthsm2.so"
 }
 
-// token is one SoftHSM2 token in its own directory with its own softhsm2.conf.
+// token is where one environment's key family lives: a SoftHSM2 token in its own directory with its own
+// softhsm2.conf, an NSS database in its own directory, or (opencryptoki: one soft token per host) a key
+// family of its own on the one token. See device_test.go.
 type token struct {
-	dir   string
-	conf  string
-	label string
+	dev          *device
+	dir          string
+	conf         string // SoftHSM only: its softhsm2.conf
+	label        string // the token label (URI token=)
+	family       string // the key family's label (URI object=)
+	initReserved string // NSS only: C_Initialize's pReserved string (URI x-init-reserved)
+	userPin      string
+	toolsPin     string // a 0600 file with the user PIN for the tools (not SoftHSM)
+	highest      uint64 // the highest key version addVersion made
 }
 
-// newToken initialises a fresh token labelled label under dir.
-func newToken(dir, label string) (*token, error) {
-	tokDir := filepath.Join(dir, "tokens")
+// newSoftHSMToken initialises a fresh SoftHSM2 token labelled label under tk.dir.
+func newSoftHSMToken(tk *token, label string) (*token, error) {
+	tokDir := filepath.Join(tk.dir, "tokens")
 	if err := os.MkdirAll(tokDir, 0o700); err != nil {
 		return nil, err
 	}
-	conf := filepath.Join(dir, "softhsm2.conf")
+	tk.conf = filepath.Join(tk.dir, "softhsm2.conf")
 	body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", tokDir)
-	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+	if err := os.WriteFile(tk.conf, []byte(body), 0o600); err != nil {
 		return nil, err
 	}
-	tk := &token{dir: dir, conf: conf, label: label}
+	tk.label = label
 	if _, err := tk.run("softhsm2-util", "--init-token", "--free", "--label", label,
 		"--so-pin", tokenSOPin, "--pin", tokenUserPin); err != nil {
 		return nil, err
@@ -85,15 +93,20 @@ func newToken(dir, label string) (*token, error) {
 	return tk, nil
 }
 
+// environ is the environment of every process on this token: SoftHSM's conf, and neither a PIN nor fault
+// shim settings from the caller's environment (the plugin gets its PIN from the PIN file only).
 func (tk *token) environ() []string {
 	env := []string{}
 	for _, kv := range os.Environ() {
-		// The plugin also takes its PIN from TROUSSEAU_HSM_PIN; the tests give it only the PIN file.
-		if !strings.HasPrefix(kv, "SOFTHSM2_CONF=") && !strings.HasPrefix(kv, "TROUSSEAU_HSM_PIN=") {
+		if !strings.HasPrefix(kv, "SOFTHSM2_CONF=") && !strings.HasPrefix(kv, "TROUSSEAU_HSM_PIN=") &&
+			!strings.HasPrefix(kv, "TROUSSEAU_FAULT_SHIM_") {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "SOFTHSM2_CONF="+tk.conf)
+	if tk.conf != "" {
+		env = append(env, "SOFTHSM2_CONF="+tk.conf)
+	}
+	return env
 }
 
 func (tk *token) run(name string, args ...string) (string, error) {
@@ -115,6 +128,9 @@ var safeKeyFlags = []string{"--sensitive", "--private"}
 // the token. flags are the attribute flags (safeKeyFlags for a good key). It
 // returns pkcs11-tool's "Access:" line for the new key.
 func (tk *token) addKey(label, idHex string, flags ...string) (string, error) {
+	if tk.dev.kind != deviceSoftHSM {
+		return "", fmt.Errorf("addKey (pkcs11-tool) is for SoftHSM tokens; on %s use addVersion", tk.dev.kind)
+	}
 	args := []string{"--module", softhsmModule(), "--token-label", tk.label,
 		"--login", "--pin", tokenUserPin,
 		"--keygen", "--key-type", "AES:32", "--label", label, "--id", idHex}
@@ -145,9 +161,16 @@ func (tk *token) writePinFile(mode os.FileMode) (string, error) {
 }
 
 // uri is the --pkcs11-uri for this token's key family.
-func (tk *token) uri(pinFile string) string {
-	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s",
-		tk.label, kekLabel, softhsmModule(), pinFile)
+func (tk *token) uri(pinFile string) string { return tk.uriVia(tk.dev.module, pinFile) }
+
+// uriVia is uri with another module in front of the device's (the fault shim).
+func (tk *token) uriVia(module, pinFile string) string {
+	u := fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s",
+		percentEncode(tk.label), percentEncode(tk.family), module, pinFile)
+	if tk.initReserved != "" {
+		u += "&x-init-reserved=" + percentEncode(tk.initReserved)
+	}
+	return u
 }
 
 // plugin is one running (or exited) trousseau-hsm process.
@@ -157,6 +180,11 @@ type plugin struct {
 	sock    string
 	pinFile string
 	logPath string
+	// module, when set, is loaded instead of the device's module (the fault shim), with env added to the
+	// process environment and args to its flags.
+	module string
+	env    []string
+	args   []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -174,8 +202,12 @@ func (p *plugin) launch() error {
 		return err
 	}
 	fmt.Fprintf(logf, "==== harness: starting %s at %s\n", p.bin, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(p.bin, "--listen", p.endpoint(), "--pkcs11-uri", p.tok.uri(p.pinFile))
-	cmd.Env = p.tok.environ()
+	uri := p.tok.uri(p.pinFile)
+	if p.module != "" {
+		uri = p.tok.uriVia(p.module, p.pinFile)
+	}
+	cmd := exec.Command(p.bin, append([]string{"--listen", p.endpoint(), "--pkcs11-uri", uri}, p.args...)...)
+	cmd.Env = append(p.tok.environ(), p.env...)
 	// If the test binary dies (e.g. go test -timeout), take the plugin with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout = logf
@@ -339,56 +371,77 @@ type hsmEnv struct {
 	plugin *plugin
 }
 
-// newEnv builds a token with key 01 and a 0600 PIN file in a fresh short
-// temporary directory (unix socket paths are limited to 108 bytes), without
-// starting the plugin.
-func newEnv(bin, tokenLabel string) (*hsmEnv, error) {
-	return newEnvWith(bin, tokenLabel, safeKeyFlags, 0o600)
+// newEnv builds a token (opencryptoki: a key family) with its first key
+// version and a 0600 PIN file in a fresh short temporary directory (unix
+// socket paths are limited to 108 bytes), without starting the plugin.
+func newEnv(bin, name string) (*hsmEnv, error) {
+	return buildEnv(bin, name, newDeviceToken, 0o600)
 }
 
-// newEnvWith is newEnv with the attribute flags of key 01 and the PIN file's mode chosen.
-func newEnvWith(bin, tokenLabel string, keyFlags []string, pinMode os.FileMode) (*hsmEnv, error) {
+// buildEnv is newEnv with the token's maker and the PIN file's mode chosen.
+func buildEnv(bin, name string, makeToken func(dir, name string) (*token, error), pinMode os.FileMode) (*hsmEnv, error) {
 	dir, err := os.MkdirTemp("", "thsm-")
 	if err != nil {
 		return nil, err
 	}
-	tok, err := newToken(dir, tokenLabel)
+	e := &hsmEnv{dir: dir}
+	if e.tok, err = makeToken(dir, name); err != nil {
+		e.close()
+		return nil, err
+	}
+	if _, err := e.tok.addVersion(); err != nil {
+		e.close()
+		return nil, err
+	}
+	pin, err := e.tok.writePinFile(pinMode)
 	if err != nil {
-		os.RemoveAll(dir)
+		e.close()
 		return nil, err
 	}
-	if _, err := tok.addKey(kekLabel, "01", keyFlags...); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	pin, err := tok.writePinFile(pinMode)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return &hsmEnv{dir: dir, tok: tok, plugin: &plugin{
-		bin: bin, tok: tok, pinFile: pin,
+	e.plugin = &plugin{
+		bin: bin, tok: e.tok, pinFile: pin,
 		sock:    filepath.Join(dir, "kms.sock"),
 		logPath: filepath.Join(dir, "plugin.log"),
-	}}, nil
+	}
+	return e, nil
 }
 
+// close stops the plugin and removes what the environment made (opencryptoki: its key family).
 func (e *hsmEnv) close() {
 	if e.plugin != nil {
 		e.plugin.kill()
 	}
+	if e.tok != nil {
+		if err := e.tok.deleteFamily(); err != nil {
+			fmt.Fprintf(os.Stderr, "conformance: removing key family %s: %v\n", e.tok.family, err)
+		}
+	}
 	os.RemoveAll(e.dir)
 }
 
-// startEnv gives a test its own token and running plugin, torn down at the end
-// of the test; the plugin's log is printed if the test failed.
-func startEnv(t *testing.T, tokenLabel string) *hsmEnv {
+// startEnv gives a test its own token (opencryptoki: key family) and running
+// plugin, torn down at the end of the test; the plugin's log is printed if the
+// test failed.
+func startEnv(t *testing.T, name string) *hsmEnv {
+	t.Helper()
+	return startEnvWith(t, name, newDeviceToken, nil)
+}
+
+// startOtherHSMEnv is startEnv on another HSM than the device's tokens (newOtherHSMToken).
+func startOtherHSMEnv(t *testing.T, name string) *hsmEnv {
+	t.Helper()
+	return startEnvWith(t, name, newOtherHSMToken, nil)
+}
+
+// startEnvWith is startEnv with the token's maker chosen and a hook that may
+// set up the plugin (module, env, flags) before it starts.
+func startEnvWith(t *testing.T, name string, makeToken func(dir, name string) (*token, error), setup func(*hsmEnv)) *hsmEnv {
 	t.Helper()
 	bin, err := pluginBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := newEnv(bin, tokenLabel)
+	e, err := buildEnv(bin, name, makeToken, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,12 +451,16 @@ func startEnv(t *testing.T, tokenLabel string) *hsmEnv {
 		}
 		e.close()
 	})
+	if setup != nil {
+		setup(e)
+	}
 	t0 := time.Now()
 	if err := e.plugin.start(20 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("token %q with key %s/01 in %s; plugin pid %d serving on %s after %s",
-		tokenLabel, kekLabel, e.dir, e.plugin.pid(), e.plugin.sock, time.Since(t0).Round(time.Millisecond))
+	t.Logf("%s token %q, key family %q version %d, in %s; plugin pid %d serving on %s after %s",
+		e.tok.dev.kind, e.tok.label, e.tok.family, e.tok.highest, e.dir, e.plugin.pid(), e.plugin.sock,
+		time.Since(t0).Round(time.Millisecond))
 	return e
 }
 

@@ -3,29 +3,29 @@ package conformance
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 )
 
-// TestMain checks the tools, builds a SoftHSM2 token with key kek/01 and
-// starts the plugin that the non-destructive tests share. Tests that rotate
-// keys, restart the process or make bad tokens build their own (startEnv).
+// TestMain picks the device (CONFORMANCE_DEVICE), checks the tools, builds a
+// token (opencryptoki: a key family) with its first key version and starts
+// the plugin that the non-destructive tests share. Tests that rotate keys,
+// restart the process or make bad tokens build their own (startEnv).
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
 func run(m *testing.M) int {
-	for _, tool := range []string{"softhsm2-util", "pkcs11-tool"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			fmt.Fprintf(os.Stderr, "conformance: %s not found (apt-get install softhsm2 opensc): %v\n", tool, err)
-			return 1
-		}
-	}
-	if _, err := os.Stat(softhsmModule()); err != nil {
-		fmt.Fprintf(os.Stderr, "conformance: PKCS#11 module: %v (set SOFTHSM2_MODULE)\n", err)
+	dev, err := currentDevice()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: %v\n", err)
 		return 1
 	}
+	if err := dev.checkTools(); err != nil {
+		fmt.Fprintf(os.Stderr, "conformance: device %s: %v\n", dev.kind, err)
+		return 1
+	}
+	theDevice = dev
 	bin, err := pluginBinary()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "conformance: %v\n", err)
@@ -42,8 +42,9 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "conformance: starting the shared plugin: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "conformance: plugin %s (pid %d) serving on %s after %s; token in %s\n",
-		bin, env.plugin.pid(), env.plugin.sock, time.Since(t0).Round(time.Millisecond), env.dir)
+	fmt.Fprintf(os.Stderr, "conformance: device %s (%s), token %q, key family %q; plugin %s (pid %d) serving on %s after %s; files in %s\n",
+		dev.kind, dev.module, env.tok.label, env.tok.family, bin, env.plugin.pid(), env.plugin.sock,
+		time.Since(t0).Round(time.Millisecond), env.dir)
 	shared = env
 
 	code := m.Run()

@@ -11,18 +11,30 @@ import (
 	kmsservice "k8s.io/kms/pkg/service"
 )
 
-// rotate adds key version idHex to the token, sends SIGHUP, and waits for
-// Status to report a key_id other than old. It returns the new Status.
-func rotate(t *testing.T, env *hsmEnv, svc kmsservice.Service, idHex, old string) *kmsservice.StatusResponse {
+// rotate adds the next key version to the token (addVersion: as an operator
+// would on this device), sends SIGHUP, and waits for Status to report a key_id
+// other than old. It returns the new Status.
+func rotate(t *testing.T, env *hsmEnv, svc kmsservice.Service, old string) *kmsservice.StatusResponse {
 	t.Helper()
-	access, err := env.tok.addKey(kekLabel, idHex, safeKeyFlags...)
+	v, err := env.tok.addVersion()
 	if err != nil {
-		t.Fatalf("generate key %s/%s: %v", kekLabel, idHex, err)
+		t.Fatalf("adding a key version to family %s: %v", env.tok.family, err)
 	}
+	rotated(t, env, svc, fmt.Sprintf("version %d (CKA_ID %s)", v, versionHex(v)), old)
+	return lastStatus
+}
+
+// lastStatus is the Status rotated saw (tests run one at a time).
+var lastStatus *kmsservice.StatusResponse
+
+// rotated sends SIGHUP after what was added to the token and waits for Status
+// to report a key_id other than old; the new Status is left in lastStatus.
+func rotated(t *testing.T, env *hsmEnv, svc kmsservice.Service, what, old string) {
+	t.Helper()
 	if err := env.plugin.signal(syscall.SIGHUP); err != nil {
 		t.Fatalf("SIGHUP: %v", err)
 	}
-	t.Logf("generated %s with CKA_ID %s on the token (%s) and sent SIGHUP to pid %d", kekLabel, idHex, access, env.plugin.pid())
+	t.Logf("added %s of family %s on the token and sent SIGHUP to pid %d", what, env.tok.family, env.plugin.pid())
 	var st *kmsservice.StatusResponse
 	took, err := eventually(15*time.Second, 100*time.Millisecond, func() error {
 		if gone, werr := env.plugin.exited(); gone {
@@ -39,13 +51,13 @@ func rotate(t *testing.T, env *hsmEnv, svc kmsservice.Service, idHex, old string
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("after adding key %s and SIGHUP: %v", idHex, err)
+		t.Fatalf("after adding %s and SIGHUP: %v", what, err)
 	}
 	if err := validateStatus(st); err != nil {
 		t.Fatalf("Status after rotation fails kube-apiserver's validation: %v", err)
 	}
 	t.Logf("Status reports the new key_id %q %s after SIGHUP", shortID(st.KeyID), took.Round(time.Millisecond))
-	return st
+	lastStatus = st
 }
 
 func TestKMSv2KeyRotation(t *testing.T) {
@@ -59,7 +71,7 @@ func TestKMSv2KeyRotation(t *testing.T) {
 	}
 	t.Logf("before rotation: key_id %q", shortID(st1.KeyID))
 
-	// Data written under version 01: by a long-lived apiserver (v2) and through KMS v1.
+	// Data written under the first version: by a long-lived apiserver (v2) and through KMS v1.
 	apiA := loadTransformer(t, "v2", env.plugin.endpoint())
 	oldObjs := makeObjects(t, "rot-old", 20, 10)
 	oldStored := make([][]byte, len(oldObjs))
@@ -84,10 +96,10 @@ func TestKMSv2KeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Encrypt: %v", err)
 	}
-	t.Logf("wrote %d v2 objects, %d v1 objects and one direct Encrypt under key version 01", len(oldObjs), len(v1Objs))
+	t.Logf("wrote %d v2 objects, %d v1 objects and one direct Encrypt under the first key version", len(oldObjs), len(v1Objs))
 
-	// Rotate to version 02.
-	st2 := rotate(t, env, svc, "02", st1.KeyID)
+	// Rotate to the next version.
+	st2 := rotate(t, env, svc, st1.KeyID)
 
 	resp2, err := svc.Encrypt(ctx, "uid-rot-2", randomBytes(t, 32))
 	if err != nil {
@@ -97,9 +109,9 @@ func TestKMSv2KeyRotation(t *testing.T) {
 		t.Fatalf("Encrypt after rotation used key_id %q, Status says %q", resp2.KeyID, st2.KeyID)
 	}
 	if got, err := svc.Decrypt(ctx, "uid-rot-1", &kmsservice.DecryptRequest{Ciphertext: resp1.Ciphertext, KeyID: resp1.KeyID, Annotations: resp1.Annotations}); err != nil || !bytes.Equal(got, seed1) {
-		t.Fatalf("Decrypt of a version-01 ciphertext after rotation: err=%v equal=%v", err, bytes.Equal(got, seed1))
+		t.Fatalf("Decrypt of a first-version ciphertext after rotation: err=%v equal=%v", err, bytes.Equal(got, seed1))
 	}
-	t.Log("direct calls: Encrypt now uses the new key_id; a version-01 ciphertext still decrypts")
+	t.Log("direct calls: Encrypt now uses the new key_id; a first-version ciphertext still decrypts")
 
 	// The long-lived apiserver notices through its KMS health probe (Status every
 	// minute in the background, or a /healthz call once the last result is older
@@ -163,22 +175,65 @@ func TestKMSv2KeyRotation(t *testing.T) {
 	}
 	checkReads("long-lived apiserver", apiA)
 	// A fresh apiserver has no cached DEKs: reading the old objects makes the plugin
-	// decrypt with version 01 although 02 is active.
+	// decrypt with the first version although the second is active.
 	checkReads("fresh apiserver", loadTransformer(t, "v2", env.plugin.endpoint()))
 
 	v1B := loadTransformer(t, "v1", env.plugin.endpoint())
 	for i, o := range v1Objs {
 		got, _, err := v1B.TransformFromStorage(ctx, v1Stored[i], etcdKey(o.name))
 		if err != nil {
-			t.Fatalf("fresh v1 apiserver: read %s written under version 01: %v", o.name, err)
+			t.Fatalf("fresh v1 apiserver: read %s written under the first version: %v", o.name, err)
 		}
 		checkReadBack(t, o, got)
 	}
-	t.Logf("a fresh KMS v1 apiserver reads all %d v1 objects written under version 01", len(v1Objs))
+	t.Logf("a fresh KMS v1 apiserver reads all %d v1 objects written under the first version", len(v1Objs))
 
-	// CKA_ID is a big-endian unsigned integer: 0x0100 (256) outranks 0x02, although
-	// it sorts below it byte-wise.
-	st3 := rotate(t, env, svc, "0100", st2.KeyID)
+	// A SIGHUP with nothing new on the token must keep key_id and service.
+	if err := env.plugin.signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		time.Sleep(200 * time.Millisecond)
+		st, err := svc.Status(ctx)
+		if err != nil {
+			t.Fatalf("Status after a no-op SIGHUP: %v", err)
+		}
+		if st.KeyID != st2.KeyID {
+			t.Fatalf("a SIGHUP without new keys changed key_id from %q to %q", st2.KeyID, st.KeyID)
+		}
+	}
+	t.Log("a SIGHUP with no new key leaves key_id unchanged and the plugin serving")
+}
+
+// TestKMSv2KeyVersionIsABigEndianInteger: CKA_ID is a big-endian unsigned
+// integer, so 0x0100 (256) outranks 0x02 although it sorts below it byte-wise.
+// It needs keys with CKA_IDs of the test's choosing (pkcs11-tool --id), which
+// SoftHSM's pkcs11-tool path gives; trousseau-hsm-init always takes the next
+// free number.
+func TestKMSv2KeyVersionIsABigEndianInteger(t *testing.T) {
+	onlyOn(t, "needs keys with chosen CKA_IDs (pkcs11-tool --id); trousseau-hsm-init picks the next free number", deviceSoftHSM)
+	env := startEnv(t, "big")
+	ctx := context.Background()
+	svc := newV2Client(t, env.plugin.endpoint())
+	st1, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	resp1, err := svc.Encrypt(ctx, "uid-big-1", randomBytes(t, 32))
+	if err != nil {
+		t.Fatalf("Encrypt: %v", err)
+	}
+	st2 := rotate(t, env, svc, st1.KeyID)
+	resp2, err := svc.Encrypt(ctx, "uid-big-2", randomBytes(t, 32))
+	if err != nil || resp2.KeyID != st2.KeyID {
+		t.Fatalf("Encrypt after adding version 02: err=%v key_id=%q want %q", err, resp2.KeyID, st2.KeyID)
+	}
+	access, err := env.tok.addKey(kekLabel, "0100", safeKeyFlags...)
+	if err != nil {
+		t.Fatalf("generate key %s/0100: %v", kekLabel, err)
+	}
+	rotated(t, env, svc, "CKA_ID 0100 ("+access+")", st2.KeyID)
+	st3 := lastStatus
 	if st3.KeyID == st1.KeyID {
 		t.Fatalf("key version 0x0100 got the key_id of version 01")
 	}
@@ -192,20 +247,4 @@ func TestKMSv2KeyRotation(t *testing.T) {
 		}
 	}
 	t.Log("CKA_ID 0100 (256) became the active version over 02; versions 01 and 02 still decrypt")
-
-	// A SIGHUP with nothing new on the token must keep key_id and service.
-	if err := env.plugin.signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 10; i++ {
-		time.Sleep(200 * time.Millisecond)
-		st, err := svc.Status(ctx)
-		if err != nil {
-			t.Fatalf("Status after a no-op SIGHUP: %v", err)
-		}
-		if st.KeyID != st3.KeyID {
-			t.Fatalf("a SIGHUP without new keys changed key_id from %q to %q", st3.KeyID, st.KeyID)
-		}
-	}
-	t.Log("a SIGHUP with no new key leaves key_id unchanged and the plugin serving")
 }
