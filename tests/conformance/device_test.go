@@ -175,9 +175,12 @@ func (tk *token) writeToolsPin() error {
 // or aes-cbc-hmac where the token has no AES-GCM) and a CKA_ID no other key uses. On SoftHSM, the next
 // CKA_ID through pkcs11-tool, as the suite always did. It returns the version number.
 func (tk *token) addVersion() (uint64, error) {
-	if tk.dev.kind == deviceSoftHSM {
+	if tk.dev.kind == deviceSoftHSM || tk.chosenIDs {
 		next := tk.highest + 1
-		if _, err := tk.addKey(kekLabel, versionHex(next), safeKeyFlags...); err != nil {
+		if tk.highest == 0 {
+			next = firstChosenVersion(tk.dev)
+		}
+		if _, err := tk.addKey(versionHex(next), safeKeyFlags...); err != nil {
 			return 0, err
 		}
 		tk.highest = next
@@ -206,6 +209,26 @@ func (tk *token) addVersion() (uint64, error) {
 	}
 	tk.highest = made.Version
 	return made.Version, nil
+}
+
+// firstChosenVersion is where a token whose CKA_IDs a test chooses starts: 1, except on opencryptoki's one
+// token, where other families hold the low numbers and the tests' chosen ones must not meet them
+// (trousseau-hsm-init never takes a CKA_ID another family uses; pkcs11-tool would).
+func firstChosenVersion(dev *device) uint64 {
+	if dev.kind == deviceOpencryptoki {
+		return 0x70
+	}
+	return 1
+}
+
+// withChosenIDs makes tokens whose key versions come from pkcs11-tool (addKey) with CKA_IDs counted up from
+// firstChosenVersion, on the devices where pkcs11-tool can load the module (not NSS).
+func withChosenIDs(dir, name string) (*token, error) {
+	tk, err := newDeviceToken(dir, name)
+	if err == nil {
+		tk.chosenIDs = true
+	}
+	return tk, err
 }
 
 // deleteFamily removes every secret key labelled with the token's family (opencryptoki: the one token

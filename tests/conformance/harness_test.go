@@ -72,6 +72,7 @@ type token struct {
 	userPin      string
 	toolsPin     string // a 0600 file with the user PIN for the tools (not SoftHSM)
 	highest      uint64 // the highest key version addVersion made
+	chosenIDs    bool   // addVersion makes keys with pkcs11-tool (addKey), CKA_IDs counted from firstChosenVersion
 }
 
 // newSoftHSMToken initialises a fresh SoftHSM2 token labelled label under tk.dir.
@@ -124,18 +125,28 @@ func (tk *token) run(name string, args ...string) (string, error) {
 // sets it with --extractable; checked by hand with C_GetAttributeValue), private.
 var safeKeyFlags = []string{"--sensitive", "--private"}
 
-// addKey generates an AES-256 secret key labelled label with CKA_ID = idHex on
-// the token. flags are the attribute flags (safeKeyFlags for a good key). It
-// returns pkcs11-tool's "Access:" line for the new key.
-func (tk *token) addKey(label, idHex string, flags ...string) (string, error) {
-	if tk.dev.kind != deviceSoftHSM {
-		return "", fmt.Errorf("addKey (pkcs11-tool) is for SoftHSM tokens; on %s use addVersion", tk.dev.kind)
+// addKey makes key version idHex (CKA_ID) of the token's family with
+// pkcs11-tool, for tests that need a CKA_ID or attributes of their choosing:
+// on SoftHSM an AES-256 key (aes-gcm), on opencryptoki an AES-256 key and a
+// 256-bit generic secret for HMAC (aes-cbc-hmac), same label and CKA_ID. flags
+// are the AES key's attribute flags (safeKeyFlags for a good key). It returns
+// pkcs11-tool's "Access:" line for the AES key.
+func (tk *token) addKey(idHex string, flags ...string) (string, error) {
+	var out string
+	var err error
+	aes := append([]string{"--keygen", "--key-type", "AES:32", "--label", tk.family, "--id", idHex}, flags...)
+	switch tk.dev.kind {
+	case deviceSoftHSM:
+		out, err = tk.run("pkcs11-tool", append([]string{"--module", softhsmModule(), "--token-label", tk.label,
+			"--login", "--pin", tokenUserPin}, aes...)...)
+	case deviceOpencryptoki:
+		if out, err = tk.p11tool(aes...); err == nil {
+			_, err = tk.p11tool("--keygen", "--key-type", "GENERIC:32", "--label", tk.family, "--id", idHex,
+				"--sensitive", "--private", "--usage-sign")
+		}
+	default:
+		return "", fmt.Errorf("pkcs11-tool cannot load %s's module (its C_Initialize needs arguments): use addVersion", tk.dev.kind)
 	}
-	args := []string{"--module", softhsmModule(), "--token-label", tk.label,
-		"--login", "--pin", tokenUserPin,
-		"--keygen", "--key-type", "AES:32", "--label", label, "--id", idHex}
-	args = append(args, flags...)
-	out, err := tk.run("pkcs11-tool", args...)
 	if err != nil {
 		return "", err
 	}
@@ -153,7 +164,7 @@ func (tk *token) addKey(label, idHex string, flags ...string) (string, error) {
 // writePinFile writes the user PIN to dir/pin with the given mode and returns its path.
 func (tk *token) writePinFile(mode os.FileMode) (string, error) {
 	p := filepath.Join(tk.dir, "pin")
-	if err := os.WriteFile(p, []byte(tokenUserPin), 0o600); err != nil {
+	if err := os.WriteFile(p, []byte(tk.userPin), 0o600); err != nil {
 		return "", err
 	}
 	// WriteFile honours the umask; chmod makes the mode exact.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,10 @@ func setLink(t *testing.T, control, state string) {
 	}
 }
 
+// reinitLogLine is what the plugin logs (debug) when it re-initialises the module to reconnect
+// (hsm/pkcs11_backend.cc).
+const reinitLogLine = "re-initialising it"
+
 func TestDeviceOutageAndRecovery(t *testing.T) {
 	shim, err := faultShimLibrary()
 	if err != nil {
@@ -46,8 +51,9 @@ func TestDeviceOutageAndRecovery(t *testing.T) {
 		setLink(t, control, "up")
 		e.plugin.module = shim
 		e.plugin.env = []string{"TROUSSEAU_FAULT_SHIM_MODULE=" + e.tok.dev.module, "TROUSSEAU_FAULT_SHIM_CONTROL=" + control}
-		// A short health cache, so Status reflects the device within the bounded waits below.
-		e.plugin.args = []string{"--health-cache", "200ms"}
+		// A short health cache, so Status reflects the device within the bounded waits below; debug
+		// logging shows the plugin re-initialising the module (reinitLogLine).
+		e.plugin.args = []string{"--health-cache", "200ms", "--log-level", "debug"}
 	})
 	ctx := context.Background()
 	svc := newV2Client(t, env.plugin.endpoint())
@@ -115,6 +121,23 @@ func TestDeviceOutageAndRecovery(t *testing.T) {
 	t.Logf("link down: Decrypt and Encrypt are Unavailable, Status says %q after %s, key_id unchanged, plugin alive",
 		down.Healthz, took.Round(time.Millisecond))
 
+	// Keep the link down until the plugin has given up reconnecting on the module as it is and
+	// re-initialised it (C_Finalize + C_Initialize of the real module, which the shim lets through while
+	// down): the recovery below then runs on a module re-initialised inside this process.
+	took, err = eventually(15*time.Second, 100*time.Millisecond, func() error {
+		if gone, werr := env.plugin.exited(); gone {
+			return fmt.Errorf("plugin exited: %v", werr)
+		}
+		if !strings.Contains(env.plugin.logTail(400), reinitLogLine) {
+			return fmt.Errorf("no %q in the plugin's log", reinitLogLine)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("during the outage: %v; log:\n%s", err, env.plugin.logTail(40))
+	}
+	t.Logf("link down: the plugin re-initialised the module after %s (log: %q) and still runs", took.Round(time.Millisecond), reinitLogLine)
+
 	// The link is back: the plugin recovers by itself, without a restart.
 	pid := env.plugin.pid()
 	setLink(t, control, "up")
@@ -166,6 +189,9 @@ func TestDeviceOutageAndRecovery(t *testing.T) {
 	}
 	if gone, werr := env.plugin.exited(); gone {
 		t.Fatalf("the plugin exited after the outage (%v)", werr)
+	}
+	if !strings.Contains(env.plugin.logTail(400), "reconnected to PKCS#11 token") {
+		t.Fatalf("recovered without the plugin logging its reconnection; log:\n%s", env.plugin.logTail(40))
 	}
 	t.Logf("Status ok again after %s with the same key_id; new Encrypts work; a fresh apiserver reads the %d Secrets; the same process (pid %d) throughout",
 		took.Round(time.Millisecond), len(objs), pid)

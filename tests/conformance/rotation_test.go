@@ -206,19 +206,21 @@ func TestKMSv2KeyRotation(t *testing.T) {
 }
 
 // TestKMSv2KeyVersionIsABigEndianInteger: CKA_ID is a big-endian unsigned
-// integer, so 0x0100 (256) outranks 0x02 although it sorts below it byte-wise.
-// It needs keys with CKA_IDs of the test's choosing (pkcs11-tool --id), which
-// SoftHSM's pkcs11-tool path gives; trousseau-hsm-init always takes the next
-// free number.
+// integer, so version v<<8 (CKA_ID "0100" after "01", "02") outranks v+1
+// although its bytes sort below it. It needs CKA_IDs of the test's choosing
+// (pkcs11-tool --id; trousseau-hsm-init always takes the next free number), so
+// it runs where pkcs11-tool can load the module: SoftHSM and opencryptoki.
 func TestKMSv2KeyVersionIsABigEndianInteger(t *testing.T) {
-	onlyOn(t, "needs keys with chosen CKA_IDs (pkcs11-tool --id); trousseau-hsm-init picks the next free number", deviceSoftHSM)
-	env := startEnv(t, "big")
+	onlyOn(t, "needs keys with chosen CKA_IDs from pkcs11-tool, which cannot pass NSS softoken its C_Initialize arguments",
+		deviceSoftHSM, deviceOpencryptoki)
+	env := startEnvWith(t, "big", withChosenIDs, nil)
 	ctx := context.Background()
 	svc := newV2Client(t, env.plugin.endpoint())
 	st1, err := svc.Status(ctx)
 	if err != nil {
 		t.Fatalf("Status: %v", err)
 	}
+	first := env.tok.highest
 	resp1, err := svc.Encrypt(ctx, "uid-big-1", randomBytes(t, 32))
 	if err != nil {
 		t.Fatalf("Encrypt: %v", err)
@@ -226,25 +228,27 @@ func TestKMSv2KeyVersionIsABigEndianInteger(t *testing.T) {
 	st2 := rotate(t, env, svc, st1.KeyID)
 	resp2, err := svc.Encrypt(ctx, "uid-big-2", randomBytes(t, 32))
 	if err != nil || resp2.KeyID != st2.KeyID {
-		t.Fatalf("Encrypt after adding version 02: err=%v key_id=%q want %q", err, resp2.KeyID, st2.KeyID)
+		t.Fatalf("Encrypt after adding version %s: err=%v key_id=%q want %q", versionHex(first+1), err, resp2.KeyID, st2.KeyID)
 	}
-	access, err := env.tok.addKey(kekLabel, "0100", safeKeyFlags...)
+	big := versionHex(first << 8)
+	access, err := env.tok.addKey(big, safeKeyFlags...)
 	if err != nil {
-		t.Fatalf("generate key %s/0100: %v", kekLabel, err)
+		t.Fatalf("generate key %s/%s: %v", env.tok.family, big, err)
 	}
-	rotated(t, env, svc, "CKA_ID 0100 ("+access+")", st2.KeyID)
+	rotated(t, env, svc, "CKA_ID "+big+" ("+access+")", st2.KeyID)
 	st3 := lastStatus
 	if st3.KeyID == st1.KeyID {
-		t.Fatalf("key version 0x0100 got the key_id of version 01")
+		t.Fatalf("key version 0x%s got the key_id of version 0x%s", big, versionHex(first))
 	}
 	resp3, err := svc.Encrypt(ctx, "uid-rot-3", randomBytes(t, 32))
 	if err != nil || resp3.KeyID != st3.KeyID {
-		t.Fatalf("Encrypt after adding version 0x0100: err=%v key_id=%q want %q", err, resp3.KeyID, st3.KeyID)
+		t.Fatalf("Encrypt after adding version 0x%s: err=%v key_id=%q want %q", big, err, resp3.KeyID, st3.KeyID)
 	}
 	for _, r := range []*kmsservice.EncryptResponse{resp1, resp2} {
 		if _, err := svc.Decrypt(ctx, "uid-rot-old", &kmsservice.DecryptRequest{Ciphertext: r.Ciphertext, KeyID: r.KeyID, Annotations: r.Annotations}); err != nil {
 			t.Fatalf("Decrypt of a %q ciphertext with three versions present: %v", shortID(r.KeyID), err)
 		}
 	}
-	t.Log("CKA_ID 0100 (256) became the active version over 02; versions 01 and 02 still decrypt")
+	t.Logf("CKA_ID %s (%d) became the active version over %s; versions %s and %s still decrypt",
+		big, first<<8, versionHex(first+1), versionHex(first), versionHex(first+1))
 }

@@ -12,9 +12,11 @@ import (
 
 // TestPluginRefusesUnsafeKey: a KEK that could leave the HSM must stop the
 // plugin from serving at all. The bad keys come from pkcs11-tool with chosen
-// attributes, on SoftHSM (trousseau-hsm-init never makes such keys).
+// attributes (trousseau-hsm-init never makes such keys), so the test runs where
+// pkcs11-tool can load the module: SoftHSM and opencryptoki.
 func TestPluginRefusesUnsafeKey(t *testing.T) {
-	onlyOn(t, "the unsafe keys are made with pkcs11-tool's attribute flags (SoftHSM); trousseau-hsm-init never makes one", deviceSoftHSM)
+	onlyOn(t, "the unsafe keys are made with pkcs11-tool, which cannot pass NSS softoken its C_Initialize arguments",
+		deviceSoftHSM, deviceOpencryptoki)
 	cases := []struct {
 		name     string
 		keyFlags []string
@@ -27,7 +29,8 @@ func TestPluginRefusesUnsafeKey(t *testing.T) {
 	for _, c := range cases {
 		t.Run(strings.NewReplacer(" ", "_").Replace(c.name), func(t *testing.T) {
 			p := refusalPlugin(t, func(tok *token) string {
-				access, err := tok.addKey(kekLabel, "01", c.keyFlags...)
+				id := versionHex(firstChosenVersion(tok.dev))
+				access, err := tok.addKey(id, c.keyFlags...)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -37,7 +40,7 @@ func TestPluginRefusesUnsafeKey(t *testing.T) {
 				case c.access == "" && strings.HasPrefix(access, "sensitive"):
 					t.Fatalf("pkcs11-tool made %q, want a non-sensitive key", access)
 				}
-				return fmt.Sprintf("key %s/01 (pkcs11-tool: %q)", kekLabel, access)
+				return fmt.Sprintf("key %s/%s (pkcs11-tool: %q)", tok.family, id, access)
 			}, 0o600)
 			expectRefusal(t, p, c.name, c.why)
 		})
