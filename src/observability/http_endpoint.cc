@@ -75,6 +75,11 @@ std::string KeySummary(const KmsEngine& engine) {
   for (const auto& [version, key_id] : ring->key_ids()) {
     summary += StrCat(version == ring->active_version() ? "key active: " : "key decrypt-only: ", key_id, "\n");
   }
+  // A lost version stays listed for as long as the plugin runs: its ciphertexts are lost until it comes back.
+  for (const VanishedKey& gone : engine.VanishedKeys()) {
+    summary += StrCat("key vanished: ", gone.key_id, " (version ", gone.version,
+                      "): gone from the device, ciphertexts under it cannot be decrypted\n");
+  }
   if (auto due = engine.NextActivationAt()) {
     const auto left = std::chrono::ceil<std::chrono::seconds>(*due - std::chrono::steady_clock::now());
     summary +=

@@ -1,9 +1,9 @@
 // A key version the running plugin loaded is deleted from the token (as `pkcs11-tool --delete-object`,
 // a token that replaced it, or an operator's mistake would): the next refresh (SIGHUP here) is an
 // incident, not a silent `result="ok"`: an error log line naming the version and key_id, a counter and
-// an info series with the key_id, and `trousseauctl status --health-listen` shows it. The plugin keeps
-// serving the versions it still has, and readiness does not change. Real plugin process, real SoftHSM
-// token, real trousseauctl.
+// an info series with the key_id, `/readyz?verbose` lists it, and `trousseauctl status --health-listen`
+// shows it. The plugin keeps serving the versions it still has, and readiness does not change. Real
+// plugin process, real SoftHSM token, real trousseauctl.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -125,6 +125,15 @@ TEST_F(VanishedKeyTest, ADecryptOnlyVersionDeletedUnderTheRunningPluginIsAnIncid
   EXPECT_NE(json.find("\"vanished_keys\":[{\"version\":1,\"key_id\":\"" + v1 + "\",\"state\":\"vanished\"}]"),
             std::string::npos)
       << json;
+
+  // The verbose readiness page lists it next to the keys the plugin still holds.
+  const auto verbose = HttpGet(port_, "/readyz?verbose");
+  EXPECT_NE(verbose.body.find("key vanished: " + v1 +
+                              " (version 1): gone from the device, ciphertexts under it cannot be decrypted\n"),
+            std::string::npos)
+      << verbose.body;
+  EXPECT_NE(verbose.body.find("key active: " + v2 + "\n"), std::string::npos) << verbose.body;
+  EXPECT_EQ(verbose.body.find("key decrypt-only: " + v1), std::string::npos) << verbose.body;
 
   // Readiness stays as it was: the plugin still serves with version 2.
   EXPECT_EQ(HttpGet(port_, "/readyz").code, 200);
