@@ -100,10 +100,11 @@ StatusOr<std::unique_ptr<AdminSession>> AdminSession::Open(const Pkcs11Uri& uri)
   return admin;
 }
 
-StatusOr<std::string> KeyIdOf(const Session& session, std::string_view family_label, const KeyObject& key) {
-  StatusOr<std::string> fingerprint = KeyFingerprint(session, key.handle);
+StatusOr<std::string> KeyIdOf(const Session& session, std::string_view family_label, const KeyVersion& version,
+                              std::optional<GcmIvSource> gcm_iv_source) {
+  StatusOr<Fingerprint> fingerprint = VersionFingerprint(session, HandlesOf(version), gcm_iv_source);
   if (!fingerprint.ok()) return fingerprint.status();
-  return DeriveKeyId(kPkcs11BackendKind, family_label, key.version, *fingerprint);
+  return DeriveKeyId(kPkcs11BackendKind, family_label, version.version, fingerprint->bytes);
 }
 
 StatusOr<InitializedToken> InitToken(Pkcs11Module& module, std::string_view label, const SecureBytes& so_pin,

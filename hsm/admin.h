@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -42,9 +43,11 @@ class AdminSession {
   Session session_;
 };
 
-// The key_id the plugin gives this key: DeriveKeyId("pkcs11", label, version, KeyFingerprint(key)).
-// Needs a session that is logged in (the fingerprint is AES-GCM on the device).
-StatusOr<std::string> KeyIdOf(const Session& session, std::string_view family_label, const KeyObject& key);
+// The key_id the plugin gives this version: DeriveKeyId("pkcs11", label, version, VersionFingerprint),
+// its scheme's fingerprint (hsm/key_family.h) with the URI's x-gcm-iv (`gcm_iv_source`, nullopt: found
+// out on the device) exactly as the plugin computes it. Needs a session that is logged in.
+StatusOr<std::string> KeyIdOf(const Session& session, std::string_view family_label, const KeyVersion& version,
+                              std::optional<GcmIvSource> gcm_iv_source);
 
 // What InitToken did.
 struct InitializedToken {

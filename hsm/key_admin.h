@@ -1,10 +1,12 @@
 // Provisioning steps on the token (used by trousseau-hsm-init and by tests): create a new version
-// of the KEK family on the device.
+// of the KEK family on the device, in either scheme (hsm/key_scheme.h): aes-gcm (one AES key) or
+// aes-cbc-hmac (an AES key and an HMAC key under the same label and CKA_ID).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
 #include "hsm/key_family.h"
+#include "hsm/key_scheme.h"
 #include "hsm/pkcs11_backend.h"
 
 namespace trousseau::hsm {
@@ -29,6 +32,26 @@ struct KekOptions {
 // CKA_ID = version. Needs a logged-in read-write session. Returns the object handle.
 StatusOr<CK_OBJECT_HANDLE> GenerateKekVersion(const Session& session, std::string_view label, uint64_t version,
                                               KekOptions options = {});
+
+// Generates the HMAC key of aes-cbc-hmac version `version` of family `label` inside the token
+// (CKM_GENERIC_SECRET_KEY_GEN): a 256-bit CKK_GENERIC_SECRET, token object, private, sensitive, never
+// extractable, sign/verify only, CKA_ID = version. Alone it is no version: the plugin refuses a family
+// with an HMAC key and no AES key beside it (GenerateVersionKeys makes both).
+StatusOr<CK_OBJECT_HANDLE> GenerateMacKeyOfVersion(const Session& session, std::string_view label, uint64_t version,
+                                                   KekOptions options = {});
+
+// Every key of version `version` in `scheme`: the AES key, then for aes-cbc-hmac the HMAC key. Never
+// leaves half a version: when the HMAC key cannot be made, the AES key is destroyed again (the error
+// says if that failed too). A token that keeps CKA_ID unique among secret keys (NSS softoken) replaces
+// the AES key by the HMAC key: that is FAILED_PRECONDITION (aes-cbc-hmac cannot live there), and the
+// HMAC key is destroyed.
+StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string_view label, uint64_t version,
+                                             KeyScheme scheme, KekOptions options = {});
+
+// The scheme a new version gets on the token `admin` holds: `requested` if the token can make keys of
+// it (else FAILED_PRECONDITION naming what it lacks and what it offers), or with nullopt ("auto") what
+// the token offers best (SchemeForNewKeys, hsm/capabilities.h: aes-gcm wherever the token has it).
+StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional<KeyScheme> requested);
 
 // For tests of the KEK policy: an AES-256 token key of family `label` with CKA_ID = version and the
 // given protection flags, allowed to encrypt and decrypt, so the plugin's refusal can be shown.
@@ -46,6 +69,8 @@ StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKeyWithId(const Session& session, std:
 
 struct NextKekOptions {
   KekOptions key;
+  // The new version's scheme; nullopt: SchemeForNewVersion(admin, nullopt).
+  std::optional<KeyScheme> scheme;
   // `key generate`: the first version of an empty family and nothing else (ALREADY_EXISTS once the
   // family has a key, also when another run created its first version at the same moment). Otherwise
   // (`key rotate`): a version above the highest present, in a family that has a key
@@ -75,7 +100,7 @@ StatusOr<uint64_t> ChooseNewVersion(std::string_view label, uint64_t above,
                                     std::vector<SkippedVersion>& skipped);
 
 struct NewKekVersion {
-  KeyObject key;                        // the new version as the token lists it, in the session `admin` holds now
+  KeyVersion version;                   // the new version's objects as the token lists them, in the session `admin` holds now
   std::vector<SkippedVersion> lost;     // versions other runs created at the same time; this run withdrew from them
   std::vector<SkippedVersion> skipped;  // numbers passed over because another key on the token has their CKA_ID
   uint64_t highest = 0;                 // the highest version in the family at the read that decided (>= key.version)
@@ -85,8 +110,9 @@ struct NewKekVersion {
 // same moment on the same token, from this host or another (two operators, automation on several
 // control-plane nodes sharing a network HSM). No lock spans hosts, so it is optimistic: after
 // C_GenerateKey it reads the family again; when another object has the same version, exactly one of
-// the two keeps it, the other destroys the object it created (never anyone else's) and tries the next
-// version. Never leaves one version twice on the token, as long as every creator goes through here.
+// the two keeps it, the other destroys the objects it created (never anyone else's) and tries the next
+// version. An aes-cbc-hmac version has two objects: the contest is decided on the AES keys, and the
+// losing run destroys both of its objects. Never leaves one version twice on the token, as long as every creator goes through here.
 // The same holds across families for the CKA_ID: a key of another label with the new key's CKA_ID,
 // created at the same moment, is a contest too; the run of the family whose label sorts later gives way
 // (and the other waits for that, until the settle deadline). A token that replaced the new key by
@@ -113,7 +139,10 @@ StatusOr<std::vector<KeyObject>> ListKeyFamilyPatiently(const Session& session, 
 
 // KekFamilyViolation (the family policy the plugin applies too) is in hsm/key_family.h.
 
-// Destroys the token object of one version.
+// Destroys one token object.
 Status DestroyKeyObject(const Session& session, CK_OBJECT_HANDLE object);
+// Destroys every object of one version (`objects`, as ListKeyFamily lists them), HMAC keys first: an
+// HMAC key without its AES key is a family the plugin refuses, so no reader should ever see one.
+Status DestroyVersionObjects(const Session& session, const std::vector<KeyObject>& objects);
 
 }  // namespace trousseau::hsm

@@ -273,13 +273,6 @@ std::string VersionToId(uint64_t version) {
   return id;
 }
 
-StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key) {
-  StatusOr<Fingerprint> fingerprint =
-      VersionFingerprint(session, {.scheme = KeyScheme::kAesGcm, .cipher = key}, GcmIvSource::kCaller);
-  if (!fingerprint.ok()) return fingerprint.status();
-  return std::move(fingerprint->bytes);
-}
-
 StatusOr<Fingerprint> VersionFingerprint(const Session& session, const VersionHandles& version,
                                          std::optional<GcmIvSource> iv_source) {
   Fingerprint fingerprint;

@@ -152,10 +152,6 @@ struct Fingerprint {
 StatusOr<Fingerprint> VersionFingerprint(const Session& session, const VersionHandles& version,
                                          std::optional<GcmIvSource> iv_source = std::nullopt);
 
-// The aes-gcm caller-IV fingerprint of one AES key (VersionFingerprint with kCaller), for callers not
-// yet moved to VersionFingerprint.
-StatusOr<std::string> KeyFingerprint(const Session& session, CK_OBJECT_HANDLE key);
-
 // A copy of `key` that lives in `session` (CKA_TOKEN=false), as sensitive and non-extractable as the
 // original. Ends with the session.
 StatusOr<CK_OBJECT_HANDLE> CopyToSessionObject(const Session& session, CK_OBJECT_HANDLE key);

@@ -2,7 +2,11 @@
 // EncryptionConfiguration it prints.
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <cstdio>
+
 #include "tests/integration/init_tool_test.h"
+#include "tests/testing/skip_or_fail_in_ci.h"
 
 namespace trousseau::init_tool {
 namespace {
@@ -72,6 +76,96 @@ TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
   ToolResult bad_label = Run({"token", "init", "--module", support::kSoftHsmModule, "--label", std::string(33, 'x'),
                               "--so-pin-file", so_pin, "--pin-file", token_->pin_file()});
   EXPECT_EQ(bad_label.code, 2) << bad_label.all();
+}
+
+// ---- token init on a module that needs C_Initialize arguments (--module-init-reserved) ----
+
+constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+constexpr char kCertutil[] = "/usr/bin/certutil";
+
+// RFC 3986 percent-encoding of everything but unreserved characters and '/', for a URI query value.
+std::string PercentEncode(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+TEST_F(InitToolTest, TokenInitHandsModuleInitReservedToCInitialize) {
+  const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
+  WriteFile(so_pin, kNewSoPin, 0600);
+  WriteFile(user_pin, kNewUserPin, 0600);
+  // SoftHSM takes no initialisation string: one in pReserved is refused with CKR_ARGUMENTS_BAD, which shows
+  // the flag's value reaches C_Initialize. A configuration error (2), and no token was initialised.
+  ToolResult refused =
+      Run({"token", "init", "--module", support::kSoftHsmModule, "--module-init-reserved", "configdir='sql:/nowhere'",
+           "--label", "fresh-token", "--so-pin-file", so_pin, "--pin-file", user_pin});
+  EXPECT_EQ(refused.code, 2) << refused.all();
+  EXPECT_NE(refused.err.find("CKR_ARGUMENTS_BAD"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("the string given with --module-init-reserved"), std::string::npos) << refused.err;
+  ToolResult empty = Run({"token", "init", "--module", support::kSoftHsmModule, "--module-init-reserved", "", "--label",
+                          "fresh-token", "--so-pin-file", so_pin, "--pin-file", user_pin});
+  EXPECT_EQ(empty.code, 2) << empty.all();
+  EXPECT_NE(empty.err.find("--module-init-reserved is empty"), std::string::npos) << empty.err;
+  ToolResult list = Run({"key", "list", "--pkcs11-uri",
+                         "pkcs11:token=fresh-token;object=kek?module-path=" + std::string(support::kSoftHsmModule) +
+                             "&pin-source=file:" + user_pin});
+  EXPECT_NE(list.err.find("no token 'fresh-token' found"), std::string::npos) << list.all();
+}
+
+// NSS softoken loaded directly: C_Initialize needs the database's init string. NSS's key token ("NSS
+// Certificate DB") is initialised once certutil has set the database password, and C_InitToken on it would
+// erase the database's keys: token init refuses it, names the tokens there, and the key made on it survives.
+TEST_F(InitToolTest, TokenInitOnNssSoftokenTakesItsInitStringAndRefusesToEraseItsInitialisedToken) {
+  if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (Debian libnss3) is not installed");
+  if (access(kCertutil, X_OK) != 0) SKIP_OR_FAIL_IN_CI("certutil (Debian libnss3-tools) is not installed");
+  const std::string db = token_->dir() + "/nss-db", password = token_->dir() + "/nss.pin";
+  const std::string so_pin = token_->dir() + "/new-so.pin";
+  WriteFile(password, std::string(kNewUserPin) + "\n", 0600);  // the database password is NSS's user PIN
+  WriteFile(so_pin, kNewSoPin, 0600);
+  ASSERT_EQ(mkdir(db.c_str(), 0700), 0);
+  Subprocess certutil({kCertutil, "-N", "-d", "sql:" + db, "-f", password}, token_->dir() + "/certutil.log");
+  ASSERT_EQ(certutil.Wait(30s), 0) << certutil.Log();
+  const std::string init = "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
+  const std::string uri = "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=" + std::string(kNssModule) +
+                          "&pin-source=file:" + password + "&x-init-reserved=" + PercentEncode(init);
+  ToolResult generate = Run({"key", "generate", "--pkcs11-uri", uri});
+  ASSERT_EQ(generate.code, 0) << generate.all();
+  const std::string key_id = PrintedKeyId(generate.out);
+  ASSERT_FALSE(key_id.empty()) << generate.out;
+
+  // Without the string: NSS refuses C_Initialize; a configuration error naming this command's flag.
+  ToolResult bare = Run({"token", "init", "--module", kNssModule, "--label", "fresh-token", "--so-pin-file", so_pin,
+                         "--pin-file", password});
+  EXPECT_EQ(bare.code, 2) << bare.all();
+  EXPECT_NE(bare.err.find("C_Initialize of " + std::string(kNssModule) + " failed: CKR_ARGUMENTS_BAD"),
+            std::string::npos)
+      << bare.err;
+  EXPECT_NE(bare.err.find("token init takes that string unencoded, with --module-init-reserved"), std::string::npos)
+      << bare.err;
+
+  // With it: the module initialises, and every token is already initialised, so nothing is erased.
+  ToolResult refused = Run({"token", "init", "--module", kNssModule, "--module-init-reserved", init, "--label",
+                            "fresh-token", "--so-pin-file", so_pin, "--pin-file", password});
+  EXPECT_EQ(refused.code, 1) << refused.all();
+  EXPECT_NE(refused.err.find("has an uninitialised token (2 token(s), all initialised): "
+                             "'NSS Generic Crypto Services', 'NSS Certificate DB'"),
+            std::string::npos)
+      << refused.err;
+  EXPECT_NE(refused.err.find("token init never re-initialises a token (C_InitToken erases it)"), std::string::npos)
+      << refused.err;
+  EXPECT_EQ(refused.out, "");
+
+  ToolResult list = Run({"key", "list", "--pkcs11-uri", uri});
+  EXPECT_EQ(list.code, 0) << list.all();
+  EXPECT_NE(list.out.find(key_id), std::string::npos) << list.out;
 }
 
 // ---- config ----

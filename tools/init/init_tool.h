@@ -50,6 +50,9 @@ struct KeyOptions {
   std::string socket;
   std::chrono::milliseconds wait_timeout = kDefaultPluginWait;
   bool no_wait = false;
+  // key generate, rotate: "auto" (what the token offers: aes-gcm wherever it has AES-GCM, else
+  // aes-cbc-hmac), "aes-gcm" or "aes-cbc-hmac" (hsm/key_scheme.h).
+  std::string scheme = "auto";
   uint64_t version = 0;  // key retire
   bool yes = false;      // key retire
   bool strict = false;   // selftest: warnings fail too

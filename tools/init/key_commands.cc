@@ -1,7 +1,9 @@
 // key generate | rotate | list | retire
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -15,14 +17,26 @@
 namespace trousseau::init {
 namespace {
 
+// "1, 2" (an aes-cbc-hmac version's two objects name it once).
 std::string Versions(const std::vector<hsm::KeyObject>& keys) {
   std::vector<std::string> versions;
-  for (const hsm::KeyObject& key : keys) versions.push_back(StrCat(key.version));
+  for (const hsm::KeyObject& key : keys) {
+    if (versions.empty() || versions.back() != StrCat(key.version)) versions.push_back(StrCat(key.version));
+  }
   return StrJoin(versions, ", ");
+}
+
+// --scheme: nullopt for "auto" (CLI11 admits only the three names).
+std::optional<hsm::KeyScheme> RequestedScheme(const std::string& name) {
+  if (name == hsm::SchemeName(hsm::KeyScheme::kAesGcm)) return hsm::KeyScheme::kAesGcm;
+  if (name == hsm::SchemeName(hsm::KeyScheme::kAesCbcHmac)) return hsm::KeyScheme::kAesCbcHmac;
+  return std::nullopt;
 }
 
 std::string KeyTypeName(const hsm::KeyObject& key) {
   if (key.key_type == hsm::kAesKeyType) return "AES";
+  if (key.key_type == CKK_GENERIC_SECRET) return "HMAC";  // a generic secret, as HMAC keys are typed
+  if (key.key_type == CKK_SHA256_HMAC) return "HMAC-SHA256";
   if (key.key_type == hsm::kUnknownKeyType) return "unknown";
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(key.key_type));
@@ -44,13 +58,41 @@ std::vector<std::string> Usages(const hsm::KeyObject& key) {
 const char* Bool(bool b) { return b ? "true" : "false"; }
 
 // The keys of other labels on the token that have `key`'s CKA_ID, described.
+// The family's own keys never count: both keys of an aes-cbc-hmac version carry its CKA_ID on purpose.
 std::vector<std::string> SharedIdWith(const std::string& label, const hsm::KeyObject& key,
                                       const std::vector<hsm::TokenSecretKey>& token_keys) {
   std::vector<std::string> shared;
   for (const hsm::TokenSecretKey& other : token_keys) {
-    if (other.label != label && other.id == key.id) shared.push_back(hsm::DescribeSecretKey(other));
+    if (other.label == label || other.id != key.id) continue;
+    std::string name = hsm::DescribeSecretKey(other);  // another family's two keys of one version read alike
+    if (std::find(shared.begin(), shared.end(), name) == shared.end()) shared.push_back(std::move(name));
   }
   return shared;
+}
+
+// Each object of a version that breaks the KEK policy, as "why" for the AES key and "the HMAC key: why".
+std::string VersionPolicyViolation(const hsm::KeyVersion& version) {
+  std::vector<std::string> violations;
+  if (version.cipher.handle != hsm::kNoObject) {
+    if (std::string why = hsm::KekPolicyViolation(version.cipher); !why.empty()) violations.push_back(why);
+  }
+  if (version.mac.handle != hsm::kNoObject) {
+    if (std::string why = hsm::KekPolicyViolation(version.mac); !why.empty()) {
+      violations.push_back(StrCat("the HMAC key: ", why));
+    }
+  }
+  return StrJoin(violations, "; ");
+}
+
+std::vector<std::string> VersionPolicyWarnings(const hsm::KeyVersion& version) {
+  std::vector<std::string> warnings;
+  if (version.cipher.handle != hsm::kNoObject) warnings = hsm::KekPolicyWarnings(version.cipher);
+  if (version.mac.handle != hsm::kNoObject) {
+    for (const std::string& warning : hsm::KekPolicyWarnings(version.mac)) {
+      warnings.push_back(StrCat("the HMAC key: ", warning));
+    }
+  }
+  return warnings;
 }
 
 // OpenFamily for generate and rotate, which other runs may be doing at the same moment: opening the
@@ -177,24 +219,40 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (int rc = CheckStorageOwner(family); rc != kExitOk) return rc;
   hsm::NextKekOptions next;
   next.first_version = !rotation;
+  next.scheme = RequestedScheme(options.scheme);
+  // The token decides what it can make: said before anything is created, as configuration (exit 2).
+  StatusOr<hsm::KeyScheme> scheme = hsm::SchemeForNewVersion(*family.admin, next.scheme);
+  if (!scheme.ok()) return Fail(IsFailedPrecondition(scheme.status()) ? kExitUsage : kExitFailed,
+                                std::string(scheme.status().message()));
+  next.scheme = *scheme;
+  const std::vector<hsm::KeyVersion> before = hsm::GroupKeyVersions(family.keys);
   StatusOr<hsm::NewKekVersion> made = hsm::CreateNextKekVersion(family.admin, *family.uri, next);
   if (!made.ok()) return FailStatus(made.status());
-  const uint64_t version = made->key.version;
+  const uint64_t version = made->version.version;
   for (const hsm::SkippedVersion& lost : made->lost) {
     std::cerr << kToolName << ": version " << lost.version << " of " << family.Describe() << " went to " << lost.why
               << "; this run left it and took another number\n";
   }
   // The new key as the token lists it, read back as the plugin will, so a token that ignored part of
   // the template is caught now.
-  const hsm::KeyObject* created = &made->key;
-  if (std::string why = hsm::KekPolicyViolation(*created); !why.empty()) {
+  const hsm::KeyObject* created = &made->version.cipher;
+  if (std::string why = VersionPolicyViolation(made->version); !why.empty()) {
     return Fail(kExitFailed,
                 StrCat("the token created version ", version, " but the plugin would refuse it: ", why,
                        ". The token did not apply the requested template; remove the object with the token's own "
                        "tools (it is the active version, so `key retire` will not)"));
   }
-  StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *created);
+  StatusOr<std::string> key_id =
+      hsm::KeyIdOf(family.session(), family.label(), made->version, family.uri->gcm_iv_source());
   if (!key_id.ok()) return FailStatus(key_id.status());
+  const std::string_view scheme_name = hsm::SchemeName(made->version.scheme);
+  if (!before.empty() && before.back().scheme != made->version.scheme && !options.json) {
+    // Never a silent change: the plugin serves both schemes side by side, but the operator should know.
+    std::cerr << kToolName << ": note: version " << version << " is " << scheme_name << ", version "
+              << before.back().version << " before it was " << hsm::SchemeName(before.back().scheme)
+              << " (--scheme " << options.scheme << " on " << family.uri->token_description()
+              << "); the plugin serves both\n";
+  }
   // The family as the plugin's next refresh will read it: another tool may have added a key the
   // plugin refuses meanwhile. (Duplicates seen now may be other runs' contests still being decided;
   // the check before creating caught lasting ones.)
@@ -217,6 +275,7 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (options.json) {
     std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
               << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
+              << ",\"scheme\":" << JsonQuote(std::string(scheme_name))
               << ",\"active\":" << (active ? "true" : "false") << ",\"skipped_versions\":[";
     for (size_t i = 0; i < made->skipped.size(); ++i) {
       std::cout << (i ? "," : "") << "{\"version\":" << made->skipped[i].version
@@ -227,9 +286,17 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
     std::cout << "}\n";
   } else {
     PrintSkipped(*made, version);
-    std::cout << "created version " << version << " of " << family.Describe()
-              << ": AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n"
-              << "key_id: " << *key_id << "\n";
+    if (made->version.scheme == hsm::KeyScheme::kAesCbcHmac) {
+      std::cout << "created version " << version << " of " << family.Describe() << ": " << scheme_name
+                << ", an AES-256 key (encrypt/decrypt only) and an HMAC-SHA256 key (256-bit generic secret, "
+                   "sign/verify only), both sensitive, never extractable, CKA_ID "
+                << Hex(created->id) << "\n";
+    } else {
+      std::cout << "created version " << version << " of " << family.Describe() << ": " << scheme_name
+                << ", AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id)
+                << "\n";
+    }
+    std::cout << "key_id: " << *key_id << "\n";
   }
   if (!family_violation.empty()) {
     return Fail(kExitFailed, StrCat("version ", version, " was created, but the plugin now refuses ", family.Describe(),
@@ -291,14 +358,101 @@ int KeyRotate(const KeyOptions& options) {
   return CreateVersion(family, options, /*rotation=*/true);
 }
 
+namespace {
+
+// One entry of `key list`: an AES key with the HMAC key of its version (aes-cbc-hmac), or an HMAC key
+// the plugin cannot pair with an AES key (none of its version, or a second one), shown on its own.
+struct ListedVersion {
+  hsm::KeyVersion version;  // cipher.handle kNoObject for an HMAC key on its own
+  std::string unpaired;     // why an HMAC key stands alone, else ""
+};
+
+std::vector<ListedVersion> ListedVersions(const std::vector<hsm::KeyObject>& keys) {
+  std::vector<ListedVersion> listed;
+  std::vector<const hsm::KeyObject*> paired;  // the HMAC keys an AES key's entry shows
+  for (const hsm::KeyObject& key : keys) {
+    if (hsm::RoleOf(key) != hsm::KeyRole::kCipher) continue;
+    ListedVersion entry;
+    entry.version.version = key.version;
+    entry.version.cipher = key;
+    entry.version.mac.handle = hsm::kNoObject;
+    for (const hsm::KeyObject& mac : keys) {
+      if (hsm::RoleOf(mac) != hsm::KeyRole::kMac || mac.version != key.version) continue;
+      entry.version.scheme = hsm::KeyScheme::kAesCbcHmac;
+      entry.version.mac = mac;  // the first one (a second one is listed apart)
+      if (std::find(paired.begin(), paired.end(), &mac) == paired.end()) paired.push_back(&mac);
+      break;
+    }
+    listed.push_back(std::move(entry));
+  }
+  for (const hsm::KeyObject& key : keys) {
+    if (hsm::RoleOf(key) != hsm::KeyRole::kMac || std::find(paired.begin(), paired.end(), &key) != paired.end()) {
+      continue;
+    }
+    const bool has_aes = std::any_of(listed.begin(), listed.end(),
+                                     [&](const ListedVersion& v) { return v.version.version == key.version; });
+    ListedVersion entry;
+    entry.version.version = key.version;
+    entry.version.scheme = hsm::KeyScheme::kAesCbcHmac;
+    entry.version.cipher.handle = hsm::kNoObject;
+    entry.version.mac = key;
+    entry.unpaired = has_aes ? StrCat("a second HMAC key with version ", key.version)
+                             : StrCat("an HMAC key with no AES key of version ", key.version,
+                                      " beside it (an aes-cbc-hmac version needs both)");
+    listed.push_back(std::move(entry));
+  }
+  std::stable_sort(listed.begin(), listed.end(), [](const ListedVersion& a, const ListedVersion& b) {
+    return a.version.version < b.version.version;
+  });
+  return listed;
+}
+
+// The attributes of one object as JSON members (no braces).
+std::string AttributesJson(const hsm::KeyObject& key) {
+  std::ostringstream out;
+  out << "\"key_type\":" << JsonQuote(KeyTypeName(key)) << ",\"bits\":" << key.value_len * 8
+      << ",\"sensitive\":" << Bool(key.sensitive) << ",\"extractable\":" << Bool(key.extractable)
+      << ",\"always_sensitive\":" << Bool(key.always_sensitive)
+      << ",\"never_extractable\":" << Bool(key.never_extractable) << ",\"local\":" << Bool(key.local)
+      << ",\"modifiable\":" << Bool(key.modifiable) << ",\"usages\":[";
+  const std::vector<std::string> usages = Usages(key);
+  for (size_t i = 0; i < usages.size(); ++i) out << (i ? "," : "") << JsonQuote(usages[i]);
+  out << "]";
+  return out.str();
+}
+
+// The key, attributes and usages lines of one object; `hmac` names them as the HMAC key's.
+std::string AttributesText(const hsm::KeyObject& key, bool hmac) {
+  const char* key_label = hmac ? "  hmac key:   " : "  key:        ";
+  const char* attributes_label = hmac ? "  hmac attrs: " : "  attributes: ";
+  const char* usages_label = hmac ? "  hmac usages:" : "  usages:     ";
+  std::ostringstream out;
+  out << key_label << KeyTypeName(key) << "-" << key.value_len * 8 << "\n"
+      << attributes_label << (key.sensitive ? "sensitive" : "NOT sensitive") << ", "
+      << (key.extractable ? "EXTRACTABLE" : "not extractable") << ", "
+      << (key.always_sensitive ? "always sensitive" : "not always sensitive") << ", "
+      << (key.never_extractable ? "never extractable" : "was extractable") << ", "
+      << (key.local ? "generated on the token" : "not generated on the token") << ", "
+      << (key.modifiable ? "modifiable" : "not modifiable") << "\n"
+      << usages_label << (hmac ? " " : "") << StrJoin(Usages(key), ", ") << "\n";
+  return out.str();
+}
+
+}  // namespace
+
 int KeyList(const KeyOptions& options) {
   Family family;
   if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
   const uint64_t active = family.keys.empty() ? 0 : family.keys.back().version;
+  const std::vector<ListedVersion> versions = ListedVersions(family.keys);
   std::ostringstream out;
   if (options.json) out << "{\"keys\":[";
   if (!options.json) {
-    out << family.Describe() << ": " << family.keys.size() << " version(s)";
+    size_t count = 0;
+    for (size_t i = 0; i < versions.size(); ++i) {
+      if (i == 0 || versions[i].version.version != versions[i - 1].version.version) ++count;
+    }
+    out << family.Describe() << ": " << count << " version(s)";
     if (!family.keys.empty()) out << ", active version " << active;
     out << "\n";
   }
@@ -306,26 +460,29 @@ int KeyList(const KeyOptions& options) {
   StatusOr<std::vector<hsm::TokenSecretKey>> listed_token_keys = hsm::ListTokenSecretKeys(family.session());
   if (!listed_token_keys.ok()) return FailStatus(listed_token_keys.status());
   const std::vector<hsm::TokenSecretKey>& token_keys = *listed_token_keys;
-  for (const hsm::KeyObject& key : family.keys) {
-    StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), key);
-    const std::string violation = hsm::KekPolicyViolation(key);
+  for (const ListedVersion& entry : versions) {
+    const hsm::KeyVersion& version = entry.version;
+    const bool has_cipher = version.cipher.handle != hsm::kNoObject;
+    const hsm::KeyObject& key = has_cipher ? version.cipher : version.mac;
+    StatusOr<std::string> key_id =
+        has_cipher ? hsm::KeyIdOf(family.session(), family.label(), version, family.uri->gcm_iv_source())
+                   : StatusOr<std::string>(FailedPreconditionError(entry.unpaired));
+    std::string violation = VersionPolicyViolation(version);
+    if (!entry.unpaired.empty()) violation = violation.empty() ? entry.unpaired : StrCat(entry.unpaired, "; ", violation);
     // The same judgement as selftest: what the plugin accepts but a KEK should not be is a warning.
-    const std::vector<std::string> warnings = hsm::KekPolicyWarnings(key);
+    const std::vector<std::string> warnings = VersionPolicyWarnings(version);
     const std::vector<std::string> shared = SharedIdWith(family.label(), key, token_keys);
     const bool is_active = key.version == active;
+    const bool with_mac = has_cipher && version.mac.handle != hsm::kNoObject;
+    const std::string scheme(hsm::SchemeName(version.scheme));
     if (options.json) {
       if (!first) out << ",";
       first = false;
       out << "{\"version\":" << key.version << ",\"key_id\":" << JsonQuote(key_id.ok() ? *key_id : "")
           << ",\"id\":" << JsonQuote(Hex(key.id)) << ",\"active\":" << Bool(is_active)
-          << ",\"key_type\":" << JsonQuote(KeyTypeName(key)) << ",\"bits\":" << key.value_len * 8
-          << ",\"sensitive\":" << Bool(key.sensitive) << ",\"extractable\":" << Bool(key.extractable)
-          << ",\"always_sensitive\":" << Bool(key.always_sensitive)
-          << ",\"never_extractable\":" << Bool(key.never_extractable) << ",\"local\":" << Bool(key.local)
-          << ",\"modifiable\":" << Bool(key.modifiable) << ",\"usages\":[";
-      const std::vector<std::string> usages = Usages(key);
-      for (size_t i = 0; i < usages.size(); ++i) out << (i ? "," : "") << JsonQuote(usages[i]);
-      out << "],\"policy_ok\":" << Bool(violation.empty()) << ",\"policy_warnings\":[";
+          << ",\"scheme\":" << JsonQuote(scheme) << "," << AttributesJson(key);
+      if (with_mac) out << ",\"hmac_key\":{" << AttributesJson(version.mac) << "}";
+      out << ",\"policy_ok\":" << Bool(violation.empty()) << ",\"policy_warnings\":[";
       for (size_t i = 0; i < warnings.size(); ++i) out << (i ? "," : "") << JsonQuote(warnings[i]);
       out << "],\"cka_id_shared_with\":[";
       for (size_t i = 0; i < shared.size(); ++i) out << (i ? "," : "") << JsonQuote(shared[i]);
@@ -337,16 +494,14 @@ int KeyList(const KeyOptions& options) {
     }
     out << "\nversion " << key.version << (is_active ? "  (active: new encryptions use it)" : "") << "\n"
         << "  key_id:     " << (key_id.ok() ? *key_id : StrCat("(unknown: ", key_id.status().message(), ")")) << "\n"
+        << "  scheme:     " << scheme
+        << (version.scheme == hsm::KeyScheme::kAesCbcHmac ? " (AES-256-CBC and HMAC-SHA256, two keys)"
+                                                          : " (one AES-256 key)")
+        << "\n"
         << "  CKA_ID:     " << Hex(key.id) << "\n"
-        << "  key:        " << KeyTypeName(key) << "-" << key.value_len * 8 << "\n"
-        << "  attributes: " << (key.sensitive ? "sensitive" : "NOT sensitive") << ", "
-        << (key.extractable ? "EXTRACTABLE" : "not extractable") << ", "
-        << (key.always_sensitive ? "always sensitive" : "not always sensitive") << ", "
-        << (key.never_extractable ? "never extractable" : "was extractable") << ", "
-        << (key.local ? "generated on the token" : "not generated on the token") << ", "
-        << (key.modifiable ? "modifiable" : "not modifiable") << "\n"
-        << "  usages:     " << StrJoin(Usages(key), ", ") << "\n"
-        << "  policy:     "
+        << AttributesText(key, /*hmac=*/!has_cipher);
+    if (with_mac) out << AttributesText(version.mac, /*hmac=*/true);
+    out << "  policy:     "
         << (!violation.empty() ? StrCat("REFUSED by the plugin: ", violation)
             : warnings.empty() ? std::string("ok")
                                : StrCat("accepted by the plugin, with ", warnings.size(),
@@ -366,9 +521,10 @@ int KeyList(const KeyOptions& options) {
 int KeyRetire(const KeyOptions& options) {
   Family family;
   if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
-  std::vector<const hsm::KeyObject*> targets;
+  // Every object of the version: its AES key and, for aes-cbc-hmac, its HMAC key.
+  std::vector<hsm::KeyObject> targets;
   for (const hsm::KeyObject& key : family.keys) {
-    if (key.version == options.version) targets.push_back(&key);
+    if (key.version == options.version) targets.push_back(key);
   }
   if (targets.empty()) {
     return Fail(kExitFailed, StrCat(family.Describe(), " has no version ", options.version, " (present: ",
@@ -381,12 +537,17 @@ int KeyRetire(const KeyOptions& options) {
                        " and can never be retired: new encryptions use it. Rotate first (`key rotate`), "
                        "re-encrypt, then retire the old version"));
   }
-  StatusOr<std::string> key_id = hsm::KeyIdOf(family.session(), family.label(), *targets.front());
+  const std::vector<hsm::KeyVersion> grouped = hsm::GroupKeyVersions(targets);
+  StatusOr<std::string> key_id =
+      grouped.empty() ? StatusOr<std::string>(NotFoundError("no AES key"))
+                      : hsm::KeyIdOf(family.session(), family.label(), grouped.front(), family.uri->gcm_iv_source());
   const std::string name = key_id.ok() ? StrCat("key_id ", *key_id) : StrCat("version ", options.version);
+  const bool extractable = std::any_of(targets.begin(), targets.end(), [](const hsm::KeyObject& k) { return k.extractable; });
+  const std::string objects = targets.size() == 1 ? std::string("the key") : StrCat("its ", targets.size(), " keys");
   if (!options.yes) {
     std::cerr << kToolName << ": not retiring without --yes. Retiring destroys version " << options.version << " of "
-              << family.Describe() << " (" << name << ") for good"
-              << (targets.front()->extractable ? "" : ": it cannot leave the token, so no copy of it exists") << ".\n"
+              << family.Describe() << " (" << name << ", " << objects << ") for good"
+              << (extractable ? "" : ": it cannot leave the token, so no copy of it exists") << ".\n"
               << "Everything still encrypted under " << name << " becomes unreadable: kube-apiserver gets NOT_FOUND\n"
               << "from the plugin and cannot read those objects any more.\n"
               << "Re-encrypt first, so every object is rewritten under the active version " << active << ":\n"
@@ -395,11 +556,12 @@ int KeyRetire(const KeyOptions& options) {
               << "completed for all objects (docs/rotation.md), then run this command again with --yes.\n";
     return kExitFailed;
   }
-  for (const hsm::KeyObject* key : targets) {
-    if (Status s = hsm::DestroyKeyObject(family.session(), key->handle); !s.ok()) return FailStatus(s);
-  }
+  // HMAC keys first: no reader ever sees an HMAC key without its AES key (a family the plugin refuses).
+  if (Status s = hsm::DestroyVersionObjects(family.session(), targets); !s.ok()) return FailStatus(s);
   std::cout << "retired version " << options.version << " of " << family.Describe() << " (" << name
-            << "): the key is destroyed.\n"
+            << "): " << (targets.size() == 1 ? std::string("the key is destroyed")
+                                              : StrCat("its ", targets.size(), " keys are destroyed"))
+            << ".\n"
             << "Send SIGHUP to trousseau-hsm (or wait for its --key-refresh-interval) so it drops the version;\n"
             << "decrypting anything still under it now fails with NOT_FOUND. Active version: " << active << ".\n"
             << "A running plugin counts this as a vanished version (an error line naming " << name << ",\n"

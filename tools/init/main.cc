@@ -4,6 +4,7 @@
 // `tpm ...` does the same for the TPM 2.0 backend's key directory.
 #include <iostream>
 #include <limits>
+#include <optional>
 
 #include <CLI/CLI.hpp>
 
@@ -11,6 +12,7 @@
 #include "core/strings.h"
 #include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
+#include "tools/init/token_init.h"
 
 #ifndef TROUSSEAU_VERSION
 #define TROUSSEAU_VERSION "dev"
@@ -72,6 +74,7 @@ void AddRetireChoice(CLI::App* command, uint64_t& version, const std::string& ve
 struct Commands {
   int rc = kExitOk;  // the exit code of the subcommand that ran
   TokenInitOptions token_init;
+  std::optional<std::string> token_init_module_init_reserved;  // tools/init/token_init.h
   KeyOptions generate_options, rotate_options, list_options, retire_options, selftest_options;
   ConfigOptions config_options;
   TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options, tpm_retire_options;
@@ -88,6 +91,10 @@ void AddTokenCommands(CLI::App& app, Commands& c) {
       "and SO PIN (C_InitToken), then log in as SO and set the user PIN (C_InitPIN). Refuses a label that an "
       "initialised token already has. Both PIN files must be regular files without group/other permissions.");
   init->add_option("--module", token_init.module, "Absolute path of the PKCS#11 module")->required();
+  init->add_option("--module-init-reserved", c.token_init_module_init_reserved,
+                   "The module's initialisation string for C_Initialize (CK_C_INITIALIZE_ARGS.pReserved), as it is, "
+                   "for modules that need one (NSS softoken: \"configdir='sql:DIR' certPrefix='' keyPrefix='' "
+                   "secmod='secmod.db' flags=\"); the other commands take it as the URI's x-init-reserved");
   init->add_option("--label", token_init.label, "Token label (1-32 bytes); the URI's token=")->required();
   init->add_option("--so-pin-file", token_init.so_pin_file, "File holding the new Security Officer PIN (mode 0600)")
       ->required();
@@ -95,7 +102,19 @@ void AddTokenCommands(CLI::App& app, Commands& c) {
                    "File holding the new user PIN (mode 0600); the plugin's pin-source")
       ->required();
   init->add_flag("--json", token_init.json, "Print the result as JSON");
-  init->callback([&c] { c.rc = TokenInit(c.token_init); });
+  init->callback([&c] { c.rc = TokenInit(c.token_init, c.token_init_module_init_reserved); });
+}
+
+// --scheme of `key generate` and `key rotate`.
+void AddKeyScheme(CLI::App* command, KeyOptions& options) {
+  command
+      ->add_option("--scheme", options.scheme,
+                   "How the new version seals: aes-gcm (one AES-256 key, AES-GCM), aes-cbc-hmac (an AES-256 key and "
+                   "an HMAC-SHA256 key, both generated on the token under the same label and CKA_ID: AES-CBC-PAD then "
+                   "HMAC, for tokens without AES-GCM), or auto (aes-gcm if the token has AES-GCM, else aes-cbc-hmac). "
+                   "A scheme the token cannot make is refused (exit 2) before anything is created")
+      ->check(CLI::IsMember({"auto", "aes-gcm", "aes-cbc-hmac"}))
+      ->capture_default_str();
 }
 
 // --wait-timeout of `key rotate`: a positive duration.
@@ -124,9 +143,10 @@ void AddKeyRotate(CLI::App* key, Commands& c) {
       "asks the running plugin (--socket) and waits until its Status reports the new key_id; exit 1 if it does not "
       "within --wait-timeout. See docs/rotation.md for the whole procedure.");
   AddUri(rotate, rotate_options.pkcs11_uri);
+  AddKeyScheme(rotate, rotate_options);
   rotate->add_flag("--json", rotate_options.json,
-                   "Print {\"version\":N,\"key_id\":...,\"active\":bool,\"plugin_confirmed\":bool} as JSON "
-                   "(plugin_confirmed only when a plugin was asked)");
+                   "Print {\"version\":N,\"key_id\":...,\"scheme\":...,\"active\":bool,\"plugin_confirmed\":bool} "
+                   "as JSON (plugin_confirmed only when a plugin was asked)");
   rotate->add_option("--socket", rotate_options.socket,
                      std::string("The running plugin's socket (unix:///path); its KMS v2 Status must report the new "
                                  "key_id. Default: unix://") +
@@ -144,31 +164,35 @@ void AddKeyCommands(CLI::App& app, Commands& c) {
 
   CLI::App* generate = key->add_subcommand(
       "generate",
-      "Create version 1 of the key family: AES-256 generated on the token, token object, private, sensitive, "
-      "never extractable, encrypt/decrypt only, not modifiable, CKA_LABEL = the URI's object, CKA_ID = 01. "
-      "Refuses if the family already has any key (use `key rotate`). Prints the key_id the plugin will report.");
+      "Create version 1 of the key family: AES-256 generated on the token (aes-cbc-hmac: and an HMAC-SHA256 "
+      "key beside it, sign/verify only), token object, private, sensitive, never extractable, encrypt/decrypt "
+      "only, not modifiable, CKA_LABEL = the URI's object, CKA_ID = 01. Refuses if the family already has any "
+      "key (use `key rotate`). Prints the scheme and the key_id the plugin will report.");
   AddUri(generate, generate_options.pkcs11_uri);
-  generate->add_flag("--json", generate_options.json, "Print {\"version\":1,\"key_id\":...} as JSON");
+  AddKeyScheme(generate, generate_options);
+  generate->add_flag("--json", generate_options.json,
+                     "Print {\"version\":1,\"key_id\":...,\"scheme\":...} as JSON");
   generate->callback([&c] { c.rc = KeyGenerate(c.generate_options); });
 
   AddKeyRotate(key, c);
 
   CLI::App* list = key->add_subcommand(
       "list",
-      "List every version of the family: version, key_id (as the plugin derives it), CKA_ID, key type and "
+      "List every version of the family: version, key_id (as the plugin derives it), scheme, CKA_ID, key type and "
       "size, attributes (sensitive, extractable, always-sensitive, never-extractable, local, modifiable), usages, "
       "whether the plugin's KEK policy accepts it, and which version is active (the highest).");
   AddUri(list, list_options.pkcs11_uri);
   list->add_flag("--json", list_options.json,
-                 "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"id\":\"01\",\"active\":bool,...}]}");
+                 "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"id\":\"01\",\"active\":bool,\"scheme\":...,"
+                 "...,\"hmac_key\":{...}}]} (hmac_key: aes-cbc-hmac only)");
   list->callback([&c] { c.rc = KeyList(c.list_options); });
 
   CLI::App* retire = key->add_subcommand(
       "retire",
       "Destroy an old version once every object encrypted under it was re-encrypted (e.g. "
       "`kubectl get secrets -A -o json | kubectl replace -f -`). Objects still under its key_id become unreadable "
-      "for good. Without --yes only explains what would be lost and exits 1. The active (highest) version can never "
-      "be retired.");
+      "for good (both keys of an aes-cbc-hmac version). Without --yes only explains what would be lost and exits 1. "
+      "The active (highest) version can never be retired.");
   AddUri(retire, retire_options.pkcs11_uri);
   AddRetireChoice(retire, retire_options.version, "The version to destroy", retire_options.yes, "Really destroy it");
   retire->callback([&c] { c.rc = KeyRetire(c.retire_options); });

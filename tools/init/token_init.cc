@@ -1,4 +1,5 @@
 // token init: a free slot's token gets a label, an SO PIN and a user PIN, all from files.
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -7,7 +8,9 @@
 #include "core/strings.h"
 #include "hsm/admin.h"
 #include "hsm/pin_source.h"
+#include "hsm/token_discovery.h"
 #include "tools/init/init_tool.h"
+#include "tools/init/token_init.h"
 
 namespace trousseau::init {
 namespace {
@@ -27,12 +30,39 @@ std::string UriEscape(std::string_view text, bool keep_slash) {
   return out;
 }
 
+// C_Initialize refused its arguments (or their absence): the hint in `refused` names the URI attribute
+// the other commands take; this command takes the same string, unencoded, as --module-init-reserved.
+std::string InitArgumentsHint(const Status& refused, bool init_reserved_given) {
+  return StrCat(refused.message(), init_reserved_given
+                                       ? " (here: the string given with --module-init-reserved)"
+                                       : " (token init takes that string unencoded, with --module-init-reserved)");
+}
+
+// Every token already initialised: names them, since a module whose token its own tools set up (NSS
+// softoken's "NSS Certificate DB" after `certutil -N`) needs no token init at all.
+std::string NoFreeSlotHint(const hsm::Pkcs11Module& module, const Status& refused) {
+  std::string message(refused.message());
+  StatusOr<std::vector<hsm::TokenSlot>> tokens = hsm::TokensPresent(module.api());
+  const auto is_free = [](const hsm::TokenSlot& token) { return !token.initialized(); };
+  if (!tokens.ok() || tokens->empty() || std::any_of(tokens->begin(), tokens->end(), is_free)) return message;
+  std::vector<std::string> labels;
+  for (const hsm::TokenSlot& token : *tokens) labels.push_back(StrCat("'", token.Label(), "'"));
+  return StrCat(message, ": ", StrJoin(labels, ", "),
+                ". token init never re-initialises a token (C_InitToken erases it); to use one of these, name it "
+                "in the --pkcs11-uri of `key generate` (token=LABEL) with its user PIN in pin-source");
+}
+
 }  // namespace
 
-int TokenInit(const TokenInitOptions& options) {
+int TokenInit(const TokenInitOptions& options) { return TokenInit(options, std::nullopt); }
+
+int TokenInit(const TokenInitOptions& options, const std::optional<std::string>& module_init_reserved) {
   if (options.module.empty() || options.module[0] != '/') {
     return Fail(kExitUsage,
                 "--module needs the absolute path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)");
+  }
+  if (module_init_reserved && module_init_reserved->empty()) {
+    return Fail(kExitUsage, "--module-init-reserved is empty (leave it out for a module that needs no string)");
   }
   // Both PIN files are checked before the token is touched: owner-only, regular, not empty.
   StatusOr<SecureBytes> so_pin = hsm::ReadPinFile(options.so_pin_file);
@@ -40,13 +70,23 @@ int TokenInit(const TokenInitOptions& options) {
   StatusOr<SecureBytes> user_pin = hsm::ReadPinFile(options.pin_file);
   if (!user_pin.ok()) return Fail(kExitUsage, StrCat("--pin-file: ", user_pin.status().message()));
 
-  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module = hsm::Pkcs11Module::Load(options.module);
+  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module = hsm::Pkcs11Module::Load(options.module, module_init_reserved);
   if (!module.ok()) return Fail(kExitUsage, module.status().message());
+  // C_Initialize first, on its own: a module refusing its arguments (or their absence) is a configuration
+  // error, and the hint must name this command's flag, not the URI attribute the other commands take.
+  if (Status initialized = (*module)->Initialize(); !initialized.ok()) {
+    if (!IsFailedPrecondition(initialized)) return Fail(kExitFailed, initialized.message());
+    return Fail(kExitUsage, InitArgumentsHint(initialized, module_init_reserved.has_value()));
+  }
   StatusOr<hsm::InitializedToken> token = hsm::InitToken(**module, options.label, *so_pin, *user_pin);
   if (!token.ok()) {
     // A label that cannot be a token label is a usage error; an existing label, no free slot or a
     // device failure is an operation failure.
-    return Fail(IsInvalidArgument(token.status()) ? kExitUsage : kExitFailed, token.status().message());
+    // A label that cannot be a token label is a usage error; an existing label, no free slot or a
+    // device failure is an operation failure.
+    if (IsInvalidArgument(token.status())) return Fail(kExitUsage, token.status().message());
+    if (IsFailedPrecondition(token.status())) return Fail(kExitFailed, NoFreeSlotHint(**module, token.status()));
+    return Fail(kExitFailed, token.status().message());
   }
 
   // The URI's pin-source must be absolute (the plugin and the tools refuse a relative one: it would
@@ -54,9 +94,10 @@ int TokenInit(const TokenInitOptions& options) {
   std::error_code error;
   std::filesystem::path pin_path = std::filesystem::absolute(options.pin_file, error);
   if (error) pin_path = options.pin_file;
-  const std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false),
-                                 ";object=kek?module-path=", UriEscape(options.module, true),
-                                 "&pin-source=file:", UriEscape(pin_path.lexically_normal().string(), true));
+  std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false),
+                           ";object=kek?module-path=", UriEscape(options.module, true),
+                           "&pin-source=file:", UriEscape(pin_path.lexically_normal().string(), true));
+  if (module_init_reserved) StrAppend(uri, "&x-init-reserved=", UriEscape(*module_init_reserved, true));
   if (options.json) {
     std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
               << ",\"module\":" << JsonQuote(options.module) << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
