@@ -341,9 +341,9 @@ StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string
                   StrCat(why.message(), "; ",
                          failures.empty() ? StrCat("the AES key of version ", version, " was destroyed again")
                                           : StrCat("destroying what was made of version ", version, " failed too (",
-                                                   StrJoin(failures, "; "),
-                                                   "): remove the objects labelled '", label, "' with CKA_ID ",
-                                                   HexEncode(VersionToId(version)), " with the token's own tools")));
+                                                   StrJoin(failures, "; "), "): remove the objects labelled '", label,
+                                                   "' with CKA_ID ", HexEncode(VersionToId(version)),
+                                                   " with the token's own tools")));
   };
   StatusOr<CK_OBJECT_HANDLE> mac = GenerateMacKeyOfVersion(session, label, version, options);
   if (!mac.ok()) return undo(mac.status(), kNoObject);
@@ -377,11 +377,11 @@ StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional
   const std::vector<std::string> missing = MissingForNewKeys(*token, *requested);
   if (missing.empty()) return *requested;
   const std::vector<std::string> offered = token->Offered();
-  return FailedPreconditionError(StrCat(
-      token->Describe(), " cannot create ", SchemeName(*requested), " key versions: it needs ",
-      StrJoin(missing, ", "), ". The token offers ",
-      offered.empty() ? std::string("none of the mechanisms trousseau-hsm uses") : StrJoin(offered, ", "),
-      ". Nothing was created; --scheme auto takes what the token can do"));
+  return FailedPreconditionError(
+      StrCat(token->Describe(), " cannot create ", SchemeName(*requested), " key versions: it needs ",
+             StrJoin(missing, ", "), ". The token offers ",
+             offered.empty() ? std::string("none of the mechanisms trousseau-hsm uses") : StrJoin(offered, ", "),
+             ". Nothing was created; --scheme auto takes what the token can do"));
 }
 
 StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
@@ -511,7 +511,8 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
       std::vector<std::string> failures;
       for (CK_OBJECT_HANDLE object : {handles->mac, handles->cipher}) {
         if (object == kNoObject) continue;
-        if (Status s = DestroyKeyObject(admin->session(), object); !s.ok()) failures.push_back(std::string(s.message()));
+        if (Status s = DestroyKeyObject(admin->session(), object); !s.ok())
+          failures.push_back(std::string(s.message()));
       }
       return Status(identified.code(),
                     StrCat("the token created ", SchemeName(*scheme), " key '", label, "' version ", version,

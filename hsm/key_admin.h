@@ -100,7 +100,7 @@ StatusOr<uint64_t> ChooseNewVersion(std::string_view label, uint64_t above,
                                     std::vector<SkippedVersion>& skipped);
 
 struct NewKekVersion {
-  KeyVersion version;                   // the new version's objects as the token lists them, in the session `admin` holds now
+  KeyVersion version;  // the new version's objects as the token lists them, in the session `admin` holds now
   std::vector<SkippedVersion> lost;     // versions other runs created at the same time; this run withdrew from them
   std::vector<SkippedVersion> skipped;  // numbers passed over because another key on the token has their CKA_ID
   uint64_t highest = 0;                 // the highest version in the family at the read that decided (>= key.version)
@@ -112,8 +112,8 @@ struct NewKekVersion {
 // C_GenerateKey it reads the family again; when another object has the same version, exactly one of
 // the two keeps it, the other destroys the objects it created (never anyone else's) and tries the next
 // version. An aes-cbc-hmac version has two objects: the contest is decided on the AES keys, and the
-// losing run destroys both of its objects. Never leaves one version twice on the token, as long as every creator goes through here.
-// The same holds across families for the CKA_ID: a key of another label with the new key's CKA_ID,
+// losing run destroys both of its objects. Never leaves one version twice on the token, as long as every creator goes
+// through here. The same holds across families for the CKA_ID: a key of another label with the new key's CKA_ID,
 // created at the same moment, is a contest too; the run of the family whose label sorts later gives way
 // (and the other waits for that, until the settle deadline). A token that replaced the new key by
 // another one with its CKA_ID (NSS) counts as a lost contest.

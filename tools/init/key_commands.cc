@@ -222,8 +222,9 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   next.scheme = RequestedScheme(options.scheme);
   // The token decides what it can make: said before anything is created, as configuration (exit 2).
   StatusOr<hsm::KeyScheme> scheme = hsm::SchemeForNewVersion(*family.admin, next.scheme);
-  if (!scheme.ok()) return Fail(IsFailedPrecondition(scheme.status()) ? kExitUsage : kExitFailed,
-                                std::string(scheme.status().message()));
+  if (!scheme.ok())
+    return Fail(IsFailedPrecondition(scheme.status()) ? kExitUsage : kExitFailed,
+                std::string(scheme.status().message()));
   next.scheme = *scheme;
   const std::vector<hsm::KeyVersion> before = hsm::GroupKeyVersions(family.keys);
   StatusOr<hsm::NewKekVersion> made = hsm::CreateNextKekVersion(family.admin, *family.uri, next);
@@ -249,9 +250,8 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (!before.empty() && before.back().scheme != made->version.scheme && !options.json) {
     // Never a silent change: the plugin serves both schemes side by side, but the operator should know.
     std::cerr << kToolName << ": note: version " << version << " is " << scheme_name << ", version "
-              << before.back().version << " before it was " << hsm::SchemeName(before.back().scheme)
-              << " (--scheme " << options.scheme << " on " << family.uri->token_description()
-              << "); the plugin serves both\n";
+              << before.back().version << " before it was " << hsm::SchemeName(before.back().scheme) << " (--scheme "
+              << options.scheme << " on " << family.uri->token_description() << "); the plugin serves both\n";
   }
   // The family as the plugin's next refresh will read it: another tool may have added a key the
   // plugin refuses meanwhile. (Duplicates seen now may be other runs' contests still being decided;
@@ -275,8 +275,8 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   if (options.json) {
     std::cout << "{\"version\":" << version << ",\"key_id\":" << JsonQuote(*key_id)
               << ",\"id\":" << JsonQuote(Hex(created->id)) << ",\"label\":" << JsonQuote(family.label())
-              << ",\"scheme\":" << JsonQuote(std::string(scheme_name))
-              << ",\"active\":" << (active ? "true" : "false") << ",\"skipped_versions\":[";
+              << ",\"scheme\":" << JsonQuote(std::string(scheme_name)) << ",\"active\":" << (active ? "true" : "false")
+              << ",\"skipped_versions\":[";
     for (size_t i = 0; i < made->skipped.size(); ++i) {
       std::cout << (i ? "," : "") << "{\"version\":" << made->skipped[i].version
                 << ",\"why\":" << JsonQuote(made->skipped[i].why) << "}";
@@ -293,8 +293,7 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
                 << Hex(created->id) << "\n";
     } else {
       std::cout << "created version " << version << " of " << family.Describe() << ": " << scheme_name
-                << ", AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id)
-                << "\n";
+                << ", AES-256, sensitive, never extractable, encrypt/decrypt only, CKA_ID " << Hex(created->id) << "\n";
     }
     std::cout << "key_id: " << *key_id << "\n";
   }
@@ -468,7 +467,8 @@ int KeyList(const KeyOptions& options) {
         has_cipher ? hsm::KeyIdOf(family.session(), family.label(), version, family.uri->gcm_iv_source())
                    : StatusOr<std::string>(FailedPreconditionError(entry.unpaired));
     std::string violation = VersionPolicyViolation(version);
-    if (!entry.unpaired.empty()) violation = violation.empty() ? entry.unpaired : StrCat(entry.unpaired, "; ", violation);
+    if (!entry.unpaired.empty())
+      violation = violation.empty() ? entry.unpaired : StrCat(entry.unpaired, "; ", violation);
     // The same judgement as selftest: what the plugin accepts but a KEK should not be is a warning.
     const std::vector<std::string> warnings = VersionPolicyWarnings(version);
     const std::vector<std::string> shared = SharedIdWith(family.label(), key, token_keys);
@@ -542,7 +542,8 @@ int KeyRetire(const KeyOptions& options) {
       grouped.empty() ? StatusOr<std::string>(NotFoundError("no AES key"))
                       : hsm::KeyIdOf(family.session(), family.label(), grouped.front(), family.uri->gcm_iv_source());
   const std::string name = key_id.ok() ? StrCat("key_id ", *key_id) : StrCat("version ", options.version);
-  const bool extractable = std::any_of(targets.begin(), targets.end(), [](const hsm::KeyObject& k) { return k.extractable; });
+  const bool extractable =
+      std::any_of(targets.begin(), targets.end(), [](const hsm::KeyObject& k) { return k.extractable; });
   const std::string objects = targets.size() == 1 ? std::string("the key") : StrCat("its ", targets.size(), " keys");
   if (!options.yes) {
     std::cerr << kToolName << ": not retiring without --yes. Retiring destroys version " << options.version << " of "
@@ -558,9 +559,9 @@ int KeyRetire(const KeyOptions& options) {
   }
   // HMAC keys first: no reader ever sees an HMAC key without its AES key (a family the plugin refuses).
   if (Status s = hsm::DestroyVersionObjects(family.session(), targets); !s.ok()) return FailStatus(s);
-  std::cout << "retired version " << options.version << " of " << family.Describe() << " (" << name
-            << "): " << (targets.size() == 1 ? std::string("the key is destroyed")
-                                              : StrCat("its ", targets.size(), " keys are destroyed"))
+  std::cout << "retired version " << options.version << " of " << family.Describe() << " (" << name << "): "
+            << (targets.size() == 1 ? std::string("the key is destroyed")
+                                    : StrCat("its ", targets.size(), " keys are destroyed"))
             << ".\n"
             << "Send SIGHUP to trousseau-hsm (or wait for its --key-refresh-interval) so it drops the version;\n"
             << "decrypting anything still under it now fails with NOT_FOUND. Active version: " << active << ".\n"
