@@ -5,6 +5,12 @@
 #                                 by $OCK_SO_PIN_FILE and $OCK_USER_PIN_FILE (opencryptoki accepts 4 to 8 characters).
 #   opencryptoki-token.sh stop    stops the pkcsslotd this host runs (one daemon per host: a second one would take
 #                                 over the first one's shared memory and its exit would remove the shared socket).
+# One user at a time: `start` takes a host-wide lock (/run/lock/trousseau-opencryptoki.lock) and hands it to a small
+# holder process that keeps it until `stop` by the same caller, or until the caller (this script's parent process:
+# the test binary, ci/conformance) exits, whichever comes first; another caller's `start` waits for it (up to
+# $OCK_LOCK_TIMEOUT seconds, default 900). A caller that already holds the lock starts again at once, and a `stop`
+# from a caller that does not hold it leaves the other user's daemon alone. ctest's RESOURCE_LOCK opencryptoki
+# serialises the tests of one ctest run; this lock serialises everything that uses this script on the host.
 # Why a wipe and not C_InitToken alone: C_InitToken needs the current SO PIN, which an earlier run may have changed;
 # with the daemon stopped, removing the token's files and its /dev/shm segment gives back the factory token
 # (SO PIN 87654321). PINs reach pkcs11-tool through its env:NAME form, never through argv; nothing secret is printed.
@@ -20,6 +26,9 @@ readonly token_shm=/dev/shm/var.lib.opencryptoki.swtok
 readonly slot=3
 readonly factory_so_pin=87654321
 readonly label="${OCK_TOKEN_LABEL:-trousseau-ock}"
+readonly lock_file=/run/lock/trousseau-opencryptoki.lock
+readonly holder_file=/run/lock/trousseau-opencryptoki.holder  # "HOLDER_PID OWNER_PID" of the lock's holder
+readonly caller=$PPID
 
 die() {
   echo "opencryptoki-token: $*" >&2
@@ -98,6 +107,58 @@ read_pin() {  # read_pin VAR_NAMING_FILE -> the PIN on stdout (captured into a v
   printf '%s' "$pin"
 }
 
+# Whether process $1 runs (a zombie does not: in a container whose PID 1 does not reap, a dead caller stays one).
+alive() {
+  local state
+  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# The holder of the lock now, as "HOLDER_PID OWNER_PID", if its holder process still runs.
+current_holder() {
+  local holder owner
+  [ -r "$holder_file" ] || return 0
+  read -r holder owner <"$holder_file" 2>/dev/null || return 0
+  [ -n "$holder" ] && alive "$holder" && echo "$holder $owner"
+  return 0
+}
+
+acquire_lock() {
+  local held fd
+  held="$(current_holder)"
+  if [ -n "$held" ] && [ "${held#* }" = "$caller" ]; then
+    return 0  # this caller holds it already
+  fi
+  exec {fd}>>"$lock_file"
+  if ! flock -n "$fd"; then
+    echo "opencryptoki-token: another test uses the opencryptoki token (holder ${held:-unknown}); waiting" >&2
+    flock -w "${OCK_LOCK_TIMEOUT:-900}" "$fd" ||
+      die "the opencryptoki token stayed in use by another test for ${OCK_LOCK_TIMEOUT:-900} s (lock $lock_file)"
+  fi
+  # The holder inherits the locked descriptor and keeps the lock after this script exits; its own output goes
+  # nowhere, so a caller that waits for the script's output to end does not wait for it.
+  # Its sleeps do not inherit the lock and are waited for with `wait`, so a stop (SIGTERM) frees the lock at once.
+  (
+    trap 'exit 0' TERM
+    while alive "$caller"; do
+      sleep 1 {fd}>&- &
+      wait $!
+    done
+  ) </dev/null >/dev/null 2>&1 &
+  echo "$! $caller" >"$holder_file"
+  exec {fd}>&-
+}
+
+# Releases the lock if this caller holds it; returns 1 if another caller does (its token is left alone).
+release_lock() {
+  local held
+  held="$(current_holder)"
+  [ -n "$held" ] || return 0
+  [ "${held#* }" = "$caller" ] || return 1
+  kill -TERM "${held% *}" 2>/dev/null || true
+  rm -f "$holder_file"
+}
+
 p11() { pkcs11-tool --module "$api_module" --slot "$slot" "$@" >/dev/null; }
 
 start() {
@@ -106,6 +167,7 @@ start() {
   so_pin="$(read_pin OCK_SO_PIN_FILE)"
   user_pin="$(read_pin OCK_USER_PIN_FILE)"
 
+  acquire_lock
   stop_daemon
   rm -f "$token_dir/NVTOK.DAT" "$token_dir/MK_SO" "$token_dir/MK_USER" "$token_shm"
   find "$token_dir/TOK_OBJ" -mindepth 1 -delete 2>/dev/null || true
@@ -126,6 +188,12 @@ start() {
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_daemon && echo "opencryptoki-token: pkcsslotd stopped" ;;
+  stop)
+    if release_lock; then
+      stop_daemon && echo "opencryptoki-token: pkcsslotd stopped"
+    else
+      echo "opencryptoki-token: another test holds the opencryptoki token; left running" >&2
+    fi
+    ;;
   *) die "usage: $0 start|stop (PIN files in OCK_SO_PIN_FILE and OCK_USER_PIN_FILE)" ;;
 esac
