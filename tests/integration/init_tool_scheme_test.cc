@@ -1,0 +1,223 @@
+// trousseau-hsm-init and key schemes (issue 18, item 2): `key generate|rotate --scheme` makes aes-cbc-hmac versions
+// (an AES-256 key and an HMAC key, same label and CKA_ID, both generated on the token), `key list` shows each
+// version's scheme and both objects, `key retire` removes both, and the key_id the tool prints is the one the
+// plugin reports. On opencryptoki's soft token (no AES-GCM: auto means aes-cbc-hmac) and on SoftHSM (both
+// mechanism sets: --scheme chooses). The fixture is init_tool_test.h.
+#include "tests/integration/init_tool_test.h"
+#include "tests/testing/skip_or_fail_in_ci.h"
+
+#include "core/strings.h"
+#include "hsm/admin.h"
+#include "hsm/key_admin.h"
+
+namespace trousseau::init_tool {
+namespace {
+
+constexpr char kOpencryptokiModule[] = "/usr/lib/x86_64-linux-gnu/pkcs11/PKCS11_API.so";
+// opencryptoki takes PINs of 4 to 8 characters; never printed by anything (checked in TearDown).
+constexpr char kOckSoPin[] = "so7e3a9c";
+constexpr char kOckUserPin[] = "us4b8d2f";
+
+bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+// Both objects of an aes-cbc-hmac version as `key list --json` shows them: generated on the token, never
+// readable, each allowed its own job only.
+void ExpectAesCbcHmacVersion(const json& key, uint64_t version) {
+  SCOPED_TRACE(key.dump());
+  EXPECT_EQ(key["version"], version);
+  EXPECT_EQ(key["scheme"], "aes-cbc-hmac");
+  EXPECT_EQ(key["policy_ok"], true);
+  EXPECT_EQ(key["key_type"], "AES");
+  EXPECT_EQ(key["bits"], 256);
+  ASSERT_TRUE(key.contains("hmac_key"));
+  const json& mac = key["hmac_key"];
+  EXPECT_EQ(mac["key_type"], "HMAC");
+  EXPECT_EQ(mac["bits"], 256);
+  EXPECT_EQ(key["usages"], json::array({"encrypt", "decrypt"}));
+  EXPECT_EQ(mac["usages"], json::array({"sign", "verify"}));
+  for (const json* object : {&key, &mac}) {
+    EXPECT_EQ((*object)["sensitive"], true);
+    EXPECT_EQ((*object)["extractable"], false);
+    EXPECT_EQ((*object)["always_sensitive"], true);
+    EXPECT_EQ((*object)["never_extractable"], true);
+    EXPECT_EQ((*object)["local"], true);
+    EXPECT_EQ((*object)["modifiable"], false);
+  }
+}
+
+// ---- SoftHSM: both mechanism sets, so --scheme decides ----
+
+class InitToolSchemeTest : public InitToolTest {};
+
+TEST_F(InitToolSchemeTest, AutoKeepsAesGcmOnATokenThatHasIt) {
+  ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
+  ASSERT_EQ(made.code, 0) << made.all();
+  EXPECT_EQ(json::parse(made.out)["scheme"], "aes-gcm") << made.out;
+  json listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["keys"][0]["scheme"], "aes-gcm");
+  EXPECT_FALSE(listed["keys"][0].contains("hmac_key")) << listed.dump();
+}
+
+TEST_F(InitToolSchemeTest, AesCbcHmacOnSoftHsmIsServedByThePluginUnderTheToolsKeyIdAndRetiredWhole) {
+  ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac", "--json"});
+  ASSERT_EQ(made.code, 0) << made.all();
+  const json generated = json::parse(made.out);
+  EXPECT_EQ(generated["scheme"], "aes-cbc-hmac");
+  const std::string v1 = generated["key_id"];
+  json listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  ExpectAesCbcHmacVersion(listed["keys"][0], 1);
+  EXPECT_EQ(listed["keys"][0]["key_id"], v1);
+
+  auto plugin = StartPlugin("1s");
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v1; }, 5s)) << Status().key_id() << "\n" << plugin->Log();
+  v2::EncryptResponse sealed = Encrypt("a secret under aes-cbc-hmac");
+  EXPECT_EQ(sealed.key_id(), v1);
+  std::string opened;
+  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
+  EXPECT_EQ(opened, "a secret under aes-cbc-hmac");
+
+  // Rotation keeps the scheme it is told, and the plugin confirms the new key_id.
+  ToolResult rotated = Run({"key", "rotate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac", "--socket",
+                            "unix://" + socket_, "--wait-timeout", "20s", "--json"});
+  ASSERT_EQ(rotated.code, 0) << rotated.all() << plugin->Log();
+  const json second = json::parse(rotated.out);
+  EXPECT_EQ(second["version"], 2);
+  EXPECT_EQ(second["scheme"], "aes-cbc-hmac");
+  EXPECT_EQ(second["plugin_confirmed"], true);
+  const std::string v2 = second["key_id"];
+  EXPECT_EQ(Status().key_id(), v2);
+
+  // Retiring version 1 takes both of its objects: nothing with CKA_ID 01 is left of the family.
+  ToolResult retired = Run({"key", "retire", "--pkcs11-uri", uri_, "--version", "1", "--yes"});
+  ASSERT_EQ(retired.code, 0) << retired.all();
+  EXPECT_TRUE(Contains(retired.out, "its 2 keys are destroyed")) << retired.out;
+  plugin.reset();  // one module user at a time in this process's view of the token
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*hsm::Pkcs11Uri::Parse(uri_));
+  ASSERT_TRUE(admin.ok()) << admin.status().message();
+  StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily((*admin)->session(), "kek");
+  ASSERT_TRUE(family.ok()) << family.status().message();
+  ASSERT_EQ(family->size(), 2u) << "version 2's AES and HMAC keys only";
+  for (const hsm::KeyObject& key : *family) EXPECT_EQ(key.version, 2u);
+}
+
+TEST_F(InitToolSchemeTest, ALoneHmacKeyIsRefusedWithTheFamilyViolation) {
+  {
+    StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*hsm::Pkcs11Uri::Parse(uri_));
+    ASSERT_TRUE(admin.ok()) << admin.status().message();
+    ASSERT_TRUE(hsm::GenerateMacKeyOfVersion((*admin)->session(), "kek", 1).ok());
+  }
+  const std::string why = "version 1 has an HMAC key but no AES key (an aes-cbc-hmac version needs both)";
+  ToolResult rotated = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait"});
+  EXPECT_EQ(rotated.code, 1) << rotated.all();
+  EXPECT_TRUE(Contains(rotated.err, why)) << rotated.all();
+  ToolResult generated = Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac"});
+  EXPECT_EQ(generated.code, 1) << generated.all();
+  EXPECT_TRUE(Contains(generated.err, why)) << generated.all();
+  json listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["keys"][0]["policy_ok"], false);
+  EXPECT_TRUE(Contains(listed["keys"][0]["policy_violation"].get<std::string>(), "an HMAC key with no AES key"))
+      << listed.dump();
+  // Nothing was created by either run: still the one HMAC key.
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*hsm::Pkcs11Uri::Parse(uri_));
+  ASSERT_TRUE(admin.ok()) << admin.status().message();
+  StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily((*admin)->session(), "kek");
+  ASSERT_TRUE(family.ok()) << family.status().message();
+  EXPECT_EQ(family->size(), 1u);
+}
+
+// ---- opencryptoki's soft token: no AES-GCM, so auto makes aes-cbc-hmac (pkcsslotd: one per host) ----
+
+class InitToolSchemeOpencryptokiTest : public InitToolTest {
+ protected:
+  void SetUp() override {
+    InitToolTest::SetUp();
+    if (getuid() != 0) SKIP_OR_FAIL_IN_CI("opencryptoki's pkcsslotd needs root");
+    if (access(kOpencryptokiModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("opencryptoki is not installed");
+    const std::string so_pin = token_->dir() + "/ock-so.pin", user_pin = token_->dir() + "/ock-user.pin";
+    WriteFile(so_pin, StrCat(kOckSoPin, "\n"), 0600);
+    WriteFile(user_pin, StrCat(kOckUserPin, "\n"), 0600);
+    setenv("OCK_SO_PIN_FILE", so_pin.c_str(), 1);
+    setenv("OCK_USER_PIN_FILE", user_pin.c_str(), 1);
+    ToolResult started = RunScript("start");
+    ASSERT_EQ(started.code, 0) << started.all();
+    started_ = true;
+    uri_ = StrCat("pkcs11:token=trousseau-ock;object=kek?module-path=", kOpencryptokiModule,
+                  "&pin-source=file:", user_pin);
+  }
+  void TearDown() override {
+    if (started_) RunScript("stop");
+    std::vector<std::string> outputs = outputs_;
+    outputs.push_back(ReadFile(plugin_log_));
+    for (const std::string& output : outputs) {
+      for (const char* pin : {kOckSoPin, kOckUserPin}) EXPECT_FALSE(Contains(output, pin)) << output;
+    }
+    InitToolTest::TearDown();
+  }
+  ToolResult RunScript(const std::string& verb) {
+    Subprocess script({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), verb},
+                      Subprocess::SeparateOutput{StrCat(token_->dir(), "/ock-", verb, ".out"),
+                                                 StrCat(token_->dir(), "/ock-", verb, ".err")});
+    ToolResult result;
+    std::optional<int> code = script.Wait(60s);
+    result.code = code.value_or(-1);
+    result.out = script.Log();
+    result.err = script.ErrorLog();
+    outputs_.push_back(result.all());
+    return result;
+  }
+  bool started_ = false;
+};
+
+TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersionsThePluginServes) {
+  // aes-gcm is refused before anything is created: the token has no CKM_AES_GCM.
+  ToolResult gcm = Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-gcm"});
+  EXPECT_EQ(gcm.code, 2) << gcm.all();
+  EXPECT_TRUE(Contains(gcm.err, "cannot create aes-gcm key versions")) << gcm.err;
+  EXPECT_TRUE(Contains(gcm.err, "CKM_AES_GCM (not offered)")) << gcm.err;
+  EXPECT_EQ(ListJson()["keys"].size(), 0u);
+
+  ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_});
+  ASSERT_EQ(made.code, 0) << made.all();
+  EXPECT_TRUE(Contains(made.out, "created version 1 of key family 'kek' on token 'trousseau-ock': aes-cbc-hmac"))
+      << made.out;
+  const std::string v1 = PrintedKeyId(made.out);
+  ASSERT_FALSE(v1.empty()) << made.out;
+  json listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  ExpectAesCbcHmacVersion(listed["keys"][0], 1);
+  EXPECT_EQ(listed["keys"][0]["key_id"], v1);
+
+  // The plugin on the same token reports the tool's key_id and seals with it.
+  auto plugin = StartPlugin("1s");
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v1; }, 10s)) << Status().key_id() << "\n" << plugin->Log();
+  v2::EncryptResponse sealed = Encrypt("a secret on opencryptoki");
+  EXPECT_EQ(sealed.key_id(), v1);
+  std::string opened;
+  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
+  EXPECT_EQ(opened, "a secret on opencryptoki");
+
+  ToolResult rotated =
+      Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "20s", "--json"});
+  ASSERT_EQ(rotated.code, 0) << rotated.all() << plugin->Log();
+  const json second = json::parse(rotated.out);
+  EXPECT_EQ(second["version"], 2);
+  EXPECT_EQ(second["scheme"], "aes-cbc-hmac");
+  EXPECT_EQ(second["plugin_confirmed"], true);
+  EXPECT_EQ(Status().key_id(), second["key_id"].get<std::string>());
+  std::string reopened;
+  ASSERT_TRUE(Decrypt(sealed, &reopened).ok()) << "version 1 still decrypts";
+
+  ToolResult retired = Run({"key", "retire", "--pkcs11-uri", uri_, "--version", "1", "--yes"});
+  ASSERT_EQ(retired.code, 0) << retired.all();
+  EXPECT_TRUE(Contains(retired.out, "its 2 keys are destroyed")) << retired.out;
+  // `key list` shows every object of the family, an HMAC key without its AES key too: only version 2 is left.
+  listed = ListJson();
+  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+  ExpectAesCbcHmacVersion(listed["keys"][0], 2);
+}
+
+}  // namespace
+}  // namespace trousseau::init_tool
