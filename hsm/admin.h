@@ -19,7 +19,7 @@ namespace trousseau::hsm {
 
 // The loaded module, the token the URI names, and one read-write session logged in as the user.
 // Everything is released in order on destruction: the session closes (which ends the login), then
-// the module is finalised and unloaded.
+// the module is finalised (its library stays loaded: opening again is C_Finalize + C_Initialize).
 class AdminSession {
  public:
   // Loads the URI's module, C_Initialize, FindToken, a read-write session, C_Login as CKU_USER with

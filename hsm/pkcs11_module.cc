@@ -2,15 +2,44 @@
 
 #include <dlfcn.h>
 
+#include <string>
+#include <string_view>
+
 #include "hsm/pkcs11_error.h"
 #include "core/status.h"
 #include "core/strings.h"
 
 namespace trousseau::hsm {
+namespace {
+
+// opencryptoki's library, by its file name (PKCS11_API.so, libopencryptoki.so*): C_GetInfo cannot tell
+// before C_Initialize has succeeded.
+bool IsOpencryptoki(std::string_view path) {
+  const size_t slash = path.rfind('/');
+  const std::string_view file = slash == std::string_view::npos ? path : path.substr(slash + 1);
+  return file.starts_with("PKCS11_API.so") || file.starts_with("libopencryptoki.so");
+}
+
+// What a C_Initialize failure means where a module gives it another sense than its name.
+std::string InitializeHint(CK_RV rv, std::string_view path) {
+  // opencryptoki answers CKR_HOST_MEMORY when it cannot reach its slot daemon's socket, not for memory.
+  if (rv == CKR_HOST_MEMORY && IsOpencryptoki(path)) {
+    return " (opencryptoki says this when it cannot reach its slot daemon: is pkcsslotd running?)";
+  }
+  return "";
+}
+
+}  // namespace
 
 StatusOr<std::unique_ptr<Pkcs11Module>> Pkcs11Module::Load(const std::string& path,
                                                            std::optional<std::string> init_reserved) {
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // RTLD_NODELETE: once loaded, a module stays mapped for the life of the process, so the dlclose of a
+  // destroyed Pkcs11Module followed by a new Load is only C_Finalize + C_Initialize on the same library.
+  // Unloading is not safe for every module: opencryptoki's PKCS11_API.so needs libitm.so.1 (GCC
+  // transactional memory), dlclose unloads libitm with it, and the freshly loaded libitm crashed
+  // (SIGSEGV in _ITM_beginTransaction) in the next C_Initialize: `key generate` died of it while
+  // waiting for a token (issue 18; docs/devices.md, "Re-initialising a module").
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (handle == nullptr) {
     const char* why = dlerror();
     return FailedPreconditionError(
@@ -55,7 +84,9 @@ Status Pkcs11Module::Initialize() {
     return FailedPreconditionError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv),
                                           ": the module cannot be used from several threads with OS locking"));
   }
-  if (rv != CKR_OK) return UnavailableError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv)));
+  if (rv != CKR_OK) {
+    return UnavailableError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv), InitializeHint(rv, path_)));
+  }
   initialized_ = true;
   return OkStatus();
 }

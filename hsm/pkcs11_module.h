@@ -12,6 +12,8 @@
 namespace trousseau::hsm {
 
 // One loaded module. Initialise/Finalize can be repeated: that is how a lost device is recovered.
+// The library is never unloaded (RTLD_NODELETE): loading the same path again after destroying a
+// Pkcs11Module gets the same library, in which only C_Finalize and C_Initialize have happened.
 class Pkcs11Module {
  public:
   // `init_reserved`: the module's initialisation string (CK_C_INITIALIZE_ARGS.pReserved), for modules
@@ -27,7 +29,7 @@ class Pkcs11Module {
   // this process already initialised the module, it is used as is and Finalize leaves it alone.
   // A refusal that no retry can fix (bad or missing initialisation arguments, no OS locking) is
   // FAILED_PRECONDITION with what to change; anything else is UNAVAILABLE (a daemon or device that
-  // is not there yet).
+  // is not there yet; for opencryptoki's CKR_HOST_MEMORY the message asks whether pkcsslotd runs).
   Status Initialize();
   void Finalize();
   CK_FUNCTION_LIST* api() const { return api_; }
