@@ -1,7 +1,9 @@
 package conformance
 
-// The harness: SoftHSM2 tokens in temporary directories, keys made by
-// pkcs11-tool, and the real trousseau-hsm binary started on a unix socket.
+// The harness: tokens of the device under test (device_test.go: SoftHSM2 or
+// NSS tokens in temporary directories, key families on opencryptoki's one
+// token), their key versions, and the real trousseau-hsm binary started on a
+// unix socket.
 
 import (
 	"bytes"
