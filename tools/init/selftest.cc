@@ -2,6 +2,7 @@
 // plugin's KEK policy, and a round trip and tamper check with its scheme on the device.
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "core/key_id.h"
@@ -227,21 +228,32 @@ int Selftest(const KeyOptions& options) {
   if (!identity.ok()) return FailStatus(identity.status());
   if (Status s = hsm::RefuseTpm2Pkcs11(*identity); !s.ok()) return Fail(kExitUsage, s.message());
 
-  Family family;
-  if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
-  StatusOr<hsm::TokenCapabilities> capabilities =
-      hsm::ReadTokenCapabilities(family.admin->api(), family.admin->token().slot);
-  if (!capabilities.ok()) return FailStatus(capabilities.status());
-  const TokenVerdict token = JudgeToken(*std::move(capabilities));
+  // The token's verdict needs no login and no read-write session: a token no scheme can use (a read-only or
+  // crypto-less one among them) is told so even when the family could not be opened on it.
+  StatusOr<hsm::TokenSlot> slot = hsm::FindToken((*module)->api(), *uri);
+  std::optional<TokenVerdict> token;
+  if (slot.ok()) {
+    StatusOr<hsm::TokenCapabilities> capabilities = hsm::ReadTokenCapabilities((*module)->api(), slot->slot);
+    if (!capabilities.ok()) return FailStatus(capabilities.status());
+    token = JudgeToken(*std::move(capabilities));
+  }  // else: OpenFamily finds no token either and reports it as every command does
 
+  Family family;
   std::vector<Check> checks;
   std::vector<std::string> family_failures;
   std::vector<std::string> token_warnings;
-  if (!token.usable()) {
+  if (token && !token->usable()) {
     // Nothing else can pass on such a token: its one message says what is missing and what would work.
-    family_failures.push_back(std::string(token.new_keys.status().message()));
+    family_failures.push_back(std::string(token->new_keys.status().message()));
   } else {
-    if (!token.new_keys.ok()) token_warnings.push_back(std::string(token.new_keys.status().message()));
+    if (int rc = OpenFamily(options.pkcs11_uri, family); rc != kExitOk) return rc;
+    if (!token) {  // the token appeared between the two looks: judge it now
+      StatusOr<hsm::TokenCapabilities> capabilities =
+          hsm::ReadTokenCapabilities(family.admin->api(), family.admin->token().slot);
+      if (!capabilities.ok()) return FailStatus(capabilities.status());
+      token = JudgeToken(*std::move(capabilities));
+    }
+    if (!token->new_keys.ok()) token_warnings.push_back(std::string(token->new_keys.status().message()));
     if (family.keys.empty()) {
       family_failures.push_back(StrCat(family.Describe(), " has no key; create one with `key generate`"));
     }
@@ -251,7 +263,7 @@ int Selftest(const KeyOptions& options) {
     NonceSequence ivs;  // random fixed field per run: never the fingerprint IV, never one the plugin draws again
     const std::vector<hsm::KeyVersion> versions = hsm::GroupKeyVersions(family.keys);
     for (const hsm::KeyVersion& version : versions) {
-      checks.push_back(CheckVersion(family, version, token, ivs));
+      checks.push_back(CheckVersion(family, version, *token, ivs));
       checks.back().active = version.version == versions.back().version;
     }
   }
@@ -265,7 +277,7 @@ int Selftest(const KeyOptions& options) {
 
   std::ostringstream out;
   if (options.json) {
-    out << "{\"ok\":" << (ok ? "true" : "false") << ",\"capabilities\":" << CapabilitiesJson(token)
+    out << "{\"ok\":" << (ok ? "true" : "false") << ",\"capabilities\":" << CapabilitiesJson(*token)
         << ",\"failures\":" << JsonList(family_failures) << ",\"warnings\":" << JsonList(token_warnings)
         << ",\"keys\":[";
     for (size_t i = 0; i < checks.size(); ++i) {
@@ -280,8 +292,8 @@ int Selftest(const KeyOptions& options) {
     }
     out << "]}\n";
   } else {
-    out << "selftest of " << family.Describe() << "\n";
-    PrintCapabilities(token, out);
+    out << "selftest of key family '" << uri->object_label() << "' on " << uri->token_description() << "\n";
+    PrintCapabilities(*token, out);
     for (const std::string& w : token_warnings) out << (options.strict ? "FAIL (strict) " : "WARN ") << w << "\n";
     for (const std::string& f : family_failures) out << "FAIL " << f << "\n";
     for (const Check& c : checks) {
@@ -296,7 +308,7 @@ int Selftest(const KeyOptions& options) {
         << " warning(s)\n";
   }
   std::cout << out.str();
-  if (!token.usable()) return kExitUsage;  // configuration: another token or module, or the TPM backend
+  if (!token->usable()) return kExitUsage;  // configuration: another token or module, or the TPM backend
   return ok ? kExitOk : kExitFailed;
 }
 
