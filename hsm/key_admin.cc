@@ -370,7 +370,13 @@ StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string
 }
 
 StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional<KeyScheme> requested) {
+  // Tried again while it fails for a moment: SoftHSM rewrites its token file at every login, and
+  // C_GetTokenInfo in another process at that moment says CKR_GENERAL_ERROR.
   StatusOr<TokenCapabilities> token = ReadTokenCapabilities(admin.api(), admin.token().slot);
+  for (int attempt = 1; !token.ok() && Transient(token.status()) && attempt < 5; ++attempt) {
+    SleepMs(10, 50);
+    token = ReadTokenCapabilities(admin.api(), admin.token().slot);
+  }
   if (!token.ok()) return token.status();
   if (!requested.has_value()) return SchemeForNewKeys(*token);
   if (Status tpm = RefuseTpm2Pkcs11(token->module); !tpm.ok()) return tpm;

@@ -6,6 +6,8 @@
 #include "tests/integration/init_tool_test.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 
+#include <map>
+
 #include "core/strings.h"
 #include "hsm/admin.h"
 #include "hsm/key_admin.h"
@@ -126,6 +128,63 @@ TEST_F(InitToolSchemeTest, ALoneHmacKeyIsRefusedWithTheFamilyViolation) {
   StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily((*admin)->session(), "kek");
   ASSERT_TRUE(family.ok()) << family.status().message();
   EXPECT_EQ(family->size(), 1u);
+}
+
+// Rotations at the same moment with two objects per version, and runs of both schemes meeting over one number:
+// each run keeps its own version (decided on the AES keys), a run that withdraws takes both of its objects with
+// it, and the family never holds a version twice or an HMAC key on its own.
+TEST_F(InitToolSchemeTest, ConcurrentRotationsOfBothSchemesLeaveWholeVersionsOnly) {
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac"}).code, 0);
+  constexpr int kRounds = 3;
+  constexpr int kAtOnce = 3;
+  struct Printed {
+    std::string key_id, scheme;
+  };
+  std::map<uint64_t, Printed> printed;
+  int backed_off = 0;  // contests lost: shown, so a run of this test says whether runs met at all
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<Started> runs;
+    for (int i = 0; i < kAtOnce; ++i) {
+      runs.push_back(Start({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait", "--json", "--scheme",
+                            i == 0 ? "aes-gcm" : "aes-cbc-hmac"}));
+    }
+    std::vector<ToolResult> results;
+    for (const Started& run : runs) results.push_back(Finish(run));  // all of them, before any ASSERT
+    for (const ToolResult& result : results) {
+      if (result.code == 1 && Contains(result.err, "this run created nothing")) continue;  // ABORTED
+      ASSERT_EQ(result.code, 0) << "round " << round << ":\n" << result.all();
+      const json created = json::parse(result.out, nullptr, /*allow_exceptions=*/false);
+      ASSERT_TRUE(created.is_object()) << result.out;
+      const uint64_t version = created["version"].get<uint64_t>();
+      EXPECT_TRUE(printed.emplace(version, Printed{created["key_id"], created["scheme"]}).second)
+          << "two runs printed version " << version;
+      for (size_t at = 0; (at = result.err.find("at the same time", at)) != std::string::npos; ++at) ++backed_off;
+    }
+  }
+  ASSERT_GE(printed.size(), static_cast<size_t>(kRounds)) << "at least one run per round must succeed";
+  const json list = ListJson();
+  ASSERT_EQ(list["keys"].size(), 1u + printed.size()) << list.dump();
+  size_t objects = 2;  // version 1
+  for (size_t i = 1; i < list["keys"].size(); ++i) {
+    const json& key = list["keys"][i];
+    const uint64_t version = key["version"].get<uint64_t>();
+    ASSERT_TRUE(printed.contains(version)) << "version " << version << " was printed by no run\n" << list.dump();
+    EXPECT_EQ(key["key_id"], printed[version].key_id) << list.dump();
+    EXPECT_EQ(key["scheme"], printed[version].scheme) << list.dump();
+    EXPECT_EQ(key["policy_ok"], true) << list.dump();
+    objects += key["scheme"] == "aes-cbc-hmac" ? 2 : 1;
+  }
+  // No object of a withdrawn run is left: exactly the objects of the listed versions.
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*hsm::Pkcs11Uri::Parse(uri_));
+  ASSERT_TRUE(admin.ok()) << admin.status().message();
+  StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily((*admin)->session(), "kek");
+  ASSERT_TRUE(family.ok()) << family.status().message();
+  EXPECT_EQ(family->size(), objects);
+  EXPECT_EQ(hsm::KekFamilyViolation(*family), "");
+  admin->reset();
+  EXPECT_EQ(Run({"selftest", "--pkcs11-uri", uri_}).code, 0);
+  std::cout << "[ info     ] " << backed_off
+            << " run(s) backed off from a version another run created at the same time\n";
 }
 
 // ---- opencryptoki's soft token: no AES-GCM, so auto makes aes-cbc-hmac (pkcsslotd: one per host) ----
