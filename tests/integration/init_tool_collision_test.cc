@@ -70,6 +70,26 @@ TEST_F(InitToolCollisionTest, TwoFamiliesOnOneTokenGetDistinctCkaIds) {
       << rotated.out;
 }
 
+// An aes-cbc-hmac version is two keys with one CKA_ID on purpose: no collision with itself (its family rotates
+// and lists without a warning), but both keys are taken for another family, and named once.
+TEST_F(InitToolCollisionTest, BothKeysOfAnAesCbcHmacVersionHoldItsCkaIdAndNeverCollideWithEachOther) {
+  ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac"}).code, 0);
+  ToolResult rotated = Run({"key", "rotate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac", "--no-wait"});
+  ASSERT_EQ(rotated.code, 0) << rotated.all();
+  EXPECT_EQ(rotated.out.find("skipped"), std::string::npos) << rotated.out;
+  EXPECT_NE(rotated.out.find("created version 2 of key family 'kek'"), std::string::npos) << rotated.out;
+  ToolResult listed = Run({"key", "list", "--pkcs11-uri", uri_});
+  ASSERT_EQ(listed.code, 0) << listed.all();
+  EXPECT_EQ(listed.out.find("WARN"), std::string::npos) << listed.out;
+  ToolResult other = Run({"key", "generate", "--pkcs11-uri", OtherUri(), "--scheme", "aes-cbc-hmac"});
+  ASSERT_EQ(other.code, 0) << other.all();
+  EXPECT_NE(other.out.find("created version 3 of key family 'other'"), std::string::npos) << other.out;
+  const std::string named = "1: CKA_ID 01 is used by family 'kek' version 1 (CKA_ID 01)\n";
+  EXPECT_NE(other.out.find(named), std::string::npos) << other.out;
+  EXPECT_EQ(Ids(uri_), (std::map<int, std::string>{{1, "01"}, {2, "02"}}));
+  EXPECT_EQ(Ids(OtherUri()), (std::map<int, std::string>{{3, "03"}}));
+}
+
 TEST_F(InitToolCollisionTest, ARotationSkipsEveryNumberAnotherFamilyTook) {
   ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", uri_}).code, 0);                   // kek 1
   ASSERT_EQ(Run({"key", "generate", "--pkcs11-uri", OtherUri()}).code, 0);             // other 2
