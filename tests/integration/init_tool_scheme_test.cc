@@ -6,6 +6,7 @@
 #include "tests/integration/init_tool_test.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 
+#include <cctype>
 #include <map>
 
 #include "core/strings.h"
@@ -276,6 +277,55 @@ TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersions
   listed = ListJson();
   ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
   ExpectAesCbcHmacVersion(listed["keys"][0], 2);
+}
+
+// ---- NSS softoken: CKA_ID unique among secret keys, so an aes-cbc-hmac version cannot live there ----
+
+constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
+constexpr char kNssPassword[] = "nss-7d1c5b9e2a4f";
+
+// RFC 3986 percent-encoding of everything but unreserved characters (x-init-reserved in a URI).
+std::string PercentEncode(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out;
+}
+
+class InitToolSchemeNssTest : public InitToolTest {};
+
+// NSS replaces the AES key by the HMAC key made with its CKA_ID (same handle): the tool says so, leaves nothing,
+// and aes-gcm works on the same database.
+TEST_F(InitToolSchemeNssTest, AesCbcHmacIsRefusedOnATokenThatKeepsCkaIdUniqueAndLeavesNothing) {
+  if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (libnss3) is not installed");
+  const std::string pin = token_->dir() + "/nss.pin";
+  WriteFile(pin, StrCat(kNssPassword, "\n"), 0600);
+  Subprocess db({"/bin/bash", StrCat(DEVICES_DIR, "/nss-db.sh"), token_->dir() + "/nssdb", pin},
+                Subprocess::SeparateOutput{token_->dir() + "/nss-db.out", token_->dir() + "/nss-db.err"});
+  ASSERT_EQ(db.Wait(60s).value_or(-1), 0) << db.Log() << db.ErrorLog();
+  const std::string init = db.Log().substr(0, db.Log().find('\n'));
+  uri_ = StrCat("pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=", kNssModule, "&pin-source=file:", pin,
+                "&x-init-reserved=", PercentEncode(init));
+
+  ToolResult refused = Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac"});
+  EXPECT_EQ(refused.code, 1) << refused.all();
+  EXPECT_TRUE(Contains(refused.err, "the token replaced the AES key of 'kek' version 1 by its HMAC key"))
+      << refused.err;
+  EXPECT_TRUE(Contains(refused.err, "nothing was left")) << refused.err;
+  EXPECT_EQ(ListJson()["keys"].size(), 0u);
+
+  ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
+  ASSERT_EQ(made.code, 0) << made.all();
+  EXPECT_EQ(json::parse(made.out)["scheme"], "aes-gcm");
+  for (const std::string& output : outputs_) EXPECT_FALSE(Contains(output, kNssPassword)) << output;
 }
 
 }  // namespace
