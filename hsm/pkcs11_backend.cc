@@ -381,7 +381,10 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
     std::set<KeyScheme> schemes;
     for (const KeyVersion& version : GroupKeyVersions(*family)) schemes.insert(version.scheme);
     for (KeyScheme scheme : schemes) {
-      if (Status s = CanServe(conn.capabilities, scheme); !s.ok()) return s;
+      // With x-gcm-iv=device the fingerprint needs AES-ECB too: said here rather than as CKR_MECHANISM_INVALID.
+      const GcmIvSource iv_source =
+          scheme == KeyScheme::kAesGcm ? uri_.gcm_iv_source().value_or(GcmIvSource::kCaller) : GcmIvSource::kCaller;
+      if (Status s = CanServe(conn.capabilities, scheme, iv_source); !s.ok()) return s;
     }
     // No key yet on a token no scheme can use: say that, rather than "provision a key" that cannot be made.
     if (family->empty()) {

@@ -37,6 +37,7 @@ struct Check {
 // token no scheme can use fails with the configuration exit code.
 struct TokenVerdict {
   hsm::TokenCapabilities capabilities;
+  std::optional<hsm::GcmIvSource> gcm_iv_source;  // the URI's x-gcm-iv, as the plugin honours it
   StatusOr<hsm::KeyScheme> new_keys = InternalError("not read");
   std::vector<std::pair<hsm::KeyScheme, std::vector<std::string>>> missing_to_serve;  // per scheme
   bool usable() const {
@@ -90,7 +91,7 @@ Check CheckVersion(const Family& family, const hsm::KeyVersion& version, const T
   if (two_keys) CheckPolicy(version.mac, " (HMAC key)", check);
 
   const hsm::VersionHandles handles = hsm::HandlesOf(version);
-  StatusOr<hsm::Fingerprint> fingerprint = hsm::VersionFingerprint(session, handles);
+  StatusOr<hsm::Fingerprint> fingerprint = hsm::VersionFingerprint(session, handles, token.gcm_iv_source);
   if (fingerprint.ok()) {
     check.key_id = DeriveKeyId(hsm::kPkcs11BackendKind, family.label(), version.version, fingerprint->bytes);
   } else {
@@ -260,6 +261,7 @@ int Selftest(const KeyOptions& options) {
     if (std::string why = hsm::KekFamilyViolation(family.keys); !why.empty()) {
       family_failures.push_back(StrCat(why, ": the plugin refuses the family"));
     }
+    token->gcm_iv_source = uri->gcm_iv_source();
     NonceSequence ivs;  // random fixed field per run: never the fingerprint IV, never one the plugin draws again
     const std::vector<hsm::KeyVersion> versions = hsm::GroupKeyVersions(family.keys);
     for (const hsm::KeyVersion& version : versions) {
