@@ -62,6 +62,12 @@ Status SoftHsmToken::GenerateKek(uint64_t version, const std::string& object) co
   });
 }
 
+Status SoftHsmToken::GenerateCbcHmacKek(uint64_t version, const std::string& object) const {
+  return WithAdminSession(*this, object, [&](const hsm::Session& session) {
+    return hsm::GenerateVersionKeys(session, object, version, hsm::KeyScheme::kAesCbcHmac).status();
+  });
+}
+
 Status SoftHsmToken::GenerateCopyableKek(uint64_t version, const std::string& object) const {
   return WithAdminSession(*this, object, [&](const hsm::Session& session) {
     return hsm::GenerateKekVersion(session, object, version, {.modifiable = true}).status();

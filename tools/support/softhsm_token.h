@@ -30,6 +30,9 @@ class SoftHsmToken {
 
   // Creates KEK version `version` of family `object` with the production key policy.
   Status GenerateKek(uint64_t version, const std::string& object = "kek") const;
+  // Version `version` as an aes-cbc-hmac pair (AES-256 key and HMAC key, same label and CKA_ID), as
+  // `trousseau-hsm-init key generate --scheme aes-cbc-hmac` makes it.
+  Status GenerateCbcHmacKek(uint64_t version, const std::string& object = "kek") const;
   // The same policy but modifiable, which SoftHSM needs to copy a key into a session.
   Status GenerateCopyableKek(uint64_t version, const std::string& object = "kek") const;
   // Creates a key that breaks the policy (extractable and not sensitive), to test refusals.
