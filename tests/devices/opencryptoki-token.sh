@@ -189,8 +189,12 @@ start() {
 case "${1:-}" in
   start) start ;;
   stop)
-    if release_lock; then
+    # The daemon goes first and the lock last, so a caller waiting for the lock never starts while the
+    # old daemon is still on its way out.
+    held="$(current_holder)"
+    if [ -z "$held" ] || [ "${held#* }" = "$caller" ]; then
       stop_daemon && echo "opencryptoki-token: pkcsslotd stopped"
+      release_lock
     else
       echo "opencryptoki-token: another test holds the opencryptoki token; left running" >&2
     fi
