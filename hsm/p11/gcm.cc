@@ -29,12 +29,13 @@ Status AuthenticationFailed() {
 
 bool IsCallerIvRefused(const Status& status) { return status.code() == StatusCode::kUnimplemented; }
 
-Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
-               std::string_view plaintext, std::string& out, std::string_view what) {
-  // A device that makes its own IVs may take our buffer as the place to write one (the all-zero
-  // fingerprint IV looks exactly like such a request): it gets a copy, compared afterwards.
-  GcmIv used = iv;
-  CK_GCM_PARAMS params = GcmParams(used, aad);
+namespace {
+
+// C_EncryptInit + C_Encrypt with CKM_AES_GCM and `iv_buffer` as CK_GCM_PARAMS.pIv (the device may write
+// into it); `out` gets ciphertext || tag. CKR_MECHANISM_PARAM_INVALID at C_EncryptInit is UNIMPLEMENTED.
+Status EncryptGcm(const Session& session, CK_OBJECT_HANDLE key, GcmIv& iv_buffer, std::string_view aad,
+                  std::string_view plaintext, std::string& out, std::string_view what) {
+  CK_GCM_PARAMS params = GcmParams(iv_buffer, aad);
   CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
   CK_FUNCTION_LIST* api = session.api();
   if (CK_RV rv = api->C_EncryptInit(session.handle(), &mechanism, key); rv != CKR_OK) {
@@ -53,6 +54,17 @@ Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, st
   if (rv != CKR_OK) return RvStatus(rv, what);
   // A wrong length is a device that misbehaves: classified as CKR_GENERAL_ERROR is (see pkcs11_error.cc).
   if (out_len != plaintext.size() + kGcmTagSize) return RvStatus(CKR_GENERAL_ERROR, what);
+  return OkStatus();
+}
+
+}  // namespace
+
+Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, std::string_view aad,
+               std::string_view plaintext, std::string& out, std::string_view what) {
+  // A device that makes its own IVs may take our buffer as the place to write one (the all-zero
+  // fingerprint IV looks exactly like such a request): it gets a copy, compared afterwards.
+  GcmIv used = iv;
+  if (Status s = EncryptGcm(session, key, used, aad, plaintext, out, what); !s.ok()) return s;
   if (used != iv) {
     out.clear();
     return Status(StatusCode::kUnimplemented,
@@ -64,19 +76,8 @@ Status GcmSeal(const Session& session, CK_OBJECT_HANDLE key, const GcmIv& iv, st
 
 Status GcmSealDeviceIv(const Session& session, CK_OBJECT_HANDLE key, std::string_view aad, std::string_view plaintext,
                        GcmIv& iv, std::string& out, std::string_view what) {
-  iv.fill(0);
-  CK_GCM_PARAMS params = GcmParams(iv, aad);
-  params.pIv = iv.data();  // written by the device
-  CK_MECHANISM mechanism{CKM_AES_GCM, &params, sizeof params};
-  CK_FUNCTION_LIST* api = session.api();
-  if (CK_RV rv = api->C_EncryptInit(session.handle(), &mechanism, key); rv != CKR_OK) return RvStatus(rv, what);
-  out.resize(plaintext.size() + kGcmTagSize);
-  CK_ULONG out_len = out.size();
-  static const char kEmpty[1] = {0};
-  CK_BYTE* in = Bytes(plaintext.empty() ? std::string_view(kEmpty, 0) : plaintext);
-  CK_RV rv = api->C_Encrypt(session.handle(), in, plaintext.size(), reinterpret_cast<CK_BYTE*>(out.data()), &out_len);
-  if (rv != CKR_OK) return RvStatus(rv, what);
-  if (out_len != plaintext.size() + kGcmTagSize) return RvStatus(CKR_GENERAL_ERROR, what);
+  iv.fill(0);  // the device writes the IV it used here
+  if (Status s = EncryptGcm(session, key, iv, aad, plaintext, out, what); !s.ok()) return s;
   if (std::all_of(iv.begin(), iv.end(), [](uint8_t b) { return b == 0; })) {
     out.clear();
     return FailedPreconditionError(StrCat(what, ": the device returned no IV in CK_GCM_PARAMS.pIv; it does not ",
