@@ -351,14 +351,21 @@ StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string
   // the new HMAC key (same handle, or the old one gone): both keys of a version cannot live there.
   StatusOr<p11::AttributeReader> still_aes =
       p11::AttributeReader::Read(session, *cipher, {{CKA_KEY_TYPE, sizeof(CK_KEY_TYPE)}});
-  if (*mac == *cipher || !still_aes.ok() || still_aes->Ulong(CKA_KEY_TYPE) != CK_ULONG{CKK_AES}) {
+  if (*mac != *cipher && !still_aes.ok()) {
+    // Cannot tell whether the AES key is still there: nothing of the version stays.
+    return undo(
+        Status(still_aes.status().code(), StrCat("reading back the AES key of '", label, "' version ", version,
+                                                 " after its HMAC key was made: ", still_aes.status().message())),
+        *mac);
+  }
+  if (*mac == *cipher || still_aes->Ulong(CKA_KEY_TYPE) != CK_ULONG{CKK_AES}) {
     const Status replaced = FailedPreconditionError(
         StrCat("the token replaced the AES key of '", label, "' version ", version,
                " by its HMAC key (same label and CKA_ID): it keeps CKA_ID unique among secret keys, as NSS "
                "softoken does, so an aes-cbc-hmac version cannot be stored on it; use --scheme aes-gcm"));
     std::vector<std::string> failures;
     if (Status s = DestroyKeyObject(session, *mac); !s.ok()) failures.push_back(std::string(s.message()));
-    if (*mac != *cipher && still_aes.ok()) {
+    if (*mac != *cipher) {
       if (Status s = DestroyKeyObject(session, *cipher); !s.ok()) failures.push_back(std::string(s.message()));
     }
     if (failures.empty()) return Status(replaced.code(), StrCat(replaced.message(), "; nothing was left"));
@@ -370,13 +377,7 @@ StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string
 }
 
 StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional<KeyScheme> requested) {
-  // Tried again while it fails for a moment: SoftHSM rewrites its token file at every login, and
-  // C_GetTokenInfo in another process at that moment says CKR_GENERAL_ERROR.
   StatusOr<TokenCapabilities> token = ReadTokenCapabilities(admin.api(), admin.token().slot);
-  for (int attempt = 1; !token.ok() && Transient(token.status()) && attempt < 5; ++attempt) {
-    SleepMs(10, 50);
-    token = ReadTokenCapabilities(admin.api(), admin.token().slot);
-  }
   if (!token.ok()) return token.status();
   if (!requested.has_value()) return SchemeForNewKeys(*token);
   if (Status tpm = RefuseTpm2Pkcs11(token->module); !tpm.ok()) return tpm;
@@ -388,6 +389,18 @@ StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional
              StrJoin(missing, ", "), ". The token offers ",
              offered.empty() ? std::string("none of the mechanisms trousseau-hsm uses") : StrJoin(offered, ", "),
              ". Nothing was created; --scheme auto takes what the token can do"));
+}
+
+StatusOr<KeyScheme> SchemeForNewVersionPatiently(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri,
+                                                 std::optional<KeyScheme> requested) {
+  constexpr int kTries = 5;
+  for (int attempt = 1;; ++attempt) {
+    StatusOr<KeyScheme> scheme = SchemeForNewVersion(*admin, requested);
+    if (scheme.ok() || attempt == kTries || !Transient(scheme.status())) return scheme;
+    // The failure sticks to this module instance (SoftHSM keeps the token it could not read): a fresh one.
+    SleepMs(10, 50);
+    if (Status s = Reopen(admin, uri); !s.ok()) return s;
+  }
 }
 
 StatusOr<CK_OBJECT_HANDLE> GenerateTestAesKey(const Session& session, std::string_view label, uint64_t version,
@@ -450,7 +463,7 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
                                              NextKekOptions options) {
   const std::string& label = uri.object_label();
   NewKekVersion result;
-  StatusOr<KeyScheme> scheme = SchemeForNewVersion(*admin, options.scheme);
+  StatusOr<KeyScheme> scheme = SchemeForNewVersionPatiently(admin, uri, options.scheme);
   if (!scheme.ok()) return scheme.status();
   const int attempts = std::max(1, options.max_attempts);
   int lower = 0;  // of the last contest this run lost

@@ -52,6 +52,11 @@ StatusOr<VersionHandles> GenerateVersionKeys(const Session& session, std::string
 // it (else FAILED_PRECONDITION naming what it lacks and what it offers), or with nullopt ("auto") what
 // the token offers best (SchemeForNewKeys, hsm/capabilities.h: aes-gcm wherever the token has it).
 StatusOr<KeyScheme> SchemeForNewVersion(const AdminSession& admin, std::optional<KeyScheme> requested);
+// The same, tried again on a freshly opened token (`admin` is replaced) while it fails UNAVAILABLE or
+// INTERNAL: SoftHSM rewrites its token file at every login, and a module that read the token at that
+// moment answers C_GetTokenInfo with CKR_GENERAL_ERROR until it is initialised again.
+StatusOr<KeyScheme> SchemeForNewVersionPatiently(std::unique_ptr<AdminSession>& admin, const Pkcs11Uri& uri,
+                                                 std::optional<KeyScheme> requested);
 
 // For tests of the KEK policy: an AES-256 token key of family `label` with CKA_ID = version and the
 // given protection flags, allowed to encrypt and decrypt, so the plugin's refusal can be shown.

@@ -221,7 +221,7 @@ int CreateVersion(Family& family, const KeyOptions& options, bool rotation) {
   next.first_version = !rotation;
   next.scheme = RequestedScheme(options.scheme);
   // The token decides what it can make: said before anything is created, as configuration (exit 2).
-  StatusOr<hsm::KeyScheme> scheme = hsm::SchemeForNewVersion(*family.admin, next.scheme);
+  StatusOr<hsm::KeyScheme> scheme = hsm::SchemeForNewVersionPatiently(family.admin, *family.uri, next.scheme);
   if (!scheme.ok())
     return Fail(IsFailedPrecondition(scheme.status()) ? kExitUsage : kExitFailed,
                 std::string(scheme.status().message()));
