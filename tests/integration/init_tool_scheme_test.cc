@@ -12,6 +12,7 @@
 #include "core/strings.h"
 #include "hsm/admin.h"
 #include "hsm/key_admin.h"
+#include "tools/support/fault_shim_control.h"
 
 namespace trousseau::init_tool {
 namespace {
@@ -129,6 +130,47 @@ TEST_F(InitToolSchemeTest, ALoneHmacKeyIsRefusedWithTheFamilyViolation) {
   StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily((*admin)->session(), "kek");
   ASSERT_TRUE(family.ok()) << family.status().message();
   EXPECT_EQ(family->size(), 1u);
+}
+
+// A FIPS-mode HSM that chooses GCM IVs itself (the fault shim's device_iv mode in front of SoftHSM): the tool
+// fingerprints the version as the plugin does (AES-ECB of the reserved block, found out or set with x-gcm-iv), so
+// the key_id it prints is the one the plugin reports. (The caller-IV fingerprint alone was refused there.)
+TEST_F(InitToolSchemeTest, ADeviceThatChoosesGcmIvsGetsOneKeyIdFromToolAndPlugin) {
+  const std::string control = token_->dir() + "/shim.control";
+  support::WriteShimControl(control, "device_iv");
+  setenv("TROUSSEAU_FAULT_SHIM_CONTROL", control.c_str(), 1);
+  setenv("TROUSSEAU_FAULT_SHIM_MODULE", support::kSoftHsmModule, 1);
+  uri_ = token_->Uri("kek", FAULT_SHIM_PATH);
+  ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
+  ASSERT_EQ(made.code, 0) << made.all();
+  const json generated = json::parse(made.out);
+  EXPECT_EQ(generated["scheme"], "aes-gcm");
+  const std::string v1 = generated["key_id"];
+  EXPECT_EQ(ListJson()["keys"][0]["key_id"], v1);
+  const std::string detected_uri = uri_;
+  uri_ = detected_uri + "&x-gcm-iv=device";
+  EXPECT_EQ(ListJson()["keys"][0]["key_id"], v1) << "x-gcm-iv=device names the version alike";
+  ToolResult rotated = Run({"key", "rotate", "--pkcs11-uri", uri_, "--no-wait", "--json"});
+  ASSERT_EQ(rotated.code, 0) << rotated.all();
+  const std::string v2 = json::parse(rotated.out)["key_id"];
+
+  // The shim does refuse our IVs: told to use them, the tool cannot name the version.
+  uri_ = detected_uri + "&x-gcm-iv=caller";
+  const json caller = ListJson()["keys"][0];
+  EXPECT_EQ(caller["key_id"], "") << caller.dump();
+  EXPECT_NE(caller.value("key_id_error", "").find("x-gcm-iv=caller"), std::string::npos) << caller.dump();
+
+  uri_ = detected_uri;
+  auto plugin = StartPlugin("1s");
+  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2; }, 10s)) << Status().key_id() << "\n" << plugin->Log();
+  v2::EncryptResponse sealed = Encrypt("a secret under a device-chosen IV");
+  EXPECT_EQ(sealed.key_id(), v2);
+  std::string opened;
+  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
+  EXPECT_EQ(opened, "a secret under a device-chosen IV");
+  plugin.reset();
+  unsetenv("TROUSSEAU_FAULT_SHIM_CONTROL");
+  unsetenv("TROUSSEAU_FAULT_SHIM_MODULE");
 }
 
 // Rotations at the same moment with two objects per version, and runs of both schemes meeting over one number:
