@@ -345,7 +345,7 @@ std::string PercentEncode(std::string_view text) {
 class InitToolSchemeNssTest : public InitToolTest {};
 
 // NSS replaces the AES key by the HMAC key made with its CKA_ID (same handle): the tool says so, leaves nothing,
-// and aes-gcm works on the same database.
+// and aes-gcm works on the same database; a second family never takes (and so never replaces) a CKA_ID in use.
 TEST_F(InitToolSchemeNssTest, AesCbcHmacIsRefusedOnATokenThatKeepsCkaIdUniqueAndLeavesNothing) {
   if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (libnss3) is not installed");
   const std::string pin = token_->dir() + "/nss.pin";
@@ -367,6 +367,22 @@ TEST_F(InitToolSchemeNssTest, AesCbcHmacIsRefusedOnATokenThatKeepsCkaIdUniqueAnd
   ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
   ASSERT_EQ(made.code, 0) << made.all();
   EXPECT_EQ(json::parse(made.out)["scheme"], "aes-gcm");
+
+  // The collision the issue found: a second family's first version would take CKA_ID 01 and NSS would silently
+  // replace 'kek' version 1 with it. The tool gives the second family the lowest id nobody uses, and 'kek'
+  // version 1 stays, with the same key_id.
+  const std::string kek_v1 = json::parse(made.out)["key_id"].get<std::string>();
+  const std::string kek_uri = uri_;
+  uri_.replace(uri_.find(";object=kek"), 11, ";object=other");
+  ToolResult other = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
+  ASSERT_EQ(other.code, 0) << other.all();
+  EXPECT_EQ(json::parse(other.out)["version"], 2) << other.out;
+  EXPECT_EQ(ListJson()["keys"].size(), 1u);
+  uri_ = kek_uri;
+  const json kek = ListJson();
+  ASSERT_EQ(kek["keys"].size(), 1u) << kek.dump();
+  EXPECT_EQ(kek["keys"][0]["version"], 1);
+  EXPECT_EQ(kek["keys"][0]["key_id"], kek_v1);
   for (const std::string& output : outputs_) EXPECT_FALSE(Contains(output, kNssPassword)) << output;
 }
 
