@@ -157,8 +157,9 @@ void KmsEngine::NoteVanished(const KeyRing& current, const std::vector<BackendKe
     if (version > current.active_version()) break;  // pending, never encrypted under here
     auto now_listed = listed.find(version);
     if (now_listed != listed.end() && now_listed->second == key_id) continue;
+    const std::string& id = key_id;  // clang 14 (the fuzz build) cannot capture a structured binding
     const bool known =
-        std::any_of(vanished_.begin(), vanished_.end(), [&](const VanishedKey& gone) { return gone.key_id == key_id; });
+        std::any_of(vanished_.begin(), vanished_.end(), [&](const VanishedKey& gone) { return gone.key_id == id; });
     if (known) continue;
     vanished_.push_back({.version = version,
                          .key_id = key_id,
