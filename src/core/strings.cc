@@ -1,5 +1,7 @@
 #include "core/strings.h"
 
+#include <cctype>
+
 #include <cstdio>
 
 #include "core/status.h"
@@ -112,6 +114,21 @@ std::string JsonQuote(std::string_view text) {
     }
   }
   return out + "\"";
+}
+
+std::string PercentEncode(std::string_view text, bool keep_slash) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || (keep_slash && c == '/')) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out;
 }
 
 }  // namespace trousseau

@@ -41,6 +41,10 @@ std::string StrJoin(const std::vector<std::string>& parts, std::string_view sepa
 // Lowercase hex of arbitrary bytes.
 std::string HexEncode(std::string_view bytes);
 
+// RFC 3986 percent-encoding of everything but unreserved characters (and '/' with `keep_slash`, which
+// RFC 7512 allows in a query value and keeps paths readable), e.g. for a pkcs11: URI's attributes.
+std::string PercentEncode(std::string_view text, bool keep_slash = false);
+
 // Caller-controlled text made safe and short for an error message: printable ASCII kept,
 // everything else \xNN, cut at `max` input bytes with "..." appended.
 std::string QuoteForMessage(std::string_view text, size_t max = 80);

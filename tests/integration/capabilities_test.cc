@@ -60,22 +60,6 @@ void WriteSecretFile(const std::string& path, const std::string& content) {
 
 bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
-// RFC 3986 percent-encoding of everything but unreserved characters (for x-init-reserved in a URI).
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-  }
-  return out;
-}
-
 // Runs a program (the tool, a device script) to its end; stdout and stderr apart. The environment is this
 // process's (the tests set what a child needs with setenv).
 class Runner {
@@ -361,32 +345,9 @@ class CapabilitiesOpencryptoki : public ::testing::Test {
   std::string uri_;
 };
 
-// Version 1 of family `kek` as aes-cbc-hmac: an AES-256 key and a 256-bit generic secret, both generated on the
-// token under one label and CKA_ID, sensitive, never extractable, private, each allowed only its own job.
+// Version 1 of family `kek` as aes-cbc-hmac, as `key generate` makes it on a token without GCM.
 Status CreateAesCbcHmacVersion(const Session& session) {
-  StatusOr<ObjectHandle> cipher = GenerateKekVersion(session, "kek", 1, {});
-  if (!cipher.ok()) return cipher.status();
-  p11::AttributeTemplate mac_template;
-  mac_template.Add(CKA_CLASS, static_cast<unsigned long>(CKO_SECRET_KEY))
-      .Add(CKA_KEY_TYPE, static_cast<unsigned long>(CKK_GENERIC_SECRET))
-      .Add(CKA_VALUE_LEN, static_cast<unsigned long>(kHmacKeySize))
-      .Add(CKA_LABEL, std::string_view("kek"))
-      .Add(CKA_ID, VersionToId(1))
-      .Add(CKA_TOKEN, true)
-      .Add(CKA_PRIVATE, true)
-      .Add(CKA_SENSITIVE, true)
-      .Add(CKA_EXTRACTABLE, false)
-      .Add(CKA_SIGN, true)
-      .Add(CKA_VERIFY, true)
-      .Add(CKA_ENCRYPT, false)
-      .Add(CKA_DECRYPT, false)
-      .Add(CKA_WRAP, false)
-      .Add(CKA_UNWRAP, false)
-      .Add(CKA_DERIVE, false)
-      .Add(CKA_MODIFIABLE, false);
-  StatusOr<ObjectHandle> mac =
-      p11::GenerateKey(session, CKM_GENERIC_SECRET_KEY_GEN, mac_template, "generating the HMAC key");
-  return mac.ok() ? OkStatus() : mac.status();
+  return GenerateVersionKeys(session, "kek", 1, KeyScheme::kAesCbcHmac).status();
 }
 
 TEST_F(CapabilitiesOpencryptoki, NoAesGcmSoNewKeysAreAesCbcHmacAndSelftestRunsSuchAVersion) {

@@ -326,22 +326,6 @@ TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersions
 constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 constexpr char kNssPassword[] = "nss-7d1c5b9e2a4f";
 
-// RFC 3986 percent-encoding of everything but unreserved characters (x-init-reserved in a URI).
-std::string PercentEncode(std::string_view text) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-  }
-  return out;
-}
-
 class InitToolSchemeNssTest : public InitToolTest {};
 
 // NSS replaces the AES key by the HMAC key made with its CKA_ID (same handle): the tool says so, leaves nothing,

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstdio>
 
+#include "core/strings.h"
 #include "tests/integration/init_tool_test.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 
@@ -83,21 +84,6 @@ TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
 constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 constexpr char kCertutil[] = "/usr/bin/certutil";
 
-// RFC 3986 percent-encoding of everything but unreserved characters and '/', for a URI query value.
-std::string PercentEncode(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[4];
-      std::snprintf(buf, sizeof buf, "%%%02X", c);
-      out += buf;
-    }
-  }
-  return out;
-}
-
 TEST_F(InitToolTest, TokenInitHandsModuleInitReservedToCInitialize) {
   const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
   WriteFile(so_pin, kNewSoPin, 0600);
@@ -135,7 +121,8 @@ TEST_F(InitToolTest, TokenInitOnNssSoftokenTakesItsInitStringAndRefusesToEraseIt
   ASSERT_EQ(certutil.Wait(30s), 0) << certutil.Log();
   const std::string init = "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
   const std::string uri = "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=" + std::string(kNssModule) +
-                          "&pin-source=file:" + password + "&x-init-reserved=" + PercentEncode(init);
+                          "&pin-source=file:" + password +
+                          "&x-init-reserved=" + PercentEncode(init, /*keep_slash=*/true);
   ToolResult generate = Run({"key", "generate", "--pkcs11-uri", uri});
   ASSERT_EQ(generate.code, 0) << generate.all();
   const std::string key_id = PrintedKeyId(generate.out);

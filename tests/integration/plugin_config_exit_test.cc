@@ -15,6 +15,7 @@
 #include <fstream>
 #include <regex>
 
+#include "core/strings.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 #include "tools/support/subprocess.h"
@@ -30,21 +31,6 @@ constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 constexpr char kCertutil[] = "/usr/bin/certutil";
 // The NSS database password, which is the token's user PIN; never printed by anything (checked below).
 constexpr char kNssPassword[] = "nss-7e1f2a3b4c5d";
-
-// RFC 3986 percent-encoding of everything but unreserved characters and '/', for a URI query value.
-std::string PercentEncode(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
-      out += static_cast<char>(c);
-    } else {
-      char buf[4];
-      std::snprintf(buf, sizeof buf, "%%%02X", c);
-      out += buf;
-    }
-  }
-  return out;
-}
 
 class PluginConfigExitTest : public ::testing::Test {
  protected:
@@ -77,7 +63,7 @@ class PluginConfigExitTest : public ::testing::Test {
   std::string Uri(bool with_init_reserved) const {
     std::string uri = "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=" + std::string(kNssModule) +
                       "&pin-source=file:" + pin_file_;
-    if (with_init_reserved) uri += "&x-init-reserved=" + PercentEncode(init_reserved_);
+    if (with_init_reserved) uri += "&x-init-reserved=" + PercentEncode(init_reserved_, /*keep_slash=*/true);
     return uri;
   }
 

@@ -63,5 +63,11 @@ TEST(JsonQuote, EscapesQuotesBackslashesAndControlCharactersAndKeepsUtf8) {
   EXPECT_EQ(JsonQuote("cl\xc3\xa9s"), "\"cl\xc3\xa9s\"");
 }
 
+TEST(Strings, PercentEncodeKeepsOnlyUnreservedCharactersAndOptionallySlashes) {
+  EXPECT_EQ(PercentEncode("configdir='sql:/var/nss' flags="), "configdir%3D%27sql%3A%2Fvar%2Fnss%27%20flags%3D");
+  EXPECT_EQ(PercentEncode("/usr/lib/a-b_c.so~", /*keep_slash=*/true), "/usr/lib/a-b_c.so~");
+  EXPECT_EQ(PercentEncode(std::string_view("\xff\x00", 2)), "%FF%00");
+}
+
 }  // namespace
 }  // namespace trousseau

@@ -15,21 +15,6 @@
 namespace trousseau::init {
 namespace {
 
-// Percent-encodes what RFC 7512 does not allow as is; '/' stays (paths in the query read better).
-std::string UriEscape(std::string_view text, bool keep_slash) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || (keep_slash && c == '/')) {
-      out += static_cast<char>(c);
-    } else {
-      char buf[4];
-      std::snprintf(buf, sizeof buf, "%%%02X", c);
-      out += buf;
-    }
-  }
-  return out;
-}
-
 // C_Initialize refused its arguments (or their absence): the hint in `refused` names the URI attribute
 // the other commands take; this command takes the same string, unencoded, as --module-init-reserved.
 std::string InitArgumentsHint(const Status& refused, bool init_reserved_given) {
@@ -94,10 +79,10 @@ int TokenInit(const TokenInitOptions& options, const std::optional<std::string>&
   std::error_code error;
   std::filesystem::path pin_path = std::filesystem::absolute(options.pin_file, error);
   if (error) pin_path = options.pin_file;
-  std::string uri = StrCat("pkcs11:token=", UriEscape(token->label, false),
-                           ";object=kek?module-path=", UriEscape(options.module, true),
-                           "&pin-source=file:", UriEscape(pin_path.lexically_normal().string(), true));
-  if (module_init_reserved) StrAppend(uri, "&x-init-reserved=", UriEscape(*module_init_reserved, true));
+  std::string uri = StrCat("pkcs11:token=", PercentEncode(token->label, false),
+                           ";object=kek?module-path=", PercentEncode(options.module, true),
+                           "&pin-source=file:", PercentEncode(pin_path.lexically_normal().string(), true));
+  if (module_init_reserved) StrAppend(uri, "&x-init-reserved=", PercentEncode(*module_init_reserved, true));
   if (options.json) {
     std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
               << ",\"module\":" << JsonQuote(options.module) << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
