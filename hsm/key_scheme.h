@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/envelope.h"
+
 namespace trousseau::hsm {
 
 enum class KeyScheme {
@@ -27,8 +29,9 @@ enum class GcmIvSource {
   kDevice,  // the device writes its own into CK_GCM_PARAMS.pIv (FIPS-mode HSMs)
 };
 
-inline constexpr uint8_t kEnvelopeFormatAesGcm = 1;
-inline constexpr uint8_t kEnvelopeFormatAesCbcHmac = 2;
+// The format byte the engine writes (core/envelope.h) for each scheme.
+inline constexpr uint8_t kEnvelopeFormatAesGcm = kEnvelopeFormatV1;
+inline constexpr uint8_t kEnvelopeFormatAesCbcHmac = kEnvelopeFormatV2;
 
 inline constexpr uint8_t EnvelopeFormatOf(KeyScheme scheme) {
   return scheme == KeyScheme::kAesCbcHmac ? kEnvelopeFormatAesCbcHmac : kEnvelopeFormatAesGcm;
