@@ -138,8 +138,8 @@ StatusOr<NewKekVersion> CreateNextKekVersion(std::unique_ptr<AdminSession>& admi
 // briefly finds no token, or C_Login fails (CKR_GENERAL_ERROR, CKR_USER_PIN_NOT_INITIALIZED).
 StatusOr<std::unique_ptr<AdminSession>> OpenAdminSessionPatiently(const Pkcs11Uri& uri);
 
-// ListKeyFamily, tried again a few times while it fails UNAVAILABLE or INTERNAL: a key another run
-// destroys while the family is being read (CKR_OBJECT_HANDLE_INVALID) is no reason to fail.
+// ListKeyFamily, tried again a few times while it fails UNAVAILABLE or INTERNAL: a token that another
+// run is changing at that moment (SoftHSM rewrites its token file) may fail a read for a moment.
 StatusOr<std::vector<KeyObject>> ListKeyFamilyPatiently(const Session& session, std::string_view label);
 
 // KekFamilyViolation (the family policy the plugin applies too) is in hsm/key_family.h.

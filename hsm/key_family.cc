@@ -61,9 +61,14 @@ StatusOr<uint64_t> VersionOf(std::string_view label, const std::optional<std::st
 
 // One family member as its attributes describe it. Attributes the module does not report keep safe
 // defaults (e.g. extractable = true, so an unknown key is refused).
-StatusOr<KeyObject> ReadKeyObject(const Session& session, std::string_view label, CK_OBJECT_HANDLE handle) {
-  StatusOr<p11::AttributeReader> attrs = p11::AttributeReader::Read(session, handle, KeyAttributeRequests());
-  if (!attrs.ok()) return attrs.status();
+// nullopt: the object is gone (destroyed by another process since it was found).
+StatusOr<std::optional<KeyObject>> ReadKeyObject(const Session& session, std::string_view label,
+                                                 CK_OBJECT_HANDLE handle) {
+  StatusOr<std::optional<p11::AttributeReader>> read =
+      p11::AttributeReader::ReadIfPresent(session, handle, KeyAttributeRequests());
+  if (!read.ok()) return read.status();
+  if (!read->has_value()) return std::optional<KeyObject>();
+  const p11::AttributeReader* attrs = &**read;
   KeyObject key;
   key.handle = handle;
   std::optional<std::string> id = attrs->Bytes(CKA_ID);
@@ -87,7 +92,7 @@ StatusOr<KeyObject> ReadKeyObject(const Session& session, std::string_view label
   key.derive = attrs->Bool(CKA_DERIVE).value_or(false);
   key.modifiable = attrs->Bool(CKA_MODIFIABLE).value_or(true);
   key.is_private = attrs->Bool(CKA_PRIVATE).value_or(false);
-  return key;
+  return std::optional<KeyObject>(std::move(key));
 }
 
 }  // namespace
@@ -100,9 +105,9 @@ StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::stri
   if (!handles.ok()) return handles.status();
   std::vector<KeyObject> keys;
   for (CK_OBJECT_HANDLE handle : *handles) {
-    StatusOr<KeyObject> key = ReadKeyObject(session, label, handle);
+    StatusOr<std::optional<KeyObject>> key = ReadKeyObject(session, label, handle);
     if (!key.ok()) return key.status();
-    keys.push_back(*std::move(key));
+    if (key->has_value()) keys.push_back(**std::move(key));
   }
   std::sort(keys.begin(), keys.end(), [](const KeyObject& a, const KeyObject& b) { return a.version < b.version; });
   return keys;
@@ -141,10 +146,13 @@ StatusOr<std::vector<TokenSecretKey>> ListTokenSecretKeys(const Session& session
   static const std::vector<p11::AttributeReader::Request> kRequests = {{CKA_LABEL, 256}, {CKA_ID, 64}};
   std::vector<TokenSecretKey> keys;
   for (CK_OBJECT_HANDLE handle : *handles) {
-    StatusOr<p11::AttributeReader> attrs = p11::AttributeReader::Read(session, handle, kRequests);
+    StatusOr<std::optional<p11::AttributeReader>> attrs =
+        p11::AttributeReader::ReadIfPresent(session, handle, kRequests);
     if (!attrs.ok()) return attrs.status();
+    if (!attrs->has_value()) continue;  // destroyed since it was found
+    const p11::AttributeReader& found = **attrs;
     keys.push_back(
-        {.handle = handle, .label = attrs->Bytes(CKA_LABEL).value_or(""), .id = attrs->Bytes(CKA_ID).value_or("")});
+        {.handle = handle, .label = found.Bytes(CKA_LABEL).value_or(""), .id = found.Bytes(CKA_ID).value_or("")});
   }
   return keys;
 }

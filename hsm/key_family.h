@@ -66,7 +66,8 @@ struct KeyVersion {
 
 // Every secret key labelled `label`, with attributes, sorted by version. A key whose CKA_ID is not a
 // version as trousseau-hsm-init writes it (VersionIdProblem) is an error naming the bytes and why, never
-// read as some other number.
+// read as some other number. A key destroyed by another process while the family is read is left
+// out, not an error (as is a key ListTokenSecretKeys finds gone).
 StatusOr<std::vector<KeyObject>> ListKeyFamily(const Session& session, std::string_view label);
 
 // Why `id` (raw CKA_ID bytes) is not a family member's version as trousseau-hsm-init writes it, or ""

@@ -29,8 +29,8 @@ CK_ATTRIBUTE* AttributeTemplate::data() {
   return view_.data();
 }
 
-StatusOr<AttributeReader> AttributeReader::Read(const Session& session, CK_OBJECT_HANDLE object,
-                                                const std::vector<Request>& requests) {
+CK_RV AttributeReader::Fill(const Session& session, CK_OBJECT_HANDLE object, const std::vector<Request>& requests,
+                            AttributeReader& out) {
   std::vector<std::string> buffers;
   buffers.reserve(requests.size());
   std::vector<CK_ATTRIBUTE> attrs;
@@ -41,16 +41,30 @@ StatusOr<AttributeReader> AttributeReader::Read(const Session& session, CK_OBJEC
   // Attributes a module does not report come back with ulValueLen = -1 and one of these two codes;
   // the others are still filled in.
   const CK_RV rv = session.api()->C_GetAttributeValue(session.handle(), object, attrs.data(), attrs.size());
-  if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
-    return RvStatus(rv, "C_GetAttributeValue");
-  }
-  AttributeReader reader;
+  if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) return rv;
   for (size_t i = 0; i < attrs.size(); ++i) {
     if (attrs[i].ulValueLen == CK_UNAVAILABLE_INFORMATION || attrs[i].ulValueLen > requests[i].max_size) continue;
     buffers[i].resize(attrs[i].ulValueLen);
-    reader.values_[requests[i].type] = std::move(buffers[i]);
+    out.values_[requests[i].type] = std::move(buffers[i]);
   }
+  return CKR_OK;
+}
+
+StatusOr<AttributeReader> AttributeReader::Read(const Session& session, CK_OBJECT_HANDLE object,
+                                                const std::vector<Request>& requests) {
+  AttributeReader reader;
+  if (const CK_RV rv = Fill(session, object, requests, reader); rv != CKR_OK)
+    return RvStatus(rv, "C_GetAttributeValue");
   return reader;
+}
+
+StatusOr<std::optional<AttributeReader>> AttributeReader::ReadIfPresent(const Session& session, CK_OBJECT_HANDLE object,
+                                                                        const std::vector<Request>& requests) {
+  AttributeReader reader;
+  const CK_RV rv = Fill(session, object, requests, reader);
+  if (rv == CKR_OBJECT_HANDLE_INVALID) return std::optional<AttributeReader>();
+  if (rv != CKR_OK) return RvStatus(rv, "C_GetAttributeValue");
+  return std::optional<AttributeReader>(std::move(reader));
 }
 
 std::optional<bool> AttributeReader::Bool(CK_ATTRIBUTE_TYPE type) const {

@@ -44,12 +44,21 @@ class AttributeReader {
   // One C_GetAttributeValue call for all of `requests`.
   static StatusOr<AttributeReader> Read(const Session& session, CK_OBJECT_HANDLE object,
                                         const std::vector<Request>& requests);
+  // Read, for an object found a moment ago: nullopt when it is gone by now (CKR_OBJECT_HANDLE_INVALID:
+  // another process destroyed it between C_FindObjects and this read). A listing then lists what is
+  // there, instead of failing because someone else changed the token while it was being read.
+  static StatusOr<std::optional<AttributeReader>> ReadIfPresent(const Session& session, CK_OBJECT_HANDLE object,
+                                                                const std::vector<Request>& requests);
 
   std::optional<bool> Bool(CK_ATTRIBUTE_TYPE type) const;
   std::optional<CK_ULONG> Ulong(CK_ATTRIBUTE_TYPE type) const;
   std::optional<std::string> Bytes(CK_ATTRIBUTE_TYPE type) const;
 
  private:
+  // The one C_GetAttributeValue call; fills `out` when it returns a code Read accepts.
+  static CK_RV Fill(const Session& session, CK_OBJECT_HANDLE object, const std::vector<Request>& requests,
+                    AttributeReader& out);
+
   std::map<CK_ATTRIBUTE_TYPE, std::string> values_;
 };
 

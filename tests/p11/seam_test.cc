@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,33 @@ TEST_F(SeamTest, AttributeReaderGivesTypedValuesAndLeavesUnreadableOnesOut) {
   // Asked as the wrong type, a value is absent rather than misread.
   EXPECT_EQ(attrs->Bool(CKA_VALUE_LEN), std::nullopt);
   EXPECT_EQ(attrs->Ulong(CKA_LABEL), std::nullopt);
+}
+
+// Another process may destroy a key between C_FindObjects and the read of its attributes (concurrent
+// rotations do, withdrawing a version they lost): a listing then lists what is there instead of failing.
+TEST_F(SeamTest, AKeyDestroyedAfterItWasFoundIsAbsentFromListingsNotAnError) {
+  std::vector<CK_OBJECT_HANDLE> keys = FindFamily("kek");
+  ASSERT_EQ(keys.size(), 2u);
+  const std::vector<hsm::p11::AttributeReader::Request> label = {{CKA_LABEL, 64}};
+  ASSERT_TRUE(hsm::p11::DestroyObject(session(), keys[0]).ok());
+
+  EXPECT_FALSE(hsm::p11::AttributeReader::Read(session(), keys[0], label).ok()) << "Read still reports it";
+  StatusOr<std::optional<hsm::p11::AttributeReader>> gone =
+      hsm::p11::AttributeReader::ReadIfPresent(session(), keys[0], label);
+  ASSERT_TRUE(gone.ok()) << gone.status().ToString();
+  EXPECT_FALSE(gone->has_value());
+  StatusOr<std::optional<hsm::p11::AttributeReader>> kept =
+      hsm::p11::AttributeReader::ReadIfPresent(session(), keys[1], label);
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  ASSERT_TRUE(kept->has_value());
+  EXPECT_EQ((*kept)->Bytes(CKA_LABEL), std::string("kek"));
+
+  StatusOr<std::vector<hsm::KeyObject>> family = hsm::ListKeyFamily(session(), "kek");
+  ASSERT_TRUE(family.ok()) << family.status().ToString();
+  EXPECT_EQ(family->size(), 1u);
+  StatusOr<std::vector<hsm::TokenSecretKey>> all = hsm::ListTokenSecretKeys(session());
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->size(), 2u) << "kek version 2 and other-family version 1";
 }
 
 TEST_F(SeamTest, ListKeyFamilyReadsVersionsAndPolicyThroughTheReader) {
