@@ -39,8 +39,18 @@ constexpr Need kCbcHmacServe[] = {{CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT, t
                                   {CKM_SHA256_HMAC, CKF_SIGN | CKF_VERIFY, false}};
 
 constexpr std::pair<CK_FLAGS, std::string_view> kMechanismFlagNames[] = {
-    {CKF_ENCRYPT, "encrypt"},   {CKF_DECRYPT, "decrypt"}, {CKF_SIGN, "sign"},     {CKF_VERIFY, "verify"},
-    {CKF_GENERATE, "generate"}, {CKF_WRAP, "wrap"},       {CKF_UNWRAP, "unwrap"}, {CKF_DERIVE, "derive"}};
+    {CKF_ENCRYPT, "encrypt"}, {CKF_DECRYPT, "decrypt"},   {CKF_SIGN, "sign"},
+    {CKF_VERIFY, "verify"},   {CKF_GENERATE, "generate"}, {CKF_WRAP, "wrap"},
+    {CKF_UNWRAP, "unwrap"},   {CKF_DERIVE, "derive"},     {CKF_GENERATE_KEY_PAIR, "generate key pair"}};
+
+// A recipient key (P-256): made on the token, then used for ECDH. EC key sizes are in bits.
+constexpr CK_ULONG kP256KeyBits = 256;
+struct EcNeed {
+  CK_MECHANISM_TYPE mechanism;
+  CK_FLAGS flags;
+};
+constexpr EcNeed kRecipientCreate[] = {{CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR}, {CKM_ECDH1_DERIVE, CKF_DERIVE}};
+constexpr EcNeed kRecipientUse[] = {{CKM_ECDH1_DERIVE, CKF_DERIVE}};
 
 std::string FlagList(CK_FLAGS flags) {
   std::vector<std::string> names;
@@ -85,6 +95,10 @@ std::string OfferedText(const TokenCapabilities& token) {
 
 std::string MechanismName(CK_MECHANISM_TYPE mechanism) {
   switch (mechanism) {
+    case CKM_EC_KEY_PAIR_GEN:
+      return "CKM_EC_KEY_PAIR_GEN";
+    case CKM_ECDH1_DERIVE:
+      return "CKM_ECDH1_DERIVE";
     case CKM_AES_KEY_GEN:
       return "CKM_AES_KEY_GEN";
     case CKM_AES_GCM:
@@ -160,6 +174,34 @@ std::vector<std::string> TokenCapabilities::Offered() const {
     if (support.listed) offered.push_back(support.Describe());
   }
   return offered;
+}
+
+std::vector<std::string> MissingForRecipient(const TokenCapabilities& token, bool to_create) {
+  std::vector<std::string> missing;
+  const auto check = [&](const EcNeed& need) {
+    const MechanismSupport& support = token.Of(need.mechanism);
+    if (std::optional<std::string> lack = Lack(support, Need{need.mechanism, need.flags, false})) {
+      missing.push_back(*std::move(lack));
+    } else if (!(support.min_key_size == 0 && support.max_key_size == 0) &&
+               (support.min_key_size > kP256KeyBits || support.max_key_size < kP256KeyBits)) {
+      missing.push_back(StrCat(support.name, " for P-256 keys (key size ", support.min_key_size, "-",
+                               support.max_key_size, " bits)"));
+    }
+  };
+  if (to_create) {
+    for (const EcNeed& need : kRecipientCreate) check(need);
+  } else {
+    for (const EcNeed& need : kRecipientUse) check(need);
+  }
+  return missing;
+}
+
+Status CanHoldRecipient(const TokenCapabilities& token, bool to_create) {
+  const std::vector<std::string> missing = MissingForRecipient(token, to_create);
+  if (missing.empty()) return OkStatus();
+  return FailedPreconditionError(StrCat(token.Describe(), " cannot ", to_create ? "hold" : "use",
+                                        " a recipient key (ECC P-256, ECDH): it needs ", StrJoin(missing, ", "), "; ",
+                                        OfferedText(token)));
 }
 
 StatusOr<ModuleIdentity> ReadModuleIdentity(CK_FUNCTION_LIST* api) {

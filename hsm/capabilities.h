@@ -25,6 +25,8 @@ inline constexpr CK_MECHANISM_TYPE kMechanismsOfInterest[] = {
     CKM_AES_CBC_PAD,             // aes-cbc-hmac: encrypt and decrypt
     CKM_GENERIC_SECRET_KEY_GEN,  // aes-cbc-hmac: the HMAC key of a version
     CKM_SHA256_HMAC,             // aes-cbc-hmac: the MAC, and its part of the fingerprint
+    CKM_EC_KEY_PAIR_GEN,         // recipient key (multi-recipient envelopes): the P-256 key pair
+    CKM_ECDH1_DERIVE,            // recipient key: ECDH with a wrap's ephemeral point
 };
 
 // "CKM_AES_GCM"; "CKM_0x00001087" for a mechanism not named here.
@@ -105,6 +107,15 @@ std::vector<std::string> MissingForNewKeys(const TokenCapabilities& token, KeySc
 // aes-gcm with IVs the device chooses, CKM_AES_ECB too (the key fingerprint).
 std::vector<std::string> MissingToServe(const TokenCapabilities& token, KeyScheme scheme,
                                         GcmIvSource iv_source = GcmIvSource::kCaller);
+
+// What the token lacks to hold a recipient key (docs/tpm-ha.md "Recipient keys"; empty: nothing): to
+// make one, CKM_EC_KEY_PAIR_GEN with generate key pair; to use it, CKM_ECDH1_DERIVE with derive; both
+// for 256-bit keys (EC key sizes are bits; unreported sizes admit it). `to_create` false: only what
+// opening wraps needs (the plugin, on a key made elsewhere).
+std::vector<std::string> MissingForRecipient(const TokenCapabilities& token, bool to_create = true);
+// OK if MissingForRecipient is empty, else FAILED_PRECONDITION naming what is missing and what the
+// token offers.
+Status CanHoldRecipient(const TokenCapabilities& token, bool to_create = true);
 
 // The scheme new keys get on this token: aes-gcm if it generates AES-256 keys and does AES-GCM encrypt
 // and decrypt; else aes-cbc-hmac if it generates AES-256 keys and generic secrets, does AES-CBC-PAD

@@ -8,6 +8,7 @@
 #include "core/strings.h"
 #include "hsm/capabilities.h"
 #include "hsm/p11/gcm.h"
+#include "hsm/recipient_key.h"
 #include "hsm/version_aead.h"
 
 namespace trousseau::hsm {
@@ -56,6 +57,9 @@ struct Pkcs11Backend::Connection {
   // (with a deadline) for calls still inside the device.
   std::shared_timed_mutex use;
   bool closed = false;  // guarded by `use`
+  // The recipient key (x-recipient), found at connect; CK_INVALID_HANDLE without one.
+  CK_OBJECT_HANDLE recipient_private = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE recipient_public = CK_INVALID_HANDLE;
 
   // Closes every session (which ends the login): called on a retired or half-built connection before
   // any new session is opened, so no close can hit a new session that reuses a handle number.
@@ -89,9 +93,13 @@ Pkcs11Backend::Pkcs11Backend(Pkcs11Uri uri, Pkcs11BackendOptions options, std::u
 Pkcs11Backend::~Pkcs11Backend() = default;  // lanes join first; the module finalises last
 
 std::string Pkcs11Backend::Describe() const {
-  return StrCat("PKCS#11 ", uri_.token_description(), " via ", uri_.module_path(), ", key family '",
-                uri_.object_label(), "'");
+  std::string described = StrCat("PKCS#11 ", uri_.token_description(), " via ", uri_.module_path());
+  if (uri_.has_key_family()) StrAppend(described, ", key family '", uri_.object_label(), "'");
+  if (uri_.recipient_label()) StrAppend(described, ", recipient key '", *uri_.recipient_label(), "'");
+  return described;
 }
+
+std::string Pkcs11Backend::DescribeRecipient() const { return Describe(); }
 
 std::shared_ptr<Pkcs11Backend::Connection> Pkcs11Backend::Current() const {
   std::lock_guard lock(conn_mu_);
@@ -208,6 +216,72 @@ StatusOr<bool> Pkcs11Backend::ProbeOnLane(size_t lane, uint64_t version) {
   return true;
 }
 
+// ---- the recipient key, on the lanes -----------------------------------------------------------
+
+Status Pkcs11Backend::RecipientReady(Deadline deadline) {
+  if (!uri_.recipient_label()) {
+    return FailedPreconditionError(StrCat(Describe(), " holds no recipient key (the URI names no x-recipient=LABEL)"));
+  }
+  if (Current() != nullptr) return OkStatus();
+  // Not connected (never yet, or an outage): a recipient-only backend has no prober that reconnects
+  // it, so the call does; within its own deadline (the reconnect finishes on the admin lane regardless).
+  return admin_lane_
+      .Run<bool>(deadline, "connecting to the HSM",
+                 [this](size_t) -> StatusOr<bool> {
+                   if (Status s = ReconnectOnAdmin(); !s.ok()) return s;
+                   return true;
+                 })
+      .status();
+}
+
+StatusOr<Pkcs11Backend::RecipientInUse> Pkcs11Backend::UseRecipient() {
+  RecipientInUse in_use;
+  in_use.conn = Current();
+  if (!in_use.conn) return NotConnected();
+  in_use.use = std::shared_lock(in_use.conn->use);
+  if (in_use.conn->closed) return UnavailableError("HSM unavailable: the connection is being re-established");
+  return in_use;
+}
+
+StatusOr<std::string> Pkcs11Backend::RecipientPublicPoint(Deadline deadline) {
+  if (Status s = RecipientReady(deadline); !s.ok()) return s;
+  return lanes_.Run<std::string>(deadline, "reading the recipient key's public point",
+                                 [this](size_t lane) { return RecipientPointOnLane(lane); });
+}
+
+StatusOr<SecureBytes> Pkcs11Backend::RecipientSharedSecret(std::string_view peer_point, Deadline deadline) {
+  // The caller's bytes are judged before any device or lane is involved.
+  if (Status s = CheckP256Point(peer_point); !s.ok()) return s;
+  if (Status s = RecipientReady(deadline); !s.ok()) return s;
+  return lanes_.Run<SecureBytes>(deadline, "ECDH on the device", [this, peer = std::string(peer_point)](size_t lane) {
+    return SharedSecretOnLane(lane, peer);
+  });
+}
+
+StatusOr<std::string> Pkcs11Backend::RecipientPointOnLane(size_t lane) {
+  StatusOr<RecipientInUse> in_use = UseRecipient();
+  if (!in_use.ok()) return in_use.status();
+  const std::shared_ptr<Connection>& conn = in_use->conn;
+  StatusOr<std::string> point = p11::ReadP256PublicPoint(conn->sessions[lane], conn->recipient_public);
+  if (IsUnavailable(point.status())) MarkBroken(conn, point.status());
+  return point;
+}
+
+StatusOr<SecureBytes> Pkcs11Backend::SharedSecretOnLane(size_t lane, std::string_view peer_point) {
+  StatusOr<RecipientInUse> in_use = UseRecipient();
+  if (!in_use.ok()) return in_use.status();
+  const std::shared_ptr<Connection>& conn = in_use->conn;
+  StatusOr<p11::EcdhSecret> derived =
+      p11::DeriveEcdhSecret(conn->sessions[lane], conn->recipient_private, peer_point, peer_point_form_.load());
+  if (!derived.ok()) {
+    // UNAVAILABLE: the connection is lost. INVALID_ARGUMENT: the device refused this point, not an outage.
+    if (IsUnavailable(derived.status())) MarkBroken(conn, derived.status());
+    return derived.status();
+  }
+  peer_point_form_.store(derived->form);
+  return std::move(derived->secret);
+}
+
 // ---- connection management, on the admin lane ------------------------------------------------
 
 StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys(Deadline deadline) {
@@ -216,6 +290,10 @@ StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeys(Deadline deadline) {
 }
 
 StatusOr<std::vector<BackendKey>> Pkcs11Backend::LoadKeysOnAdmin() {
+  if (!uri_.has_key_family()) {
+    return FailedPreconditionError(StrCat("no key family to load: the URI names no object= (only the recipient key '",
+                                          uri_.recipient_label().value_or(""), "')"));
+  }
   std::shared_ptr<Connection> conn = Current();
   Status loaded = UnavailableError("not connected");
   if (conn) {
@@ -359,8 +437,31 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnect
     if (!session.ok()) return session.status();
     conn->sessions.push_back(*std::move(session));
   }
-  if (Status s = LoadFamily(*conn, restore); !s.ok()) return s;
+  if (Status s = LoadRecipient(*conn); !s.ok()) return s;
+  if (uri_.has_key_family()) {
+    if (Status s = LoadFamily(*conn, restore); !s.ok()) return s;
+  }
   return conn;
+}
+
+Status Pkcs11Backend::LoadRecipient(Connection& conn) {
+  if (!uri_.recipient_label()) return OkStatus();
+  const std::string& label = *uri_.recipient_label();
+  if (Status s = CanHoldRecipient(conn.capabilities, /*to_create=*/false); !s.ok()) return s;
+  StatusOr<RecipientKeyObjects> objects = FindRecipientKey(conn.admin, label);
+  if (!objects.ok()) {
+    if (!IsNotFound(objects.status())) return objects.status();
+    return FailedPreconditionError(
+        StrCat(objects.status().message(), " (x-recipient=", label, "): create it with the provisioning tool first"));
+  }
+  StatusOr<RecipientKeyInfo> info = ShowRecipient(conn.admin, label);
+  if (!info.ok()) return info.status();
+  if (!info->violation.empty()) {
+    return FailedPreconditionError(StrCat("refusing recipient key '", label, "': ", info->violation));
+  }
+  conn.recipient_private = objects->private_key;
+  conn.recipient_public = objects->public_key;
+  return OkStatus();
 }
 
 Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {

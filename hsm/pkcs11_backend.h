@@ -12,6 +12,14 @@
 // restores the last good key ring; first on the module as it is, and if that fails as an outage,
 // after re-initialising the module (C_Finalize + C_Initialize). A PIN the token rejected is never tried again (it would
 // lock the token) until the PIN file changes or AllowLoginRetry() (SIGHUP).
+//
+// Recipient key: with x-recipient=LABEL in the URI (hsm/pkcs11_uri.h) the backend is also the
+// RecipientDevice of that key (hsm/recipient_key.h): found by label at every connect and judged by the
+// recipient policy, ECDH on a lane with the caller's deadline, an outage handled as for Seal/Open (the
+// connection is marked broken; the next call, Probe or LoadKeys reconnects and finds the key again). A URI
+// with x-recipient and no object= (Pkcs11Uri::Parse with KeyFamilyInUri::kOptionalWithRecipient) makes
+// a backend that holds the recipient key only: LoadKeys is then FAILED_PRECONDITION, and the recipient
+// calls connect by themselves.
 #pragma once
 
 #include <sys/stat.h>
@@ -29,11 +37,13 @@
 #include "core/defaults.h"
 #include "core/key_backend.h"
 #include "core/nonce_sequence.h"
+#include "core/recipient_device.h"
 #include "core/status.h"
 #include "hsm/device_lanes.h"
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
 #include "hsm/key_family.h"
+#include "hsm/p11/ecdh.h"
 #include "hsm/p11/gcm.h"
 #include "hsm/token_discovery.h"
 
@@ -58,7 +68,7 @@ struct Pkcs11BackendOptions {
   std::chrono::milliseconds connect_timeout{10000};
 };
 
-class Pkcs11Backend final : public KeyBackend {
+class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
  public:
   // Loads the module; connects on the first LoadKeys().
   static StatusOr<std::unique_ptr<Pkcs11Backend>> Create(Pkcs11Uri uri, Pkcs11BackendOptions options);
@@ -79,6 +89,16 @@ class Pkcs11Backend final : public KeyBackend {
   // 28 (IV + tag) while every loaded version is aes-gcm; 64 (IV, padding, HMAC) once one is aes-cbc-hmac.
   size_t SealOverhead() const override { return seal_overhead_.load(); }
   Status Probe(uint64_t version, Deadline deadline) override;
+
+  // RecipientDevice, when the URI names x-recipient; FAILED_PRECONDITION from every call otherwise.
+  bool has_recipient() const { return uri_.recipient_label().has_value(); }
+  std::string_view RecipientKind() const override { return kPkcs11BackendKind; }
+  std::string DescribeRecipient() const override;
+  // Read from the public key object on the device at each call (a lane, the caller's deadline).
+  StatusOr<std::string> RecipientPublicPoint(Deadline deadline) override;
+  // `peer_point` is checked on the host first (CheckP256Point: length, form, on the curve):
+  // INVALID_ARGUMENT without a device call. Not connected: one reconnect on the admin lane first.
+  StatusOr<SecureBytes> RecipientSharedSecret(std::string_view peer_point, Deadline deadline) override;
 
   // After the token rejected the PIN, logins stop until the PIN file changes or this is called
   // (SIGHUP, e.g. after fixing TROUSSEAU_HSM_PIN's source). Returns at once.
@@ -123,6 +143,17 @@ class Pkcs11Backend final : public KeyBackend {
   StatusOr<SecureBytes> OpenOnLane(size_t lane, uint64_t version, std::string_view sealed, std::string_view aad);
   StatusOr<bool> ProbeOnLane(size_t lane, uint64_t version);
 
+  // The recipient key on the live connection, which stays up (shared lock) while the holder uses it.
+  struct RecipientInUse {
+    std::shared_ptr<Connection> conn;
+    std::shared_lock<std::shared_timed_mutex> use;
+  };
+  StatusOr<RecipientInUse> UseRecipient();
+  StatusOr<std::string> RecipientPointOnLane(size_t lane);
+  StatusOr<SecureBytes> SharedSecretOnLane(size_t lane, std::string_view peer_point);
+  // FAILED_PRECONDITION without x-recipient; else connected (reconnecting on the admin lane by `deadline`).
+  Status RecipientReady(Deadline deadline);
+
   // On the admin lane only.
   StatusOr<std::vector<BackendKey>> LoadKeysOnAdmin();
   Status ReconnectOnAdmin();
@@ -133,6 +164,9 @@ class Pkcs11Backend final : public KeyBackend {
   StatusOr<std::shared_ptr<Connection>> ConnectOnce(bool restore);
   StatusOr<std::shared_ptr<Connection>> BuildConnection(std::shared_ptr<Connection> conn, bool restore);
   Status LoadFamily(Connection& conn, bool restore);
+  // Finds the recipient key by label and judges it (hsm/recipient_key.h); FAILED_PRECONDITION when it is
+  // missing, ambiguous or breaks the policy, or the token cannot do ECDH.
+  Status LoadRecipient(Connection& conn);
   // OK, or lifts the block if the PIN file changed or SIGHUP asked since; else LoginBlockedError().
   Status LoginBlocked();
   Status LoginBlockedError() const;
@@ -153,6 +187,9 @@ class Pkcs11Backend final : public KeyBackend {
   std::optional<PinFileStamp> blocked_pin_stamp_;
   std::atomic<bool> login_retry_requested_{false};
   std::atomic<size_t> seal_overhead_{kGcmIvSize + kGcmTagSize};
+  // The peer point form this token's CKM_ECDH1_DERIVE takes, once found out (p11/ecdh.h); kept across
+  // reconnects (it is the module's, not the session's).
+  std::atomic<p11::PeerPointForm> peer_point_form_{p11::PeerPointForm::kUnknown};
 
   // Last: their threads stop (and are joined) before anything above goes.
   DeviceLanes lanes_;

@@ -12,7 +12,7 @@ std::string TrimPadded(const unsigned char* text, size_t size) {
   return out;
 }
 
-StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text) {
+StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text, KeyFamilyInUri family) {
   Pkcs11Uri parsed;
   parsed.uri_.reset(p11_kit_uri_new(), p11_kit_uri_free);
   P11KitUri* uri = parsed.uri_.get();
@@ -36,11 +36,22 @@ StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text) {
   }
   parsed.module_path_ = module_path;
 
+  if (const char* recipient = p11_kit_uri_get_vendor_query(uri, "x-recipient"); recipient != nullptr) {
+    if (recipient[0] == '\0') return InvalidArgumentError("--pkcs11-uri has an empty x-recipient");
+    parsed.recipient_label_ = recipient;
+  }
+
   CK_ATTRIBUTE* label = p11_kit_uri_get_attribute(uri, CKA_LABEL);
   if (label == nullptr || label->ulValueLen == 0) {
-    return InvalidArgumentError("--pkcs11-uri needs object=LABEL naming the key family");
+    if (family == KeyFamilyInUri::kRequired || !parsed.recipient_label_) {
+      return InvalidArgumentError(family == KeyFamilyInUri::kRequired
+                                      ? "--pkcs11-uri needs object=LABEL naming the key family"
+                                      : "--pkcs11-uri needs object=LABEL naming the key family, "
+                                        "x-recipient=LABEL naming the recipient key, or both");
+    }
+  } else {
+    parsed.object_label_.assign(static_cast<const char*>(label->pValue), label->ulValueLen);
   }
-  parsed.object_label_.assign(static_cast<const char*>(label->pValue), label->ulValueLen);
   if (p11_kit_uri_get_attribute(uri, CKA_ID) != nullptr) {
     return InvalidArgumentError(
         "--pkcs11-uri must not contain id=: every key labelled object= is one version of the family, "

@@ -32,4 +32,18 @@ Status InitUserPin(const Session& session, const SecureBytes& user_pin) {
   return OkStatus();
 }
 
+StatusOr<KeyPairHandles> GenerateKeyPair(const Session& session, CK_MECHANISM_TYPE mechanism_type,
+                                         AttributeTemplate& public_template, AttributeTemplate& private_template,
+                                         std::string_view what) {
+  CK_MECHANISM mechanism{mechanism_type, nullptr, 0};
+  KeyPairHandles made;
+  if (CK_RV rv = session.api()->C_GenerateKeyPair(session.handle(), &mechanism, public_template.data(),
+                                                  public_template.size(), private_template.data(),
+                                                  private_template.size(), &made.public_key, &made.private_key);
+      rv != CKR_OK) {
+    return RvStatus(rv, what);
+  }
+  return made;
+}
+
 }  // namespace trousseau::hsm::p11
