@@ -32,7 +32,7 @@ StatusOr<ParsedEnvelope> ParseEnvelope(std::string_view ciphertext) {
     return InvalidArgumentError("ciphertext is not a trousseau-hsm envelope (bad magic)");
   }
   const auto format = static_cast<uint8_t>(ciphertext[2]);
-  if (format != kEnvelopeFormatV1 && format != kEnvelopeFormatV2) {
+  if (format != kEnvelopeFormatV1 && format != kEnvelopeFormatV2 && format != kEnvelopeFormatV3) {
     return InvalidArgumentError(StrCat("unsupported envelope format version ", format));
   }
   ParsedEnvelope parsed;

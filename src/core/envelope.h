@@ -6,6 +6,8 @@
 //                   1: the backend's AEAD (PKCS#11 aes-gcm: 12-byte IV || AES-GCM ciphertext || 16-byte tag;
 //                      TPM: see tpm/tpm_aead.h)
 //                   2: PKCS#11 aes-cbc-hmac (16-byte IV || AES-CBC-PAD ciphertext || 32-byte HMAC-SHA256)
+//                   3: multi-recipient, wrapped to every member of a recipient set (src/recipients/
+//                      multi_wrap.h); the key version is the set's epoch
 //   3       8     key version, unsigned big-endian
 //   11      n     sealed bytes from the key backend
 //
@@ -23,6 +25,7 @@ namespace trousseau {
 inline constexpr size_t kEnvelopeHeaderSize = 11;
 inline constexpr uint8_t kEnvelopeFormatV1 = 1;
 inline constexpr uint8_t kEnvelopeFormatV2 = 2;
+inline constexpr uint8_t kEnvelopeFormatV3 = 3;
 
 struct ParsedEnvelope {
   uint8_t format = kEnvelopeFormatV1;

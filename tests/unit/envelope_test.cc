@@ -36,7 +36,7 @@ TEST(Envelope, RejectsForeignMagic) {
 
 TEST(Envelope, RejectsUnknownFormatVersion) {
   std::string ciphertext = EncodeEnvelopeHeader(1) + "x";
-  for (char format : {0, 3, 0x7f}) {
+  for (char format : {0, 4, 0x7f}) {
     ciphertext[2] = format;
     EXPECT_TRUE(IsInvalidArgument(ParseEnvelope(ciphertext).status())) << int{format};
   }

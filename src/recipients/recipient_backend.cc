@@ -1,0 +1,256 @@
+#include "recipients/recipient_backend.h"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+
+#include "core/strings.h"
+#include "recipients/multi_wrap.h"
+
+namespace trousseau::recipients {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const RecipientSet* FindEpoch(const std::vector<RecipientSet>& sets, uint64_t epoch) {
+  for (const RecipientSet& set : sets) {
+    if (set.epoch == epoch) return &set;
+  }
+  return nullptr;
+}
+
+std::optional<size_t> MemberIndex(const RecipientSet& set, std::string_view point) {
+  if (point.empty()) return std::nullopt;
+  for (size_t i = 0; i < set.recipients.size(); ++i) {
+    if (set.recipients[i].public_key == point) return i;
+  }
+  return std::nullopt;
+}
+
+constexpr std::string_view kProbeAad = "trousseau-hsm recipient probe";
+
+}  // namespace
+
+StatusOr<std::unique_ptr<RecipientBackend>> RecipientBackend::Create(RecipientBackendOptions options) {
+  if (!options.load_sets) return FailedPreconditionError("recipient backend: no recipient set configured");
+  if (options.devices.empty()) {
+    return FailedPreconditionError("recipient backend: no local recipient device (TPM or PKCS#11 recipient key)");
+  }
+  for (const LocalRecipient& local : options.devices) {
+    if (!local.device) return FailedPreconditionError("recipient backend: a device is missing");
+  }
+  return std::unique_ptr<RecipientBackend>(new RecipientBackend(std::move(options)));
+}
+
+RecipientBackend::RecipientBackend(RecipientBackendOptions options)
+    : options_(std::move(options)), sets_(std::make_shared<const std::vector<RecipientSet>>()) {
+  for (const LocalRecipient& local : options_.devices) {
+    Slot slot;
+    slot.local = local;
+    slots_.push_back(std::move(slot));
+  }
+}
+
+std::string RecipientBackend::Describe() const {
+  std::vector<std::string> names;
+  for (const LocalRecipient& local : options_.devices) names.push_back(local.name);
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  const std::string set =
+      sets->empty() ? std::string("recipient set (not loaded yet)") : StrCat("recipient set '", sets->back().name, "'");
+  return StrCat(set, ", opened here by ", StrJoin(names, ", "));
+}
+
+std::shared_ptr<const std::vector<RecipientSet>> RecipientBackend::Sets() const {
+  std::lock_guard lock(mu_);
+  return sets_;
+}
+
+StatusOr<std::vector<BackendKey>> RecipientBackend::LoadKeys(Deadline deadline) {
+  StatusOr<std::vector<RecipientSet>> loaded = options_.load_sets();
+  if (!loaded.ok()) return loaded.status();
+  if (loaded->empty()) return FailedPreconditionError("no recipient set accepted");
+  // Each device's key as the device holds it now (a re-provisioned key must not be used under the
+  // old point). A device that does not answer keeps the point it gave before.
+  for (size_t i = 0; i < options_.devices.size(); ++i) {
+    const auto started = Clock::now();
+    StatusOr<std::string> point = options_.devices[i].device->RecipientPublicPoint(deadline);
+    if (point.ok()) {
+      RecordSuccess(i, Clock::now() - started);
+      std::lock_guard lock(mu_);
+      slots_[i].point = *std::move(point);
+    } else {
+      RecordFailure(i, point.status());
+    }
+  }
+  const RecipientSet& newest = loaded->back();
+  bool member = false, unknown = false;
+  {
+    std::lock_guard lock(mu_);
+    for (const Slot& slot : slots_) {
+      member = member || MemberIndex(newest, slot.point).has_value();
+      unknown = unknown || slot.point.empty();
+    }
+  }
+  if (!member) {
+    if (unknown) {
+      return UnavailableError(StrCat("no recipient device of this node answered, so whether it belongs to set '",
+                                     newest.name, "' epoch ", newest.epoch, " is unknown"));
+    }
+    return FailedPreconditionError(
+        StrCat("none of this node's recipient keys is a member of set '", newest.name, "' epoch ", newest.epoch,
+               ": the node could not open what it seals. Add its key (trousseau-hsm-init recipients add) and sign "
+               "a new epoch"));
+  }
+  std::vector<BackendKey> keys;
+  size_t widest = 0;
+  for (const RecipientSet& set : *loaded) {
+    keys.push_back(
+        BackendKey{.version = set.epoch, .fingerprint = SetDigest(set), .envelope_format = kRecipientEnvelopeFormat});
+    widest = std::max(widest, set.recipients.size());
+  }
+  std::lock_guard lock(mu_);
+  sets_ = std::make_shared<const std::vector<RecipientSet>>(*std::move(loaded));
+  seal_overhead_ = SealOverheadFor(widest);
+  return keys;
+}
+
+size_t RecipientBackend::SealOverhead() const {
+  std::lock_guard lock(mu_);
+  return seal_overhead_ != 0 ? seal_overhead_ : SealOverheadFor(kMaxRecipients);
+}
+
+StatusOr<std::string> RecipientBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                                             Deadline /*deadline: no device call*/) {
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  const RecipientSet* set = FindEpoch(*sets, version);
+  if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded"));
+  return SealToSet(*set, plaintext, aad);
+}
+
+std::vector<RecipientBackend::Attempt> RecipientBackend::Candidates(const RecipientSet& set,
+                                                                    bool include_resting) const {
+  std::lock_guard lock(mu_);
+  const Clock::time_point now = Clock::now();
+  std::vector<Attempt> ready, resting;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const std::optional<size_t> member = MemberIndex(set, slots_[i].point);
+    if (!member.has_value()) continue;
+    const bool usable = slots_[i].up || slots_[i].retry_at <= now;
+    (usable ? ready : resting).push_back({i, *member});
+  }
+  std::stable_sort(ready.begin(), ready.end(), [&](const Attempt& a, const Attempt& b) {
+    if (slots_[a.slot].up != slots_[b.slot].up) return slots_[a.slot].up;
+    return slots_[a.slot].latency_ms < slots_[b.slot].latency_ms;
+  });
+  if (include_resting || ready.empty()) ready.insert(ready.end(), resting.begin(), resting.end());
+  return ready;
+}
+
+void RecipientBackend::RecordSuccess(size_t slot, Clock::duration took) {
+  const double ms = std::chrono::duration<double, std::milli>(took).count();
+  std::lock_guard lock(mu_);
+  Slot& s = slots_[slot];
+  s.latency_ms = s.up && s.latency_ms > 0 ? 0.8 * s.latency_ms + 0.2 * ms : ms;
+  s.up = true;
+  s.last_error.clear();
+  s.backoff = std::chrono::milliseconds(0);
+}
+
+void RecipientBackend::RecordFailure(size_t slot, const Status& why) {
+  std::lock_guard lock(mu_);
+  Slot& s = slots_[slot];
+  s.last_error = std::string(why.message());
+  if (why.code() != StatusCode::kUnavailable) return;  // the device answered: it is up
+  s.up = false;
+  s.backoff = s.backoff.count() == 0 ? options_.retry_min : std::min(options_.retry_max, s.backoff * 2);
+  s.retry_at = Clock::now() + s.backoff;
+}
+
+StatusOr<SecureBytes> RecipientBackend::OpenWith(const Attempt& attempt, const RecipientSet& set,
+                                                 std::string_view sealed, std::string_view aad, Deadline deadline) {
+  StatusOr<ParsedWraps> parsed = ParseWraps(set, sealed, aad);
+  if (!parsed.ok()) return parsed.status();
+  if (!WrapOf(*parsed, attempt.member).has_value()) {
+    return NotFoundError(StrCat("the envelope holds no wrap for member '", set.recipients[attempt.member].id,
+                                "' of set '", set.name, "' epoch ", set.epoch));
+  }
+  const auto started = Clock::now();
+  StatusOr<SecureBytes> z =
+      options_.devices[attempt.slot].device->RecipientSharedSecret(parsed->ephemeral_point, deadline);
+  if (!z.ok()) {
+    RecordFailure(attempt.slot, z.status());
+    return z.status();
+  }
+  RecordSuccess(attempt.slot, Clock::now() - started);
+  return OpenWithSharedSecret(set, *parsed, attempt.member, *z);
+}
+
+StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                                             Deadline deadline) {
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  const RecipientSet* set = FindEpoch(*sets, version);
+  if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded on this node"));
+  if (Status s = ParseWraps(*set, sealed, aad).status(); !s.ok()) return s;
+  const std::vector<Attempt> attempts = Candidates(*set, /*include_resting=*/false);
+  if (attempts.empty()) {
+    return NotFoundError(StrCat("this node is not a member of set '", set->name, "' epoch ", set->epoch,
+                                ": the object was written before the node joined, and must be re-encrypted once "
+                                "every node holds a newer epoch (docs/ha.md)"));
+  }
+  // The most telling failure: an envelope that fails authentication beats a device that is down.
+  Status failure;
+  for (const Attempt& attempt : attempts) {
+    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, sealed, aad, deadline);
+    if (opened.ok()) return opened;
+    if (failure.ok() || opened.status().code() != StatusCode::kUnavailable) failure = opened.status();
+    if (Clock::now() >= deadline) break;
+  }
+  return failure;
+}
+
+Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  const RecipientSet* set = FindEpoch(*sets, version);
+  if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded"));
+  SecureBytes secret(32);
+  if (RAND_bytes(secret.data(), static_cast<int>(secret.size())) != 1) {
+    return UnavailableError("the system random number generator failed");
+  }
+  StatusOr<std::string> sealed = SealToSet(*set, secret.view(), kProbeAad);
+  if (!sealed.ok()) return sealed.status();
+  Status failure = UnavailableError("no recipient device of this node is a member of the set");
+  bool any = false;
+  for (const Attempt& attempt : Candidates(*set, /*include_resting=*/false)) {
+    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, *sealed, kProbeAad, deadline);
+    if (opened.ok() && opened->view() == secret.view()) {
+      any = true;
+      continue;
+    }
+    failure = opened.ok() ? InternalError(StrCat(options_.devices[attempt.slot].name, " opened a wrong secret"))
+                          : opened.status();
+  }
+  return any ? OkStatus() : failure;
+}
+
+std::vector<RecipientDeviceState> RecipientBackend::DeviceStates() const {
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  std::lock_guard lock(mu_);
+  std::vector<RecipientDeviceState> states;
+  for (const Slot& slot : slots_) {
+    RecipientDeviceState state{.name = slot.local.name,
+                               .kind = std::string(slot.local.device->RecipientKind()),
+                               .up = slot.up,
+                               .member_id = "",
+                               .last_error = slot.last_error,
+                               .latency_ms = slot.latency_ms};
+    if (!sets->empty()) {
+      if (std::optional<size_t> member = MemberIndex(sets->back(), slot.point)) {
+        state.member_id = sets->back().recipients[*member].id;
+      }
+    }
+    states.push_back(std::move(state));
+  }
+  return states;
+}
+
+}  // namespace trousseau::recipients

@@ -1,0 +1,111 @@
+// KeyBackend over a recipient set (docs/ha.md): every key version is an epoch of the set, Seal wraps
+// to every member in software (no device call), and Open asks one of this node's recipient devices
+// (its TPM, its HSMs) for the ECDH shared secret of its own wrap. The key_id is derived from the set
+// alone, so every node that holds the same set reports the same key_id.
+//
+// Several local devices: Open tries the devices that are up first, fastest first (average of their
+// recent calls); a device whose call fails UNAVAILABLE is taken out at once and only tried again by
+// Probe, with a capped exponential backoff, or when no other device can open the envelope. Health
+// (Probe) is OK while one device opens a fresh wrap.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/envelope.h"
+#include "core/key_backend.h"
+#include "core/recipient_device.h"
+#include "recipients/recipient_set.h"
+
+namespace trousseau::recipients {
+
+// The envelope format byte of multi-recipient envelopes (core/envelope.h).
+inline constexpr uint8_t kRecipientEnvelopeFormat = kEnvelopeFormatV3;
+// Kind(), part of every key_id.
+inline constexpr char kRecipientBackendKind[] = "recipients";
+
+struct LocalRecipient {
+  std::string name;  // how health, metrics and logs name it: "tpm2", "pkcs11 token 'hsm-a'"
+  std::shared_ptr<RecipientDevice> device;
+};
+
+struct RecipientBackendOptions {
+  // Every accepted set, lowest epoch first (LoadAcceptedSets bound to its options).
+  std::function<StatusOr<std::vector<RecipientSet>>()> load_sets;
+  std::vector<LocalRecipient> devices;
+  // How long a failed device stays out before Probe tries it again: doubling from min up to max.
+  std::chrono::milliseconds retry_min{1000};
+  std::chrono::milliseconds retry_max{30000};
+};
+
+struct RecipientDeviceState {
+  std::string name;
+  std::string kind;       // RecipientDevice::RecipientKind()
+  bool up = false;        // its last call succeeded
+  std::string member_id;  // its id in the newest set; "" when it is not a member (or its key is unknown)
+  std::string last_error;
+  double latency_ms = 0;  // moving average of its successful calls
+};
+
+class RecipientBackend final : public KeyBackend {
+ public:
+  // FAILED_PRECONDITION without devices or without a set loader.
+  static StatusOr<std::unique_ptr<RecipientBackend>> Create(RecipientBackendOptions options);
+
+  using KeyBackend::LoadKeys;
+  using KeyBackend::Open;
+  using KeyBackend::Probe;
+  using KeyBackend::Seal;
+  std::string_view Kind() const override { return kRecipientBackendKind; }
+  std::string Describe() const override;
+  // Loads the sets, reads each device's public point, and refuses (FAILED_PRECONDITION) a newest set
+  // none of this node's devices belongs to: the node could not open what it seals.
+  StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) override;
+  StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
+                             Deadline deadline) override;
+  StatusOr<SecureBytes> Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                             Deadline deadline) override;
+  size_t SealOverhead() const override;
+  // Seals a fresh secret to epoch `version` and opens it with every local member device that is up
+  // or due for a retry; OK when one of them did.
+  Status Probe(uint64_t version, Deadline deadline) override;
+
+  std::vector<RecipientDeviceState> DeviceStates() const;
+
+ private:
+  struct Slot {
+    LocalRecipient local;
+    std::string point;  // uncompressed; empty until read
+    bool up = false;
+    std::string last_error;
+    double latency_ms = 0;
+    std::chrono::steady_clock::time_point retry_at{};
+    std::chrono::milliseconds backoff{0};
+  };
+  struct Attempt {
+    size_t slot;
+    size_t member;
+  };
+
+  explicit RecipientBackend(RecipientBackendOptions options);
+  std::shared_ptr<const std::vector<RecipientSet>> Sets() const;
+  // The local devices that are members of `set`, in the order Open should try them.
+  std::vector<Attempt> Candidates(const RecipientSet& set, bool include_resting) const;
+  void RecordSuccess(size_t slot, std::chrono::steady_clock::duration took);
+  void RecordFailure(size_t slot, const Status& why);
+  // One device opens `sealed` with its wrap.
+  StatusOr<SecureBytes> OpenWith(const Attempt& attempt, const RecipientSet& set, std::string_view sealed,
+                                 std::string_view aad, Deadline deadline);
+
+  const RecipientBackendOptions options_;
+  mutable std::mutex mu_;
+  std::shared_ptr<const std::vector<RecipientSet>> sets_;  // guarded by mu_
+  std::vector<Slot> slots_;                                // guarded by mu_
+  size_t seal_overhead_ = 0;                               // guarded by mu_
+};
+
+}  // namespace trousseau::recipients

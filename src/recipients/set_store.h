@@ -1,0 +1,27 @@
+// Which recipient sets this node accepts. The set file an operator distributes names the newest set;
+// every set once accepted is kept in a state directory, so the plugin goes on decrypting what was
+// wrapped under earlier epochs, and refuses a set file that would take it back to a lower epoch.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "recipients/recipient_set.h"
+
+namespace trousseau::recipients {
+
+struct SetStoreOptions {
+  std::string set_file;   // the signed set distributed to this node
+  std::string state_dir;  // accepted sets, one file per epoch (epoch-<N>.json); created 0700 if missing
+  AdminPolicy policy;
+};
+
+// Every accepted set, lowest epoch first, the set file's included. Each stored set is verified again
+// (the administrator keys may have changed). The set file must be signed (VerifySet), have the
+// stored sets' name, and an epoch no lower than theirs; at an epoch already stored it must be that
+// very set. A new epoch is stored before it is returned. FAILED_PRECONDITION (or PERMISSION_DENIED
+// for signatures) naming the file and the reason otherwise; nothing is stored then.
+StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options);
+
+}  // namespace trousseau::recipients

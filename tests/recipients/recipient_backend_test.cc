@@ -1,0 +1,204 @@
+// RecipientBackend under the real KmsEngine: several "nodes" (each its own backend, device and state
+// directory) holding one recipient set behave as one cluster. The devices here are in-memory
+// (SoftwareRecipient); the same scenarios on swtpm and SoftHSM are in the integration tests.
+#include "recipients/recipient_backend.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "core/kms_engine.h"
+#include "recipients/set_store.h"
+#include "tests/recipients/admin_keys.h"
+#include "tests/testing/software_recipient.h"
+
+namespace trousseau {
+namespace {
+
+using recipients::RecipientBackend;
+using recipients::RecipientSet;
+using testing::SoftwareRecipient;
+
+constexpr size_t kMaxCiphertext = 1024;
+
+class Cluster : public ::testing::Test {
+ protected:
+  struct Node {
+    std::vector<std::shared_ptr<SoftwareRecipient>> devices;
+    std::shared_ptr<RecipientBackend> backend;
+    std::unique_ptr<KmsEngine> engine;
+  };
+
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("recipient-cluster-" + std::to_string(::getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override {
+    nodes_.clear();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // A node with `devices` local recipient devices; its state directory is its own.
+  Node& AddNode(size_t devices = 1) {
+    const size_t index = nodes_.size();
+    auto node = std::make_unique<Node>();
+    recipients::RecipientBackendOptions options;
+    for (size_t i = 0; i < devices; ++i) {
+      node->devices.push_back(std::make_shared<SoftwareRecipient>());
+      options.devices.push_back({.name = "device-" + std::to_string(i), .device = node->devices.back()});
+    }
+    recipients::SetStoreOptions store{.set_file = (dir_ / "set.json").string(),
+                                      .state_dir = (dir_ / ("state-" + std::to_string(index))).string(),
+                                      .policy = testing::PolicyOf({admin_})};
+    options.load_sets = [store] { return recipients::LoadAcceptedSets(store); };
+    options.retry_min = std::chrono::hours(1);  // a device taken out stays out for the test's length
+    StatusOr<std::unique_ptr<RecipientBackend>> backend = RecipientBackend::Create(std::move(options));
+    EXPECT_TRUE(backend.ok()) << backend.status().ToString();
+    node->backend = *std::move(backend);
+    node->engine = std::make_unique<KmsEngine>(node->backend, EngineOptions{.family_label = "set"});
+    nodes_.push_back(std::move(node));
+    return *nodes_.back();
+  }
+
+  // Signs and distributes a set of the given devices' keys.
+  void Distribute(uint64_t epoch, const std::vector<std::shared_ptr<SoftwareRecipient>>& members) {
+    std::vector<std::string> points;
+    for (const auto& m : members) points.push_back(m->public_point());
+    std::ofstream(dir_ / "set.json") << recipients::SerializeRecipientSet(
+        testing::Signed(testing::MakeSet("prod", epoch, points), {admin_}));
+  }
+
+  std::filesystem::path dir_;
+  testing::AdminKeyPair admin_ = testing::MakeAdminKey();
+  std::vector<std::unique_ptr<Node>> nodes_;
+};
+
+TEST_F(Cluster, WhatAnyNodeEncryptsEveryOtherDecryptsUnderOneKeyId) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  Node& c = AddNode();
+  Distribute(1, {a.devices[0], b.devices[0], c.devices[0]});
+  for (Node* node : {&a, &b, &c}) ASSERT_TRUE(node->engine->LoadKeyRing().ok());
+  const std::string key_id = a.engine->Health().active_key_id;
+  EXPECT_EQ(b.engine->Health().active_key_id, key_id) << "kube-apiserver would see stale objects forever otherwise";
+  EXPECT_EQ(c.engine->Health().active_key_id, key_id);
+
+  auto computed = [&] {
+    return a.devices[0]->shared_secrets_computed() + b.devices[0]->shared_secrets_computed() +
+           c.devices[0]->shared_secrets_computed();
+  };
+  const int before = computed();
+  for (Node* writer : {&a, &b, &c}) {
+    StatusOr<EncryptResult> sealed = writer->engine->Encrypt("a 32-byte seed from kube-apiserv", kMaxCiphertext);
+    ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+    EXPECT_EQ(sealed->key_id, key_id);
+    for (Node* reader : {&a, &b, &c}) {
+      StatusOr<SecureBytes> opened = reader->engine->Decrypt(sealed->ciphertext, sealed->key_id);
+      ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+      EXPECT_EQ(opened->view(), "a 32-byte seed from kube-apiserv");
+    }
+  }
+  EXPECT_EQ(computed() - before, 9) << "each Decrypt is one ECDH on the reader's own device, and Encrypt needs none";
+}
+
+TEST_F(Cluster, ANodeRemovedInANewEpochCannotOpenNewEnvelopesButOldOnesStillOpenWhereTheirWrapIs) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  Node& c = AddNode();
+  Distribute(1, {a.devices[0], b.devices[0], c.devices[0]});
+  for (Node* node : {&a, &b, &c}) ASSERT_TRUE(node->engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> old_envelope = a.engine->Encrypt("sealed under epoch 1", kMaxCiphertext);
+  ASSERT_TRUE(old_envelope.ok());
+
+  Distribute(2, {a.devices[0], b.devices[0]});  // c leaves
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  ASSERT_TRUE(b.engine->LoadKeyRing().ok());
+  const Status c_load = c.engine->LoadKeyRing();
+  EXPECT_EQ(c_load.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(c_load.message().find("none of this node's recipient keys is a member"), std::string::npos)
+      << c_load.message();
+  EXPECT_NE(a.engine->Health().active_key_id, old_envelope->key_id) << "a new membership is a new key_id";
+  EXPECT_EQ(a.engine->Health().active_key_id, b.engine->Health().active_key_id);
+
+  StatusOr<EncryptResult> new_envelope = b.engine->Encrypt("sealed under epoch 2", kMaxCiphertext);
+  ASSERT_TRUE(new_envelope.ok());
+  EXPECT_TRUE(a.engine->Decrypt(new_envelope->ciphertext, new_envelope->key_id).ok());
+  EXPECT_FALSE(c.engine->Decrypt(new_envelope->ciphertext, new_envelope->key_id).ok())
+      << "a removed node opens nothing sealed after it left";
+  for (Node* node : {&a, &b, &c}) {
+    StatusOr<SecureBytes> opened = node->engine->Decrypt(old_envelope->ciphertext, old_envelope->key_id);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    EXPECT_EQ(opened->view(), "sealed under epoch 1");
+  }
+}
+
+TEST_F(Cluster, ANodeThatJoinedLaterSaysWhyItCannotOpenWhatWasWrittenBeforeIt) {
+  Node& a = AddNode();
+  Distribute(1, {a.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> before = a.engine->Encrypt("written before d joined", kMaxCiphertext);
+  ASSERT_TRUE(before.ok());
+  Node& d = AddNode();
+  Distribute(2, {a.devices[0], d.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  ASSERT_TRUE(d.engine->LoadKeyRing().ok());
+  const Status refused = d.engine->Decrypt(before->ciphertext, before->key_id).status();
+  EXPECT_EQ(refused.code(), StatusCode::kNotFound) << refused.ToString();
+}
+
+TEST_F(Cluster, WithTwoLocalDevicesOneDownDecryptsThroughTheOtherAndHealthStaysOk) {
+  Node& a = AddNode(/*devices=*/2);
+  Node& b = AddNode();
+  Distribute(1, {a.devices[0], a.devices[1], b.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  ASSERT_TRUE(b.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = b.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  ASSERT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
+
+  a.devices[0]->SetUnavailable(true);
+  a.devices[1]->SetUnavailable(false);
+  for (int i = 0; i < 5; ++i) {
+    StatusOr<SecureBytes> opened = a.engine->Decrypt(sealed->ciphertext, sealed->key_id);
+    ASSERT_TRUE(opened.ok()) << i << ": " << opened.status().ToString();
+  }
+  EXPECT_TRUE(a.engine->ProbeNow().ok());
+  const int asked_after_failure = a.devices[0]->shared_secrets_computed();
+  std::vector<recipients::RecipientDeviceState> states = a.backend->DeviceStates();
+  ASSERT_EQ(states.size(), 2u);
+  const auto& down = states[0].up ? states[1] : states[0];
+  const auto& up = states[0].up ? states[0] : states[1];
+  EXPECT_FALSE(down.up);
+  EXPECT_NE(down.last_error.find("down"), std::string::npos) << down.last_error;
+  EXPECT_TRUE(up.up);
+  EXPECT_EQ(up.member_id.rfind("node-", 0), 0u);
+
+  // Both down: UNAVAILABLE, and the node recovers by itself once one returns.
+  a.devices[1]->SetUnavailable(true);
+  const Status both = a.engine->Decrypt(sealed->ciphertext, sealed->key_id).status();
+  EXPECT_EQ(both.code(), StatusCode::kUnavailable) << both.ToString();
+  a.devices[1]->SetUnavailable(false);
+  EXPECT_TRUE(a.engine->ProbeNow().ok());
+  EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
+  EXPECT_EQ(a.devices[0]->shared_secrets_computed(), asked_after_failure) << "the down device computed nothing";
+}
+
+TEST_F(Cluster, AForgedEnvelopeIsInvalidArgumentAndTheNodeKeepsServing) {
+  Node& a = AddNode();
+  Distribute(1, {a.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = a.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  std::string forged = sealed->ciphertext;
+  forged.back() ^= 1;
+  EXPECT_EQ(a.engine->Decrypt(forged, sealed->key_id).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
+  EXPECT_TRUE(a.engine->Health().ok);
+}
+
+}  // namespace
+}  // namespace trousseau
