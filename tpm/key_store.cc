@@ -216,15 +216,27 @@ Status EnsureKeyDir(const std::string& dir) {
   return CheckKeyDirForWriting(dir);
 }
 
-StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
+namespace {
+
+// Opens a key directory for reading and checks its owner and mode. The checks and the reads go
+// through this one descriptor, so they concern the same directory.
+StatusOr<int> OpenCheckedKeyDir(const std::string& dir) {
   if (dir.empty()) return FailedPreconditionError("no TPM key directory configured");
-  // The checks and the reads go through one descriptor, so they concern the same directory.
   Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir_fd) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
   struct stat st {};
   if (::fstat(dir_fd.get(), &st) != 0) return FailedPreconditionError(Errno("cannot stat", dir));
   if (Status s = CheckKeyDirOwner(st, dir); !s.ok()) return s;
   if (Status s = CheckNotWritableByOthers(st, dir, /*directory=*/true); !s.ok()) return s;
+  return dir_fd.release();
+}
+
+}  // namespace
+
+StatusOr<std::map<uint64_t, VersionBlobs>> ReadKeyDir(const std::string& dir) {
+  StatusOr<int> opened = OpenCheckedKeyDir(dir);
+  if (!opened.ok()) return opened.status();
+  Fd dir_fd(*opened);
   // fdopendir takes the descriptor; dirfd() lends it back for openat.
   std::unique_ptr<DIR, int (*)(DIR*)> d(::fdopendir(dir_fd.get()), ::closedir);
   if (!d) return FailedPreconditionError(Errno("cannot read the TPM key directory", dir));
@@ -310,6 +322,46 @@ Status WriteVersion(const std::string& dir, const VersionBlobs& blobs) {
     if (!s.ok()) return s;
   }
   return OkStatus();
+}
+
+StatusOr<ObjectBlobs> ReadRecipientKey(const std::string& dir) {
+  StatusOr<int> opened = OpenCheckedKeyDir(dir);
+  if (!opened.ok()) return opened.status();
+  Fd dir_fd(*opened);
+  ObjectBlobs blobs;
+  StatusOr<std::string> pub = ReadKeyFile(dir_fd.get(), kRecipientPublicFile, StrCat(dir, "/", kRecipientPublicFile));
+  if (IsNotFound(pub.status())) {
+    return NotFoundError(StrCat("no TPM recipient key in ", dir, " (no ", kRecipientPublicFile, ")"));
+  }
+  if (!pub.ok()) return pub.status();
+  StatusOr<std::string> priv =
+      ReadKeyFile(dir_fd.get(), kRecipientPrivateFile, StrCat(dir, "/", kRecipientPrivateFile));
+  if (IsNotFound(priv.status())) {
+    return FailedPreconditionError(
+        StrCat("the TPM recipient key in ", dir, " is incomplete: ", priv.status().message()));
+  }
+  if (!priv.ok()) return priv.status();
+  blobs.public_area = *std::move(pub);
+  blobs.private_area = *std::move(priv);
+  return blobs;
+}
+
+Status WriteRecipientKey(const std::string& dir, const ObjectBlobs& blobs) {
+  struct stat st {};
+  if (::lstat(StrCat(dir, "/", kRecipientPublicFile).c_str(), &st) == 0) {
+    return AlreadyExistsError(StrCat(dir, " already holds a TPM recipient key"));
+  }
+  if (Status s = WriteFileAtomically(dir, kRecipientPrivateFile, blobs.private_area, /*commit=*/false); !s.ok()) {
+    return s;
+  }
+  Status s = WriteFileAtomically(dir, kRecipientPublicFile, blobs.public_area, /*commit=*/true);
+  if (s.code() == StatusCode::kAlreadyExists) {
+    return AlreadyExistsError(StrCat("a TPM recipient key appeared in ", dir,
+                                     " while this run wrote one (another "
+                                     "writer that does not take ",
+                                     dir, "/", kLockFileName, "?); left it alone"));
+  }
+  return s;
 }
 
 Status RemoveVersion(const std::string& dir, uint64_t version) {

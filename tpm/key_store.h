@@ -41,6 +41,13 @@ struct VersionBlobs {
   }
 };
 
+// The recipient key of a multi-recipient envelope (docs/tpm-ha.md, tpm/recipient_key.h): one ECC
+// P-256 object per directory, `recipient.priv` then `recipient.pub` (written last, never replacing an
+// existing one: it is what makes the key exist), same modes, temp files and checks as the versions.
+// A key directory may hold both: ReadKeyDir ignores these names.
+inline constexpr char kRecipientPublicFile[] = "recipient.pub";
+inline constexpr char kRecipientPrivateFile[] = "recipient.priv";
+
 // The advisory lock file of a key directory (created 0600, never removed: removing a lock file
 // while another run waits on it would let a third one lock a new file).
 inline constexpr char kLockFileName[] = ".lock";
@@ -61,6 +68,15 @@ Status WriteVersion(const std::string& dir, const VersionBlobs& blobs);
 // leaves no version, only leftovers. NOT_FOUND if the version does not exist. Call it holding the
 // KeyDirLock.
 Status RemoveVersion(const std::string& dir, uint64_t version);
+
+// The recipient key's blobs in `dir`: NOT_FOUND if there is none (no `recipient.pub`);
+// FAILED_PRECONDITION for the directory and file checks of ReadKeyDir, or a `recipient.pub` without
+// its `recipient.priv`.
+StatusOr<ObjectBlobs> ReadRecipientKey(const std::string& dir);
+
+// Writes the recipient key's files; ALREADY_EXISTS if `dir` has one (also one that appears while it
+// writes). Call it holding the KeyDirLock.
+Status WriteRecipientKey(const std::string& dir, const ObjectBlobs& blobs);
 
 // Creates `dir` (mode 0700) if missing, then checks it like CheckKeyDirForWriting.
 Status EnsureKeyDir(const std::string& dir);

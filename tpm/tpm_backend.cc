@@ -7,6 +7,7 @@
 
 #include "core/abandonable_call.h"
 #include "core/strings.h"
+#include "tpm/recipient_key.h"
 
 namespace trousseau::tpm {
 namespace {
@@ -21,14 +22,23 @@ struct Inputs {
   std::string aad;
 };
 
+static_assert(kEccP256PointSize == kP256PointSize);
+
+// Transient objects a loaded key version holds.
+size_t ObjectsOf(Scheme scheme) { return scheme == Scheme::kRsaOaep ? 1 : 2; }
+
 }  // namespace
 
 StatusOr<std::unique_ptr<TpmBackend>> TpmBackend::Create(TpmBackendOptions options) {
-  if (options.key_dir.empty()) return FailedPreconditionError("the tpm2 backend needs a key directory");
+  if (options.key_dir.empty() && options.recipient_dir.empty()) {
+    return FailedPreconditionError("the tpm2 backend needs a key directory or a recipient key directory");
+  }
   // Refused here too (TpmDevice::Open would at the first request): tpm2-tss' default TPM may not be
   // the one the keys belong to.
   if (options.tcti.empty()) return FailedPreconditionError("the tpm2 backend needs a TCTI (e.g. device:/dev/tpmrm0)");
   if (options.loaded_versions == 0) return FailedPreconditionError("loaded_versions must be at least 1");
+  // The primary and one key must fit while a key loads.
+  if (options.object_slots < 2) return FailedPreconditionError("object_slots must be at least 2");
   if (options.max_queue == 0) return FailedPreconditionError("max_queue must be at least 1");
   if (options.request_timeout <= std::chrono::milliseconds(0)) {
     return FailedPreconditionError("the TPM request timeout must be positive");
@@ -50,7 +60,12 @@ TpmBackend::~TpmBackend() {
 }
 
 std::string TpmBackend::Describe() const {
+  if (options_.key_dir.empty()) return StrCat("TPM 2.0 via TCTI '", options_.tcti, "', no key directory");
   return StrCat("TPM 2.0 via TCTI '", options_.tcti, "', key directory ", options_.key_dir);
+}
+
+std::string TpmBackend::DescribeRecipient() const {
+  return StrCat("TPM ", options_.tcti, ", recipient key in ", options_.recipient_dir);
 }
 
 TpmBackend::Stats TpmBackend::stats() const {
@@ -84,6 +99,7 @@ void TpmBackend::WorkerLoop() {
   // Flush our objects (they would otherwise take TPM slots until a reset) before the context goes.
   loaded_.clear();
   lru_.clear();
+  recipient_key_.Flush();
   device_.reset();
 }
 
@@ -148,6 +164,7 @@ void TpmBackend::DropConnection(const Status& why) {
   for (auto& [version, loaded] : loaded_) loaded.Abandon();
   loaded_.clear();
   lru_.clear();
+  recipient_key_.Abandon();
   device_.reset();
 }
 
@@ -164,10 +181,55 @@ StatusOr<const LoadedVersion*> TpmBackend::EnsureLoaded(uint64_t version) {
     loaded_.erase(lru_.back());  // flushes both objects
     lru_.pop_back();
   }
+  MakeRoom(1 + ObjectsOf(key->second.blobs.scheme), /*for_recipient=*/false);
   StatusOr<LoadedVersion> fresh = LoadVersion(*device_, caps_, key->second.blobs);
   if (!fresh.ok()) return fresh.status();
   lru_.push_front(version);
   return &loaded_.emplace(version, *std::move(fresh)).first->second;
+}
+
+size_t TpmBackend::ObjectsLoaded() const {
+  size_t objects = recipient_key_ ? 1 : 0;
+  for (const auto& [version, loaded] : loaded_) objects += ObjectsOf(loaded.scheme);
+  return objects;
+}
+
+void TpmBackend::MakeRoom(size_t objects, bool for_recipient) {
+  while (ObjectsLoaded() + objects > options_.object_slots) {
+    if (!for_recipient && recipient_key_) {
+      recipient_key_.Flush();  // reloaded by the next recipient request
+    } else if (!lru_.empty()) {
+      loaded_.erase(lru_.back());
+      lru_.pop_back();
+    } else {
+      return;  // nothing of ours left to flush
+    }
+  }
+}
+
+StatusOr<const TransientObject*> TpmBackend::EnsureRecipientLoaded() {
+  if (recipient_key_) return &recipient_key_;
+  if (!recipient_blobs_) {
+    StatusOr<ObjectBlobs> blobs = ReadRecipientKey(options_.recipient_dir);
+    if (!blobs.ok()) {
+      if (!IsNotFound(blobs.status())) return blobs.status();
+      return FailedPreconditionError(StrCat(blobs.status().message(), "; create it with `trousseau-hsm-init`"));
+    }
+    StatusOr<std::string> point = RecipientPoint(*blobs);
+    if (!point.ok()) return point.status();
+    recipient_blobs_ = *std::move(blobs);
+    recipient_point_ = *std::move(point);
+  }
+  MakeRoom(2, /*for_recipient=*/true);  // the primary and the key while it loads
+  StatusOr<TransientObject> key = LoadRecipientObject(*device_, *recipient_blobs_);
+  if (!key.ok()) {
+    if (!IsFailedPrecondition(key.status())) return key.status();
+    return FailedPreconditionError(StrCat("the TPM recipient key in ", options_.recipient_dir,
+                                          " does not load in the TPM at '", options_.tcti,
+                                          "': ", key.status().message()));
+  }
+  recipient_key_ = *std::move(key);
+  return &recipient_key_;
 }
 
 template <typename T>
@@ -189,6 +251,9 @@ StatusOr<T> TpmBackend::WithDevice(Clock::time_point deadline, const std::functi
 }
 
 StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeysOnWorker(Clock::time_point deadline) {
+  if (options_.key_dir.empty()) {
+    return FailedPreconditionError("no key directory: this TPM backend only holds a recipient key");
+  }
   StatusOr<std::map<uint64_t, VersionBlobs>> dir = ReadKeyDir(options_.key_dir);
   if (!dir.ok()) return dir.status();
   if (dir->empty()) {
@@ -210,6 +275,7 @@ StatusOr<std::vector<BackendKey>> TpmBackend::LoadKeysOnWorker(Clock::time_point
           loaded_.erase(lru_.back());
           lru_.pop_back();
         }
+        MakeRoom(1 + ObjectsOf(blobs.scheme), /*for_recipient=*/false);
         StatusOr<LoadedVersion> loaded = LoadVersion(*device_, caps_, blobs);
         if (!loaded.ok()) return loaded.status();
         StatusOr<std::string> fingerprint = Fingerprint(*device_, *loaded);
@@ -298,6 +364,35 @@ Status TpmBackend::Probe(uint64_t version, Deadline request_deadline) {
     });
   });
   return probed.status();
+}
+
+StatusOr<std::string> TpmBackend::RecipientPublicPoint(Deadline request_deadline) {
+  if (options_.recipient_dir.empty()) return FailedPreconditionError("no TPM recipient key directory configured");
+  const auto deadline = RequestDeadline(request_deadline);
+  return Submit<std::string>(deadline, [this, deadline] {
+    return WithDevice<std::string>(deadline, [&]() -> StatusOr<std::string> {
+      StatusOr<const TransientObject*> key = EnsureRecipientLoaded();
+      if (!key.ok()) return key.status();
+      return recipient_point_;  // TPM2_Load checked it belongs to the private part
+    });
+  });
+}
+
+StatusOr<SecureBytes> TpmBackend::RecipientSharedSecret(std::string_view peer_point, Deadline request_deadline) {
+  if (options_.recipient_dir.empty()) return FailedPreconditionError("no TPM recipient key directory configured");
+  if (peer_point.size() != kP256PointSize || peer_point[0] != 0x04) {
+    return InvalidArgumentError("the peer point is not an uncompressed P-256 point (65 bytes starting with 0x04)");
+  }
+  auto in = std::make_shared<Inputs>();
+  in->data = std::string(peer_point);
+  const auto deadline = RequestDeadline(request_deadline);
+  return Submit<SecureBytes>(deadline, [this, in, deadline] {
+    return WithDevice<SecureBytes>(deadline, [&]() -> StatusOr<SecureBytes> {
+      StatusOr<const TransientObject*> key = EnsureRecipientLoaded();
+      if (!key.ok()) return key.status();
+      return device_->EcdhZGen(**key, in->data);
+    });
+  });
 }
 
 }  // namespace trousseau::tpm

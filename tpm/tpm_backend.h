@@ -9,6 +9,10 @@
 // hand-off is core/abandonable_call.h).
 // When the link fails (TCTI error) or the TPM restarted under us, the context is dropped and the
 // next request re-opens it, re-derives the primary and reloads keys: the backend recovers by itself.
+//
+// With a recipient directory (TpmBackendOptions::recipient_dir) the same backend, through the same
+// worker and ESYS context (swtpm without a resource manager takes one connection), is also the
+// node's RecipientDevice of multi-recipient envelopes (core/recipient_device.h, tpm/recipient_key.h).
 #pragma once
 
 #include <atomic>
@@ -21,11 +25,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "core/defaults.h"
 #include "core/key_backend.h"
+#include "core/recipient_device.h"
 #include "tpm/key_store.h"
 #include "tpm/tpm_aead.h"
 #include "tpm/tpm_device.h"
@@ -40,8 +46,12 @@ inline constexpr char kTpmFamilyLabel[] = "kek";
 struct TpmBackendOptions {
   // TCTI configuration: "device:/dev/tpmrm0" (default), "tabrmd", "swtpm:path=/run/swtpm/sock", ...
   std::string tcti = defaults::kTpmTcti;
-  // Directory holding the key versions' blobs (see key_store.h).
+  // Directory holding the key versions' blobs (see key_store.h). May be empty when recipient_dir is
+  // set (a node of a multi-recipient set needs no key family); LoadKeys then fails.
   std::string key_dir;
+  // Directory holding the recipient key's blobs (recipient.pub / recipient.priv, key_store.h; may be
+  // key_dir). Empty: this backend is no RecipientDevice (AsRecipient() is null).
+  std::string recipient_dir;
   // Deadline of each Seal/Open/Probe, from the call until the TPM answered (or the caller's
   // deadline, when sooner).
   std::chrono::milliseconds request_timeout = defaults::kDeviceTimeout;
@@ -51,6 +61,10 @@ struct TpmBackendOptions {
   // 1 fits the 3 transient slots of a TPM without a resource manager (swtpm, or the kernel's
   // per-file limit of /dev/tpmrm0).
   size_t loaded_versions = 1;
+  // Transient objects the backend keeps in the TPM at once, counting the storage primary while a key
+  // loads: 3 is what every TPM 2.0 guarantees (TPM_PT_HR_TRANSIENT_MIN). Loading a key version flushes
+  // the recipient key, and loading the recipient key flushes versions, when both would not fit.
+  size_t object_slots = 3;
   // Use TPM2_EncryptDecrypt2 when the TPM has it (it takes the data as the first parameter, which
   // parameter encryption can protect); false forces TPM2_EncryptDecrypt. Same ciphertexts either way.
   bool prefer_encrypt_decrypt2 = true;
@@ -59,7 +73,7 @@ struct TpmBackendOptions {
   size_t max_queue = 1024;
 };
 
-class TpmBackend final : public KeyBackend {
+class TpmBackend final : public KeyBackend, public RecipientDevice {
  public:
   // Starts the worker; connects to the TPM on the first request.
   static StatusOr<std::unique_ptr<TpmBackend>> Create(TpmBackendOptions options);
@@ -80,6 +94,17 @@ class TpmBackend final : public KeyBackend {
   // bytes are always 256).
   size_t SealOverhead() const override { return seal_overhead_.load(); }
   Status Probe(uint64_t version, Deadline deadline) override;
+
+  // This backend as the node's recipient device, or null when no recipient_dir is configured.
+  RecipientDevice* AsRecipient() { return options_.recipient_dir.empty() ? nullptr : this; }
+  std::string_view RecipientKind() const override { return "tpm2"; }
+  std::string DescribeRecipient() const override;
+  // The point of the recipient key, once it loaded in this TPM (the first call loads it: no TPM
+  // command after that). A directory without a recipient key is FAILED_PRECONDITION.
+  StatusOr<std::string> RecipientPublicPoint(Deadline deadline) override;
+  // TPM2_ECDH_ZGen with the recipient key; a point that is not 65 bytes 0x04||X||Y, or that the TPM
+  // refuses, is INVALID_ARGUMENT.
+  StatusOr<SecureBytes> RecipientSharedSecret(std::string_view peer_point, Deadline deadline) override;
 
   struct Stats {
     uint64_t requests_run = 0;        // requests that reached the TPM
@@ -117,6 +142,13 @@ class TpmBackend final : public KeyBackend {
   Status EnsureConnected(Clock::time_point deadline);
   void DropConnection(const Status& why);
   StatusOr<const LoadedVersion*> EnsureLoaded(uint64_t version);
+  // Loads the recipient key if it is not loaded (reading its blobs the first time).
+  StatusOr<const TransientObject*> EnsureRecipientLoaded();
+  // Flushes loaded objects until `objects` more fit in object_slots: the recipient key first when
+  // room is made for a key version (`for_recipient` false), versions least recently used first when
+  // it is made for the recipient key.
+  void MakeRoom(size_t objects, bool for_recipient);
+  size_t ObjectsLoaded() const;
   // Runs `op` on a live connection; if the link was lost or the TPM restarted, drops the
   // connection, and if the deadline allows, re-opens it and retries once.
   template <typename T>
@@ -139,7 +171,10 @@ class TpmBackend final : public KeyBackend {
   TpmCapabilities caps_;
   std::map<uint64_t, KeyEntry> keys_;
   std::map<uint64_t, LoadedVersion> loaded_;
-  std::list<uint64_t> lru_;  // front = most recently used
+  std::list<uint64_t> lru_;                     // front = most recently used
+  std::optional<ObjectBlobs> recipient_blobs_;  // read once, on the first recipient request that finds them
+  std::string recipient_point_;
+  TransientObject recipient_key_;
 
   std::thread worker_;  // last: started after everything above exists
 };

@@ -350,6 +350,15 @@ StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKin
     area.parameters.rsaDetail.scheme.details.oaep.hashAlg = TPM2_ALG_SHA256;
     area.parameters.rsaDetail.keyBits = 2048;
     area.parameters.rsaDetail.exponent = 0;  // 65537
+  } else if (kind == KeyKind::kEccP256Ecdh) {
+    // Unrestricted decrypt, no sign: TPM2_ECDH_ZGen is the one operation it allows. No symmetric
+    // (a storage parent would need one), no scheme and no KDF: the host derives keys from Z.
+    area.type = TPM2_ALG_ECC;
+    area.objectAttributes |= TPMA_OBJECT_DECRYPT;
+    area.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    area.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+    area.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+    area.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
   } else if (kind == KeyKind::kAes256Cfb) {
     area.type = TPM2_ALG_SYMCIPHER;
     area.objectAttributes |= TPMA_OBJECT_DECRYPT | TPMA_OBJECT_SIGN_ENCRYPT;
@@ -380,9 +389,10 @@ StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKin
   Esys_Free(creation_data);
   Esys_Free(creation_hash);
   Esys_Free(ticket);
-  const char* what = kind == KeyKind::kAes256Cfb    ? "TPM2_Create(AES-256-CFB key)"
-                     : kind == KeyKind::kHmacSha256 ? "TPM2_Create(HMAC-SHA256 key)"
-                                                    : "TPM2_Create(RSA-2048 OAEP key)";
+  const char* what = kind == KeyKind::kAes256Cfb     ? "TPM2_Create(AES-256-CFB key)"
+                     : kind == KeyKind::kHmacSha256  ? "TPM2_Create(HMAC-SHA256 key)"
+                     : kind == KeyKind::kEccP256Ecdh ? "TPM2_Create(ECC P-256 ECDH key)"
+                                                     : "TPM2_Create(RSA-2048 OAEP key)";
   if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, what);
 
   ObjectBlobs blobs;
@@ -416,6 +426,24 @@ StatusOr<TPM2B_PUBLIC> TpmDevice::ParsePublic(std::string_view marshalled) {
     return FailedPreconditionError("not a TPM2B_PUBLIC blob");
   }
   return pub;
+}
+
+StatusOr<std::string> TpmDevice::EccPublicPoint(const TPM2B_PUBLIC& pub) {
+  const TPMT_PUBLIC& area = pub.publicArea;
+  if (area.type != TPM2_ALG_ECC || area.parameters.eccDetail.curveID != TPM2_ECC_NIST_P256) {
+    return FailedPreconditionError("not an ECC NIST P-256 key");
+  }
+  const TPM2B_ECC_PARAMETER& x = area.unique.ecc.x;
+  const TPM2B_ECC_PARAMETER& y = area.unique.ecc.y;
+  if (x.size == 0 || y.size == 0 || x.size > kEccP256CoordinateSize || y.size > kEccP256CoordinateSize) {
+    return FailedPreconditionError("the ECC key's public point is not a P-256 point");
+  }
+  // TPM2B coordinates may drop leading zero bytes; SEC1 has fixed-size ones.
+  std::string point(kEccP256PointSize, '\0');
+  point[0] = 0x04;
+  std::memcpy(point.data() + 1 + kEccP256CoordinateSize - x.size, x.buffer, x.size);
+  std::memcpy(point.data() + 1 + 2 * kEccP256CoordinateSize - y.size, y.buffer, y.size);
+  return point;
 }
 
 StatusOr<TransientObject> TpmDevice::Load(const TransientObject& parent, const ObjectBlobs& blobs) {
@@ -541,6 +569,43 @@ StatusOr<SecureBytes> TpmDevice::RsaOaepDecrypt(const TransientObject& key, std:
       SecureBytes::CopyOf(std::string_view(reinterpret_cast<const char*>(message->buffer), message->size));
   WipeMemory(message->buffer, message->size);
   return plaintext;
+}
+
+StatusOr<SecureBytes> TpmDevice::EcdhZGen(const TransientObject& key, std::string_view point) {
+  if (point.size() != kEccP256PointSize || point[0] != 0x04) {
+    return InvalidArgumentError("not an uncompressed P-256 point (65 bytes starting with 0x04)");
+  }
+  TPM2B_ECC_POINT in{};
+  in.point.x.size = kEccP256CoordinateSize;
+  in.point.y.size = kEccP256CoordinateSize;
+  std::memcpy(in.point.x.buffer, point.data() + 1, kEccP256CoordinateSize);
+  std::memcpy(in.point.y.buffer, point.data() + 1 + kEccP256CoordinateSize, kEccP256CoordinateSize);
+  TPM2B_ECC_POINT* raw = nullptr;
+  TSS2_RC rc = Execute(
+      [&] { return Esys_ECDH_ZGen_Async(esys_, key.handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in); },
+      [&] { return Esys_ECDH_ZGen_Finish(esys_, &raw); });
+  // The product point is the shared secret: wiped before ESYS frees it.
+  auto wipe_and_free = [](TPM2B_ECC_POINT* p) {
+    if (p) WipeMemory(p, sizeof *p);
+    Esys_Free(p);
+  };
+  std::unique_ptr<TPM2B_ECC_POINT, decltype(wipe_and_free)> product(raw, wipe_and_free);
+  if (rc != TSS2_RC_SUCCESS) {
+    const TPM2_RC base = BaseTpmRc(rc);
+    if (ClassifyRc(rc) == RcClass::kOther &&
+        (base == TPM2_RC_ECC_POINT || base == TPM2_RC_NO_RESULT || base == TPM2_RC_SIZE)) {
+      return InvalidArgumentError(
+          StrCat("the TPM refused the peer point (not a point of P-256): ", DescribeRc(rc, "TPM2_ECDH_ZGen")));
+    }
+    return RcStatus(rc, "TPM2_ECDH_ZGen");
+  }
+  const TPM2B_ECC_PARAMETER& x = product->point.x;
+  if (x.size == 0 || x.size > kEccP256CoordinateSize) {
+    return UnavailableError("the TPM returned a malformed TPM2_ECDH_ZGen result");
+  }
+  SecureBytes secret(kEccP256CoordinateSize);
+  std::memcpy(secret.data() + kEccP256CoordinateSize - x.size, x.buffer, x.size);
+  return secret;
 }
 
 }  // namespace trousseau::tpm

@@ -78,7 +78,13 @@ struct ObjectBlobs {
   std::string private_area;  // encrypted by the TPM under its parent; useless elsewhere
 };
 
-enum class KeyKind { kAes256Cfb, kHmacSha256, kRsa2048Oaep };
+// kEccP256Ecdh: the recipient key of a multi-recipient envelope (docs/tpm-ha.md): an unrestricted
+// ECC NIST P-256 decryption key, so TPM2_ECDH_ZGen works with it and nothing else does (no sign).
+enum class KeyKind { kAes256Cfb, kHmacSha256, kRsa2048Oaep, kEccP256Ecdh };
+
+// Uncompressed SEC1 encoding of a P-256 point (0x04 || X || Y) and the size of one coordinate.
+inline constexpr size_t kEccP256CoordinateSize = 32;
+inline constexpr size_t kEccP256PointSize = 1 + 2 * kEccP256CoordinateSize;
 
 class TpmDevice {
  public:
@@ -120,6 +126,9 @@ class TpmDevice {
   StatusOr<std::string> Name(const TransientObject& object);
   // Reads the public area of a marshalled TPM2B_PUBLIC (no TPM command).
   static StatusOr<TPM2B_PUBLIC> ParsePublic(std::string_view marshalled);
+  // The public point of an ECC NIST P-256 key's public area, uncompressed SEC1 (kEccP256PointSize
+  // bytes; coordinates left-padded to 32 bytes). FAILED_PRECONDITION for another key type or curve.
+  static StatusOr<std::string> EccPublicPoint(const TPM2B_PUBLIC& pub);
 
   // TPM2_HMAC with a keyed-hash key; `data` at most MaxInputBuffer() bytes.
   StatusOr<std::string> Hmac(const TransientObject& key, std::string_view data);
@@ -131,6 +140,12 @@ class TpmDevice {
   // TPM2_RSA_Decrypt with RSAES-OAEP-SHA256 and `label` (at most 64 bytes, must end in a NUL byte). A
   // padding / label mismatch is INVALID_ARGUMENT.
   StatusOr<SecureBytes> RsaOaepDecrypt(const TransientObject& key, std::string_view ciphertext, std::string_view label);
+
+  // TPM2_ECDH_ZGen: the x-coordinate (32 bytes) of d * `point`, d the private key of an
+  // unrestricted ECC P-256 decryption key. `point` is uncompressed SEC1 (kEccP256PointSize bytes).
+  // A point the TPM refuses (malformed, not on the curve, the product is the point at infinity) is
+  // INVALID_ARGUMENT.
+  StatusOr<SecureBytes> EcdhZGen(const TransientObject& key, std::string_view point);
 
   ESYS_CONTEXT* esys() { return esys_; }
   uint64_t commands_sent() const { return commands_sent_; }
