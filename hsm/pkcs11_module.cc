@@ -75,10 +75,12 @@ Status Pkcs11Module::Initialize() {
     return FailedPreconditionError(
         StrCat("C_Initialize of ", path_, " failed: CKR_ARGUMENTS_BAD: ",
                init_reserved_
-                   ? "the module refused the initialisation string given in the URI's x-init-reserved"
-                   : "the module needs initialisation arguments; give them percent-encoded in the URI's "
-                     "x-init-reserved query attribute (e.g. NSS softoken: x-init-reserved=configdir%3D%27sql%3A"
-                     "%2Fpath%2Fto%2Fdb%27%20certPrefix%3D%27%27%20keyPrefix%3D%27%27%20secmod%3D%27secmod.db%27)"));
+                   ? "the module refused its initialisation string (x-init-reserved in the URI, "
+                     "--module-init-reserved for token init)"
+                   : "the module needs initialisation arguments: its initialisation string (x-init-reserved query "
+                     "attribute in the URI, percent-encoded, e.g. NSS softoken: x-init-reserved=configdir%3D%27sql%3A"
+                     "%2Fpath%2Fto%2Fdb%27%20certPrefix%3D%27%27%20keyPrefix%3D%27%27%20secmod%3D%27secmod.db%27; "
+                     "--module-init-reserved for token init, as it is)"));
   }
   if (rv == CKR_CANT_LOCK || rv == CKR_NEED_TO_CREATE_THREADS) {
     return FailedPreconditionError(StrCat("C_Initialize of ", path_, " failed: ", RvName(rv),

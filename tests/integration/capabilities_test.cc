@@ -26,32 +26,21 @@
 #include "hsm/p11/attributes.h"
 #include "hsm/p11/calls.h"
 #include "hsm/pkcs11_uri.h"
+#include "tests/testing/device_tokens.h"
+#include "tests/testing/program_runner.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 #include "tests/tpm/swtpm.h"
 #include "tools/support/softhsm_token.h"
-#include "tools/support/subprocess.h"
 
 namespace trousseau::hsm {
 namespace {
 
-using namespace std::chrono_literals;
 using nlohmann::json;
-using support::Subprocess;
+using testing::NssDatabase;
+using testing::OpencryptokiToken;
+using ToolResult = testing::ProgramRun;
 
-constexpr char kOpencryptokiModule[] = "/usr/lib/x86_64-linux-gnu/pkcs11/PKCS11_API.so";
-constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
 constexpr char kTpm2Pkcs11Module[] = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
-// PINs of the devices brought up here (opencryptoki takes 4 to 8 characters); never printed by anything.
-constexpr char kOckSoPin[] = "so5f1e2d";
-constexpr char kOckUserPin[] = "us9a8b7c";
-constexpr char kNssPassword[] = "nss-3c4d5e6f7a8b";
-
-struct ToolResult {
-  int code = -1;
-  std::string out;
-  std::string err;
-  std::string all() const { return out + err; }
-};
 
 void WriteSecretFile(const std::string& path, const std::string& content) {
   std::ofstream(path) << content << "\n";
@@ -60,42 +49,15 @@ void WriteSecretFile(const std::string& path, const std::string& content) {
 
 bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
-// Runs a program (the tool, a device script) to its end; stdout and stderr apart. The environment is this
+// Runs the tool (and any other program) to its end; stdout and stderr apart. The environment is this
 // process's (the tests set what a child needs with setenv).
-class Runner {
+class Runner : public testing::ProgramRunner {
  public:
-  explicit Runner(std::string dir) : dir_(std::move(dir)) {}
-
-  ToolResult Run(std::vector<std::string> argv) {
-    const std::string base = StrCat(dir_, "/run-", runs_++);
-    Subprocess process(std::move(argv), Subprocess::SeparateOutput{base + ".out", base + ".err"});
-    ToolResult result;
-    if (!process.started()) {
-      ADD_FAILURE() << "cannot start the process";
-      return result;
-    }
-    std::optional<int> code = process.Wait(60s);
-    if (!code) {
-      process.Signal(SIGKILL);
-      code = process.Wait(10s);
-      ADD_FAILURE() << "the process hung";
-    }
-    result.code = code.value_or(-1);
-    result.out = process.Log();
-    result.err = process.ErrorLog();
-    outputs_.push_back(result.all());
-    return result;
-  }
+  explicit Runner(std::string dir) : ProgramRunner(std::move(dir), "run-") {}
   ToolResult Tool(std::vector<std::string> args) {
     args.insert(args.begin(), TOOL_PATH);
     return Run(std::move(args));
   }
-  const std::vector<std::string>& outputs() const { return outputs_; }
-
- private:
-  std::string dir_;
-  int runs_ = 0;
-  std::vector<std::string> outputs_;
 };
 
 // The token's capabilities through the same module load, token lookup and login the tools use.
@@ -319,29 +281,29 @@ TEST_F(CapabilitiesSoftHsm, SelftestPrintsTheModuleTheTokenAndTheSchemeOfNewKeys
 class CapabilitiesOpencryptoki : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (getuid() != 0) SKIP_OR_FAIL_IN_CI("opencryptoki's pkcsslotd needs root");
-    if (access(kOpencryptokiModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("opencryptoki is not installed");
+    if (std::string why = OpencryptokiToken::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
     dir_ = std::make_unique<testing::TempDir>();
     runner_ = std::make_unique<Runner>(dir_->path());
-    WriteSecretFile(dir_->path() + "/so.pin", kOckSoPin);
-    WriteSecretFile(dir_->path() + "/user.pin", kOckUserPin);
-    setenv("OCK_SO_PIN_FILE", (dir_->path() + "/so.pin").c_str(), 1);
-    setenv("OCK_USER_PIN_FILE", (dir_->path() + "/user.pin").c_str(), 1);
-    ToolResult started = runner_->Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "start"});
+    ock_ = std::make_unique<OpencryptokiToken>(dir_->path());
+    ToolResult started = ock_->Start();
     ASSERT_EQ(started.code, 0) << started.all();
-    uri_ = StrCat("pkcs11:token=trousseau-ock;object=kek?module-path=", kOpencryptokiModule,
-                  "&pin-source=file:", dir_->path(), "/user.pin");
+    uri_ = ock_->Uri();
   }
   void TearDown() override {
-    if (runner_ == nullptr) return;
-    runner_->Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "stop"});
-    for (const std::string& output : runner_->outputs()) {
-      for (const char* pin : {kOckSoPin, kOckUserPin}) EXPECT_FALSE(Contains(output, pin)) << output;
+    if (ock_ == nullptr) return;
+    ock_->Stop();
+    for (const std::vector<std::string>* outputs : {&runner_->outputs(), &ock_->outputs()}) {
+      for (const std::string& output : *outputs) {
+        for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
+          EXPECT_FALSE(Contains(output, pin)) << output;
+        }
+      }
     }
   }
 
   std::unique_ptr<testing::TempDir> dir_;
   std::unique_ptr<Runner> runner_;
+  std::unique_ptr<OpencryptokiToken> ock_;
   std::string uri_;
 };
 
@@ -410,16 +372,13 @@ TEST_F(CapabilitiesOpencryptoki, NoAesGcmSoNewKeysAreAesCbcHmacAndSelftestRunsSu
 // ---- NSS softoken, loaded directly with its initialisation string (x-init-reserved) ----
 
 TEST(CapabilitiesNss, WithXInitReservedNewKeysAreAesGcmAndSelftestPasses) {
-  if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (libnss3) is not installed");
+  if (std::string why = NssDatabase::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
   testing::TempDir dir;
   Runner runner(dir.path());
-  WriteSecretFile(dir.path() + "/nss.pin", kNssPassword);
-  ToolResult db =
-      runner.Run({"/bin/bash", StrCat(DEVICES_DIR, "/nss-db.sh"), dir.path() + "/db", dir.path() + "/nss.pin"});
+  NssDatabase nss(dir.path());
+  ToolResult db = nss.Create();
   ASSERT_EQ(db.code, 0) << db.all();
-  std::string init = db.out.substr(0, db.out.find('\n'));
-  const std::string uri = StrCat("pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=", kNssModule,
-                                 "&pin-source=file:", dir.path(), "/nss.pin&x-init-reserved=", PercentEncode(init));
+  const std::string uri = nss.Uri();
 
   ASSERT_EQ(runner.Tool({"key", "generate", "--pkcs11-uri", uri}).code, 0) << runner.outputs().back();
   ToolResult human = runner.Tool({"selftest", "--pkcs11-uri", uri});
@@ -429,7 +388,9 @@ TEST(CapabilitiesNss, WithXInitReservedNewKeysAreAesGcmAndSelftestPasses) {
   EXPECT_TRUE(Contains(human.out, "token       'NSS Certificate DB': NSS 3 by Mozilla Foundation")) << human.out;
   EXPECT_TRUE(Contains(human.out, "new keys    aes-gcm\n")) << human.out;
   EXPECT_TRUE(Contains(human.out, "PASS aes-gcm round trip on the device")) << human.out;
-  for (const std::string& output : runner.outputs()) EXPECT_FALSE(Contains(output, kNssPassword)) << output;
+  for (const std::vector<std::string>* outputs : {&runner.outputs(), &nss.outputs()}) {
+    for (const std::string& output : *outputs) EXPECT_FALSE(Contains(output, NssDatabase::kPassword)) << output;
+  }
 }
 
 // ---- tpm2-pkcs11 over a real swtpm: the TPM through PKCS#11 ----

@@ -4,6 +4,7 @@
 // plugin reports. On opencryptoki's soft token (no AES-GCM: auto means aes-cbc-hmac) and on SoftHSM (both
 // mechanism sets: --scheme chooses). The fixture is init_tool_test.h.
 #include "tests/integration/init_tool_test.h"
+#include "tests/testing/device_tokens.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 
 #include <cctype>
@@ -17,10 +18,8 @@
 namespace trousseau::init_tool {
 namespace {
 
-constexpr char kOpencryptokiModule[] = "/usr/lib/x86_64-linux-gnu/pkcs11/PKCS11_API.so";
-// opencryptoki takes PINs of 4 to 8 characters; never printed by anything (checked in TearDown).
-constexpr char kOckSoPin[] = "so7e3a9c";
-constexpr char kOckUserPin[] = "us4b8d2f";
+using testing::NssDatabase;
+using testing::OpencryptokiToken;
 
 bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
@@ -236,41 +235,27 @@ class InitToolSchemeOpencryptokiTest : public InitToolTest {
  protected:
   void SetUp() override {
     InitToolTest::SetUp();
-    if (getuid() != 0) SKIP_OR_FAIL_IN_CI("opencryptoki's pkcsslotd needs root");
-    if (access(kOpencryptokiModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("opencryptoki is not installed");
-    const std::string so_pin = token_->dir() + "/ock-so.pin", user_pin = token_->dir() + "/ock-user.pin";
-    WriteFile(so_pin, StrCat(kOckSoPin, "\n"), 0600);
-    WriteFile(user_pin, StrCat(kOckUserPin, "\n"), 0600);
-    setenv("OCK_SO_PIN_FILE", so_pin.c_str(), 1);
-    setenv("OCK_USER_PIN_FILE", user_pin.c_str(), 1);
-    ToolResult started = RunScript("start");
+    if (std::string why = OpencryptokiToken::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
+    ock_ = std::make_unique<OpencryptokiToken>(token_->dir());
+    testing::ProgramRun started = ock_->Start();
     ASSERT_EQ(started.code, 0) << started.all();
-    started_ = true;
-    uri_ = StrCat("pkcs11:token=trousseau-ock;object=kek?module-path=", kOpencryptokiModule,
-                  "&pin-source=file:", user_pin);
+    uri_ = ock_->Uri();
   }
   void TearDown() override {
-    if (started_) RunScript("stop");
     std::vector<std::string> outputs = outputs_;
+    if (ock_ != nullptr) {
+      ock_->Stop();
+      outputs.insert(outputs.end(), ock_->outputs().begin(), ock_->outputs().end());
+    }
     outputs.push_back(ReadFile(plugin_log_));
     for (const std::string& output : outputs) {
-      for (const char* pin : {kOckSoPin, kOckUserPin}) EXPECT_FALSE(Contains(output, pin)) << output;
+      for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
+        EXPECT_FALSE(Contains(output, pin)) << output;
+      }
     }
     InitToolTest::TearDown();
   }
-  ToolResult RunScript(const std::string& verb) {
-    Subprocess script({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), verb},
-                      Subprocess::SeparateOutput{StrCat(token_->dir(), "/ock-", verb, ".out"),
-                                                 StrCat(token_->dir(), "/ock-", verb, ".err")});
-    ToolResult result;
-    std::optional<int> code = script.Wait(60s);
-    result.code = code.value_or(-1);
-    result.out = script.Log();
-    result.err = script.ErrorLog();
-    outputs_.push_back(result.all());
-    return result;
-  }
-  bool started_ = false;
+  std::unique_ptr<OpencryptokiToken> ock_;
 };
 
 TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersionsThePluginServes) {
@@ -323,23 +308,16 @@ TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersions
 
 // ---- NSS softoken: CKA_ID unique among secret keys, so an aes-cbc-hmac version cannot live there ----
 
-constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
-constexpr char kNssPassword[] = "nss-7d1c5b9e2a4f";
-
 class InitToolSchemeNssTest : public InitToolTest {};
 
 // NSS replaces the AES key by the HMAC key made with its CKA_ID (same handle): the tool says so, leaves nothing,
 // and aes-gcm works on the same database; a second family never takes (and so never replaces) a CKA_ID in use.
 TEST_F(InitToolSchemeNssTest, AesCbcHmacIsRefusedOnATokenThatKeepsCkaIdUniqueAndLeavesNothing) {
-  if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (libnss3) is not installed");
-  const std::string pin = token_->dir() + "/nss.pin";
-  WriteFile(pin, StrCat(kNssPassword, "\n"), 0600);
-  Subprocess db({"/bin/bash", StrCat(DEVICES_DIR, "/nss-db.sh"), token_->dir() + "/nssdb", pin},
-                Subprocess::SeparateOutput{token_->dir() + "/nss-db.out", token_->dir() + "/nss-db.err"});
-  ASSERT_EQ(db.Wait(60s).value_or(-1), 0) << db.Log() << db.ErrorLog();
-  const std::string init = db.Log().substr(0, db.Log().find('\n'));
-  uri_ = StrCat("pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=", kNssModule, "&pin-source=file:", pin,
-                "&x-init-reserved=", PercentEncode(init));
+  if (std::string why = NssDatabase::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
+  NssDatabase nss(token_->dir());
+  testing::ProgramRun db = nss.Create();
+  ASSERT_EQ(db.code, 0) << db.all();
+  uri_ = nss.Uri();
 
   ToolResult refused = Run({"key", "generate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac"});
   EXPECT_EQ(refused.code, 1) << refused.all();
@@ -367,7 +345,8 @@ TEST_F(InitToolSchemeNssTest, AesCbcHmacIsRefusedOnATokenThatKeepsCkaIdUniqueAnd
   ASSERT_EQ(kek["keys"].size(), 1u) << kek.dump();
   EXPECT_EQ(kek["keys"][0]["version"], 1);
   EXPECT_EQ(kek["keys"][0]["key_id"], kek_v1);
-  for (const std::string& output : outputs_) EXPECT_FALSE(Contains(output, kNssPassword)) << output;
+  outputs_.insert(outputs_.end(), nss.outputs().begin(), nss.outputs().end());
+  for (const std::string& output : outputs_) EXPECT_FALSE(Contains(output, NssDatabase::kPassword)) << output;
 }
 
 }  // namespace

@@ -2,15 +2,14 @@
 // EncryptionConfiguration it prints.
 #include <gtest/gtest.h>
 
-#include <cctype>
-#include <cstdio>
-
-#include "core/strings.h"
 #include "tests/integration/init_tool_test.h"
+#include "tests/testing/device_tokens.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 
 namespace trousseau::init_tool {
 namespace {
+
+using testing::NssDatabase;
 
 // ---- token init ----
 
@@ -81,9 +80,6 @@ TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {
 
 // ---- token init on a module that needs C_Initialize arguments (--module-init-reserved) ----
 
-constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
-constexpr char kCertutil[] = "/usr/bin/certutil";
-
 TEST_F(InitToolTest, TokenInitHandsModuleInitReservedToCInitialize) {
   const std::string so_pin = token_->dir() + "/new-so.pin", user_pin = token_->dir() + "/new-user.pin";
   WriteFile(so_pin, kNewSoPin, 0600);
@@ -95,7 +91,10 @@ TEST_F(InitToolTest, TokenInitHandsModuleInitReservedToCInitialize) {
            "--label", "fresh-token", "--so-pin-file", so_pin, "--pin-file", user_pin});
   EXPECT_EQ(refused.code, 2) << refused.all();
   EXPECT_NE(refused.err.find("CKR_ARGUMENTS_BAD"), std::string::npos) << refused.err;
-  EXPECT_NE(refused.err.find("the string given with --module-init-reserved"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("the module refused its initialisation string (x-init-reserved in the URI, "
+                             "--module-init-reserved for token init)"),
+            std::string::npos)
+      << refused.err;
   ToolResult empty = Run({"token", "init", "--module", support::kSoftHsmModule, "--module-init-reserved", "", "--label",
                           "fresh-token", "--so-pin-file", so_pin, "--pin-file", user_pin});
   EXPECT_EQ(empty.code, 2) << empty.all();
@@ -110,37 +109,33 @@ TEST_F(InitToolTest, TokenInitHandsModuleInitReservedToCInitialize) {
 // Certificate DB") is initialised once certutil has set the database password, and C_InitToken on it would
 // erase the database's keys: token init refuses it, names the tokens there, and the key made on it survives.
 TEST_F(InitToolTest, TokenInitOnNssSoftokenTakesItsInitStringAndRefusesToEraseItsInitialisedToken) {
-  if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (Debian libnss3) is not installed");
-  if (access(kCertutil, X_OK) != 0) SKIP_OR_FAIL_IN_CI("certutil (Debian libnss3-tools) is not installed");
-  const std::string db = token_->dir() + "/nss-db", password = token_->dir() + "/nss.pin";
+  if (std::string why = NssDatabase::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
+  NssDatabase nss(token_->dir(), kNewUserPin);  // the database password is NSS's user PIN
   const std::string so_pin = token_->dir() + "/new-so.pin";
-  WriteFile(password, std::string(kNewUserPin) + "\n", 0600);  // the database password is NSS's user PIN
   WriteFile(so_pin, kNewSoPin, 0600);
-  ASSERT_EQ(mkdir(db.c_str(), 0700), 0);
-  Subprocess certutil({kCertutil, "-N", "-d", "sql:" + db, "-f", password}, token_->dir() + "/certutil.log");
-  ASSERT_EQ(certutil.Wait(30s), 0) << certutil.Log();
-  const std::string init = "configdir='sql:" + db + "' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
-  const std::string uri = "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=" + std::string(kNssModule) +
-                          "&pin-source=file:" + password +
-                          "&x-init-reserved=" + PercentEncode(init, /*keep_slash=*/true);
+  testing::ProgramRun made = nss.Create();
+  ASSERT_EQ(made.code, 0) << made.all();
+  outputs_.insert(outputs_.end(), nss.outputs().begin(), nss.outputs().end());
+  const std::string& init = nss.init_string();
+  const std::string& password = nss.pin_file();
+  const std::string uri = nss.Uri();
   ToolResult generate = Run({"key", "generate", "--pkcs11-uri", uri});
   ASSERT_EQ(generate.code, 0) << generate.all();
   const std::string key_id = PrintedKeyId(generate.out);
   ASSERT_FALSE(key_id.empty()) << generate.out;
 
   // Without the string: NSS refuses C_Initialize; a configuration error naming this command's flag.
-  ToolResult bare = Run({"token", "init", "--module", kNssModule, "--label", "fresh-token", "--so-pin-file", so_pin,
-                         "--pin-file", password});
+  ToolResult bare = Run({"token", "init", "--module", NssDatabase::kModule, "--label", "fresh-token", "--so-pin-file",
+                         so_pin, "--pin-file", password});
   EXPECT_EQ(bare.code, 2) << bare.all();
-  EXPECT_NE(bare.err.find("C_Initialize of " + std::string(kNssModule) + " failed: CKR_ARGUMENTS_BAD"),
+  EXPECT_NE(bare.err.find("C_Initialize of " + std::string(NssDatabase::kModule) + " failed: CKR_ARGUMENTS_BAD"),
             std::string::npos)
       << bare.err;
-  EXPECT_NE(bare.err.find("token init takes that string unencoded, with --module-init-reserved"), std::string::npos)
-      << bare.err;
+  EXPECT_NE(bare.err.find("--module-init-reserved for token init, as it is"), std::string::npos) << bare.err;
 
   // With it: the module initialises, and every token is already initialised, so nothing is erased.
-  ToolResult refused = Run({"token", "init", "--module", kNssModule, "--module-init-reserved", init, "--label",
-                            "fresh-token", "--so-pin-file", so_pin, "--pin-file", password});
+  ToolResult refused = Run({"token", "init", "--module", NssDatabase::kModule, "--module-init-reserved", init,
+                            "--label", "fresh-token", "--so-pin-file", so_pin, "--pin-file", password});
   EXPECT_EQ(refused.code, 1) << refused.all();
   EXPECT_NE(refused.err.find("has an uninitialised token (2 token(s), all initialised): "
                              "'NSS Generic Crypto Services', 'NSS Certificate DB'"),

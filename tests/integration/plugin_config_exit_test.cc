@@ -2,20 +2,16 @@
 // Without the URI's x-init-reserved, C_Initialize answers CKR_ARGUMENTS_BAD: a configuration error that no
 // restart fixes, so the plugin exits 2 (not 1, "device unavailable") and says which attribute to add. With
 // it, the plugin serves a key `trousseau-hsm-init key generate` made on the same NSS database. Real plugin
-// process, real NSS softoken database (made by certutil, as tests/devices/nss-db.sh does), real gRPC socket.
+// process, real NSS softoken database (made by tests/devices/nss-db.sh), real gRPC socket.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <cctype>
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <regex>
 
-#include "core/strings.h"
+#include "tests/testing/device_tokens.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 #include "tools/support/subprocess.h"
@@ -26,46 +22,34 @@ namespace {
 using namespace std::chrono_literals;
 using support::Eventually;
 using support::Subprocess;
+using testing::NssDatabase;
 
-constexpr char kNssModule[] = "/usr/lib/x86_64-linux-gnu/libsoftokn3.so";
-constexpr char kCertutil[] = "/usr/bin/certutil";
-// The NSS database password, which is the token's user PIN; never printed by anything (checked below).
-constexpr char kNssPassword[] = "nss-7e1f2a3b4c5d";
+constexpr const char* kNssModule = NssDatabase::kModule;
 
 class PluginConfigExitTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (access(kNssModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("NSS softoken (Debian libnss3) is not installed");
-    if (access(kCertutil, X_OK) != 0) SKIP_OR_FAIL_IN_CI("certutil (Debian libnss3-tools) is not installed");
+    if (std::string why = NssDatabase::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
     std::string pattern = (std::filesystem::temp_directory_path() / "plugin-config-exit-XXXXXX").string();
     ASSERT_NE(mkdtemp(pattern.data()), nullptr);
     dir_ = pattern;
-    pin_file_ = dir_ + "/nss.pin";
-    std::ofstream(pin_file_) << kNssPassword << "\n";
-    chmod(pin_file_.c_str(), 0600);
-    mkdir((dir_ + "/db").c_str(), 0700);
     mkdir((dir_ + "/run").c_str(), 0700);  // the plugin never creates its socket directory
     socket_ = dir_ + "/run/kms.sock";
-    // certutil reads the password from the file, never from argv.
-    Subprocess certutil({kCertutil, "-N", "-d", "sql:" + dir_ + "/db", "-f", pin_file_}, dir_ + "/certutil.log");
-    ASSERT_EQ(certutil.Wait(30s), 0) << certutil.Log();
-    init_reserved_ = "configdir='sql:" + dir_ + "/db' certPrefix='' keyPrefix='' secmod='secmod.db' flags=";
+    nss_ = std::make_unique<NssDatabase>(dir_);
+    testing::ProgramRun made = nss_->Create();
+    ASSERT_EQ(made.code, 0) << made.all();
   }
 
   void TearDown() override {
+    if (nss_ != nullptr) outputs_.insert(outputs_.end(), nss_->outputs().begin(), nss_->outputs().end());
     for (const std::string& output : outputs_) {
-      EXPECT_EQ(output.find(kNssPassword), std::string::npos) << "the NSS password was printed:\n" << output;
+      EXPECT_EQ(output.find(NssDatabase::kPassword), std::string::npos) << "the NSS password was printed:\n" << output;
     }
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // The URI of NSS's key token ("NSS Certificate DB"), with or without the module's init string.
-  std::string Uri(bool with_init_reserved) const {
-    std::string uri = "pkcs11:token=NSS%20Certificate%20DB;object=kek?module-path=" + std::string(kNssModule) +
-                      "&pin-source=file:" + pin_file_;
-    if (with_init_reserved) uri += "&x-init-reserved=" + PercentEncode(init_reserved_, /*keep_slash=*/true);
-    return uri;
-  }
+  std::string Uri(bool with_init_reserved) const { return nss_->Uri(with_init_reserved); }
 
   std::unique_ptr<Subprocess> StartPlugin(const std::string& uri) {
     return std::make_unique<Subprocess>(
@@ -82,7 +66,8 @@ class PluginConfigExitTest : public ::testing::Test {
     return {code.value_or(-1), tool.Log()};
   }
 
-  std::string dir_, pin_file_, socket_, init_reserved_;
+  std::string dir_, socket_;
+  std::unique_ptr<NssDatabase> nss_;
   std::vector<std::string> outputs_;
   int runs_ = 0;
 };

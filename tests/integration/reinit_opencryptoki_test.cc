@@ -12,7 +12,6 @@
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -28,7 +27,9 @@
 #include "hsm/pkcs11_module.h"
 #include "hsm/pkcs11_uri.h"
 #include "hsm/token_discovery.h"
+#include "tests/testing/device_tokens.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/program_runner.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
 #include "tests/tpm/swtpm.h"
 #include "tools/support/fault_shim_control.h"
@@ -41,51 +42,40 @@ using namespace std::chrono_literals;
 using support::Eventually;
 using support::Subprocess;
 
-constexpr char kOpencryptokiModule[] = "/usr/lib/x86_64-linux-gnu/pkcs11/PKCS11_API.so";
-// PINs of the token brought up here (opencryptoki takes 4 to 8 characters); never printed by anything.
-constexpr char kOckSoPin[] = "so4e5f6a";
-constexpr char kOckUserPin[] = "us7b8c9d";
+using testing::OpencryptokiToken;
+using Finished = testing::ProgramRun;
+
+constexpr const char* kOpencryptokiModule = OpencryptokiToken::kModule;
 // Rounds of re-initialisation in one process: the crash came at the second.
 constexpr int kRounds = 5;
 
 bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
-void WriteSecretFile(const std::string& path, const std::string& content) {
-  std::ofstream(path) << content << "\n";
-  chmod(path.c_str(), 0600);
-}
-
-struct Finished {
-  int code = -1;  // exit code, or 128 + signal
-  std::string out;
-  std::string err;
-  std::string all() const { return out + err; }
-};
-
 class ReinitOpencryptoki : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (getuid() != 0) SKIP_OR_FAIL_IN_CI("opencryptoki's pkcsslotd needs root");
-    if (access(kOpencryptokiModule, R_OK) != 0) SKIP_OR_FAIL_IN_CI("opencryptoki is not installed");
+    if (std::string why = OpencryptokiToken::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
     dir_ = std::make_unique<testing::TempDir>();
-    WriteSecretFile(dir_->path() + "/so.pin", kOckSoPin);
-    WriteSecretFile(dir_->path() + "/user.pin", kOckUserPin);
-    setenv("OCK_SO_PIN_FILE", (dir_->path() + "/so.pin").c_str(), 1);
-    setenv("OCK_USER_PIN_FILE", (dir_->path() + "/user.pin").c_str(), 1);
-    Finished started = Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "start"});
+    runner_ = std::make_unique<testing::ProgramRunner>(dir_->path(), "run-");
+    ock_ = std::make_unique<OpencryptokiToken>(dir_->path());
+    Finished started = ock_->Start();
     ASSERT_EQ(started.code, 0) << started.all();
   }
   void TearDown() override {
-    if (dir_ == nullptr) return;
-    Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "stop"});
-    for (const std::string& output : outputs_) {
-      for (const char* pin : {kOckSoPin, kOckUserPin}) EXPECT_FALSE(Contains(output, pin)) << output;
+    if (ock_ == nullptr) return;
+    ock_->Stop();
+    for (const std::vector<std::string>* outputs : {&runner_->outputs(), &ock_->outputs()}) {
+      for (const std::string& output : *outputs) {
+        for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
+          EXPECT_FALSE(Contains(output, pin)) << output;
+        }
+      }
     }
   }
 
-  std::string Uri(std::string_view token = "trousseau-ock", std::string_view module = kOpencryptokiModule) const {
-    return StrCat("pkcs11:token=", token, ";object=kek?module-path=", module, "&pin-source=file:", dir_->path(),
-                  "/user.pin");
+  std::string Uri(std::string_view token = OpencryptokiToken::kLabel,
+                  std::string_view module = kOpencryptokiModule) const {
+    return ock_->Uri(token, module);
   }
   Pkcs11Uri ParsedUri() const {
     StatusOr<Pkcs11Uri> uri = Pkcs11Uri::Parse(Uri());
@@ -93,34 +83,14 @@ class ReinitOpencryptoki : public ::testing::Test {
     return *uri;
   }
 
-  Finished Run(std::vector<std::string> argv) {
-    const std::string base = StrCat(dir_->path(), "/run-", runs_++);
-    Subprocess process(std::move(argv), Subprocess::SeparateOutput{base + ".out", base + ".err"});
-    Finished result;
-    if (!process.started()) {
-      ADD_FAILURE() << "cannot start the process";
-      return result;
-    }
-    std::optional<int> code = process.Wait(60s);
-    if (!code) {
-      process.Signal(SIGKILL);
-      code = process.Wait(10s);
-      ADD_FAILURE() << "the process hung";
-    }
-    result.code = code.value_or(-1);
-    result.out = process.Log();
-    result.err = process.ErrorLog();
-    outputs_.push_back(result.all());
-    return result;
-  }
   Finished Tool(std::vector<std::string> args) {
     args.insert(args.begin(), TOOL_PATH);
-    return Run(std::move(args));
+    return runner_->Run(std::move(args));
   }
 
   std::unique_ptr<testing::TempDir> dir_;
-  int runs_ = 0;
-  std::vector<std::string> outputs_;
+  std::unique_ptr<testing::ProgramRunner> runner_;
+  std::unique_ptr<OpencryptokiToken> ock_;
 };
 
 // What each round checks the module can still do on a logged-in session: list the mechanisms and the key
@@ -188,7 +158,7 @@ TEST_F(ReinitOpencryptoki, OneProcessOpensTheTokenAgainAndAgain) {
 }
 
 TEST_F(ReinitOpencryptoki, PkcsslotdNotRunningIsUnavailableAskingForIt) {
-  Finished stopped = Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "stop"});
+  Finished stopped = ock_->Stop();
   ASSERT_EQ(stopped.code, 0) << stopped.all();
   // opencryptoki answers CKR_HOST_MEMORY when its daemon's socket is not there: an outage, not memory.
   StatusOr<std::unique_ptr<Pkcs11Module>> module = Pkcs11Module::Load(kOpencryptokiModule);
@@ -204,7 +174,7 @@ TEST_F(ReinitOpencryptoki, PkcsslotdNotRunningIsUnavailableAskingForIt) {
   EXPECT_TRUE(Contains(tool.err, "is pkcsslotd running?")) << tool.all();
 
   // Once the daemon is back, the same process initialises the module it failed with.
-  Finished started = Run({"/bin/bash", StrCat(DEVICES_DIR, "/opencryptoki-token.sh"), "start"});
+  Finished started = ock_->Start();
   ASSERT_EQ(started.code, 0) << started.all();
   StatusOr<std::unique_ptr<AdminSession>> admin = AdminSession::Open(ParsedUri());
   ASSERT_TRUE(admin.ok()) << admin.status().message();
@@ -252,7 +222,7 @@ TEST_F(ReinitOpencryptoki, PluginThroughTheFaultShimRecoversFromAnOutage) {
   std::optional<int> code = plugin.Wait(10s);
   EXPECT_EQ(code, 0) << plugin.Log();
   const std::string log = plugin.Log();
-  outputs_.push_back(log);
+  runner_->Keep(log);
   EXPECT_TRUE(Contains(log, "lost the HSM connection")) << log;
   EXPECT_TRUE(Contains(log, "reconnected to")) << log;
   // The real module logged in again after the outage (the shim closed its sessions when the link went down).

@@ -34,6 +34,9 @@ struct TokenInitOptions {
   std::string label;
   std::string so_pin_file;
   std::string pin_file;
+  // The module's C_Initialize string (CK_C_INITIALIZE_ARGS.pReserved), for a module that needs one (NSS
+  // softoken's "configdir='sql:DIR' ..."): what the other commands take as the URI's x-init-reserved.
+  std::optional<std::string> module_init_reserved;
   bool json = false;
 };
 

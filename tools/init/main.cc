@@ -12,7 +12,6 @@
 #include "core/strings.h"
 #include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
-#include "tools/init/token_init.h"
 
 #ifndef TROUSSEAU_VERSION
 #define TROUSSEAU_VERSION "dev"
@@ -74,7 +73,6 @@ void AddRetireChoice(CLI::App* command, uint64_t& version, const std::string& ve
 struct Commands {
   int rc = kExitOk;  // the exit code of the subcommand that ran
   TokenInitOptions token_init;
-  std::optional<std::string> token_init_module_init_reserved;  // tools/init/token_init.h
   KeyOptions generate_options, rotate_options, list_options, retire_options, selftest_options;
   ConfigOptions config_options;
   TpmOptions tpm_init_options, tpm_rotate_options, tpm_list_options, tpm_selftest_options, tpm_retire_options;
@@ -91,7 +89,7 @@ void AddTokenCommands(CLI::App& app, Commands& c) {
       "and SO PIN (C_InitToken), then log in as SO and set the user PIN (C_InitPIN). Refuses a label that an "
       "initialised token already has. Both PIN files must be regular files without group/other permissions.");
   init->add_option("--module", token_init.module, "Absolute path of the PKCS#11 module")->required();
-  init->add_option("--module-init-reserved", c.token_init_module_init_reserved,
+  init->add_option("--module-init-reserved", token_init.module_init_reserved,
                    "The module's initialisation string for C_Initialize (CK_C_INITIALIZE_ARGS.pReserved), as it is, "
                    "for modules that need one (NSS softoken: \"configdir='sql:DIR' certPrefix='' keyPrefix='' "
                    "secmod='secmod.db' flags=\"); the other commands take it as the URI's x-init-reserved");
@@ -102,7 +100,7 @@ void AddTokenCommands(CLI::App& app, Commands& c) {
                    "File holding the new user PIN (mode 0600); the plugin's pin-source")
       ->required();
   init->add_flag("--json", token_init.json, "Print the result as JSON");
-  init->callback([&c] { c.rc = TokenInit(c.token_init, c.token_init_module_init_reserved); });
+  init->callback([&c] { c.rc = TokenInit(c.token_init); });
 }
 
 // --scheme of `key generate` and `key rotate`.

@@ -10,18 +10,9 @@
 #include "hsm/pin_source.h"
 #include "hsm/token_discovery.h"
 #include "tools/init/init_tool.h"
-#include "tools/init/token_init.h"
 
 namespace trousseau::init {
 namespace {
-
-// C_Initialize refused its arguments (or their absence): the hint in `refused` names the URI attribute
-// the other commands take; this command takes the same string, unencoded, as --module-init-reserved.
-std::string InitArgumentsHint(const Status& refused, bool init_reserved_given) {
-  return StrCat(refused.message(), init_reserved_given
-                                       ? " (here: the string given with --module-init-reserved)"
-                                       : " (token init takes that string unencoded, with --module-init-reserved)");
-}
 
 // Every token already initialised: names them, since a module whose token its own tools set up (NSS
 // softoken's "NSS Certificate DB" after `certutil -N`) needs no token init at all.
@@ -39,14 +30,12 @@ std::string NoFreeSlotHint(const hsm::Pkcs11Module& module, const Status& refuse
 
 }  // namespace
 
-int TokenInit(const TokenInitOptions& options) { return TokenInit(options, std::nullopt); }
-
-int TokenInit(const TokenInitOptions& options, const std::optional<std::string>& module_init_reserved) {
+int TokenInit(const TokenInitOptions& options) {
   if (options.module.empty() || options.module[0] != '/') {
     return Fail(kExitUsage,
                 "--module needs the absolute path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)");
   }
-  if (module_init_reserved && module_init_reserved->empty()) {
+  if (options.module_init_reserved && options.module_init_reserved->empty()) {
     return Fail(kExitUsage, "--module-init-reserved is empty (leave it out for a module that needs no string)");
   }
   // Both PIN files are checked before the token is touched: owner-only, regular, not empty.
@@ -55,18 +44,16 @@ int TokenInit(const TokenInitOptions& options, const std::optional<std::string>&
   StatusOr<SecureBytes> user_pin = hsm::ReadPinFile(options.pin_file);
   if (!user_pin.ok()) return Fail(kExitUsage, StrCat("--pin-file: ", user_pin.status().message()));
 
-  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module = hsm::Pkcs11Module::Load(options.module, module_init_reserved);
+  StatusOr<std::unique_ptr<hsm::Pkcs11Module>> module =
+      hsm::Pkcs11Module::Load(options.module, options.module_init_reserved);
   if (!module.ok()) return Fail(kExitUsage, module.status().message());
   // C_Initialize first, on its own: a module refusing its arguments (or their absence) is a configuration
-  // error, and the hint must name this command's flag, not the URI attribute the other commands take.
+  // error (its message names --module-init-reserved as well as the URI attribute), an outage is not.
   if (Status initialized = (*module)->Initialize(); !initialized.ok()) {
-    if (!IsFailedPrecondition(initialized)) return Fail(kExitFailed, initialized.message());
-    return Fail(kExitUsage, InitArgumentsHint(initialized, module_init_reserved.has_value()));
+    return Fail(IsFailedPrecondition(initialized) ? kExitUsage : kExitFailed, initialized.message());
   }
   StatusOr<hsm::InitializedToken> token = hsm::InitToken(**module, options.label, *so_pin, *user_pin);
   if (!token.ok()) {
-    // A label that cannot be a token label is a usage error; an existing label, no free slot or a
-    // device failure is an operation failure.
     // A label that cannot be a token label is a usage error; an existing label, no free slot or a
     // device failure is an operation failure.
     if (IsInvalidArgument(token.status())) return Fail(kExitUsage, token.status().message());
@@ -82,7 +69,9 @@ int TokenInit(const TokenInitOptions& options, const std::optional<std::string>&
   std::string uri = StrCat("pkcs11:token=", PercentEncode(token->label, false),
                            ";object=kek?module-path=", PercentEncode(options.module, true),
                            "&pin-source=file:", PercentEncode(pin_path.lexically_normal().string(), true));
-  if (module_init_reserved) StrAppend(uri, "&x-init-reserved=", PercentEncode(*module_init_reserved, true));
+  if (options.module_init_reserved) {
+    StrAppend(uri, "&x-init-reserved=", PercentEncode(*options.module_init_reserved, true));
+  }
   if (options.json) {
     std::cout << "{\"label\":" << JsonQuote(token->label) << ",\"serial\":" << JsonQuote(token->serial)
               << ",\"module\":" << JsonQuote(options.module) << ",\"pkcs11_uri\":" << JsonQuote(uri) << "}\n";
