@@ -99,6 +99,8 @@ class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
   // `peer_point` is checked on the host first (CheckP256Point: length, form, on the curve):
   // INVALID_ARGUMENT without a device call. Not connected: one reconnect on the admin lane first.
   StatusOr<SecureBytes> RecipientSharedSecret(std::string_view peer_point, Deadline deadline) override;
+  // The peer point form the token took for ECDH (kUnknown until one succeeded): for tests and reports.
+  p11::PeerPointForm ecdh_peer_point_form() const { return peer_point_form_.load(); }
 
   // After the token rejected the PIN, logins stop until the PIN file changes or this is called
   // (SIGHUP, e.g. after fixing TROUSSEAU_HSM_PIN's source). Returns at once.

@@ -7,8 +7,11 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
+#include <stdlib.h>
+
 #include <array>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <set>
 #include <string>
@@ -21,6 +24,8 @@
 #include "hsm/pkcs11_uri.h"
 #include "hsm/recipient_admin.h"
 #include "hsm/recipient_key.h"
+#include "tests/testing/device_tokens.h"
+#include "tests/testing/skip_or_fail_in_ci.h"
 #include "tools/support/fault_shim_control.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
@@ -30,6 +35,8 @@ namespace {
 
 using namespace std::chrono_literals;
 using support::SoftHsmToken;
+using testing::NssDatabase;
+using testing::OpencryptokiToken;
 
 constexpr char kLabel[] = "trousseau-recipient";
 
@@ -95,22 +102,42 @@ StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> Backend(const std::string& uri_tex
   return hsm::Pkcs11Backend::Create(*std::move(uri), {});
 }
 
-// Provisioning as trousseau-hsm-init would run it: a logged-in read-write session, closed again after.
-StatusOr<hsm::RecipientKeyInfo> CreateRecipient(const SoftHsmToken& token) {
-  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(token.Uri());
+// Provisioning as trousseau-hsm-init would run it, on the token `family_uri` names: a logged-in read-write
+// session, closed again after.
+StatusOr<hsm::RecipientKeyInfo> CreateRecipient(const std::string& family_uri) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(family_uri);
   if (!uri.ok()) return uri.status();
   StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
   if (!admin.ok()) return admin.status();
   return hsm::CreateRecipientKey((*admin)->session(), (*admin)->token().slot, kLabel);
 }
+StatusOr<hsm::RecipientKeyInfo> CreateRecipient(const SoftHsmToken& token) { return CreateRecipient(token.Uri()); }
 
-StatusOr<hsm::RecipientKeyInfo> ShowRecipient(const SoftHsmToken& token) {
-  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(token.Uri());
+StatusOr<hsm::RecipientKeyInfo> ShowRecipient(const std::string& family_uri) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(family_uri);
   if (!uri.ok()) return uri.status();
   StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
   if (!admin.ok()) return admin.status();
   return hsm::ShowRecipient((*admin)->session(), kLabel);
 }
+StatusOr<hsm::RecipientKeyInfo> ShowRecipient(const SoftHsmToken& token) { return ShowRecipient(token.Uri()); }
+
+// A directory of the test's own, removed with everything in it.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "pkcs11-recipient-XXXXXX").string();
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 class Pkcs11RecipientTest : public ::testing::Test {
  protected:
@@ -158,6 +185,8 @@ TEST_F(Pkcs11RecipientTest, TheTokensSharedSecretIsTheOneOpenSslComputes) {
     secrets.insert(ephemeral.SharedSecretWith(created_.public_point));
   }
   EXPECT_EQ(secrets.size(), 8u);  // a fresh ephemeral gives a fresh secret
+  // SoftHSM takes the raw point (PKCS#11 2.40), the first form tried; remembered for the next calls.
+  EXPECT_EQ((*backend)->ecdh_peer_point_form(), hsm::p11::PeerPointForm::kRaw);
 
   // No KEK family in the URI: nothing to load, and said so.
   Status loaded = (*backend)->LoadKeys().status();
@@ -350,6 +379,77 @@ TEST_F(Pkcs11RecipientOutageTest, AHungDeviceFailsByTheDeadlineAndServesOnceItAn
   support::WriteShimControl(control_, "up");
   EXPECT_TRUE(support::Eventually([&] { return SharedSecretWorks(ephemeral); }, 20s));
   EXPECT_TRUE(support::Eventually([&] { return backend_->calls_stuck() == 0; }, 20s));
+}
+
+// ---- NSS softoken (libsoftokn3 loaded directly, with x-init-reserved) ----
+
+TEST(Pkcs11RecipientNss, MadeOnTheTokenAndItsSharedSecretIsOpenSsls) {
+  if (std::string why = NssDatabase::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  NssDatabase nss(dir.path());
+  testing::ProgramRun db = nss.Create();
+  ASSERT_EQ(db.code, 0) << db.all();
+
+  StatusOr<hsm::RecipientKeyInfo> created = CreateRecipient(nss.Uri());
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->violation, "");
+  EXPECT_TRUE(created->policy.never_extractable);
+  EXPECT_TRUE(created->policy.derive);
+  EXPECT_FALSE(created->policy.sign);
+  EXPECT_EQ(CreateRecipient(nss.Uri()).status().code(), StatusCode::kAlreadyExists);
+
+  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> backend = Backend(nss.Uri() + "&x-recipient=" + kLabel);
+  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+  StatusOr<std::string> point = (*backend)->RecipientPublicPoint(In(20s));
+  ASSERT_TRUE(point.ok()) << point.status().ToString();
+  EXPECT_EQ(*point, created->public_point);
+  for (int i = 0; i < 4; ++i) {
+    Ephemeral ephemeral;
+    StatusOr<SecureBytes> secret = (*backend)->RecipientSharedSecret(ephemeral.point(), In(20s));
+    ASSERT_TRUE(secret.ok()) << secret.status().ToString();
+    EXPECT_EQ(secret->view(), ephemeral.SharedSecretWith(created->public_point));
+  }
+  EXPECT_NE((*backend)->ecdh_peer_point_form(), hsm::p11::PeerPointForm::kUnknown);
+  std::string off_curve = Ephemeral().point();
+  off_curve.back() = static_cast<char>(off_curve.back() ^ 0x01);
+  EXPECT_TRUE(IsInvalidArgument((*backend)->RecipientSharedSecret(off_curve, In(20s)).status()));
+  for (const std::string& output : nss.outputs()) EXPECT_EQ(output.find(NssDatabase::kPassword), std::string::npos);
+}
+
+// ---- opencryptoki's soft token (pkcsslotd; one per host: ctest RESOURCE_LOCK opencryptoki) ----
+
+// Its soft token offers no EC mechanism (opencryptoki 3.8 as Debian builds it): creating a recipient key is
+// refused before anything is made, naming what is missing, and nothing is left on the token.
+TEST(Pkcs11RecipientOpencryptoki, ASoftTokenWithoutEcIsRefusedNamingWhatItLacks) {
+  if (std::string why = OpencryptokiToken::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  OpencryptokiToken ock(dir.path());
+  testing::ProgramRun started = ock.Start();
+  ASSERT_EQ(started.code, 0) << started.all();
+  {
+    // One module load for the whole test (opencryptoki is not loaded twice in one process here).
+    StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(ock.Uri());
+    ASSERT_TRUE(uri.ok()) << uri.status().ToString();
+    StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
+    ASSERT_TRUE(admin.ok()) << admin.status().ToString();
+    StatusOr<hsm::RecipientKeyInfo> refused =
+        hsm::CreateRecipientKey((*admin)->session(), (*admin)->token().slot, kLabel);
+    EXPECT_TRUE(IsFailedPrecondition(refused.status())) << refused.status().ToString();
+    EXPECT_NE(refused.status().message().find("CKM_EC_KEY_PAIR_GEN (not offered)"), std::string::npos)
+        << refused.status().ToString();
+    EXPECT_NE(refused.status().message().find("CKM_ECDH1_DERIVE (not offered)"), std::string::npos)
+        << refused.status().ToString();
+    EXPECT_TRUE(IsNotFound(hsm::ShowRecipient((*admin)->session(), kLabel).status()));
+  }
+  testing::ProgramRun stopped = ock.Stop();
+  EXPECT_EQ(stopped.code, 0) << stopped.all();
+  for (const std::string& output : ock.outputs()) {
+    for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
+      EXPECT_EQ(output.find(pin), std::string::npos);
+    }
+  }
 }
 
 }  // namespace
