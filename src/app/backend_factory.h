@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/defaults.h"
 #include "app/options.h"
@@ -14,6 +15,15 @@
 #include "core/status.h"
 
 namespace trousseau::app {
+
+// One device of a backend with several (multi-node mode: the recipient devices), for /readyz?verbose
+// and the backend_up metric.
+struct DeviceHealth {
+  std::string name;
+  bool up = false;
+  std::string detail;  // its role when up, its last error when down
+  double latency_ms = 0;
+};
 
 struct ConfiguredBackend {
   std::shared_ptr<KeyBackend> backend;
@@ -32,6 +42,8 @@ struct ConfiguredBackend {
   // Device calls whose caller gave up and that the device has not returned: at exit, the process
   // leaves without joining them.
   std::function<size_t()> calls_stuck;
+  // Each device's state, for a backend with several; empty otherwise.
+  std::function<std::vector<DeviceHealth>()> devices;
 };
 
 // FAILED_PRECONDITION / INVALID_ARGUMENT for configuration errors (exit 2). Touches no device:

@@ -82,9 +82,11 @@ TextSettings DefaultTexts(const PluginOptions& options) {
 
 // The key family and the device: PKCS#11 or TPM 2.0.
 void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text, const CLI::Validator& duration) {
-  app.add_option("--pkcs11-uri", options.pkcs11_uri,
+  app.add_option("--pkcs11-uri", options.pkcs11_uris,
                  "RFC 7512 URI of the key family: pkcs11:token=LABEL;object=KEY?module-path=/path/module.so"
-                 "&pin-source=file:/path");
+                 "&pin-source=file:/path. With --recipient-set: a token holding a recipient key "
+                 "(x-recipient=LABEL); repeat it (or list several in --config) for several HSMs")
+      ->delimiter(' ');  // a URI has no unencoded space: a --config list arrives joined by spaces
   app.add_option("--hsm-sessions", options.hsm_sessions, "HSM sessions in the pool (concurrent device calls)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -99,6 +101,9 @@ void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text,
   app.add_option(
       "--tpm-key-dir", options.tpm_key_dir,
       "TPM 2.0 backend instead of PKCS#11: directory of the key versions made by `trousseau-hsm-init tpm init`");
+  app.add_option("--tpm-recipient-dir", options.tpm_recipient_dir,
+                 "With --recipient-set: directory of this node's TPM recipient key (trousseau-hsm-init tpm recipient "
+                 "create)");
   app.add_option("--tpm-tcti", options.tpm_tcti,
                  "TCTI of the TPM: device:/dev/tpmrm0, tabrmd, swtpm:path=/run/swtpm/sock, ...")
       ->capture_default_str();
@@ -106,6 +111,25 @@ void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text,
                  "Deadline of each TPM operation, time queued for the TPM included (or the request's own deadline, "
                  "when sooner); keep it under kube-apiserver's KMS timeout (3s)")
       ->check(duration)
+      ->capture_default_str();
+}
+
+// Multi-node mode: every Secret wrapped to each member of a signed recipient set (docs/ha.md).
+void AddRecipientOptions(CLI::App& app, PluginOptions& options) {
+  app.add_option("--recipient-set", options.recipient_set,
+                 "Signed recipient set (trousseau-hsm-init recipients ...): wrap every seed to each member's device, "
+                 "so every control-plane node decrypts what any node wrote. Re-read on SIGHUP and every "
+                 "--key-refresh-interval");
+  app.add_option("--recipient-admin-key", options.recipient_admin_keys,
+                 "Ed25519 public key (PEM file) of an administrator who signs recipient sets; repeat for several")
+      ->delimiter(' ');
+  app.add_option("--recipient-admin-threshold", options.recipient_admin_threshold,
+                 "How many distinct administrator signatures a recipient set needs")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--recipient-state-dir", options.recipient_state_dir,
+                 "Where every accepted recipient set is kept (mode 0700), so older epochs still decrypt and a set "
+                 "never goes back to a lower epoch")
       ->capture_default_str();
 }
 
@@ -172,9 +196,20 @@ std::optional<int> ApplyConfigFile(const std::string& config_file, const std::ma
         return 2;
       }
       // CLI11 converts a file value as it would the flag's own value (a flag takes true/false,
-      // yes/no, on/off, 1/0).
-      it->second->default_str(entry.second.as<std::string>());
-      it->second->default_val(entry.second.as<std::string>());
+      // yes/no, on/off, 1/0). A list (several --pkcs11-uri) is joined by spaces, the delimiter of
+      // the repeatable settings.
+      std::string value;
+      if (entry.second.IsSequence()) {
+        if (it->second->get_items_expected_max() <= 1) {
+          std::cerr << "trousseau-hsm: " << config_file << ": setting '" << key << "' takes one value, not a list\n";
+          return 2;
+        }
+        for (const auto& item : entry.second) value += (value.empty() ? "" : " ") + item.as<std::string>();
+      } else {
+        value = entry.second.as<std::string>();
+      }
+      it->second->default_str(value);
+      it->second->default_val(value);
     }
   } catch (const std::exception& e) {
     std::cerr << "trousseau-hsm: cannot read --config " << config_file << ": " << e.what() << "\n";
@@ -200,9 +235,26 @@ std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv) {
 
 // Checks what CLI11 cannot check alone and converts the text settings into `options`.
 std::optional<int> CheckAndConvert(const TextSettings& text, PluginOptions& options) {
-  if (options.pkcs11_uri.empty() == options.tpm_key_dir.empty()) {
+  if (!options.recipient_set.empty()) {
+    if (options.pkcs11_uris.empty() && options.tpm_recipient_dir.empty()) {
+      std::cerr << "trousseau-hsm: --recipient-set needs this node's recipient device(s): --tpm-recipient-dir "
+                   "and/or --pkcs11-uri with x-recipient=LABEL\n";
+      return 2;
+    }
+    if (options.recipient_admin_keys.empty()) {
+      std::cerr << "trousseau-hsm: --recipient-set needs --recipient-admin-key: a set is only trusted when "
+                   "administrators signed it\n";
+      return 2;
+    }
+    if (!options.tpm_key_dir.empty()) {
+      std::cerr << "trousseau-hsm: --tpm-key-dir is the single-device mode; with --recipient-set give "
+                   "--tpm-recipient-dir\n";
+      return 2;
+    }
+  } else if (options.pkcs11_uris.size() + (options.tpm_key_dir.empty() ? 0 : 1) != 1) {
     std::cerr << "trousseau-hsm: give exactly one backend: --pkcs11-uri (PKCS#11 HSM) or --tpm-key-dir (TPM 2.0), "
-                 "as a flag, TROUSSEAU_HSM_PKCS11_URI / TROUSSEAU_HSM_TPM_KEY_DIR or in --config\n"
+                 "as a flag, TROUSSEAU_HSM_PKCS11_URI / TROUSSEAU_HSM_TPM_KEY_DIR or in --config; several devices "
+                 "need --recipient-set (docs/ha.md)\n"
                  "Run with --help for more information.\n";
     return 2;
   }
@@ -246,6 +298,7 @@ std::optional<int> ParseOptions(int argc, char** argv, PluginOptions& options) {
                  "YAML file with settings (keys are flag names without the leading --, e.g. pkcs11-uri)");
   app.add_option("--listen", options.listen, "Unix socket to serve on (unix:///path)")->capture_default_str();
   AddDeviceOptions(app, options, text, duration);
+  AddRecipientOptions(app, options);
   AddServingOptions(app, options, text, duration);
   AddLoggingOptions(app, options);
   const std::map<std::string, CLI::Option*> by_name = BindEnvironment(app);

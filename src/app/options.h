@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/defaults.h"
 
@@ -14,12 +15,20 @@ namespace trousseau::app {
 
 struct PluginOptions {
   std::string listen = defaults::kListenEndpoint;
-  // Exactly one backend: a PKCS#11 key family (pkcs11_uri) or a TPM key directory (tpm_key_dir).
-  std::string pkcs11_uri;
+  // One device: a PKCS#11 key family (one pkcs11_uris entry) or a TPM key directory (tpm_key_dir).
+  // With a recipient set (multi-node, docs/ha.md): this node's recipient devices instead, any number of
+  // PKCS#11 tokens (each URI with x-recipient=LABEL) and the TPM's recipient key (tpm_recipient_dir).
+  std::vector<std::string> pkcs11_uris;
   size_t hsm_sessions = defaults::kHsmSessions;
   bool no_session_key_copies = false;
   std::string tpm_tcti = defaults::kTpmTcti;
   std::string tpm_key_dir;
+  std::string tpm_recipient_dir;
+  // The signed recipient set this node loads; empty: single-device mode.
+  std::string recipient_set;
+  std::vector<std::string> recipient_admin_keys;  // Ed25519 public keys (PEM files) that may sign sets
+  size_t recipient_admin_threshold = 1;           // distinct signatures a set needs
+  std::string recipient_state_dir = defaults::kRecipientStateDir;
   std::chrono::milliseconds tpm_timeout = defaults::kDeviceTimeout;
   std::chrono::milliseconds hsm_timeout = defaults::kDeviceTimeout;
   std::chrono::milliseconds health_cache = defaults::kHealthCache;

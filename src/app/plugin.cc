@@ -130,7 +130,22 @@ StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const P
       telemetry.SetSessionPool(in_use, size);
     }
     if (auto ring = engine.key_ring()) telemetry.SetKeyRing(*ring, engine.NextActivationAt().has_value());
+    if (configured.devices) {
+      for (const DeviceHealth& device : configured.devices()) {
+        telemetry.SetDeviceState(device.name, device.up, device.latency_ms);
+      }
+    }
   };
+  if (configured.devices) {
+    hooks.verbose_details = [&configured] {
+      std::string lines;
+      for (const DeviceHealth& device : configured.devices()) {
+        lines += StrCat("device ", device.up ? "up" : "down", ": ", device.name, " (", device.detail,
+                        device.up ? StrCat(", ", static_cast<int64_t>(device.latency_ms * 1000), " us") : "", ")\n");
+      }
+      return lines;
+    };
+  }
   return observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
 }
 

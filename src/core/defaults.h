@@ -11,6 +11,8 @@ namespace trousseau::defaults {
 // The KMS socket kube-apiserver's EncryptionConfiguration names (endpoint: unix:///...).
 inline constexpr char kSocketPath[] = "/run/trousseau-hsm/kms.sock";
 inline constexpr char kListenEndpoint[] = "unix:///run/trousseau-hsm/kms.sock";
+// Where a plugin keeps every recipient set it accepted (multi-node mode, docs/ha.md).
+inline constexpr char kRecipientStateDir[] = "/var/lib/trousseau-hsm/recipient-sets";
 // Owner read/write only: the only client is kube-apiserver, as root or the socket's owner.
 inline constexpr unsigned kSocketMode = 0600;
 

@@ -106,15 +106,17 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
   routes.emplace_back("/livez",
                       std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
   routes.emplace_back("/readyz",
-                      std::make_unique<FunctionHandler>([why = hooks.not_ready_because, &engine](mg_connection* c) {
-                        const std::string reason = why ? why() : "";
-                        std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
-                        const char* query = mg_get_request_info(c)->query_string;
-                        if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
-                          body += KeySummary(engine);
-                        }
-                        Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
-                      }));
+                      std::make_unique<FunctionHandler>(
+                          [why = hooks.not_ready_because, details = hooks.verbose_details, &engine](mg_connection* c) {
+                            const std::string reason = why ? why() : "";
+                            std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
+                            const char* query = mg_get_request_info(c)->query_string;
+                            if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
+                              body += KeySummary(engine);
+                              if (details) body += details();
+                            }
+                            Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
+                          }));
   routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
                         HealthReport health = engine.Health();
                         Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");

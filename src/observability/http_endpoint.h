@@ -24,6 +24,8 @@ struct HttpHooks {
   std::function<std::string()> not_ready_because;
   // Refreshes sampled gauges (session pool, active key) right before a scrape.
   std::function<void()> before_scrape;
+  // More lines for /readyz?verbose (each device of a backend with several); may be empty.
+  std::function<std::string()> verbose_details;
 };
 
 class HttpEndpoint {

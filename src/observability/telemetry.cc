@@ -51,11 +51,19 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
     backend_latency_[call] = &backend_latency.Add({{"backend", backend_kind}, {"call", call}}, kLatencyBuckets);
     backend_errors_[call] = &backend_errors.Add({{"backend", backend_kind}, {"call", call}});
   }
-  backend_up_ = &prometheus::BuildGauge()
-                     .Name("trousseau_hsm_backend_up")
-                     .Help("1 when the last device round trip succeeded")
-                     .Register(*registry_)
-                     .Add({{"backend", backend_kind}});
+  backend_up_family_ = &prometheus::BuildGauge()
+                            .Name("trousseau_hsm_backend_up")
+                            .Help(
+                                "1 when the last device round trip succeeded (the backend, and each of its "
+                                "devices when it has several)")
+                            .Register(*registry_);
+  backend_up_ = &backend_up_family_->Add({{"backend", backend_kind}});
+  device_latency_family_ = &prometheus::BuildGauge()
+                                .Name("trousseau_hsm_device_latency_seconds")
+                                .Help(
+                                    "Moving average of a device's recent successful calls (backends with "
+                                    "several devices), which orders them for Decrypt")
+                                .Register(*registry_);
   auto& pool = prometheus::BuildGauge()
                    .Name("trousseau_hsm_session_pool_sessions")
                    .Help("Device sessions in the pool, by state")
@@ -203,6 +211,19 @@ void Telemetry::RecordVanishedKey(uint64_t version, const std::string& key_id) {
 void Telemetry::SetSessionPool(size_t in_use, size_t size) {
   pool_in_use_->Set(static_cast<double>(in_use));
   pool_size_->Set(static_cast<double>(size));
+}
+
+void Telemetry::SetDeviceState(const std::string& name, bool up, double latency_ms) {
+  std::lock_guard lock(devices_mu_);
+  auto it = devices_.find(name);
+  if (it == devices_.end()) {
+    it = devices_
+             .emplace(name, std::make_pair(&backend_up_family_->Add({{"backend", name}}),
+                                           &device_latency_family_->Add({{"device", name}})))
+             .first;
+  }
+  it->second.first->Set(up ? 1 : 0);
+  it->second.second->Set(latency_ms / 1000.0);
 }
 
 std::string Telemetry::Render() const {

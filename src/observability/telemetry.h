@@ -35,6 +35,9 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   // The key ring now in force: its active key_id and every version it can decrypt.
   void SetKeyRing(const KeyRing& ring, bool activation_pending);
   void SetSessionPool(size_t in_use, size_t size);
+  // One device of a backend with several (multi-node mode): trousseau_hsm_backend_up{backend=<name>}
+  // beside the backend's own series, and its recent latency.
+  void SetDeviceState(const std::string& name, bool up, double latency_ms);
   // Outcome of a key family load (start-up, SIGHUP, interval).
   void RecordKeyRefresh(bool ok);
   // A key version the device no longer lists although a loaded key ring held it (KmsEngine::VanishedKeys):
@@ -57,6 +60,10 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   std::map<std::string, prometheus::Histogram*, std::less<>> backend_latency_;
   std::map<std::string, prometheus::Counter*, std::less<>> backend_errors_;
   prometheus::Gauge* backend_up_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* backend_up_family_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_latency_family_ = nullptr;
+  std::mutex devices_mu_;
+  std::map<std::string, std::pair<prometheus::Gauge*, prometheus::Gauge*>> devices_;  // guarded by devices_mu_
   prometheus::Gauge* pool_in_use_ = nullptr;
   prometheus::Gauge* pool_size_ = nullptr;
   prometheus::Counter* key_refresh_ok_ = nullptr;

@@ -25,8 +25,11 @@ namespace trousseau::recipients {
 
 // The envelope format byte of multi-recipient envelopes (core/envelope.h).
 inline constexpr uint8_t kRecipientEnvelopeFormat = kEnvelopeFormatV3;
-// Kind(), part of every key_id.
+// Kind() and the family label the plugin gives KmsEngine: with the set's digest as the version's
+// fingerprint, they make the key_id (core/key_id.h) that every node holding the set reports, and
+// that `trousseau-hsm-init recipients show` prints.
 inline constexpr char kRecipientBackendKind[] = "recipients";
+inline constexpr char kRecipientFamilyLabel[] = "set";
 
 struct LocalRecipient {
   std::string name;  // how health, metrics and logs name it: "tpm2", "pkcs11 token 'hsm-a'"

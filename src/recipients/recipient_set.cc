@@ -74,6 +74,37 @@ Status OnlyKnownFields(const json& object, const std::set<std::string>& known, s
   return OkStatus();
 }
 
+StatusOr<Recipient> MemberFromJson(const json& m) {
+  if (!m.is_object()) return InvalidArgumentError("recipient set: each recipient must be an object");
+  if (Status s = OnlyKnownFields(m, {"id", "device", "public_key", "tpm_name"}, "recipients[]."); !s.ok()) return s;
+  Recipient r;
+  StatusOr<std::string> id = StringField(m, "id", "recipients[].");
+  StatusOr<std::string> device = StringField(m, "device", "recipients[].");
+  StatusOr<std::string> key_hex = StringField(m, "public_key", "recipients[].");
+  if (!id.ok()) return id.status();
+  if (!device.ok()) return device.status();
+  if (!key_hex.ok()) return key_hex.status();
+  r.id = *std::move(id);
+  r.device = *std::move(device);
+  StatusOr<std::string> key = HexDecode(*key_hex, StrCat("recipient '", r.id, "' public_key"));
+  if (!key.ok()) return key.status();
+  r.public_key = *std::move(key);
+  if (m.contains("tpm_name")) {
+    StatusOr<std::string> tpm_hex = StringField(m, "tpm_name", "recipients[].");
+    if (!tpm_hex.ok()) return tpm_hex.status();
+    StatusOr<std::string> tpm_name = HexDecode(*tpm_hex, StrCat("recipient '", r.id, "' tpm_name"));
+    if (!tpm_name.ok()) return tpm_name.status();
+    r.tpm_name = *std::move(tpm_name);
+  }
+  return r;
+}
+
+json MemberToJson(const Recipient& r) {
+  json m = {{"id", r.id}, {"device", r.device}, {"public_key", HexEncode(r.public_key)}};
+  if (!r.tpm_name.empty()) m["tpm_name"] = HexEncode(r.tpm_name);
+  return m;
+}
+
 }  // namespace
 
 Status CheckRecipientSet(const RecipientSet& set) {
@@ -131,28 +162,9 @@ StatusOr<RecipientSet> ParseRecipientSet(std::string_view json_text) {
   if (members == doc.end() || !members->is_array())
     return InvalidArgumentError("recipient set: recipients must be a list");
   for (const json& m : *members) {
-    if (!m.is_object()) return InvalidArgumentError("recipient set: each recipient must be an object");
-    if (Status s = OnlyKnownFields(m, {"id", "device", "public_key", "tpm_name"}, "recipients[]."); !s.ok()) return s;
-    Recipient r;
-    StatusOr<std::string> id = StringField(m, "id", "recipients[].");
-    StatusOr<std::string> device = StringField(m, "device", "recipients[].");
-    StatusOr<std::string> key_hex = StringField(m, "public_key", "recipients[].");
-    if (!id.ok()) return id.status();
-    if (!device.ok()) return device.status();
-    if (!key_hex.ok()) return key_hex.status();
-    r.id = *std::move(id);
-    r.device = *std::move(device);
-    StatusOr<std::string> key = HexDecode(*key_hex, StrCat("recipient '", r.id, "' public_key"));
-    if (!key.ok()) return key.status();
-    r.public_key = *std::move(key);
-    if (m.contains("tpm_name")) {
-      StatusOr<std::string> tpm_hex = StringField(m, "tpm_name", "recipients[].");
-      if (!tpm_hex.ok()) return tpm_hex.status();
-      StatusOr<std::string> tpm_name = HexDecode(*tpm_hex, StrCat("recipient '", r.id, "' tpm_name"));
-      if (!tpm_name.ok()) return tpm_name.status();
-      r.tpm_name = *std::move(tpm_name);
-    }
-    set.recipients.push_back(std::move(r));
+    StatusOr<Recipient> r = MemberFromJson(m);
+    if (!r.ok()) return r.status();
+    set.recipients.push_back(*std::move(r));
   }
   if (Status s = CheckRecipientSet(set); !s.ok()) return s;
   if (auto sigs = doc.find("signatures"); sigs != doc.end()) {
@@ -178,11 +190,7 @@ std::string SerializeRecipientSet(const RecipientSet& set) {
   doc["name"] = set.name;
   doc["epoch"] = set.epoch;
   json members = json::array();
-  for (const Recipient& r : set.recipients) {
-    json m = {{"id", r.id}, {"device", r.device}, {"public_key", HexEncode(r.public_key)}};
-    if (!r.tpm_name.empty()) m["tpm_name"] = HexEncode(r.tpm_name);
-    members.push_back(std::move(m));
-  }
+  for (const Recipient& r : set.recipients) members.push_back(MemberToJson(r));
   doc["recipients"] = std::move(members);
   json sigs = json::array();
   for (const SetSignature& s : set.signatures) {
@@ -290,5 +298,18 @@ StatusOr<SetSignature> SignSet(const RecipientSet& set, std::string_view private
   signature.resize(sig_len);
   return SetSignature{.signer = HexEncode(Sha256(raw_pub).substr(0, 8)), .signature = std::move(signature)};
 }
+
+StatusOr<Recipient> ParseMember(std::string_view json_text) {
+  const json doc = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) return InvalidArgumentError("recipient: not JSON");
+  StatusOr<Recipient> r = MemberFromJson(doc);
+  if (!r.ok()) return r.status();
+  // The checks a set applies to each member.
+  RecipientSet alone{.name = "check", .epoch = 1, .recipients = {*r}, .signatures = {}};
+  if (Status s = CheckRecipientSet(alone); !s.ok()) return s;
+  return r;
+}
+
+std::string SerializeMember(const Recipient& member) { return MemberToJson(member).dump(2) + "\n"; }
 
 }  // namespace trousseau::recipients

@@ -49,6 +49,11 @@ std::string SerializeRecipientSet(const RecipientSet& set);
 // The same checks on a set built in code (the tool's add/remove).
 Status CheckRecipientSet(const RecipientSet& set);
 
+// One member as a device's provisioning exports it (`trousseau-hsm-init tpm recipient export`): the
+// JSON of one entry of "recipients", checked as a set checks its members.
+StatusOr<Recipient> ParseMember(std::string_view json_text);
+std::string SerializeMember(const Recipient& member);
+
 // What the administrators sign: a length-prefixed encoding of name, epoch and every member in order
 // (signatures excluded).
 std::string SigningBytes(const RecipientSet& set);

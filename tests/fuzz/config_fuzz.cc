@@ -49,7 +49,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(!err.str().empty() || !out.str().empty());
     return 0;
   }
-  FUZZ_CHECK(options.pkcs11_uri.empty() != options.tpm_key_dir.empty());
+  FUZZ_CHECK(!options.recipient_set.empty() || options.pkcs11_uris.size() + (options.tpm_key_dir.empty() ? 0 : 1) == 1);
   FUZZ_CHECK(options.tpm_timeout.count() > 0);
   FUZZ_CHECK(options.health_cache.count() >= 0 && options.key_refresh_interval.count() >= 0);
   FUZZ_CHECK(options.hsm_sessions >= 1 && options.hsm_sessions <= 1024);

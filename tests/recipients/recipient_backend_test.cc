@@ -59,7 +59,8 @@ class Cluster : public ::testing::Test {
     StatusOr<std::unique_ptr<RecipientBackend>> backend = RecipientBackend::Create(std::move(options));
     EXPECT_TRUE(backend.ok()) << backend.status().ToString();
     node->backend = *std::move(backend);
-    node->engine = std::make_unique<KmsEngine>(node->backend, EngineOptions{.family_label = "set"});
+    node->engine =
+        std::make_unique<KmsEngine>(node->backend, EngineOptions{.family_label = recipients::kRecipientFamilyLabel});
     nodes_.push_back(std::move(node));
     return *nodes_.back();
   }
