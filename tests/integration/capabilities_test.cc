@@ -13,10 +13,12 @@
 
 #include <cctype>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/strings.h"
@@ -48,6 +50,11 @@ void WriteSecretFile(const std::string& path, const std::string& content) {
 }
 
 bool Contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+// Each of `parts` is in `text` (what a tool printed): a test failure for each one missing, showing `text`.
+void ExpectContainsAll(const std::string& text, std::initializer_list<std::string_view> parts) {
+  for (std::string_view part : parts) EXPECT_TRUE(Contains(text, part)) << "no '" << part << "' in:\n" << text;
+}
 
 // Runs the tool (and any other program) to its end; stdout and stderr apart. The environment is this
 // process's (the tests set what a child needs with setenv).
@@ -248,13 +255,12 @@ TEST_F(CapabilitiesSoftHsm, SelftestPrintsTheModuleTheTokenAndTheSchemeOfNewKeys
   ASSERT_EQ(runner_->Tool({"key", "generate", "--pkcs11-uri", token_->Uri()}).code, 0);
   ToolResult human = runner_->Tool({"selftest", "--pkcs11-uri", token_->Uri()});
   EXPECT_EQ(human.code, 0) << human.all();
-  EXPECT_TRUE(Contains(human.out, "module      'Implementation of PKCS11' 2.6 by SoftHSM")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "token       '" + token_->label() + "': SoftHSM v2 by SoftHSM project")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "mechanisms  CKM_AES_KEY_GEN (generate; key size 16-32)")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "CKM_AES_GCM (encrypt, decrypt; key size 16-32)")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "schemes     aes-gcm: new keys and serving")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "new keys    aes-gcm\n")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "version 1 (active)  aes-gcm  kek-v1-")) << human.out;
+  const std::string token_line = "token       '" + token_->label() + "': SoftHSM v2 by SoftHSM project";
+  ExpectContainsAll(
+      human.out,
+      {"module      'Implementation of PKCS11' 2.6 by SoftHSM", token_line,
+       "mechanisms  CKM_AES_KEY_GEN (generate; key size 16-32)", "CKM_AES_GCM (encrypt, decrypt; key size 16-32)",
+       "schemes     aes-gcm: new keys and serving", "new keys    aes-gcm\n", "version 1 (active)  aes-gcm  kek-v1-"});
 
   ToolResult machine = runner_->Tool({"selftest", "--pkcs11-uri", token_->Uri(), "--json"});
   EXPECT_EQ(machine.code, 0) << machine.all();
@@ -292,13 +298,7 @@ class CapabilitiesOpencryptoki : public ::testing::Test {
   void TearDown() override {
     if (ock_ == nullptr) return;
     ock_->Stop();
-    for (const std::vector<std::string>* outputs : {&runner_->outputs(), &ock_->outputs()}) {
-      for (const std::string& output : *outputs) {
-        for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
-          EXPECT_FALSE(Contains(output, pin)) << output;
-        }
-      }
-    }
+    ock_->ExpectNoPinIn(runner_->outputs());
   }
 
   std::unique_ptr<testing::TempDir> dir_;
@@ -338,24 +338,21 @@ TEST_F(CapabilitiesOpencryptoki, NoAesGcmSoNewKeysAreAesCbcHmacAndSelftestRunsSu
     // An empty family: selftest shows the token and fails on the missing key (exit 1), not on the token.
     ToolResult empty = runner_->Tool({"selftest", "--pkcs11-uri", uri_});
     EXPECT_EQ(empty.code, 1) << empty.all();
-    EXPECT_TRUE(Contains(empty.out, "module      'Meta PKCS11 LIBRARY' 3.8 by IBM")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "token       'trousseau-ock': IBM SoftTok by IBM Corp.")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "            CKM_AES_GCM (not offered)\n")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "schemes     aes-gcm: unusable, missing CKM_AES_GCM (not offered)")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "            aes-cbc-hmac: new keys and serving")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "new keys    aes-cbc-hmac\n")) << empty.out;
-    EXPECT_TRUE(Contains(empty.out, "has no key")) << empty.out;
+    ExpectContainsAll(
+        empty.out,
+        {"module      'Meta PKCS11 LIBRARY' 3.8 by IBM", "token       'trousseau-ock': IBM SoftTok by IBM Corp.",
+         "            CKM_AES_GCM (not offered)\n", "schemes     aes-gcm: unusable, missing CKM_AES_GCM (not offered)",
+         "            aes-cbc-hmac: new keys and serving", "new keys    aes-cbc-hmac\n", "has no key"});
 
     ASSERT_TRUE(CreateAesCbcHmacVersion((*admin)->session()).ok());
   }
 
   ToolResult human = runner_->Tool({"selftest", "--pkcs11-uri", uri_});
   EXPECT_EQ(human.code, 0) << human.all();
-  EXPECT_TRUE(Contains(human.out, "version 1 (active)  aes-cbc-hmac  kek-v1-")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "PASS KEK policy (HMAC key): 256-bit generic secret")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "PASS the token offers what aes-cbc-hmac needs")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "PASS aes-cbc-hmac round trip on the device")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "PASS tamper check")) << human.out;
+  ExpectContainsAll(human.out,
+                    {"version 1 (active)  aes-cbc-hmac  kek-v1-", "PASS KEK policy (HMAC key): 256-bit generic secret",
+                     "PASS the token offers what aes-cbc-hmac needs", "PASS aes-cbc-hmac round trip on the device",
+                     "PASS tamper check"});
   EXPECT_FALSE(Contains(human.out, "FAIL")) << human.out;
 
   ToolResult machine = runner_->Tool({"selftest", "--pkcs11-uri", uri_, "--json"});
@@ -383,11 +380,9 @@ TEST(CapabilitiesNss, WithXInitReservedNewKeysAreAesGcmAndSelftestPasses) {
   ASSERT_EQ(runner.Tool({"key", "generate", "--pkcs11-uri", uri}).code, 0) << runner.outputs().back();
   ToolResult human = runner.Tool({"selftest", "--pkcs11-uri", uri});
   EXPECT_EQ(human.code, 0) << human.all();
-  EXPECT_TRUE(Contains(human.out, "module      'NSS Internal Crypto Services' 3.87 by Mozilla Foundation"))
-      << human.out;
-  EXPECT_TRUE(Contains(human.out, "token       'NSS Certificate DB': NSS 3 by Mozilla Foundation")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "new keys    aes-gcm\n")) << human.out;
-  EXPECT_TRUE(Contains(human.out, "PASS aes-gcm round trip on the device")) << human.out;
+  ExpectContainsAll(human.out, {"module      'NSS Internal Crypto Services' 3.87 by Mozilla Foundation",
+                                "token       'NSS Certificate DB': NSS 3 by Mozilla Foundation",
+                                "new keys    aes-gcm\n", "PASS aes-gcm round trip on the device"});
   for (const std::vector<std::string>* outputs : {&runner.outputs(), &nss.outputs()}) {
     for (const std::string& output : *outputs) EXPECT_FALSE(Contains(output, NssDatabase::kPassword)) << output;
   }
@@ -412,11 +407,9 @@ TEST(CapabilitiesTpm2Pkcs11, SelftestSendsTheOperatorToTheNativeTpmBackend) {
                                    StrCat("pkcs11:token=k8s-kms;object=kek?module-path=", kTpm2Pkcs11Module,
                                           "&pin-source=file:", dir.path(), "/pin")});
   EXPECT_EQ(result.code, 2) << result.all();
-  EXPECT_TRUE(
-      Contains(result.err, "this PKCS#11 module is tpm2-pkcs11 ('TPM2.0 Cryptoki' 1.9 by tpm2-software.github.io)"))
-      << result.err;
-  EXPECT_TRUE(Contains(result.err, "Use trousseau-hsm's native TPM 2.0 backend on that TPM")) << result.err;
-  EXPECT_TRUE(Contains(result.err, "trousseau-hsm-init tpm init")) << result.err;
+  ExpectContainsAll(result.err,
+                    {"this PKCS#11 module is tpm2-pkcs11 ('TPM2.0 Cryptoki' 1.9 by tpm2-software.github.io)",
+                     "Use trousseau-hsm's native TPM 2.0 backend on that TPM", "trousseau-hsm-init tpm init"});
   EXPECT_FALSE(Contains(result.all(), "tpm2-pin-1234"));
 }
 

@@ -50,7 +50,44 @@ void ExpectAesCbcHmacVersion(const json& key, uint64_t version) {
 
 // ---- SoftHSM: both mechanism sets, so --scheme decides ----
 
-class InitToolSchemeTest : public InitToolTest {};
+class InitToolSchemeTest : public InitToolTest {
+ protected:
+  // `key list` shows one version: aes-cbc-hmac version 1 under `key_id`.
+  void ExpectOnlyAesCbcHmacVersion1(const std::string& key_id) {
+    json listed = ListJson();
+    ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
+    ExpectAesCbcHmacVersion(listed["keys"][0], 1);
+    EXPECT_EQ(listed["keys"][0]["key_id"], key_id);
+  }
+
+  // The plugin reports `key_id` within `wait`, seals `plaintext` under it (into `sealed`) and opens it again.
+  void ExpectPluginServes(const Subprocess& plugin, const std::string& key_id, std::chrono::seconds wait,
+                          const std::string& plaintext, v2::EncryptResponse& sealed) {
+    ASSERT_TRUE(Eventually([&] { return Status().key_id() == key_id; }, wait)) << Status().key_id() << "\n"
+                                                                               << plugin.Log();
+    sealed = Encrypt(plaintext);
+    EXPECT_EQ(sealed.key_id(), key_id);
+    std::string opened;
+    ASSERT_TRUE(Decrypt(sealed, &opened).ok());
+    EXPECT_EQ(opened, plaintext);
+  }
+
+  // `key rotate` with `flags` makes aes-cbc-hmac version 2 and waits for the plugin to report it: its key_id.
+  void RotateToAesCbcHmacVersion2ThePluginConfirms(const Subprocess& plugin, std::vector<std::string> flags,
+                                                   std::string& key_id) {
+    std::vector<std::string> args{"key", "rotate", "--pkcs11-uri", uri_};
+    args.insert(args.end(), flags.begin(), flags.end());
+    args.insert(args.end(), {"--socket", "unix://" + socket_, "--wait-timeout", "20s", "--json"});
+    ToolResult rotated = Run(std::move(args));
+    ASSERT_EQ(rotated.code, 0) << rotated.all() << plugin.Log();
+    const json second = json::parse(rotated.out);
+    EXPECT_EQ(second["version"], 2);
+    EXPECT_EQ(second["scheme"], "aes-cbc-hmac");
+    EXPECT_EQ(second["plugin_confirmed"], true);
+    key_id = second["key_id"];
+    EXPECT_EQ(Status().key_id(), key_id);
+  }
+};
 
 TEST_F(InitToolSchemeTest, AutoKeepsAesGcmOnATokenThatHasIt) {
   ToolResult made = Run({"key", "generate", "--pkcs11-uri", uri_, "--json"});
@@ -68,29 +105,15 @@ TEST_F(InitToolSchemeTest, AesCbcHmacOnSoftHsmIsServedByThePluginUnderTheToolsKe
   const json generated = json::parse(made.out);
   EXPECT_EQ(generated["scheme"], "aes-cbc-hmac");
   const std::string v1 = generated["key_id"];
-  json listed = ListJson();
-  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
-  ExpectAesCbcHmacVersion(listed["keys"][0], 1);
-  EXPECT_EQ(listed["keys"][0]["key_id"], v1);
+  ASSERT_NO_FATAL_FAILURE(ExpectOnlyAesCbcHmacVersion1(v1));
 
   auto plugin = StartPlugin("1s");
-  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v1; }, 5s)) << Status().key_id() << "\n" << plugin->Log();
-  v2::EncryptResponse sealed = Encrypt("a secret under aes-cbc-hmac");
-  EXPECT_EQ(sealed.key_id(), v1);
-  std::string opened;
-  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
-  EXPECT_EQ(opened, "a secret under aes-cbc-hmac");
+  v2::EncryptResponse sealed;
+  ASSERT_NO_FATAL_FAILURE(ExpectPluginServes(*plugin, v1, 5s, "a secret under aes-cbc-hmac", sealed));
 
   // Rotation keeps the scheme it is told, and the plugin confirms the new key_id.
-  ToolResult rotated = Run({"key", "rotate", "--pkcs11-uri", uri_, "--scheme", "aes-cbc-hmac", "--socket",
-                            "unix://" + socket_, "--wait-timeout", "20s", "--json"});
-  ASSERT_EQ(rotated.code, 0) << rotated.all() << plugin->Log();
-  const json second = json::parse(rotated.out);
-  EXPECT_EQ(second["version"], 2);
-  EXPECT_EQ(second["scheme"], "aes-cbc-hmac");
-  EXPECT_EQ(second["plugin_confirmed"], true);
-  const std::string v2 = second["key_id"];
-  EXPECT_EQ(Status().key_id(), v2);
+  std::string v2;
+  ASSERT_NO_FATAL_FAILURE(RotateToAesCbcHmacVersion2ThePluginConfirms(*plugin, {"--scheme", "aes-cbc-hmac"}, v2));
 
   // Retiring version 1 takes both of its objects: nothing with CKA_ID 01 is left of the family.
   ToolResult retired = Run({"key", "retire", "--pkcs11-uri", uri_, "--version", "1", "--yes"});
@@ -161,12 +184,8 @@ TEST_F(InitToolSchemeTest, ADeviceThatChoosesGcmIvsGetsOneKeyIdFromToolAndPlugin
 
   uri_ = detected_uri;
   auto plugin = StartPlugin("1s");
-  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v2; }, 10s)) << Status().key_id() << "\n" << plugin->Log();
-  v2::EncryptResponse sealed = Encrypt("a secret under a device-chosen IV");
-  EXPECT_EQ(sealed.key_id(), v2);
-  std::string opened;
-  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
-  EXPECT_EQ(opened, "a secret under a device-chosen IV");
+  v2::EncryptResponse sealed;
+  ASSERT_NO_FATAL_FAILURE(ExpectPluginServes(*plugin, v2, 10s, "a secret under a device-chosen IV", sealed));
   plugin.reset();
   unsetenv("TROUSSEAU_FAULT_SHIM_CONTROL");
   unsetenv("TROUSSEAU_FAULT_SHIM_MODULE");
@@ -231,10 +250,10 @@ TEST_F(InitToolSchemeTest, ConcurrentRotationsOfBothSchemesLeaveWholeVersionsOnl
 
 // ---- opencryptoki's soft token: no AES-GCM, so auto makes aes-cbc-hmac (pkcsslotd: one per host) ----
 
-class InitToolSchemeOpencryptokiTest : public InitToolTest {
+class InitToolSchemeOpencryptokiTest : public InitToolSchemeTest {
  protected:
   void SetUp() override {
-    InitToolTest::SetUp();
+    InitToolSchemeTest::SetUp();
     if (std::string why = OpencryptokiToken::Unavailable(); !why.empty()) SKIP_OR_FAIL_IN_CI(why);
     ock_ = std::make_unique<OpencryptokiToken>(token_->dir());
     testing::ProgramRun started = ock_->Start();
@@ -242,18 +261,13 @@ class InitToolSchemeOpencryptokiTest : public InitToolTest {
     uri_ = ock_->Uri();
   }
   void TearDown() override {
-    std::vector<std::string> outputs = outputs_;
     if (ock_ != nullptr) {
       ock_->Stop();
-      outputs.insert(outputs.end(), ock_->outputs().begin(), ock_->outputs().end());
+      std::vector<std::string> outputs = outputs_;
+      outputs.push_back(ReadFile(plugin_log_));
+      ock_->ExpectNoPinIn(outputs);
     }
-    outputs.push_back(ReadFile(plugin_log_));
-    for (const std::string& output : outputs) {
-      for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
-        EXPECT_FALSE(Contains(output, pin)) << output;
-      }
-    }
-    InitToolTest::TearDown();
+    InitToolSchemeTest::TearDown();
   }
   std::unique_ptr<OpencryptokiToken> ock_;
 };
@@ -272,28 +286,15 @@ TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersions
       << made.out;
   const std::string v1 = PrintedKeyId(made.out);
   ASSERT_FALSE(v1.empty()) << made.out;
-  json listed = ListJson();
-  ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
-  ExpectAesCbcHmacVersion(listed["keys"][0], 1);
-  EXPECT_EQ(listed["keys"][0]["key_id"], v1);
+  ASSERT_NO_FATAL_FAILURE(ExpectOnlyAesCbcHmacVersion1(v1));
 
   // The plugin on the same token reports the tool's key_id and seals with it.
   auto plugin = StartPlugin("1s");
-  ASSERT_TRUE(Eventually([&] { return Status().key_id() == v1; }, 10s)) << Status().key_id() << "\n" << plugin->Log();
-  v2::EncryptResponse sealed = Encrypt("a secret on opencryptoki");
-  EXPECT_EQ(sealed.key_id(), v1);
-  std::string opened;
-  ASSERT_TRUE(Decrypt(sealed, &opened).ok());
-  EXPECT_EQ(opened, "a secret on opencryptoki");
+  v2::EncryptResponse sealed;
+  ASSERT_NO_FATAL_FAILURE(ExpectPluginServes(*plugin, v1, 10s, "a secret on opencryptoki", sealed));
 
-  ToolResult rotated =
-      Run({"key", "rotate", "--pkcs11-uri", uri_, "--socket", "unix://" + socket_, "--wait-timeout", "20s", "--json"});
-  ASSERT_EQ(rotated.code, 0) << rotated.all() << plugin->Log();
-  const json second = json::parse(rotated.out);
-  EXPECT_EQ(second["version"], 2);
-  EXPECT_EQ(second["scheme"], "aes-cbc-hmac");
-  EXPECT_EQ(second["plugin_confirmed"], true);
-  EXPECT_EQ(Status().key_id(), second["key_id"].get<std::string>());
+  std::string v2;
+  ASSERT_NO_FATAL_FAILURE(RotateToAesCbcHmacVersion2ThePluginConfirms(*plugin, {}, v2));
   std::string reopened;
   ASSERT_TRUE(Decrypt(sealed, &reopened).ok()) << "version 1 still decrypts";
 
@@ -301,7 +302,7 @@ TEST_F(InitToolSchemeOpencryptokiTest, GenerateRotateAndRetireAesCbcHmacVersions
   ASSERT_EQ(retired.code, 0) << retired.all();
   EXPECT_TRUE(Contains(retired.out, "its 2 keys are destroyed")) << retired.out;
   // `key list` shows every object of the family, an HMAC key without its AES key too: only version 2 is left.
-  listed = ListJson();
+  json listed = ListJson();
   ASSERT_EQ(listed["keys"].size(), 1u) << listed.dump();
   ExpectAesCbcHmacVersion(listed["keys"][0], 2);
 }

@@ -64,13 +64,7 @@ class ReinitOpencryptoki : public ::testing::Test {
   void TearDown() override {
     if (ock_ == nullptr) return;
     ock_->Stop();
-    for (const std::vector<std::string>* outputs : {&runner_->outputs(), &ock_->outputs()}) {
-      for (const std::string& output : *outputs) {
-        for (const char* pin : {OpencryptokiToken::kSoPin, OpencryptokiToken::kUserPin}) {
-          EXPECT_FALSE(Contains(output, pin)) << output;
-        }
-      }
-    }
+    ock_->ExpectNoPinIn(runner_->outputs());
   }
 
   std::string Uri(std::string_view token = OpencryptokiToken::kLabel,

@@ -1,5 +1,6 @@
 #include "tests/testing/device_tokens.h"
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -52,6 +53,16 @@ ProgramRun OpencryptokiToken::Start() {
 ProgramRun OpencryptokiToken::Stop() {
   started_ = false;
   return runner_.Run({"/bin/bash", DeviceScript("opencryptoki-token.sh"), "stop"});
+}
+
+void OpencryptokiToken::ExpectNoPinIn(const std::vector<std::string>& others) const {
+  for (const std::vector<std::string>* outputs : {&others, &outputs()}) {
+    for (const std::string& output : *outputs) {
+      for (std::string_view pin : {kSoPin, kUserPin}) {
+        EXPECT_EQ(output.find(pin), std::string::npos) << "a PIN was printed:\n" << output;
+      }
+    }
+  }
 }
 
 std::string OpencryptokiToken::Uri(std::string_view token, std::string_view module) const {

@@ -39,6 +39,8 @@ class OpencryptokiToken {
   const std::string& user_pin_file() const { return user_pin_file_; }
   // What the script printed, every run.
   const std::vector<std::string>& outputs() const { return runner_.outputs(); }
+  // A test failure for each of `others` (what the test ran printed) and of outputs() that shows either PIN.
+  void ExpectNoPinIn(const std::vector<std::string>& others) const;
 
  private:
   std::string user_pin_file_;
