@@ -20,6 +20,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "hsm/admin.h"
+#include "hsm/p11/ecdh.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/pkcs11_uri.h"
 #include "hsm/recipient_admin.h"
@@ -236,6 +237,26 @@ TEST_F(Pkcs11RecipientTest, ThePrivateKeyDerivesOnlyAndNeverLeavesTheToken) {
   StatusOr<hsm::RecipientKeyInfo> after = ShowRecipient(*token_);
   ASSERT_TRUE(after.ok()) << after.status().ToString();
   EXPECT_EQ(after->public_point, created_.public_point);
+}
+
+// The DER OCTET STRING form (04 41 <point>) that some tokens want instead of the raw point: SoftHSM takes
+// both, so the bytes we build for it are checked here against OpenSSL's secret (the backend only falls back
+// to it on a token that refuses the raw point).
+TEST_F(Pkcs11RecipientTest, TheDerFormOfThePeerPointGivesTheSameSecret) {
+  StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(token_->Uri());
+  ASSERT_TRUE(uri.ok()) << uri.status().ToString();
+  StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
+  ASSERT_TRUE(admin.ok()) << admin.status().ToString();
+  StatusOr<hsm::RecipientKeyObjects> key = hsm::FindRecipientKey((*admin)->session(), kLabel);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  for (hsm::p11::PeerPointForm form : {hsm::p11::PeerPointForm::kRaw, hsm::p11::PeerPointForm::kDerOctetString}) {
+    Ephemeral ephemeral;
+    StatusOr<hsm::p11::EcdhSecret> derived =
+        hsm::p11::DeriveEcdhSecret((*admin)->session(), key->private_key, ephemeral.point(), form);
+    ASSERT_TRUE(derived.ok()) << derived.status().ToString();
+    EXPECT_EQ(derived->form, form);
+    EXPECT_EQ(derived->secret.view(), ephemeral.SharedSecretWith(created_.public_point));
+  }
 }
 
 TEST(RecipientPolicyTest, EachViolationIsNamed) {
