@@ -4,8 +4,10 @@
 // alone, so every node that holds the same set reports the same key_id.
 //
 // Several local devices: Open tries the devices that are up first, fastest first (average of their
-// recent calls); a device whose call fails UNAVAILABLE is taken out at once and only tried again by
-// Probe, with a capped exponential backoff, or when no other device can open the envelope. Health
+// recent calls), each but the last with half the time left, so a device that hangs still leaves time
+// to fail over within the same request; a device whose call fails UNAVAILABLE is taken out at once
+// and only tried again by Probe, with a capped exponential backoff, or when no other device can open
+// the envelope. Health
 // (Probe) is OK while one device opens a fresh wrap.
 #pragma once
 

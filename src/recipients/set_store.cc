@@ -94,8 +94,9 @@ StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& opti
       return FailedPreconditionError(StrCat(entry.path().string(), " holds epoch ", set->epoch));
     }
     if (Status s = VerifySet(*set, options.policy); !s.ok()) {
-      return Status(s.code(), StrCat(entry.path().string(), " (accepted earlier): ", s.message(),
-                                     ". Remove the file if its epoch is retired, or configure its signers again"));
+      return FailedPreconditionError(
+          StrCat(entry.path().string(), " (accepted earlier): ", s.message(),
+                 ". Remove the file if its epoch is retired, or configure its signers again"));
     }
     accepted.emplace(set->epoch, *std::move(set));
   }
@@ -106,7 +107,7 @@ StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& opti
   StatusOr<RecipientSet> current = ParseRecipientSet(*text);
   if (!current.ok()) return FailedPreconditionError(StrCat(options.set_file, ": ", current.status().message()));
   if (Status s = VerifySet(*current, options.policy); !s.ok()) {
-    return Status(s.code(), StrCat(options.set_file, ": ", s.message()));
+    return FailedPreconditionError(StrCat(options.set_file, ": ", s.message()));
   }
   if (!accepted.empty()) {
     const RecipientSet& newest = accepted.rbegin()->second;

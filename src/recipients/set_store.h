@@ -20,8 +20,9 @@ struct SetStoreOptions {
 // Every accepted set, lowest epoch first, the set file's included. Each stored set is verified again
 // (the administrator keys may have changed). The set file must be signed (VerifySet), have the
 // stored sets' name, and an epoch no lower than theirs; at an epoch already stored it must be that
-// very set. A new epoch is stored before it is returned. FAILED_PRECONDITION (or PERMISSION_DENIED
-// for signatures) naming the file and the reason otherwise; nothing is stored then.
+// very set. A new epoch is stored before it is returned. FAILED_PRECONDITION naming the file and the
+// reason otherwise (signatures included: a refused document is no device refusing us, so a running
+// plugin keeps serving with the sets it holds); nothing is stored then.
 StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options);
 
 }  // namespace trousseau::recipients

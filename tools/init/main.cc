@@ -12,6 +12,7 @@
 #include "core/strings.h"
 #include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
+#include "tools/init/recipient_cli.h"
 
 #ifndef TROUSSEAU_VERSION
 #define TROUSSEAU_VERSION "dev"
@@ -333,6 +334,9 @@ int main(int argc, char** argv) {
   AddSelftest(app, commands);
   AddConfig(app, commands);
   AddTpmCommands(app, commands);
+  RecipientCli recipient_cli;
+  recipient_cli.rc = &commands.rc;
+  AddRecipientCommands(app, *app.get_subcommand("tpm"), recipient_cli);
 
   try {
     app.parse(argc, argv);
