@@ -180,7 +180,10 @@ std::vector<std::string> MissingForRecipient(const TokenCapabilities& token, boo
   std::vector<std::string> missing;
   const auto check = [&](const EcNeed& need) {
     const MechanismSupport& support = token.Of(need.mechanism);
-    if (std::optional<std::string> lack = Lack(support, Need{need.mechanism, need.flags, false})) {
+    if (!support.listed) {
+      // Named here: Of() gives an unnamed entry for a mechanism the capabilities were read without.
+      missing.push_back(StrCat(MechanismName(need.mechanism), " (not offered)"));
+    } else if (std::optional<std::string> lack = Lack(support, Need{need.mechanism, need.flags, false})) {
       missing.push_back(*std::move(lack));
     } else if (!(support.min_key_size == 0 && support.max_key_size == 0) &&
                (support.min_key_size > kP256KeyBits || support.max_key_size < kP256KeyBits)) {

@@ -20,6 +20,7 @@
 #include "core/status.h"
 #include "core/strings.h"
 #include "hsm/admin.h"
+#include "hsm/capabilities.h"
 #include "hsm/p11/ecdh.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/pkcs11_uri.h"
@@ -287,6 +288,45 @@ TEST(RecipientPolicyTest, EachViolationIsNamed) {
   EXPECT_NE(violation([](auto& p) { p.sign = true; }).find("sign"), std::string::npos);
   EXPECT_NE(violation([](auto& p) { p.decrypt = true; }).find("decrypt"), std::string::npos);
   EXPECT_NE(violation([](auto& p) { p.unwrap = true; }).find("unwrap"), std::string::npos);
+}
+
+// What a token must list for a recipient key (hsm/capabilities.h MissingForRecipient), on described tokens.
+hsm::MechanismSupport Mechanism(unsigned long type, unsigned long flags, unsigned long min_bits,
+                                unsigned long max_bits) {
+  return {.type = type,
+          .name = hsm::MechanismName(type),
+          .listed = true,
+          .flags = flags,
+          .min_key_size = min_bits,
+          .max_key_size = max_bits};
+}
+
+TEST(RecipientPolicyTest, ATokenNeedsEcKeyPairGenerationAndEcdhForP256) {
+  hsm::TokenCapabilities token;
+  token.mechanisms = {Mechanism(CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 256, 521),
+                      Mechanism(CKM_ECDH1_DERIVE, CKF_DERIVE, 256, 521)};
+  EXPECT_TRUE(hsm::MissingForRecipient(token).empty());
+  EXPECT_TRUE(hsm::CanHoldRecipient(token).ok());
+
+  token.mechanisms[0] = Mechanism(CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 0, 0);  // sizes not said: admitted
+  EXPECT_TRUE(hsm::MissingForRecipient(token).empty());
+
+  token.mechanisms[1] = Mechanism(CKM_ECDH1_DERIVE, CKF_DERIVE, 384, 521);
+  std::vector<std::string> missing = hsm::MissingForRecipient(token);
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0], "CKM_ECDH1_DERIVE for P-256 keys (key size 384-521 bits)");
+
+  token.mechanisms[1] = Mechanism(CKM_ECDH1_DERIVE, 0, 256, 521);
+  missing = hsm::MissingForRecipient(token, /*to_create=*/false);
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0], "CKM_ECDH1_DERIVE with derive (has none)");
+
+  // Using a key made elsewhere needs ECDH only; making one needs key pair generation too.
+  token.mechanisms = {Mechanism(CKM_ECDH1_DERIVE, CKF_DERIVE, 256, 521)};
+  EXPECT_TRUE(hsm::CanHoldRecipient(token, /*to_create=*/false).ok());
+  Status refused = hsm::CanHoldRecipient(token);
+  EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
+  EXPECT_NE(refused.message().find("CKM_EC_KEY_PAIR_GEN (not offered)"), std::string::npos) << refused.ToString();
 }
 
 TEST_F(Pkcs11RecipientTest, BadPointsAreInvalidArgumentAndTheDeviceKeepsServing) {
