@@ -92,6 +92,11 @@ void PtyTpm::RelayLoop() {
         ++swallowed_;
         continue;
       }
+      // The TCTI sends a command only after reading the previous response, unless it gave up on it
+      // (its deadline passed, the context was dropped). Such a late response would still sit in the
+      // terminal, unlike on /dev/tpmrm0, where it dies with its file: the next context would read it
+      // as its own. Drop it.
+      ::tcflush(device_keepalive_, TCIFLUSH);
       const std::string response = AskSwtpm(command);
       // One write: the device TCTI reads the 10-byte header and the rest in two reads and treats a
       // short first read as an I/O error.

@@ -62,7 +62,7 @@ TEST_F(TctiTimeoutTest, ATpmThatStopsAnsweringCostsOneContextNotTheWorker) {
   // A TPM without a resource manager (swtpm here) still holds the objects of the abandoned context;
   // the new one flushes them, or reloading the key would find no free slot.
   StatusOr<SecureBytes> opened = UnavailableError("not tried");
-  EXPECT_TRUE(Eventually(
+  ASSERT_TRUE(Eventually(
       [&] {
         opened = backend->Open(1, *sealed, "aad");
         return opened.ok();
