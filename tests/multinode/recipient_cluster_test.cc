@@ -279,6 +279,11 @@ TEST_F(RecipientClusterTest, AHybridNodeWithATpmAndAnHsmFailsOverWhenItsTpmHangs
       5s))
       << testing::HttpGet(x.health_port, "/readyz?verbose").body;
   EXPECT_EQ(KeyId(x), key_id) << "health stays ok while one device serves";
+  ProgramRun status = Run({CTL_PATH, "status", "--socket", "unix://" + x.socket, "--health-listen",
+                           "127.0.0.1:" + std::to_string(x.health_port)});
+  EXPECT_EQ(status.code, 0) << status.all();
+  EXPECT_NE(status.out.find("DEVICE DOWN:      tpm2 "), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("device up:        pkcs11 "), std::string::npos) << status.out;
   EXPECT_NE(testing::HttpGet(x.health_port, "/metrics").body.find("trousseau_hsm_backend_up{backend=\"tpm2 "),
             std::string::npos);
 

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -121,14 +122,28 @@ std::string PluginKeysReport(const Options& o) {
       }
       return "[" + items + "]";
     };
+    std::string devices;
+    for (const auto& device : keys.devices) {
+      devices +=
+          trousseau::StrCat(devices.empty() ? "" : ",", "{\"name\":", trousseau::JsonQuote(device.name),
+                            ",\"up\":", device.up ? "true" : "false", ",\"latency_ms\":", device.latency_ms, "}");
+    }
     return trousseau::StrCat(",\"keys\":", list(keys.versions), ",\"vanished_keys\":", list(keys.vanished),
-                             ",\"activation_pending\":", keys.activation_pending ? "true" : "false");
+                             ",\"activation_pending\":", keys.activation_pending ? "true" : "false", ",\"devices\":[",
+                             devices, "]");
   }
   for (const auto& key : keys.versions) {
     out += trousseau::StrCat(key.state == "active" ? "key active:       " : "key decrypt-only: ", key.key_id,
                              " (version ", key.version, ")\n");
   }
   if (keys.activation_pending) out += "key activation pending: a newer version waits for its activation delay\n";
+  // Multi-node mode: each recipient device of the node; the plugin serves while one is up.
+  for (const auto& device : keys.devices) {
+    char latency[32];
+    std::snprintf(latency, sizeof latency, "%.1f ms", device.latency_ms);
+    out += device.up ? trousseau::StrCat("device up:        ", device.name, " (", latency, ")\n")
+                     : trousseau::StrCat("DEVICE DOWN:      ", device.name, "\n");
+  }
   for (const auto& key : keys.vanished) {
     out += trousseau::StrCat("KEY VANISHED:     ", key.key_id, " (version ", key.version,
                              "): gone from the device; ciphertexts under it cannot be decrypted any more (see the "

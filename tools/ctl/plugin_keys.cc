@@ -161,7 +161,16 @@ PluginKeys ParsePluginKeys(const std::string& page) {
   std::istringstream lines(page);
   std::map<std::string, std::string> labels;
   double value = 0;
+  std::map<std::string, bool> up;  // trousseau_hsm_backend_up by backend: the backend's and each device's
   for (std::string line; std::getline(lines, line);) {
+    if (ParseSample(line, "trousseau_hsm_backend_up", labels, value)) {
+      up[labels["backend"]] = value == 1;
+      continue;
+    }
+    if (ParseSample(line, "trousseau_hsm_device_latency_seconds", labels, value)) {
+      keys.devices.push_back({labels["device"], false, value * 1000});
+      continue;
+    }
     if (ParseSample(line, "trousseau_hsm_key_version_info", labels, value) && value == 1) {
       keys.versions.push_back({ToVersion(labels["version"]), labels["key_id"], labels["state"]});
     } else if (ParseSample(line, "trousseau_hsm_key_version_vanished_info", labels, value) && value == 1) {
@@ -173,6 +182,7 @@ PluginKeys ParsePluginKeys(const std::string& page) {
   const auto by_version = [](const KeyVersionSeen& a, const KeyVersionSeen& b) { return a.version < b.version; };
   std::sort(keys.versions.begin(), keys.versions.end(), by_version);
   std::sort(keys.vanished.begin(), keys.vanished.end(), by_version);
+  for (DeviceSeen& device : keys.devices) device.up = up[device.name];
   return keys;
 }
 

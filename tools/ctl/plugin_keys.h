@@ -14,10 +14,18 @@ struct KeyVersionSeen {
   std::string state;  // "active", "decrypt_only", or "vanished"
 };
 
+// One device of a plugin with several (multi-node mode: its recipient devices).
+struct DeviceSeen {
+  std::string name;
+  bool up = false;
+  double latency_ms = 0;
+};
+
 struct PluginKeys {
   std::vector<KeyVersionSeen> versions;  // active and decrypt-only, ascending version
   std::vector<KeyVersionSeen> vanished;  // versions the device no longer lists (until the plugin restarts)
   bool activation_pending = false;
+  std::vector<DeviceSeen> devices;  // in the order of the page
 };
 
 // GET http://<listen>/metrics (listen: HOST:PORT as the plugin's --health-listen), within `timeout_seconds`.
