@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "echo_server.h"
+#include "recipients_bench.h"
 #include "run.h"
 #include "soak.h"
 
@@ -44,6 +45,7 @@ namespace {
 
 using trousseau::bench::EchoServerOptions;
 using trousseau::bench::ProbeOptions;
+using trousseau::bench::RecipientsOptions;
 using trousseau::bench::RunOptions;
 using trousseau::bench::SoakOptions;
 
@@ -119,6 +121,17 @@ CLI::App* AddRun(CLI::App& app, RunOptions& o) {
   return run;
 }
 
+CLI::App* AddRecipients(CLI::App& app, RecipientsOptions& o) {
+  CLI::App* recipients = app.add_subcommand(
+      "recipients", "Multi-node mode's cost: Encrypt to 1, 3, 7, 9 and 19 members, and the TPM's ECDH of a Decrypt");
+  AddPositive(recipients, "--iterations", o.iterations, "Calls measured per case");
+  recipients->add_option("--tcti", o.tcti, "TPM to measure TPM2_ECDH_ZGen on (with --recipient-dir)");
+  recipients->add_option("--recipient-dir", o.recipient_dir,
+                         "Its recipient key (trousseau-hsm-init tpm recipient create)");
+  recipients->add_flag("--json", o.json, "Print a JSON object on stdout (the table goes to stderr)");
+  return recipients;
+}
+
 CLI::App* AddSoak(CLI::App& app, SoakOptions& soak_options) {
   soak_options.plugin = TROUSSEAU_BENCH_PLUGIN;
   soak_options.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
@@ -158,15 +171,18 @@ int main(int argc, char** argv) {
   ProbeOptions probe_options;
   RunOptions run_options;
   SoakOptions soak_options;
+  RecipientsOptions recipients_options;
   CLI::App* echo = AddEchoServer(app, echo_options);
   CLI::App* probe = AddProbe(app, probe_options);
   AddRun(app, run_options);
   CLI::App* soak = AddSoak(app, soak_options);
+  CLI::App* recipients = AddRecipients(app, recipients_options);
 
   CLI11_PARSE(app, argc, argv);
   if (*echo) return trousseau::bench::RunEchoServer(echo_options);
   if (*soak) return trousseau::bench::Soak(soak_options);
   if (*probe) return trousseau::bench::Probe(probe_options);
+  if (*recipients) return trousseau::bench::RunRecipients(recipients_options);
   std::erase(run_options.shim_sessions, size_t{0});
   run_options.self = SelfPath();
   return trousseau::bench::Run(run_options);
