@@ -31,14 +31,22 @@ struct PkeyCtxFree {
 struct CipherCtxFree {
   void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
 };
-struct KdfFree {
-  void operator()(EVP_KDF* k) const { EVP_KDF_free(k); }
-};
 struct KdfCtxFree {
   void operator()(EVP_KDF_CTX* c) const { EVP_KDF_CTX_free(c); }
 };
 
 constexpr std::array<unsigned char, 12> kZeroNonce{};
+
+// Fetched once: an implicit fetch by name on every call costs more than the work itself
+// (OpenSSL 3's provider lookup), and Encrypt does several per member.
+EVP_KDF* HkdfAlgorithm() {
+  static EVP_KDF* const kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  return kdf;
+}
+EVP_CIPHER* AesGcm() {
+  static EVP_CIPHER* const cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  return cipher;
+}
 
 StatusOr<std::string> Encode(std::string_view point, point_conversion_form_t form) {
   std::unique_ptr<EC_GROUP, GroupFree> group(EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1));
@@ -125,8 +133,7 @@ StatusOr<SecureBytes> EphemeralKey::SharedSecret(std::string_view recipient_poin
 }
 
 StatusOr<SecureBytes> Hkdf(std::string_view secret, std::string_view salt, std::string_view info, size_t size) {
-  std::unique_ptr<EVP_KDF, KdfFree> kdf(EVP_KDF_fetch(nullptr, "HKDF", nullptr));
-  std::unique_ptr<EVP_KDF_CTX, KdfCtxFree> ctx(kdf ? EVP_KDF_CTX_new(kdf.get()) : nullptr);
+  std::unique_ptr<EVP_KDF_CTX, KdfCtxFree> ctx(HkdfAlgorithm() ? EVP_KDF_CTX_new(HkdfAlgorithm()) : nullptr);
   if (!ctx) return InternalError("OpenSSL has no HKDF");
   char digest[] = "SHA256";
   std::string key(secret), salt_copy(salt), info_copy(info);
@@ -150,7 +157,8 @@ StatusOr<std::string> SealOnce(const SecureBytes& key, std::string_view plaintex
   std::string out(plaintext.size() + kGcmTagSize, '\0');
   auto* o = reinterpret_cast<unsigned char*>(out.data());
   int len = 0, tail = 0;
-  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), kZeroNonce.data()) != 1 ||
+  if (!ctx || AesGcm() == nullptr ||
+      EVP_EncryptInit_ex(ctx.get(), AesGcm(), nullptr, key.data(), kZeroNonce.data()) != 1 ||
       EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
                         static_cast<int>(aad.size())) != 1 ||
       EVP_EncryptUpdate(ctx.get(), o, &len, reinterpret_cast<const unsigned char*>(plaintext.data()),
@@ -170,7 +178,8 @@ StatusOr<SecureBytes> OpenOnce(const SecureBytes& key, std::string_view sealed, 
   SecureBytes out(body);
   std::string tag(sealed.substr(body));
   int len = 0, tail = 0;
-  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), kZeroNonce.data()) != 1 ||
+  if (!ctx || AesGcm() == nullptr ||
+      EVP_DecryptInit_ex(ctx.get(), AesGcm(), nullptr, key.data(), kZeroNonce.data()) != 1 ||
       EVP_DecryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
                         static_cast<int>(aad.size())) != 1 ||
       EVP_DecryptUpdate(ctx.get(), out.data(), &len, reinterpret_cast<const unsigned char*>(sealed.data()),
