@@ -51,7 +51,7 @@ struct TpmBackendOptions {
   std::string key_dir;
   // Directory holding the recipient key's blobs (recipient.pub / recipient.priv, key_store.h; may be
   // key_dir). Empty: this backend is no RecipientDevice (AsRecipient() is null).
-  std::string recipient_dir;
+  std::string recipient_dir{};
   // Deadline of each Seal/Open/Probe, from the call until the TPM answered (or the caller's
   // deadline, when sooner).
   std::chrono::milliseconds request_timeout = defaults::kDeviceTimeout;
