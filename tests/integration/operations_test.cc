@@ -265,6 +265,29 @@ TEST_F(OperationsTest, ConfigFileFlagsAreYamlBooleans) {
       << refused->Log();
 }
 
+// Several --pkcs11-uri (a list in the file, or the flag repeated) are several devices: only multi-node mode
+// takes them (docs/ha.md); a setting of one value given a list is refused by name.
+TEST_F(OperationsTest, ConfigFileListsAreRepeatedSettingsAndSeveralDevicesNeedARecipientSet) {
+  const std::string config = token_->dir() + "/config.yaml";
+  std::ofstream(config) << "pkcs11-uri:\n  - \"" << token_->Uri() << "\"\n  - \"" << token_->Uri("other") << "\"\n";
+  auto listed = Start({"--config", config, "--listen", "unix://" + socket_});
+  EXPECT_EQ(listed->Wait(10s), 2);
+  EXPECT_NE(listed->Log().find("several devices need --recipient-set"), std::string::npos) << listed->Log();
+  auto repeated =
+      Start({"--pkcs11-uri", token_->Uri(), "--pkcs11-uri", token_->Uri("other"), "--listen", "unix://" + socket_});
+  EXPECT_EQ(repeated->Wait(10s), 2);
+  EXPECT_NE(repeated->Log().find("several devices need --recipient-set"), std::string::npos) << repeated->Log();
+
+  std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\nlisten:\n  - unix:///a\n  - unix:///b\n";
+  auto scalar = Start({"--config", config});
+  EXPECT_EQ(scalar->Wait(10s), 2);
+  EXPECT_NE(scalar->Log().find("setting 'listen' takes one value, not a list"), std::string::npos) << scalar->Log();
+
+  auto unsigned_mode = Start({"--pkcs11-uri", token_->Uri(), "--recipient-set", token_->dir() + "/set.json"});
+  EXPECT_EQ(unsigned_mode->Wait(10s), 2);
+  EXPECT_NE(unsigned_mode->Log().find("needs --recipient-admin-key"), std::string::npos) << unsigned_mode->Log();
+}
+
 TEST_F(OperationsTest, VersionAndHelp) {
   auto version = Start({"--version"});
   EXPECT_EQ(version->Wait(10s), 0);
