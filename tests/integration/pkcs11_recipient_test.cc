@@ -21,6 +21,7 @@
 #include "core/strings.h"
 #include "hsm/admin.h"
 #include "hsm/capabilities.h"
+#include "hsm/p11/calls.h"
 #include "hsm/p11/ecdh.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/pkcs11_uri.h"
@@ -350,6 +351,44 @@ TEST_F(Pkcs11RecipientTest, BadPointsAreInvalidArgumentAndTheDeviceKeepsServing)
     EXPECT_TRUE(IsInvalidArgument(refused.status())) << HexEncode(bad) << ": " << refused.status().ToString();
   }
   ExpectSameSecretAsOpenSsl(**backend, ephemeral);
+}
+
+// The key replaced on the token while the backend serves (an operator's rotation of this member): the old
+// handle is gone, which reads as a lost connection; the reconnect finds the new key by its label, and the
+// backend then gives the new point and its secrets, without a restart.
+TEST_F(Pkcs11RecipientTest, AKeyReplacedOnTheTokenIsFoundAgainByItsLabel) {
+  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> backend = Backend(RecipientUri(*token_));
+  ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+  Ephemeral before;
+  ExpectSameSecretAsOpenSsl(**backend, before);
+
+  hsm::RecipientKeyInfo replaced;
+  {
+    StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(token_->Uri());
+    ASSERT_TRUE(uri.ok()) << uri.status().ToString();
+    StatusOr<std::unique_ptr<hsm::AdminSession>> admin = hsm::AdminSession::Open(*uri);
+    ASSERT_TRUE(admin.ok()) << admin.status().ToString();
+    StatusOr<hsm::RecipientKeyObjects> old = hsm::FindRecipientKey((*admin)->session(), kLabel);
+    ASSERT_TRUE(old.ok()) << old.status().ToString();
+    ASSERT_TRUE(hsm::p11::DestroyObject((*admin)->session(), old->private_key).ok());
+    ASSERT_TRUE(hsm::p11::DestroyObject((*admin)->session(), old->public_key).ok());
+    StatusOr<hsm::RecipientKeyInfo> created =
+        hsm::CreateRecipientKey((*admin)->session(), (*admin)->token().slot, kLabel);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    replaced = *std::move(created);
+  }
+  ASSERT_NE(replaced.public_point, created_.public_point);
+
+  EXPECT_TRUE(support::Eventually(
+      [&] {
+        StatusOr<std::string> point = (*backend)->RecipientPublicPoint(In(2s));
+        return point.ok() && *point == replaced.public_point;
+      },
+      20s));
+  Ephemeral after;
+  StatusOr<SecureBytes> secret = (*backend)->RecipientSharedSecret(after.point(), In(10s));
+  ASSERT_TRUE(secret.ok()) << secret.status().ToString();
+  EXPECT_EQ(secret->view(), after.SharedSecretWith(replaced.public_point));
 }
 
 TEST_F(Pkcs11RecipientTest, ConfigurationErrorsAreFailedPrecondition) {
