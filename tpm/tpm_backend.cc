@@ -224,6 +224,7 @@ StatusOr<const TransientObject*> TpmBackend::EnsureRecipientLoaded() {
   StatusOr<TransientObject> key = LoadRecipientObject(*device_, *recipient_blobs_);
   if (!key.ok()) {
     if (!IsFailedPrecondition(key.status())) return key.status();
+    recipient_blobs_.reset();  // read the directory again next time: an operator may fix it without a restart
     return FailedPreconditionError(StrCat("the TPM recipient key in ", options_.recipient_dir,
                                           " does not load in the TPM at '", options_.tcti,
                                           "': ", key.status().message()));

@@ -267,6 +267,14 @@ TEST_F(TpmRecipientTest, BlobsOfAnotherTpmAreRefusedNamingItsTcti) {
   EXPECT_TRUE(IsFailedPrecondition(refused)) << refused.ToString();
   EXPECT_NE(refused.message().find(other->Tcti()), std::string::npos) << refused.message();
   EXPECT_TRUE(IsFailedPrecondition(stranger->RecipientPublicPoint(Soon()).status()));
+  // Nothing was cached: a key of its own put in the directory serves without a restart.
+  std::filesystem::remove(recipient_dir_ + "/" + kRecipientPublicFile);
+  std::filesystem::remove(recipient_dir_ + "/" + kRecipientPrivateFile);
+  StatusOr<RecipientInfo> replacement = CreateRecipientKey(elsewhere);
+  ASSERT_TRUE(replacement.ok()) << replacement.status().ToString();
+  StatusOr<std::string> replaced_secret = TpmSharedSecret(*stranger, ephemeral);
+  ASSERT_TRUE(replaced_secret.ok()) << replaced_secret.status().ToString();
+  EXPECT_TRUE(*replaced_secret == HostSharedSecret(ephemeral, replacement->public_point));
   // The other TPM itself is fine: its own key works next to the refused one.
   RecipientConfig own = Config();
   own.tcti = other->Tcti();
@@ -345,6 +353,8 @@ TEST_F(TpmRecipientTest, NoKeyAndUnsafePermissionsAreRefused) {
   EXPECT_NE(readable.message().find("chmod 600"), std::string::npos) << readable.message();
   auto second_backend = NewBackend();
   EXPECT_TRUE(IsFailedPrecondition(second_backend->RecipientPublicPoint(Soon()).status()));
+  std::filesystem::permissions(priv, std::filesystem::perms(0600));  // fixed: served without a restart
+  EXPECT_TRUE(second_backend->RecipientPublicPoint(Soon()).ok());
 }
 
 TEST_F(TpmRecipientTest, AKeyOfAnotherKindUnderTheRecipientNamesIsRefused) {
