@@ -81,27 +81,27 @@ void CaptureEnvironmentPin() {
   kept.CaptureLocked();
 }
 
-StatusOr<SecureBytes> ReadPinFile(const std::string& path) {
+StatusOr<SecureBytes> ReadSecretFile(const std::string& path, std::string_view what) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
-    return FailedPreconditionError(StrCat("cannot open PIN file ", path, ": ", std::strerror(errno)));
+    return FailedPreconditionError(StrCat("cannot open ", what, " ", path, ": ", std::strerror(errno)));
   }
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
-    return FailedPreconditionError(StrCat("PIN file ", path, " is not a regular file"));
+    return FailedPreconditionError(StrCat(what, " ", path, " is not a regular file"));
   }
   if ((st.st_mode & 077) != 0) {
     close(fd);
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
     return FailedPreconditionError(
-        StrCat("PIN file ", path, " has mode ", mode, ": group and others must have no access (chmod 600 ", path, ")"));
+        StrCat(what, " ", path, " has mode ", mode, ": group and others must have no access (chmod 600 ", path, ")"));
   }
   if (st.st_uid != geteuid() && st.st_uid != 0) {
     close(fd);
     return FailedPreconditionError(
-        StrCat("PIN file ", path, " is owned by uid ", st.st_uid, ", neither this user nor root"));
+        StrCat(what, " ", path, " is owned by uid ", st.st_uid, ", neither this user nor root"));
   }
   SecureBytes raw(kMaxPinFileSize);
   size_t used = 0;
@@ -110,19 +110,21 @@ StatusOr<SecureBytes> ReadPinFile(const std::string& path) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       close(fd);
-      return FailedPreconditionError(StrCat("cannot read PIN file ", path, ": ", std::strerror(errno)));
+      return FailedPreconditionError(StrCat("cannot read ", what, " ", path, ": ", std::strerror(errno)));
     }
     if (n == 0) break;
     used += static_cast<size_t>(n);
   }
   close(fd);
   if (used == raw.size()) {
-    return FailedPreconditionError(StrCat("PIN file ", path, " is larger than ", kMaxPinFileSize, " bytes"));
+    return FailedPreconditionError(StrCat(what, " ", path, " is larger than ", kMaxPinFileSize, " bytes"));
   }
   SecureBytes pin = Trimmed(raw.data(), used);
-  if (pin.empty()) return FailedPreconditionError(StrCat("PIN file ", path, " is empty"));
+  if (pin.empty()) return FailedPreconditionError(StrCat(what, " ", path, " is empty"));
   return pin;
 }
+
+StatusOr<SecureBytes> ReadPinFile(const std::string& path) { return ReadSecretFile(path, "PIN file"); }
 
 StatusOr<std::optional<SecureBytes>> LoadPin(const std::optional<std::string>& pin_file) {
   if (pin_file) {

@@ -21,6 +21,9 @@ inline constexpr char kPinEnvVar[] = "TROUSSEAU_HSM_PIN";
 // Reads a PIN file: a regular file owned by this user or root, with no group/other permissions.
 // Surrounding whitespace/newlines are not part of the PIN.
 StatusOr<SecureBytes> ReadPinFile(const std::string& path);
+// The same checks for another secret kept in a file (an administrator's private key): `what` names it
+// in the messages ("administrator key file").
+StatusOr<SecureBytes> ReadSecretFile(const std::string& path, std::string_view what);
 
 // From `pin_file` if given, else the PIN TROUSSEAU_HSM_PIN held (see above); nullopt when neither is
 // set. A TROUSSEAU_HSM_PIN set again later (tests, a re-exec'ing wrapper) replaces the kept value.

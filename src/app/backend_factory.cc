@@ -115,7 +115,9 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
   }
   const recipients::SetStoreOptions store{
       .set_file = options.recipient_set, .state_dir = options.recipient_state_dir, .policy = *std::move(policy)};
-  backend_options.load_sets = [store] { return recipients::LoadAcceptedSets(store); };
+  backend_options.load_sets = [store](const recipients::SetAdmission& admit) {
+    return recipients::LoadAcceptedSets(store, admit);
+  };
   StatusOr<std::unique_ptr<recipients::RecipientBackend>> created =
       recipients::RecipientBackend::Create(std::move(backend_options));
   if (!created.ok()) return created.status();
@@ -136,7 +138,7 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
           size += token->session_count();
         }
       };
-  // One Open may try each device in turn; the engine's deadline covers the first try.
+  // One Open may try each device in turn, all within this deadline (a device that hangs gets half of it).
   configured.device_timeout = tokens.empty() ? options.tpm_timeout : options.hsm_timeout;
   configured.calls_stuck = [tokens, tpm_device] {
     size_t stuck = tpm_device ? tpm_device->calls_stuck() : 0;
@@ -148,7 +150,9 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
     for (const recipients::RecipientDeviceState& state : backend->DeviceStates()) {
       devices.push_back({.name = state.name,
                          .up = state.up,
-                         .detail = state.up ? StrCat("member '", state.member_id, "'") : state.last_error,
+                         .detail = !state.up                 ? state.last_error
+                                   : state.member_id.empty() ? std::string("not a member of the newest set")
+                                                             : StrCat("member '", state.member_id, "'"),
                          .latency_ms = state.latency_ms});
     }
     return devices;

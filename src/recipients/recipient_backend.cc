@@ -65,10 +65,42 @@ std::shared_ptr<const std::vector<RecipientSet>> RecipientBackend::Sets() const 
   return sets_;
 }
 
+Status RecipientBackend::MembershipOf(const RecipientSet& set) const {
+  std::lock_guard lock(mu_);
+  bool unknown = false;
+  for (const Slot& slot : slots_) {
+    if (MemberIndex(set, slot.point).has_value()) return OkStatus();
+    unknown = unknown || slot.point.empty();
+  }
+  if (unknown) {
+    return UnavailableError(StrCat("no recipient device of this node has answered yet, so whether it belongs to set '",
+                                   set.name, "' epoch ", set.epoch, " is unknown"));
+  }
+  return FailedPreconditionError(StrCat("none of this node's recipient keys is a member of set '", set.name, "' epoch ",
+                                        set.epoch,
+                                        ": the node could not open what it seals. Add its key (trousseau-hsm-init "
+                                        "recipients add) and sign a new epoch"));
+}
+
+void RecipientBackend::LearnUnknownPoints(Deadline deadline) {
+  for (size_t i = 0; i < options_.devices.size(); ++i) {
+    {
+      std::lock_guard lock(mu_);
+      if (!slots_[i].point.empty() || slots_[i].retry_at > Clock::now()) continue;
+    }
+    const auto started = Clock::now();
+    StatusOr<std::string> point = options_.devices[i].device->RecipientPublicPoint(deadline);
+    if (!point.ok()) {
+      RecordFailure(i, point.status());
+      continue;
+    }
+    RecordSuccess(i, Clock::now() - started);
+    std::lock_guard lock(mu_);
+    slots_[i].point = *std::move(point);
+  }
+}
+
 StatusOr<std::vector<BackendKey>> RecipientBackend::LoadKeys(Deadline deadline) {
-  StatusOr<std::vector<RecipientSet>> loaded = options_.load_sets();
-  if (!loaded.ok()) return loaded.status();
-  if (loaded->empty()) return FailedPreconditionError("no recipient set accepted");
   // Each device's key as the device holds it now (a re-provisioned key must not be used under the
   // old point). A device that does not answer keeps the point it gave before.
   for (size_t i = 0; i < options_.devices.size(); ++i) {
@@ -82,25 +114,11 @@ StatusOr<std::vector<BackendKey>> RecipientBackend::LoadKeys(Deadline deadline) 
       RecordFailure(i, point.status());
     }
   }
-  const RecipientSet& newest = loaded->back();
-  bool member = false, unknown = false;
-  {
-    std::lock_guard lock(mu_);
-    for (const Slot& slot : slots_) {
-      member = member || MemberIndex(newest, slot.point).has_value();
-      unknown = unknown || slot.point.empty();
-    }
-  }
-  if (!member) {
-    if (unknown) {
-      return UnavailableError(StrCat("no recipient device of this node answered, so whether it belongs to set '",
-                                     newest.name, "' epoch ", newest.epoch, " is unknown"));
-    }
-    return FailedPreconditionError(
-        StrCat("none of this node's recipient keys is a member of set '", newest.name, "' epoch ", newest.epoch,
-               ": the node could not open what it seals. Add its key (trousseau-hsm-init recipients add) and sign "
-               "a new epoch"));
-  }
+  StatusOr<std::vector<RecipientSet>> loaded =
+      options_.load_sets([this](const RecipientSet& newest) { return MembershipOf(newest); });
+  if (!loaded.ok()) return loaded.status();
+  if (loaded->empty()) return FailedPreconditionError("no recipient set accepted");
+  if (Status member = MembershipOf(loaded->back()); !member.ok()) return member;
   std::vector<BackendKey> keys;
   size_t widest = 0;
   for (const RecipientSet& set : *loaded) {
@@ -193,6 +211,7 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
   if (Status s = ParseWraps(*set, sealed, aad).status(); !s.ok()) return s;
   const std::vector<Attempt> attempts = Candidates(*set, /*include_resting=*/false);
   if (attempts.empty()) {
+    if (Status member = MembershipOf(*set); IsUnavailable(member)) return member;
     return NotFoundError(StrCat("this node is not a member of set '", set->name, "' epoch ", set->epoch,
                                 ": the object was written before the node joined, and must be re-encrypted once "
                                 "every node holds a newer epoch (docs/ha.md)"));
@@ -216,6 +235,7 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
 }
 
 Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
+  LearnUnknownPoints(deadline);
   std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
   const RecipientSet* set = FindEpoch(*sets, version);
   if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded"));

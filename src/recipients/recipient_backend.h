@@ -6,8 +6,9 @@
 // Several local devices: Open tries the devices that are up first, fastest first (average of their
 // recent calls), each but the last with half the time left, so a device that hangs still leaves time
 // to fail over within the same request; a device whose call fails UNAVAILABLE is taken out at once
-// and only tried again by Probe, with a capped exponential backoff, or when no other device can open
-// the envelope. Health
+// and tried again by Probe once its capped exponential backoff has passed (or by Open when no device
+// is ready at all). A device that has not told its public point yet (down since the start) is asked
+// again by Probe on the same schedule. Health
 // (Probe) is OK while one device opens a fresh wrap.
 #pragma once
 
@@ -22,6 +23,7 @@
 #include "core/key_backend.h"
 #include "core/recipient_device.h"
 #include "recipients/recipient_set.h"
+#include "recipients/set_store.h"
 
 namespace trousseau::recipients {
 
@@ -39,8 +41,9 @@ struct LocalRecipient {
 };
 
 struct RecipientBackendOptions {
-  // Every accepted set, lowest epoch first (LoadAcceptedSets bound to its options).
-  std::function<StatusOr<std::vector<RecipientSet>>()> load_sets;
+  // Every accepted set, lowest epoch first: LoadAcceptedSets bound to its options, passing on the
+  // admission check the backend gives it (this node must be a member of a new epoch).
+  std::function<StatusOr<std::vector<RecipientSet>>(const SetAdmission& admit)> load_sets;
   std::vector<LocalRecipient> devices;
   // How long a failed device stays out before Probe tries it again: doubling from min up to max.
   std::chrono::milliseconds retry_min{1000};
@@ -67,8 +70,8 @@ class RecipientBackend final : public KeyBackend {
   using KeyBackend::Seal;
   std::string_view Kind() const override { return kRecipientBackendKind; }
   std::string Describe() const override;
-  // Loads the sets, reads each device's public point, and refuses (FAILED_PRECONDITION) a newest set
-  // none of this node's devices belongs to: the node could not open what it seals.
+  // Reads each device's public point, then loads the sets, refusing (FAILED_PRECONDITION, before it is
+  // stored) a new epoch none of this node's devices belongs to: the node could not open what it seals.
   StatusOr<std::vector<BackendKey>> LoadKeys(Deadline deadline) override;
   StatusOr<std::string> Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
                              Deadline deadline) override;
@@ -98,6 +101,10 @@ class RecipientBackend final : public KeyBackend {
 
   explicit RecipientBackend(RecipientBackendOptions options);
   std::shared_ptr<const std::vector<RecipientSet>> Sets() const;
+  // Asks each device whose point is unknown (and whose backoff has passed) for it.
+  void LearnUnknownPoints(Deadline deadline);
+  // Why this node cannot be sure it is a member of `set` (a device's point unknown), or OK.
+  Status MembershipOf(const RecipientSet& set) const;
   // The local devices that are members of `set`, in the order Open should try them.
   std::vector<Attempt> Candidates(const RecipientSet& set, bool include_resting) const;
   void RecordSuccess(size_t slot, std::chrono::steady_clock::duration took);

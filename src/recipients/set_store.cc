@@ -79,7 +79,7 @@ std::string StoredName(uint64_t epoch) { return StrCat("epoch-", epoch, ".json")
 
 }  // namespace
 
-StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options) {
+StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options, const SetAdmission& admit) {
   if (Status s = EnsurePrivateDir(options.state_dir); !s.ok()) return s;
   std::map<uint64_t, RecipientSet> accepted;
   std::error_code ec;
@@ -129,6 +129,9 @@ StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& opti
     }
   }
   if (!accepted.contains(current->epoch)) {
+    if (admit) {
+      if (Status s = admit(*current); !s.ok()) return s;
+    }
     if (Status s = WriteAtomically(options.state_dir, StoredName(current->epoch), SerializeRecipientSet(*current));
         !s.ok()) {
       return s;

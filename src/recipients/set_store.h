@@ -3,6 +3,7 @@
 // wrapped under earlier epochs, and refuses a set file that would take it back to a lower epoch.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@ struct SetStoreOptions {
 // very set. A new epoch is stored before it is returned. FAILED_PRECONDITION naming the file and the
 // reason otherwise (signatures included: a refused document is no device refusing us, so a running
 // plugin keeps serving with the sets it holds); nothing is stored then.
-StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options);
+// `admit`, when given, is asked about a set file of a new epoch before it is stored: its error refuses
+// the set (and stores nothing), so a set this node cannot use never becomes its lowest epoch.
+using SetAdmission = std::function<Status(const RecipientSet& newest)>;
+StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& options, const SetAdmission& admit = {});
 
 }  // namespace trousseau::recipients

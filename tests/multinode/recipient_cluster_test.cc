@@ -73,7 +73,7 @@ class RecipientClusterTest : public ::testing::Test {
     node->state_dir = dir_ + "/" + name + "-state";
     node->socket = dir_ + "/" + name + ".sock";
     node->health_port = testing::FreeLoopbackPort();
-    ProgramRun created = Tool({"tpm", "recipient", "create", "--tcti", node->tpm->Tcti(), "--recipient-dir",
+    ProgramRun created = Tool({"tpm", "recipient", "create", "--tpm-tcti", node->tpm->Tcti(), "--tpm-recipient-dir",
                                node->recipient_dir, "--id", name});
     EXPECT_EQ(created.code, 0) << created.all();
     std::ofstream(dir_ + "/" + name + ".json") << created.out;

@@ -43,7 +43,7 @@ class Cluster : public ::testing::Test {
   }
 
   // A node with `devices` local recipient devices; its state directory is its own.
-  Node& AddNode(size_t devices = 1) {
+  Node& AddNode(size_t devices = 1, std::chrono::milliseconds retry = std::chrono::hours(1)) {
     const size_t index = nodes_.size();
     auto node = std::make_unique<Node>();
     recipients::RecipientBackendOptions options;
@@ -54,8 +54,10 @@ class Cluster : public ::testing::Test {
     recipients::SetStoreOptions store{.set_file = (dir_ / "set.json").string(),
                                       .state_dir = (dir_ / ("state-" + std::to_string(index))).string(),
                                       .policy = testing::PolicyOf({admin_})};
-    options.load_sets = [store] { return recipients::LoadAcceptedSets(store); };
-    options.retry_min = std::chrono::hours(1);  // a device taken out stays out for the test's length
+    options.load_sets = [store](const recipients::SetAdmission& admit) {
+      return recipients::LoadAcceptedSets(store, admit);
+    };
+    options.retry_min = retry;  // by default a device taken out stays out for the test's length
     StatusOr<std::unique_ptr<RecipientBackend>> backend = RecipientBackend::Create(std::move(options));
     EXPECT_TRUE(backend.ok()) << backend.status().ToString();
     node->backend = *std::move(backend);
@@ -122,6 +124,9 @@ TEST_F(Cluster, ANodeRemovedInANewEpochCannotOpenNewEnvelopesButOldOnesStillOpen
   EXPECT_EQ(c_load.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(c_load.message().find("none of this node's recipient keys is a member"), std::string::npos)
       << c_load.message();
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "state-2" / "epoch-2.json"))
+      << "a set the node cannot use is not stored: it would become the lowest epoch the node accepts";
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "state-0" / "epoch-2.json"));
   EXPECT_NE(a.engine->Health().active_key_id, old_envelope->key_id) << "a new membership is a new key_id";
   EXPECT_EQ(a.engine->Health().active_key_id, b.engine->Health().active_key_id);
 
@@ -186,6 +191,24 @@ TEST_F(Cluster, WithTwoLocalDevicesOneDownDecryptsThroughTheOtherAndHealthStaysO
   EXPECT_TRUE(a.engine->ProbeNow().ok());
   EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
   EXPECT_EQ(a.devices[0]->shared_secrets_computed(), asked_after_failure) << "the down device computed nothing";
+}
+
+TEST_F(Cluster, ADeviceDownSinceTheStartIsTakenInOnceItAnswers) {
+  Node& a = AddNode(/*devices=*/2, /*retry=*/std::chrono::milliseconds(0));
+  Distribute(1, {a.devices[0], a.devices[1]});
+  a.devices[1]->SetUnavailable(true);
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok()) << "one device that answers is enough";
+  StatusOr<EncryptResult> sealed = a.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+
+  a.devices[0]->SetUnavailable(true);
+  a.devices[1]->SetUnavailable(false);
+  const Status unknown = a.engine->Decrypt(sealed->ciphertext, sealed->key_id).status();
+  EXPECT_EQ(unknown.code(), StatusCode::kUnavailable) << "not 'not a member': " << unknown.ToString();
+  EXPECT_TRUE(a.engine->ProbeNow().ok()) << "the probe asks the silent device for its key and uses it";
+  StatusOr<SecureBytes> opened = a.engine->Decrypt(sealed->ciphertext, sealed->key_id);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ(opened->view(), "seed");
 }
 
 TEST_F(Cluster, AForgedEnvelopeIsInvalidArgumentAndTheNodeKeepsServing) {

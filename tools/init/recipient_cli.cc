@@ -81,8 +81,16 @@ void AddTpmKeyCommands(CLI::App& tpm, RecipientCli& cli) {
         std::tuple{"export", &cli.tpm_export, "Print the member JSON of the existing key"}}) {
     CLI::App* command = recipient->add_subcommand(name, help);
     options->tcti = defaults::kTpmTcti;
-    command->add_option("--tcti", options->tcti, "TCTI of the TPM")->capture_default_str();
-    command->add_option("--recipient-dir", options->recipient_dir, "Directory of the recipient key")->required();
+    // The plugin's names (--tcti and --recipient-dir are accepted too).
+    command
+        ->add_option("--tpm-tcti,--tcti", options->tcti,
+                     "TCTI of the TPM, as the plugin's --tpm-tcti (env TROUSSEAU_HSM_TPM_TCTI)")
+        ->envname("TROUSSEAU_HSM_TPM_TCTI")
+        ->capture_default_str();
+    command
+        ->add_option("--tpm-recipient-dir,--recipient-dir", options->recipient_dir,
+                     "Directory of the recipient key (0700), the plugin's --tpm-recipient-dir")
+        ->required();
     command->add_option("--id", options->id, "This member's name in the set")->required();
     RecipientKeyOptions* o = options;
     const bool create = std::string_view(name) == "create";

@@ -192,9 +192,9 @@ int RecipientsSign(const RecipientsOptions& options) {
   StatusOr<RecipientSet> loaded = LoadSet(options.set_file);
   if (!loaded.ok()) return Fail(kExitUsage, loaded.status().message());
   RecipientSet set = *std::move(loaded);
-  // The private key is read as a PIN file is: a regular file only its owner can read.
-  StatusOr<SecureBytes> key = hsm::ReadPinFile(options.admin_key_file);
-  if (!key.ok()) return Fail(kExitUsage, StrCat("administrator key: ", key.status().message()));
+  // The private key is checked as a PIN file is: a regular file only its owner can read.
+  StatusOr<SecureBytes> key = hsm::ReadSecretFile(options.admin_key_file, "administrator key file");
+  if (!key.ok()) return Fail(kExitUsage, key.status().message());
   std::string pem(key->view());
   pem.push_back('\n');
   StatusOr<recipients::SetSignature> signature = recipients::SignSet(set, pem);
