@@ -158,7 +158,7 @@ void AddServingOptions(CLI::App& app, PluginOptions& options, TextSettings& text
       ->check(duration)
       ->capture_default_str();
   app.add_option("--health-listen", options.health_listen,
-                 "HOST:PORT for /healthz, /livez, /readyz and /metrics (e.g. 127.0.0.1:8787); off if empty");
+                 "HOST:PORT for /healthz, /livez, /readyz and /metrics (e.g. 127.0.0.1:8789); off if empty");
 }
 
 void AddLoggingOptions(CLI::App& app, PluginOptions& options) {

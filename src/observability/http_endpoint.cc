@@ -98,7 +98,7 @@ StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& l
                                                             Telemetry& telemetry, HttpHooks hooks) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos || !ParseUnsigned<uint16_t>(listen.substr(colon + 1))) {
-    return InvalidArgumentError(StrCat("--health-listen must be HOST:PORT (e.g. 127.0.0.1:8787), got ", listen));
+    return InvalidArgumentError(StrCat("--health-listen must be HOST:PORT (e.g. 127.0.0.1:8789), got ", listen));
   }
   auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
   endpoint->handlers_ = std::make_unique<Handlers>();

@@ -30,7 +30,7 @@ struct HttpHooks {
 
 class HttpEndpoint {
  public:
-  // `listen` is HOST:PORT, e.g. 127.0.0.1:8787.
+  // `listen` is HOST:PORT, e.g. 127.0.0.1:8789.
   static StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen, KmsEngine& engine,
                                                        Telemetry& telemetry, HttpHooks hooks);
   ~HttpEndpoint();

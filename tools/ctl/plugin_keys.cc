@@ -89,7 +89,7 @@ uint64_t ToVersion(const std::string& text) {
 bool FetchMetrics(const std::string& listen, double timeout_seconds, std::string& page, std::string& error) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {
-    error = "--health-listen must be HOST:PORT, as the plugin's --health-listen (e.g. 127.0.0.1:8787)";
+    error = "--health-listen must be HOST:PORT, as the plugin's --health-listen (e.g. 127.0.0.1:8789)";
     return false;
   }
   std::string host = listen.substr(0, colon);
