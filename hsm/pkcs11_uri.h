@@ -7,7 +7,7 @@
 // A device that chooses AES-GCM IVs itself (FIPS mode) is found out by trying; `x-gcm-iv=device` says so
 // up front (the device never sees a caller IV), `x-gcm-iv=caller` forbids the device-IV fallback.
 // `x-recipient=LABEL` names the recipient key of multi-recipient envelopes on the same token
-// (hsm/recipient_key.h, docs/tpm-ha.md): it lives beside the family under the same login, so the one
+// (hsm/recipient_key.h, docs/ha.md): it lives beside the family under the same login, so the one
 // URI that already says which module, token and PIN names it too, and no new flag is needed.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Provisioning of a PKCS#11 recipient key (docs/tpm-ha.md "Recipient keys"; hsm/recipient_key.h): for
+// Provisioning of a PKCS#11 recipient key (docs/ha.md "How it works"; hsm/recipient_key.h): for
 // trousseau-hsm-init and tests only, in trousseau_hsm_provisioning, which the plugin does not link.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The recipient key of a multi-recipient envelope on a PKCS#11 token (docs/tpm-ha.md "Recipient keys",
+// The recipient key of a multi-recipient envelope on a PKCS#11 token (docs/ha.md "How it works",
 // core/recipient_device.h): an ECC P-256 key pair under one CKA_LABEL (default "trousseau-recipient"),
 // the private key sensitive, never extractable and allowed to derive (ECDH) and nothing else; the public
 // key beside it with the same CKA_ID. Finding it and judging it, for the plugin (Pkcs11Backend) and the

@@ -41,7 +41,7 @@ struct VersionBlobs {
   }
 };
 
-// The recipient key of a multi-recipient envelope (docs/tpm-ha.md, tpm/recipient_key.h): one ECC
+// The recipient key of a multi-recipient envelope (docs/ha.md, tpm/recipient_key.h): one ECC
 // P-256 object per directory, `recipient.priv` then `recipient.pub` (written last, never replacing an
 // existing one: it is what makes the key exist), same modes, temp files and checks as the versions.
 // A key directory may hold both: ReadKeyDir ignores these names.

@@ -1,4 +1,4 @@
-// The TPM's recipient key of a multi-recipient envelope (docs/tpm-ha.md, core/recipient_device.h):
+// The TPM's recipient key of a multi-recipient envelope (docs/ha.md, core/recipient_device.h):
 // an ECC NIST P-256 key created under the storage primary, fixedTPM | fixedParent |
 // sensitiveDataOrigin | userWithAuth | noDA | decrypt, neither restricted nor sign, nameAlg SHA-256,
 // empty auth. Anyone wraps to its public point in software; only this TPM opens such a wrap, with

@@ -1,4 +1,4 @@
-// Provisioning of the TPM recipient key (multi-recipient envelopes, docs/tpm-ha.md), for the tool.
+// Provisioning of the TPM recipient key (multi-recipient envelopes, docs/ha.md), for the tool.
 // Like tpm/provisioning.h, each call opens its own TPM connection and closes it before returning.
 #pragma once
 

@@ -78,7 +78,7 @@ struct ObjectBlobs {
   std::string private_area;  // encrypted by the TPM under its parent; useless elsewhere
 };
 
-// kEccP256Ecdh: the recipient key of a multi-recipient envelope (docs/tpm-ha.md): an unrestricted
+// kEccP256Ecdh: the recipient key of a multi-recipient envelope (docs/ha.md): an unrestricted
 // ECC NIST P-256 decryption key, so TPM2_ECDH_ZGen works with it and nothing else does (no sign).
 enum class KeyKind { kAes256Cfb, kHmacSha256, kRsa2048Oaep, kEccP256Ecdh };
 

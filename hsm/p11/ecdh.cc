@@ -34,7 +34,7 @@ DeriveAttempt DeriveOnce(const Session& session, CK_OBJECT_HANDLE private_key, s
   params.pPublicData = reinterpret_cast<CK_BYTE*>(const_cast<char*>(public_data.data()));
   CK_MECHANISM mechanism{CKM_ECDH1_DERIVE, &params, sizeof params};
   // The shared secret leaves the device as a readable session object: the same exposure as a TPM's
-  // TPM2_ECDH_ZGen output (docs/tpm-ha.md "Opening"). It is wiped (SecureBytes) once the caller derived
+  // TPM2_ECDH_ZGen output (docs/ha.md "How it works"). It is wiped (SecureBytes) once the caller derived
   // its wrap key, and the object is destroyed at once (SessionObject).
   AttributeTemplate secret_template;
   secret_template.Add(CKA_CLASS, CK_ULONG{CKO_SECRET_KEY})

@@ -1,4 +1,4 @@
-// ECC P-256 on the device for recipient keys (docs/tpm-ha.md "Recipient keys", core/recipient_device.h):
+// ECC P-256 on the device for recipient keys (docs/ha.md "How it works", core/recipient_device.h):
 // read a public point, and ECDH (CKM_ECDH1_DERIVE) with a peer's point. Raw C_* calls stay here (the seam).
 #pragma once
 

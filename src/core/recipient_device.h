@@ -1,4 +1,4 @@
-// A device that holds one *recipient key* of a multi-recipient envelope (docs/tpm-ha.md): an ECC
+// A device that holds one *recipient key* of a multi-recipient envelope (docs/ha.md): an ECC
 // NIST P-256 private key created on the device, never exported. Anyone who has its public point can
 // wrap a secret to it in software; only this device can open such a wrap, by computing the ECDH
 // shared secret with the wrap's ephemeral public point. The device never sees the wrapped secret.

@@ -1,4 +1,4 @@
-// The PKCS#11 recipient key of multi-recipient envelopes (issue 14, docs/tpm-ha.md "Recipient keys") on a
+// The PKCS#11 recipient key of multi-recipient envelopes (issue 14, docs/ha.md "How it works") on a
 // real SoftHSM token: made by provisioning (hsm/recipient_admin.h), judged (hsm/recipient_key.h), and used by
 // Pkcs11Backend as a RecipientDevice (x-recipient in the URI). The token's ECDH must agree with OpenSSL's;
 // bad points are refused on the host; an outage (fault shim) ends without a restart.

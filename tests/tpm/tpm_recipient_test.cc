@@ -1,4 +1,4 @@
-// The TPM recipient key of multi-recipient envelopes (issue 14, docs/tpm-ha.md) on a real swtpm:
+// The TPM recipient key of multi-recipient envelopes (issue 14, docs/ha.md) on a real swtpm:
 // provisioning, TPM2_ECDH_ZGen through the backend checked against OpenSSL's ECDH, and the faults
 // the backend must survive (bad points, a restarted, foreign or hung TPM, shared object slots).
 #include <gtest/gtest.h>
