@@ -7,7 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <memory>
+#include <thread>
 
 #include "core/kms_engine.h"
 #include "recipients/set_store.h"
@@ -209,6 +211,37 @@ TEST_F(Cluster, ADeviceDownSinceTheStartIsTakenInOnceItAnswers) {
   StatusOr<SecureBytes> opened = a.engine->Decrypt(sealed->ciphertext, sealed->key_id);
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   EXPECT_EQ(opened->view(), "seed");
+}
+
+// Decrypts from several threads while one of the node's two devices keeps failing and coming back, and
+// the set is reloaded and probed: every Decrypt is answered by the device that stays up (TSan runs it).
+TEST_F(Cluster, ConcurrentDecryptsWhileADeviceFlapsAndTheSetReloads) {
+  Node& a = AddNode(/*devices=*/2, /*retry=*/std::chrono::milliseconds(0));
+  Distribute(1, {a.devices[0], a.devices[1]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = a.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> opened{0}, failed{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&] {
+      while (!stop) {
+        StatusOr<SecureBytes> plain = a.engine->Decrypt(sealed->ciphertext, sealed->key_id);
+        (plain.ok() && plain->view() == "seed" ? opened : failed)++;
+      }
+    });
+  }
+  for (int round = 0; round < 50; ++round) {
+    a.devices[0]->SetUnavailable(round % 2 == 0);
+    EXPECT_TRUE(a.engine->LoadKeyRing().ok());
+    EXPECT_TRUE(a.engine->ProbeNow().ok());
+    (void)a.backend->DeviceStates();
+  }
+  stop = true;
+  for (std::thread& reader : readers) reader.join();
+  EXPECT_GT(opened.load(), 0);
+  EXPECT_EQ(failed.load(), 0) << "device 1 never failed, so no Decrypt may";
 }
 
 TEST_F(Cluster, AForgedEnvelopeIsInvalidArgumentAndTheNodeKeepsServing) {
