@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <set>
 #include <utility>
 
@@ -17,6 +18,23 @@ namespace {
 // The health probe: a real seal and open on the device.
 constexpr std::string_view kProbePlaintext = "trousseau-hsm health probe";
 constexpr std::string_view kProbeAad = "trousseau-hsm probe";
+
+// Sizing the session pool (--hsm-sessions auto). Each session has a lane, so the pool is the number of
+// device calls in flight; by Little's law a device of latency W serving a rate R keeps R x W of them
+// busy. We cannot see the rate callers would like while they queue, but we see the calls that want a
+// lane right now (busy + waiting): that is R x W for the offered rate, so a call that finds every lane
+// busy asks the admin lane to grow the pool to that many (at most double per step:
+// 16 -> 32 -> 64 covers 64 concurrent streams in two steps of a few C_OpenSession each, while one burst
+// cannot take the token's whole limit at once).
+//
+// Only a slow device gains from more lanes: below kGrowMinCallTime a lane turns round in well under a
+// millisecond, so the 16 lanes we start with already give > 16 / 1 ms = 16000 calls/s, four times the
+// 4000/s a busy apiserver asks; there the host CPU, not the lane count, is the bound, and more lanes
+// only add threads. A network HSM at 2 ms (each Decrypt is C_DecryptInit + C_Decrypt there) is far above.
+constexpr std::chrono::microseconds kGrowMinCallTime{1000};
+// Sessions of the token we leave to others under its ulMaxSessionCount: our own admin session, and a
+// trousseau-hsm-init run (one session) or an operator's pkcs11-tool beside us, plus one spare.
+constexpr size_t kSessionHeadroom = 4;
 
 // Shorter than any scheme's sealed bytes: refused before it takes a lane.
 Status CheckSealedSize(std::string_view sealed) {
@@ -75,6 +93,15 @@ struct Pkcs11Backend::Connection {
   }
 };
 
+size_t SessionPoolLimit(const CK_TOKEN_INFO& token, size_t start) {
+  size_t limit = defaults::kHsmSessionsMax;
+  const CK_ULONG stated = token.ulMaxSessionCount;
+  if (stated != CK_EFFECTIVELY_INFINITE && stated != CK_UNAVAILABLE_INFORMATION) {
+    limit = std::min<size_t>(limit, stated > kSessionHeadroom ? stated - kSessionHeadroom : 0);
+  }
+  return std::max(limit, start);
+}
+
 bool Pkcs11Backend::PinFileStamp::operator==(const PinFileStamp& o) const {
   return exists == o.exists && dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
          mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec && ctime.tv_nsec == o.ctime.tv_nsec;
@@ -88,7 +115,13 @@ StatusOr<std::unique_ptr<Pkcs11Backend>> Pkcs11Backend::Create(Pkcs11Uri uri, Pk
 }
 
 Pkcs11Backend::Pkcs11Backend(Pkcs11Uri uri, Pkcs11BackendOptions options, std::unique_ptr<Pkcs11Module> module)
-    : uri_(std::move(uri)), options_(options), module_(std::move(module)), lanes_(options_.sessions) {}
+    : uri_(std::move(uri)),
+      options_(options),
+      module_(std::move(module)),
+      // Until a token says otherwise: the hard cap (growth needs a connection, which reads the token).
+      session_limit_(options_.grow_sessions ? std::max(options_.sessions, defaults::kHsmSessionsMax)
+                                            : options_.sessions),
+      lanes_(options_.sessions, session_limit_.load()) {}
 
 Pkcs11Backend::~Pkcs11Backend() = default;  // lanes join first; the module finalises last
 
@@ -137,6 +170,7 @@ StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view pla
                                           Deadline deadline) {
   // The call may outlive this request (a hung device): it gets its own copies.
   auto input = std::make_shared<const SecureBytes>(SecureBytes::CopyOf(plaintext));
+  MaybeGrowSessions();
   return lanes_.Run<std::string>(deadline, "encrypt on the device",
                                  [this, version, input, aad = std::string(aad)](size_t lane) {
                                    return SealOnLane(lane, version, input->view(), aad);
@@ -146,6 +180,7 @@ StatusOr<std::string> Pkcs11Backend::Seal(uint64_t version, std::string_view pla
 StatusOr<SecureBytes> Pkcs11Backend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
                                           Deadline deadline) {
   if (Status s = CheckSealedSize(sealed); !s.ok()) return s;
+  MaybeGrowSessions();
   return lanes_.Run<SecureBytes>(deadline, "decrypt on the device",
                                  [this, version, sealed = std::string(sealed), aad = std::string(aad)](size_t lane) {
                                    return OpenOnLane(lane, version, sealed, aad);
@@ -165,6 +200,51 @@ Status Pkcs11Backend::Probe(uint64_t version, Deadline deadline) {
   }
   return lanes_.Run<bool>(deadline, "health probe", [this, version](size_t lane) { return ProbeOnLane(lane, version); })
       .status();
+}
+
+void Pkcs11Backend::MaybeGrowSessions() {
+  if (!options_.grow_sessions) return;
+  if (lanes_.busy() < lanes_.size()) return;  // a lane is free: this call does not queue
+  if (lanes_.size() >= session_limit_.load()) return;
+  if (lanes_.call_time() < kGrowMinCallTime) return;
+  if (growth_requested_.exchange(true)) return;  // one request at a time
+  // Only if the admin lane is free now: a reconnect or key load in progress comes first, and the
+  // next queued call asks again.
+  if (!admin_lane_.TryPost([this](size_t) {
+        GrowSessionsOnAdmin();
+        growth_requested_.store(false);
+      })) {
+    growth_requested_.store(false);
+  }
+}
+
+void Pkcs11Backend::GrowSessionsOnAdmin() {
+  std::shared_ptr<Connection> conn = Current();
+  if (!conn) return;  // the reconnect opens as many sessions as there are lanes
+  const size_t now = lanes_.size();
+  const size_t wanted = lanes_.busy() + lanes_.waiting();
+  if (wanted <= now) return;  // the queue drained meanwhile
+  const size_t target = std::min({wanted, 2 * now, session_limit_.load()});
+  if (target <= now) return;
+  // The sessions first (conn->sessions has room for every lane the pool may reach, so no lane's
+  // element moves), then the lanes that use them: lane i gets work only after Grow publishes it.
+  size_t opened = now;
+  for (; opened < target; ++opened) {
+    StatusOr<Session> session = OpenSession(module_->api(), conn->token.slot, /*read_write=*/false);
+    if (!session.ok()) {
+      if (IsUnavailable(session.status())) MarkBroken(conn, session.status());
+      // E.g. CKR_SESSION_COUNT: the token's real limit is lower than it said; stay where we are.
+      spdlog::warn("the HSM session pool stays at {} sessions: opening one more failed ({})", opened,
+                   session.status().message());
+      session_limit_.store(opened);
+      break;
+    }
+    conn->sessions[opened] = *std::move(session);
+  }
+  if (opened == now) return;
+  lanes_.Grow(opened);
+  spdlog::info("HSM session pool grown from {} to {} sessions (calls queued for a session; device call time {} us)",
+               now, opened, lanes_.call_time().count());
 }
 
 StatusOr<Pkcs11Backend::KeyInUse> Pkcs11Backend::UseKey(uint64_t version) {
@@ -253,6 +333,7 @@ StatusOr<SecureBytes> Pkcs11Backend::RecipientSharedSecret(std::string_view peer
   // The caller's bytes are judged before any device or lane is involved.
   if (Status s = CheckP256Point(peer_point); !s.ok()) return s;
   if (Status s = RecipientReady(deadline); !s.ok()) return s;
+  MaybeGrowSessions();
   return lanes_.Run<SecureBytes>(deadline, "ECDH on the device", [this, peer = std::string(peer_point)](size_t lane) {
     return SharedSecretOnLane(lane, peer);
   });
@@ -432,10 +513,15 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnect
   if (!admin.ok()) return admin.status();
   conn->admin = *std::move(admin);
   if (Status s = LoginUser(conn->admin, conn->token, uri_.pin_file()); !s.ok()) return s;
-  for (size_t i = 0; i < options_.sessions; ++i) {
+  if (options_.grow_sessions)
+    session_limit_.store(std::max(SessionPoolLimit(token->info, options_.sessions), lanes_.size()));
+  // Room for every lane the pool may reach (GrowSessionsOnAdmin fills it in place); sessions for the
+  // lanes there are now (the pool may have grown on an earlier connection).
+  conn->sessions.resize(lanes_.capacity());
+  for (size_t i = 0; i < lanes_.size(); ++i) {
     StatusOr<Session> session = OpenSession(module_->api(), token->slot, /*read_write=*/false);
     if (!session.ok()) return session.status();
-    conn->sessions.push_back(*std::move(session));
+    conn->sessions[i] = *std::move(session);
   }
   if (Status s = LoadRecipient(*conn); !s.ok()) return s;
   if (uri_.has_key_family()) {

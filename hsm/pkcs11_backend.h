@@ -58,8 +58,11 @@ inline constexpr char kPkcs11BackendKind[] = "pkcs11";
 inline constexpr std::chrono::milliseconds kKekSettleTimeout{1000};
 
 struct Pkcs11BackendOptions {
-  // Sessions, each with its own lane: the number of device calls that can be in flight at once.
+  // Sessions, each with its own lane: the number of device calls that can be in flight at once. With
+  // grow_sessions, the size the pool starts with (see SessionPoolLimit for how far it grows); without,
+  // the size it keeps.
   size_t sessions = defaults::kHsmSessions;
+  bool grow_sessions = true;
   // Use an in-session copy of each key (C_CopyObject, CKA_TOKEN=false: still sensitive and
   // non-extractable). SoftHSM serialises token-object use on file locks; a session copy does not.
   bool session_key_copies = true;
@@ -67,6 +70,12 @@ struct Pkcs11BackendOptions {
   // started by a probe, whose own deadline is meant for one round trip.
   std::chrono::milliseconds connect_timeout{10000};
 };
+
+// Largest pool a token allows us: its ulMaxSessionCount (read-only sessions: ulMaxRwSessionCount does
+// not apply) minus headroom for our admin session and a provisioning tool's, capped at
+// defaults::kHsmSessionsMax; kHsmSessionsMax when the token states no limit (CK_EFFECTIVELY_INFINITE,
+// CK_UNAVAILABLE_INFORMATION). Never below `start`: the pool never shrinks below its start size.
+size_t SessionPoolLimit(const CK_TOKEN_INFO& token, size_t start);
 
 class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
  public:
@@ -106,7 +115,8 @@ class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
   // (SIGHUP, e.g. after fixing TROUSSEAU_HSM_PIN's source). Returns at once.
   void AllowLoginRetry() { login_retry_requested_.store(true); }
   size_t sessions_in_use() const { return lanes_.busy(); }
-  size_t session_count() const { return options_.sessions; }
+  // Grows with the load when options.grow_sessions (see GrowSessionsOnAdmin); never shrinks.
+  size_t session_count() const { return lanes_.size(); }
   // Calls whose caller gave up at its deadline and that the device has not returned yet.
   size_t calls_stuck() const { return lanes_.abandoned() + admin_lane_.abandoned(); }
 
@@ -156,7 +166,13 @@ class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
   // FAILED_PRECONDITION without x-recipient; else connected (reconnecting on the admin lane by `deadline`).
   Status RecipientReady(Deadline deadline);
 
+  // A device call that is about to queue for a lane: asks the admin lane to grow the pool when that
+  // would help (options.grow_sessions, the device slow enough, the token's limit not reached). Returns
+  // at once.
+  void MaybeGrowSessions();
+
   // On the admin lane only.
+  void GrowSessionsOnAdmin();
   StatusOr<std::vector<BackendKey>> LoadKeysOnAdmin();
   Status ReconnectOnAdmin();
   Status RetireBrokenConnections();
@@ -192,6 +208,10 @@ class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
   // The peer point form this token's CKM_ECDH1_DERIVE takes, once found out (p11/ecdh.h); kept across
   // reconnects (it is the module's, not the session's).
   std::atomic<p11::PeerPointForm> peer_point_form_{p11::PeerPointForm::kUnknown};
+  // The most sessions the pool may grow to (SessionPoolLimit of the token at the last connect); written
+  // on the admin lane, read by callers deciding whether to ask for growth.
+  std::atomic<size_t> session_limit_;
+  std::atomic<bool> growth_requested_{false};  // a GrowSessionsOnAdmin is queued or running
 
   // Last: their threads stop (and are joined) before anything above goes.
   DeviceLanes lanes_;

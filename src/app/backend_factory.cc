@@ -18,14 +18,18 @@ StatusOr<ConfiguredBackend> MakePkcs11Backend(const PluginOptions& options) {
   StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(options.pkcs11_uris.front());
   if (!uri.ok()) return uri.status();
   const std::string family_label = uri->object_label();
-  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created = hsm::Pkcs11Backend::Create(
-      *std::move(uri), {.sessions = options.hsm_sessions, .session_key_copies = !options.no_session_key_copies});
+  StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created =
+      hsm::Pkcs11Backend::Create(*std::move(uri), {.sessions = options.hsm_sessions,
+                                                   .grow_sessions = options.hsm_sessions_grow,
+                                                   .session_key_copies = !options.no_session_key_copies});
   if (!created.ok()) return created.status();
   std::shared_ptr<hsm::Pkcs11Backend> backend = *std::move(created);
   ConfiguredBackend configured;
   configured.backend = backend;
   configured.family_label = family_label;
-  configured.summary = StrCat("with ", options.hsm_sessions, " session(s)");
+  configured.summary = options.hsm_sessions_grow
+                           ? StrCat("with ", options.hsm_sessions, " session(s) to start (--hsm-sessions auto)")
+                           : StrCat("with ", options.hsm_sessions, " session(s)");
   configured.on_reload = [backend] { backend->AllowLoginRetry(); };
   // Concurrent `key rotate` runs decide who keeps a version within their settle timeout, after the
   // losers' keys were visible on the token: confirm a new active version after twice that. (TPM
@@ -93,8 +97,10 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
                                             "(trousseau-hsm-init recipient create)"));
     }
     const std::string name = StrCat("pkcs11 ", uri->token_description());
-    StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created = hsm::Pkcs11Backend::Create(
-        *std::move(uri), {.sessions = options.hsm_sessions, .session_key_copies = !options.no_session_key_copies});
+    StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created =
+        hsm::Pkcs11Backend::Create(*std::move(uri), {.sessions = options.hsm_sessions,
+                                                     .grow_sessions = options.hsm_sessions_grow,
+                                                     .session_key_copies = !options.no_session_key_copies});
     if (!created.ok()) return created.status();
     std::shared_ptr<hsm::Pkcs11Backend> token = *std::move(created);
     backend_options.devices.push_back({.name = name, .device = token});

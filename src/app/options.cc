@@ -52,6 +52,7 @@ class DurationValidator : public CLI::Validator {
 // They start as the built-in defaults, written as an operator would (shown by --help).
 struct TextSettings {
   std::string config_path;
+  std::string hsm_sessions = "auto";
   std::string hsm_timeout, tpm_timeout, health_cache, key_refresh_interval, key_activation_delay, shutdown_grace,
       socket_mode;
 };
@@ -87,8 +88,12 @@ void AddDeviceOptions(CLI::App& app, PluginOptions& options, TextSettings& text,
                  "&pin-source=file:/path. With --recipient-set: a token holding a recipient key "
                  "(x-recipient=LABEL); repeat it (or list several in --config) for several HSMs")
       ->delimiter(' ');  // a URI has no unencoded space: a --config list arrives joined by spaces
-  app.add_option("--hsm-sessions", options.hsm_sessions, "HSM sessions in the pool (concurrent device calls)")
-      ->check(CLI::Range(1, 1024))
+  app.add_option("--hsm-sessions", text.hsm_sessions,
+                 "HSM sessions in the pool (concurrent device calls): auto starts with " +
+                     std::to_string(defaults::kHsmSessions) +
+                     " and grows while calls queue on a slow device, up to the token's session limit (at most " +
+                     std::to_string(defaults::kHsmSessionsMax) + "); a number 1-1024 pins it")
+      ->check(CLI::IsMember({"auto"}) | CLI::Range(1, 1024))
       ->capture_default_str();
   app.add_option("--hsm-timeout", text.hsm_timeout,
                  "Deadline of each HSM call (or the request's own deadline, when sooner); a device that does not "
@@ -265,6 +270,8 @@ std::optional<int> CheckAndConvert(const TextSettings& text, PluginOptions& opti
   options.shutdown_grace = *ParseDuration(text.shutdown_grace);
   options.tpm_timeout = *ParseDuration(text.tpm_timeout);
   options.hsm_timeout = *ParseDuration(text.hsm_timeout);
+  options.hsm_sessions_grow = text.hsm_sessions == "auto";
+  if (!options.hsm_sessions_grow) options.hsm_sessions = std::stoul(text.hsm_sessions);  // 1-1024: checked
   if (options.tpm_timeout.count() <= 0 || options.hsm_timeout.count() <= 0) {
     std::cerr << "trousseau-hsm: --" << (options.tpm_timeout.count() <= 0 ? "tpm" : "hsm")
               << "-timeout must be positive\n";

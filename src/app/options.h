@@ -19,7 +19,10 @@ struct PluginOptions {
   // With a recipient set (multi-node, docs/ha.md): this node's recipient devices instead, any number of
   // PKCS#11 tokens (each URI with x-recipient=LABEL) and the TPM's recipient key (tpm_recipient_dir).
   std::vector<std::string> pkcs11_uris;
+  // --hsm-sessions: "auto" (the default) starts a pool of hsm_sessions that grows with a slow device's
+  // load (hsm_sessions_grow); a number N pins the pool at N.
   size_t hsm_sessions = defaults::kHsmSessions;
+  bool hsm_sessions_grow = true;
   bool no_session_key_copies = false;
   std::string tpm_tcti = defaults::kTpmTcti;
   std::string tpm_key_dir;

@@ -19,8 +19,11 @@ inline constexpr unsigned kSocketMode = 0600;
 // The kernel's TPM resource manager: several processes (plugin, init tool) may share the TPM.
 inline constexpr char kTpmTcti[] = "device:/dev/tpmrm0";
 
-// PKCS#11 sessions in the pool: concurrent device calls.
+// PKCS#11 sessions in the pool: concurrent device calls. --hsm-sessions auto (the default) starts with
+// kHsmSessions and grows while calls queue for a session on a slow device, up to the token's
+// ulMaxSessionCount (less headroom) and kHsmSessionsMax (hsm/pkcs11_backend.cc says why these numbers).
 inline constexpr std::size_t kHsmSessions = 16;
+inline constexpr std::size_t kHsmSessionsMax = 256;
 
 // kube-apiserver's own timeout for one KMS call (its EncryptionConfiguration default).
 inline constexpr std::chrono::milliseconds kKmsCallTimeout{3000};

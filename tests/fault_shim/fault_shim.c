@@ -54,6 +54,12 @@
  *                  black-holed network HSM) blocks until the file no longer
  *                  says "hang", then goes on as usual. Calls already inside
  *                  the real module finish.
+ *   max_sessions=N C_GetTokenInfo reports ulMaxSessionCount = N (and
+ *                  ulMaxRwSessionCount no more than N) instead of the real
+ *                  module's (SoftHSM says CK_EFFECTIVELY_INFINITE): a token
+ *                  with a session limit, for a client that sizes its pool
+ *                  from it. Reported only: C_OpenSession is not refused
+ *                  beyond N. 0 (or absent) reports the real module's values.
  *   Unknown words are ignored. A missing file means "up", no delay.
  *   The file is re-read only when its mtime (ns), size or inode changes, so
  *   each call costs one stat(). Writers should write a temp file and rename(2)
@@ -152,6 +158,7 @@ static atomic_ulong g_delay_us;
 static atomic_bool g_crypto_fail;
 static atomic_bool g_device_iv;
 static atomic_bool g_hang;
+static atomic_ulong g_max_sessions; /* 0: report the real module's */
 
 /* Identity of the control file as last read. INT64_MIN never matches a stat. */
 static _Atomic int64_t g_seen_mtime_ns = INT64_MIN;
@@ -188,7 +195,7 @@ static bool key_is_seen(struct file_key k) {
 
 struct control {
   bool down, crypto_fail, device_iv, hang;
-  unsigned long delay_us;
+  unsigned long delay_us, max_sessions;
 };
 
 static struct control parse_control(const char *path) {
@@ -203,6 +210,8 @@ static struct control parse_control(const char *path) {
       c.down = false;
     } else if (strncmp(word, "delay_us=", 9) == 0) {
       c.delay_us = strtoul(word + 9, NULL, 10);
+    } else if (strncmp(word, "max_sessions=", 13) == 0) {
+      c.max_sessions = strtoul(word + 13, NULL, 10);
     } else if (strcmp(word, "crypto_fail") == 0) {
       c.crypto_fail = true;
     } else if (strcmp(word, "device_iv") == 0) {
@@ -241,6 +250,7 @@ static void apply_control_file(const char *path) {
   debugf("control: %s delay_us=%lu%s%s", down ? "down" : "up", c.delay_us, c.crypto_fail ? " crypto_fail" : "",
          c.device_iv ? " device_iv" : "");
   atomic_store(&g_delay_us, c.delay_us);
+  atomic_store(&g_max_sessions, c.max_sessions);
   atomic_store(&g_crypto_fail, c.crypto_fail);
   atomic_store(&g_device_iv, c.device_iv);
   if (down && !atomic_load(&g_down)) {
@@ -370,15 +380,14 @@ static void leave(enum policy p) {
 }
 
 /* X(name, policy, (parameters), (arguments)) for every CK_FUNCTION_LIST 2.40
- * entry except C_Initialize, C_GetFunctionList and C_EncryptInit, written by
- * hand below. */
+ * entry except C_Initialize, C_GetFunctionList, C_EncryptInit and
+ * C_GetTokenInfo, written by hand below. */
 #define SHIM_FUNCTIONS(X)                                                                     \
   X(C_Finalize, ALWAYS, (CK_VOID_PTR reserved), (reserved))                                   \
   X(C_GetInfo, ALWAYS, (CK_INFO_PTR info), (info))                                            \
   X(C_GetSlotList, GATED, (CK_BBOOL present, CK_SLOT_ID_PTR slots, CK_ULONG_PTR n),           \
     (present, slots, n))                                                                      \
   X(C_GetSlotInfo, GATED, (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info), (slot, info))             \
-  X(C_GetTokenInfo, GATED, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot, info))           \
   X(C_GetMechanismList, GATED, (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR mechs, CK_ULONG_PTR n), \
     (slot, mechs, n))                                                                         \
   X(C_GetMechanismInfo, GATED, (CK_SLOT_ID slot, CK_MECHANISM_TYPE t, CK_MECHANISM_INFO_PTR i), \
@@ -586,6 +595,22 @@ static CK_RV shim_C_EncryptInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJE
   return rv;
 }
 
+/* ---- max_sessions: a token with a session limit -------------------------- */
+
+static CK_RV shim_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
+  CK_RV rv = enter(GATED);
+  if (rv != CKR_OK) return rv;
+  rv = g_real->C_GetTokenInfo(slot, info);
+  leave(GATED);
+  const unsigned long max = atomic_load(&g_max_sessions);
+  if (rv == CKR_OK && info != NULL && max != 0) {
+    info->ulMaxSessionCount = max;
+    const CK_ULONG rw = info->ulMaxRwSessionCount;
+    if (rw == CK_EFFECTIVELY_INFINITE || rw == CK_UNAVAILABLE_INFORMATION || rw > max) info->ulMaxRwSessionCount = max;
+  }
+  return rv;
+}
+
 static CK_FUNCTION_LIST g_list;
 
 static CK_RV shim_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
@@ -612,11 +637,12 @@ static CK_FUNCTION_LIST g_list = {
     .C_Initialize = shim_C_Initialize,
     .C_GetFunctionList = shim_C_GetFunctionList,
     .C_EncryptInit = shim_C_EncryptInit,
+    .C_GetTokenInfo = shim_C_GetTokenInfo,
     SHIM_FUNCTIONS(SHIM_ENTRY)};
 
-/* Every slot of the 2.40 list is filled: the X-list plus the three above. */
+/* Every slot of the 2.40 list is filled: the X-list plus the four above. */
 #define SHIM_COUNT(name, policy, params, args) +1
-_Static_assert(3 SHIM_FUNCTIONS(SHIM_COUNT) ==
+_Static_assert(4 SHIM_FUNCTIONS(SHIM_COUNT) ==
                    (sizeof(CK_FUNCTION_LIST) - offsetof(CK_FUNCTION_LIST, C_Initialize)) /
                        sizeof(CK_C_Initialize),
                "SHIM_FUNCTIONS must cover all of CK_FUNCTION_LIST");
