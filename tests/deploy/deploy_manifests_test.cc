@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -239,6 +240,38 @@ TEST(DeployTest, MigrationExampleWritesThroughThePluginAndOnlyReadsTheOldProvide
   EXPECT_EQ(kms["endpoint"].as<std::string>(""), "unix:///var/run/trousseau-hsm/kms.sock");
   EXPECT_TRUE(providers[1]["aescbc"].IsDefined()) << "the provider being migrated away from, for reads";
   EXPECT_TRUE(providers[2]["identity"].IsDefined());
+}
+
+// One path for kube-apiserver's EncryptionConfiguration wherever an operator reads one (README, docs/,
+// deploy/): the Kubernetes encryption-at-rest docs' /etc/kubernetes/enc/enc.yaml, whose directory the
+// kube-apiserver pod mounts. Three spellings once sent operators copying from two files to two paths.
+TEST(DeployTest, EveryDocumentNamesTheSameEncryptionConfigurationPath) {
+  const fs::path project = PROJECT_DIR;
+  std::vector<fs::path> files = {project / "README.md"};
+  for (const auto& entry : fs::directory_iterator(project / "docs")) {
+    if (entry.path().extension() == ".md") files.push_back(entry.path());
+  }
+  for (const fs::path& path : DeployFiles()) files.push_back(path);
+  // --encryption-provider-config=PATH / `encryption-provider-config: PATH` / `value: PATH`, and any
+  // /etc/kubernetes/... file whose name says it is an encryption configuration.
+  static const std::regex flag(R"(encryption-provider-config[=: ]+\s*([^\s`'"]+))");
+  static const std::regex etc_path(R"((/etc/kubernetes/[A-Za-z0-9_./-]*(enc|encryption)[A-Za-z0-9_.-]*\.ya?ml))");
+  std::set<std::string> seen;
+  int mentions = 0;
+  for (const fs::path& path : files) {
+    const std::string text = Slurp(path);
+    for (const std::regex* re : {&flag, &etc_path}) {
+      for (auto it = std::sregex_iterator(text.begin(), text.end(), *re); it != std::sregex_iterator(); ++it) {
+        const std::string value = (*it)[1];
+        if (value.rfind("/etc/", 0) != 0) continue;  // a relative example file, a placeholder
+        ++mentions;
+        if (value != "/etc/kubernetes/enc/enc.yaml") ADD_FAILURE() << path << " names " << value;
+        seen.insert(value);
+      }
+    }
+  }
+  EXPECT_GE(mentions, 5) << "README, docs/kubernetes.md and deploy/ each name the path";
+  EXPECT_EQ(seen, std::set<std::string>{"/etc/kubernetes/enc/enc.yaml"});
 }
 
 }  // namespace
