@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <regex>
 #include <set>
@@ -157,6 +159,74 @@ TEST(DeployTest, DockerfileRuntimePackagesCoverWhatTheBinariesLink) {
     }
   }
   EXPECT_GE(needed.size(), 10u);
+}
+
+// .dockerignore: what `COPY . .` must never put into the build stage, for every builder. The build context is
+// the repository root; a deploy/Dockerfile.dockerignore would replace the root file under BuildKit only
+// (and it once was the only one, so the legacy builder copied build/ and the quickstart's PIN files).
+
+// Whether `path` (relative to the context) is excluded by one of the patterns, as the builders match
+// them: a pattern excludes what it matches and everything under it; `**/` matches any number of
+// directories. No `!` exceptions are used, so none are handled.
+bool DockerIgnores(const std::vector<std::string>& patterns, const std::string& path) {
+  std::vector<std::string> parts;
+  for (size_t start = 0; start <= path.size();) {
+    const size_t slash = std::min(path.find('/', start), path.size());
+    parts.push_back(path.substr(start, slash - start));
+    start = slash + 1;
+  }
+  for (std::string pattern : patterns) {
+    bool any_depth = false;
+    if (pattern.rfind("**/", 0) == 0) {
+      any_depth = true;
+      pattern = pattern.substr(3);
+    }
+    for (size_t first = 0; first < (any_depth ? parts.size() : 1); ++first) {
+      std::string prefix;
+      for (size_t i = first; i < parts.size(); ++i) {
+        prefix += (i == first ? "" : "/") + parts[i];
+        if (fnmatch(pattern.c_str(), prefix.c_str(), FNM_PATHNAME) == 0) return true;
+      }
+    }
+  }
+  return false;
+}
+
+TEST(DeployTest, DockerignoreKeepsBuildTreesAndPinFilesOutOfEveryBuildersContext) {
+  const fs::path root = PROJECT_DIR;
+  ASSERT_TRUE(fs::exists(root / ".dockerignore"));
+  EXPECT_FALSE(fs::exists(kDeploy / "Dockerfile.dockerignore"))
+      << "BuildKit would read it instead of the root .dockerignore: two lists to keep equal";
+  std::vector<std::string> patterns;
+  for (const std::string& raw : Lines(Slurp(root / ".dockerignore"))) {
+    const std::string line = Trim(raw);
+    if (line.empty() || line[0] == '#') continue;
+    ASSERT_NE(line[0], '!') << "exceptions are not expected (nor handled here): " << line;
+    patterns.push_back(line);
+  }
+  for (const char* excluded :
+       {".git/config", "build/CMakeCache.txt", "build-hg/src/trousseau-hsm", "cmake-build-debug/x",
+        ".quickstart/user.pin", ".quickstart/so.pin", ".quickstart/tokens/x/token.object", "etc/user.pin",
+        "src/core/status.cc.o", "Testing/Temporary/LastTest.log"}) {
+    EXPECT_TRUE(DockerIgnores(patterns, excluded)) << excluded;
+  }
+  // Every build output .gitignore names is kept out too (a new build folder is added to both).
+  for (const std::string& raw : Lines(Slurp(root / ".gitignore"))) {
+    std::string entry = Trim(raw);
+    if (entry.empty() || entry[0] == '#') continue;
+    if (entry.front() == '/') entry.erase(0, 1);
+    if (!entry.empty() && entry.back() == '/') entry.pop_back();
+    const std::string example = std::regex_replace(entry, std::regex("\\*"), "x") + "/file";
+    EXPECT_TRUE(DockerIgnores(patterns, example)) << ".gitignore's " << raw << " is not in .dockerignore";
+  }
+  // What the image build needs stays in.
+  for (const char* kept : {"CMakeLists.txt", "ci/install-deps", "src/app/plugin.cc", "hsm/pkcs11_backend.cc",
+                           "proto/CMakeLists.txt", "deploy/Dockerfile", "tests/CMakeLists.txt"}) {
+    EXPECT_FALSE(DockerIgnores(patterns, kept)) << kept;
+  }
+  for (const char* path : {"CMakeLists.txt", "ci/install-deps", "src/app/plugin.cc", "hsm/pkcs11_backend.cc"}) {
+    EXPECT_TRUE(fs::exists(root / path)) << path << ": the list above names files that are not there";
+  }
 }
 
 }  // namespace
