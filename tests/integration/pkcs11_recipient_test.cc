@@ -3,9 +3,6 @@
 // Pkcs11Backend as a RecipientDevice (x-recipient in the URI). The token's ECDH must agree with OpenSSL's;
 // bad points are refused on the host; an outage (fault shim) ends without a restart.
 #include <gtest/gtest.h>
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 
 #include <stdlib.h>
 
@@ -25,6 +22,7 @@
 #include "hsm/p11/ecdh.h"
 #include "hsm/pkcs11_backend.h"
 #include "hsm/pkcs11_uri.h"
+#include "recipients/p256.h"
 #include "hsm/recipient_admin.h"
 #include "hsm/recipient_key.h"
 #include "tests/testing/device_tokens.h"
@@ -45,51 +43,20 @@ constexpr char kLabel[] = "trousseau-recipient";
 
 Deadline In(std::chrono::milliseconds time) { return std::chrono::steady_clock::now() + time; }
 
-// A fresh ephemeral P-256 key in OpenSSL, as a sealer makes one per envelope.
+// A fresh ephemeral P-256 key on the host (OpenSSL, through src/recipients), as a sealer makes one per
+// envelope: the reference every device's ECDH must equal.
 class Ephemeral {
  public:
-  Ephemeral() : key_(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")) {
-    std::array<unsigned char, 133> pub{};
-    size_t len = 0;
-    if (key_ != nullptr &&
-        EVP_PKEY_get_octet_string_param(key_, OSSL_PKEY_PARAM_PUB_KEY, pub.data(), pub.size(), &len) == 1) {
-      point_.assign(reinterpret_cast<const char*>(pub.data()), len);
-    }
-  }
-  ~Ephemeral() { EVP_PKEY_free(key_); }
-  Ephemeral(const Ephemeral&) = delete;
-  Ephemeral& operator=(const Ephemeral&) = delete;
-
-  const std::string& point() const { return point_; }
-
+  Ephemeral() : key_(*recipients::EphemeralKey::Generate()) {}
+  const std::string& point() const { return key_.public_point(); }
   // ECDH of this ephemeral key with `recipient_point`, computed by OpenSSL: what a sealer computes.
   std::string SharedSecretWith(const std::string& recipient_point) const {
-    char group[] = "P-256";
-    std::string pub = recipient_point;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
-        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pub.data(), pub.size()),
-        OSSL_PARAM_construct_end(),
-    };
-    EVP_PKEY_CTX* from = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
-    EVP_PKEY* peer = nullptr;
-    const bool parsed = from != nullptr && EVP_PKEY_fromdata_init(from) == 1 &&
-                        EVP_PKEY_fromdata(from, &peer, EVP_PKEY_PUBLIC_KEY, params) == 1;
-    EVP_PKEY_CTX_free(from);
-    if (!parsed) return "";
-    EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key_, nullptr);
-    std::string secret(kP256SharedSecretSize, '\0');
-    size_t len = secret.size();
-    const bool ok = ctx != nullptr && EVP_PKEY_derive_init(ctx) == 1 && EVP_PKEY_derive_set_peer(ctx, peer) == 1 &&
-                    EVP_PKEY_derive(ctx, reinterpret_cast<unsigned char*>(secret.data()), &len) == 1;
-    EVP_PKEY_CTX_free(ctx);
-    EVP_PKEY_free(peer);
-    return ok && len == secret.size() ? secret : "";
+    StatusOr<SecureBytes> secret = key_.SharedSecret(recipient_point);
+    return secret.ok() ? std::string(secret->view()) : "";
   }
 
  private:
-  EVP_PKEY* key_;
-  std::string point_;
+  recipients::EphemeralKey key_;
 };
 
 // The token's URI with x-recipient; `object` empty: no KEK family (a recipient-only backend).

@@ -8,27 +8,26 @@
 #include <string>
 
 #include "core/recipient_device.h"
+#include "recipients/p256.h"
 
 namespace trousseau::testing {
 
 class SoftwareRecipient final : public RecipientDevice {
  public:
   SoftwareRecipient();
-  ~SoftwareRecipient() override;
 
   std::string_view RecipientKind() const override { return "software"; }
   std::string DescribeRecipient() const override { return "software recipient (tests only)"; }
   StatusOr<std::string> RecipientPublicPoint(Deadline deadline) override;
   StatusOr<SecureBytes> RecipientSharedSecret(std::string_view peer_point, Deadline deadline) override;
 
-  const std::string& public_point() const { return public_point_; }
+  const std::string& public_point() const { return key_.public_point(); }
   // While down, every call answers UNAVAILABLE, as a lost device does.
   void SetUnavailable(bool unavailable) { unavailable_ = unavailable; }
   int shared_secrets_computed() const { return computed_.load(); }
 
  private:
-  void* key_ = nullptr;  // EVP_PKEY*
-  std::string public_point_;
+  recipients::EphemeralKey key_;  // kept for the device's life: its long-term key
   std::atomic<bool> unavailable_{false};
   std::atomic<int> computed_{0};
 };

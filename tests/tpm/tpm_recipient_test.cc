@@ -2,10 +2,6 @@
 // provisioning, TPM2_ECDH_ZGen through the backend checked against OpenSSL's ECDH, and the faults
 // the backend must survive (bad points, a restarted, foreign or hung TPM, shared object slots).
 #include <gtest/gtest.h>
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 #include <sys/stat.h>
 
 #include <chrono>
@@ -15,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "recipients/p256.h"
 #include "tests/tpm/swtpm_test.h"
 #include "tpm/key_store.h"
 #include "tpm/provisioning.h"
@@ -28,64 +25,30 @@ using namespace std::chrono_literals;
 using support::Eventually;
 using testing::Swtpm;
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct PkeyCtxFree {
-  void operator()(EVP_PKEY_CTX* p) const { EVP_PKEY_CTX_free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-using PkeyCtx = std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree>;
-
-// An ephemeral P-256 key pair made by OpenSSL, as a sealing node makes one.
+// An ephemeral P-256 key pair made by OpenSSL (through src/recipients), as a sealing node makes one.
 struct Ephemeral {
-  Pkey key;
+  std::shared_ptr<const recipients::EphemeralKey> key;
   std::string point;  // uncompressed SEC1
 
   static Ephemeral Generate() {
+    StatusOr<recipients::EphemeralKey> key = recipients::EphemeralKey::Generate();
+    if (!key.ok()) return {};
     Ephemeral e;
-    e.key.reset(EVP_EC_gen("P-256"));
-    if (!e.key) return e;
-    unsigned char buffer[kP256PointSize];
-    size_t size = 0;
-    if (EVP_PKEY_get_octet_string_param(e.key.get(), OSSL_PKEY_PARAM_PUB_KEY, buffer, sizeof buffer, &size) == 1) {
-      e.point.assign(reinterpret_cast<char*>(buffer), size);
-    }
+    e.point = key->public_point();
+    e.key = std::make_shared<const recipients::EphemeralKey>(*std::move(key));
     return e;
   }
 };
 
-// The P-256 public key whose point is `point` (OpenSSL checks it lies on the curve).
-Pkey PublicKeyOf(const std::string& point) {
-  PkeyCtx ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-  char group[] = "prime256v1";
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0),
-      OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, const_cast<char*>(point.data()), point.size()),
-      OSSL_PARAM_construct_end()};
-  EVP_PKEY* key = nullptr;
-  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-      EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, params) != 1) {
-    return nullptr;
-  }
-  return Pkey(key);
-}
-
 // ECDH on the host: x(e * Q), what a sealing node computes for the recipient whose point is Q.
 std::string HostSharedSecret(const Ephemeral& ephemeral, const std::string& recipient_point) {
-  Pkey peer = PublicKeyOf(recipient_point);
-  if (!peer) return "";
-  PkeyCtx ctx(EVP_PKEY_CTX_new(ephemeral.key.get(), nullptr));
-  size_t size = 0;
-  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_derive_set_peer(ctx.get(), peer.get()) != 1 ||
-      EVP_PKEY_derive(ctx.get(), nullptr, &size) != 1) {
-    return "";
-  }
-  std::string secret(size, '\0');
-  if (EVP_PKEY_derive(ctx.get(), reinterpret_cast<unsigned char*>(secret.data()), &size) != 1) return "";
-  secret.resize(size);
-  return secret;
+  if (!ephemeral.key) return "";
+  StatusOr<SecureBytes> secret = ephemeral.key->SharedSecret(recipient_point);
+  return secret.ok() ? std::string(secret->view()) : "";
 }
+
+// Whether `point` is a P-256 point (OpenSSL checks it lies on the curve).
+bool OnTheCurve(const std::string& point) { return recipients::UncompressedPoint(point).ok(); }
 
 Deadline Soon() { return Clock::now() + 30s; }
 
@@ -137,7 +100,7 @@ TEST_F(TpmRecipientTest, TheTpmSharedSecretIsTheOneOpenSslComputesForEveryEpheme
   const RecipientInfo info = CreateKey();
   ASSERT_EQ(info.public_point.size(), kP256PointSize);
   EXPECT_EQ(info.public_point[0], 0x04);
-  EXPECT_NE(PublicKeyOf(info.public_point), nullptr) << "the exported point is not on P-256";
+  EXPECT_TRUE(OnTheCurve(info.public_point)) << "the exported point is not on P-256";
   // TPM name: nameAlg SHA-256 (0x000b) and the digest of the public area.
   ASSERT_EQ(info.tpm_name.size(), 34u);
   EXPECT_EQ(info.tpm_name.substr(0, 2), std::string("\x00\x0b", 2));
@@ -205,7 +168,7 @@ TEST_F(TpmRecipientTest, APointOffTheCurveIsInvalidArgumentAndTheBackendKeepsSer
 
   std::string off_curve = ephemeral.point;
   off_curve[kP256PointSize - 1] ^= 0x01;  // same x, another y: not on the curve
-  ASSERT_EQ(PublicKeyOf(off_curve), nullptr) << "OpenSSL must refuse it too, or the test shows nothing";
+  ASSERT_FALSE(OnTheCurve(off_curve)) << "OpenSSL must refuse it too, or the test shows nothing";
   std::string zero(kP256PointSize, '\0');  // the point at infinity has no uncompressed encoding
   zero[0] = 0x04;
   const std::string compressed = std::string(1, '\x02') + ephemeral.point.substr(1, kEccP256CoordinateSize);
