@@ -106,7 +106,8 @@ void AuditChartTemplates(FlagAudit& audit) {
     for (auto it = std::sregex_iterator(text.begin(), text.end(), flag); it != std::sregex_iterator(); ++it) {
       found.push_back((*it)[1]);
     }
-    EXPECT_FALSE(found.empty()) << path;
+    // A template that runs the plugin names its flags (the ServiceMonitor's runs nothing).
+    if (text.find("containers:") != std::string::npos) EXPECT_FALSE(found.empty()) << path;
     audit.CheckPluginArgs(found, path.filename().string());
   }
 }

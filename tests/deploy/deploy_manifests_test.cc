@@ -100,6 +100,7 @@ TEST(DeployTest, HelmDaemonSetIsSecureAndRunsOnTheControlPlane) {
   std::string why;
   EXPECT_TRUE(deploy::YamlEqual(a["securityContext"], b["securityContext"], &why)) << why;
   EXPECT_TRUE(deploy::YamlEqual(a["command"], b["command"], &why)) << why;
+  EXPECT_TRUE(deploy::YamlEqual(a["startupProbe"], b["startupProbe"], &why)) << why;
   EXPECT_TRUE(deploy::YamlEqual(a["livenessProbe"], b["livenessProbe"], &why)) << why;
   EXPECT_TRUE(deploy::YamlEqual(a["readinessProbe"], b["readinessProbe"], &why)) << why;
   const auto args_a = ArgMap(a), args_b = ArgMap(b);
@@ -135,6 +136,79 @@ socketDir: /run/kms-plugin
   std::string init;
   for (const YAML::Node& w : spec["initContainers"][0]["command"]) init += w.as<std::string>() + " ";
   EXPECT_NE(init.find("chown 10001:10001 /run/kms-plugin"), std::string::npos) << init;
+}
+
+// A vendor HSM's module comes from the node: pkcs11ModuleDir (and pkcs11ModuleLibDir) mount it read-only.
+TEST(DeployTest, HelmVendorModuleValuesMountTheModuleFromTheNode) {
+  const YAML::Node overrides = YAML::Load(R"(
+softhsm: { enabled: false }
+pkcs11Uri: "pkcs11:token=k8s-kms;object=kek?module-path=/opt/vendor/lib/libvendorp11.so&pin-source=file:/etc/trousseau-hsm/pin"
+pkcs11ModuleDir: /opt/vendor/lib
+pkcs11ModuleLibDir: /opt/vendor/lib64
+)");
+  const YAML::Node ds = RenderedDaemonSet(overrides);
+  ASSERT_TRUE(ds);
+  const YAML::Node spec = ds["spec"]["template"]["spec"];
+  ExpectSecurePluginPod(spec, "helm DaemonSet, vendor module");
+  const std::vector<Mount> mounts = Mounts(spec, PluginContainer(spec));
+  for (const char* dir : {"/opt/vendor/lib", "/opt/vendor/lib64"}) {
+    const Mount* m = MountFor(mounts, std::string(dir) + "/x.so");
+    ASSERT_NE(m, nullptr) << dir;
+    EXPECT_EQ(m->host_path, dir);
+    EXPECT_EQ(m->host_type, "Directory");
+    EXPECT_TRUE(m->read_only);
+  }
+}
+
+// metrics.serviceMonitor: off by default; on, a headless Service over the DaemonSet's pods at the health
+// port and a ServiceMonitor that selects exactly that Service and scrapes /metrics.
+TEST(DeployTest, HelmServiceMonitorIsOffByDefaultAndScrapesThePluginsMetricsPort) {
+  for (const auto& [name, text] : RenderChart(kChart.string())) {
+    for (const YAML::Node& doc : YAML::LoadAll(text)) {
+      if (!doc.IsMap()) continue;
+      EXPECT_NE(doc["kind"].as<std::string>(""), "ServiceMonitor") << name;
+      EXPECT_NE(doc["kind"].as<std::string>(""), "Service") << name;
+    }
+  }
+  const YAML::Node overrides = YAML::Load(R"(
+metrics: { serviceMonitor: { enabled: true, labels: { release: kube-prometheus-stack } } }
+healthListen: { host: 0.0.0.0, port: 9797 }
+)");
+  YAML::Node service, monitor;
+  for (const auto& [name, text] : RenderChart(kChart.string(), overrides)) {
+    for (const YAML::Node& doc : YAML::LoadAll(text)) {
+      if (!doc.IsMap()) continue;
+      if (doc["kind"].as<std::string>("") == "Service") service = doc;
+      if (doc["kind"].as<std::string>("") == "ServiceMonitor") monitor = doc;
+    }
+  }
+  ASSERT_TRUE(service) << "no Service rendered";
+  ASSERT_TRUE(monitor) << "no ServiceMonitor rendered";
+  const YAML::Node ds = RenderedDaemonSet(overrides);
+  ASSERT_TRUE(ds);
+  // The Service selects the DaemonSet's pods, at the port the plugin's --health-listen names.
+  for (const auto& label : service["spec"]["selector"]) {
+    EXPECT_EQ(ds["spec"]["template"]["metadata"]["labels"][label.first.as<std::string>()].as<std::string>(""),
+              label.second.as<std::string>());
+  }
+  const std::string listen = ArgMap(PluginContainer(ds["spec"]["template"]["spec"])).at("--health-listen");
+  EXPECT_EQ(listen, "0.0.0.0:9797");
+  ASSERT_EQ(service["spec"]["ports"].size(), 1u);
+  EXPECT_EQ(service["spec"]["ports"][0]["targetPort"].as<int>(0), 9797);
+  EXPECT_EQ(service["spec"]["clusterIP"].as<std::string>(""), "None");
+  // The ServiceMonitor selects that Service (all its selector labels on it), in its namespace, by port name.
+  EXPECT_EQ(monitor["apiVersion"].as<std::string>(""), "monitoring.coreos.com/v1");
+  for (const auto& label : monitor["spec"]["selector"]["matchLabels"]) {
+    EXPECT_EQ(service["metadata"]["labels"][label.first.as<std::string>()].as<std::string>(""),
+              label.second.as<std::string>());
+  }
+  EXPECT_EQ(monitor["spec"]["namespaceSelector"]["matchNames"][0].as<std::string>(""),
+            service["metadata"]["namespace"].as<std::string>());
+  EXPECT_EQ(monitor["metadata"]["labels"]["release"].as<std::string>(""), "kube-prometheus-stack");
+  ASSERT_EQ(monitor["spec"]["endpoints"].size(), 1u);
+  const YAML::Node endpoint = monitor["spec"]["endpoints"][0];
+  EXPECT_EQ(endpoint["port"].as<std::string>(""), service["spec"]["ports"][0]["name"].as<std::string>());
+  EXPECT_EQ(endpoint["path"].as<std::string>(""), "/metrics");
 }
 
 // tpm.enabled: the TPM backend's flags, key directory and device instead of everything PKCS#11.

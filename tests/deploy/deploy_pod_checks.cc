@@ -11,6 +11,10 @@
 namespace trousseau::deploy {
 namespace {
 
+// Where Debian's libsofthsm2 package puts the module on every architecture (a symlink into
+// /usr/lib/<multiarch>/softhsm), and so where the image has it.
+constexpr char kImageSoftHsmModule[] = "/usr/lib/softhsm/libsofthsm2.so";
+
 // Pod-level settings and the plugin container's security context; returns the uid the plugin runs as.
 int ExpectHardenedPluginContainer(const YAML::Node& spec, const YAML::Node& c) {
   EXPECT_TRUE(spec["hostNetwork"].as<bool>(false)) << "the health endpoint listens on the node's loopback";
@@ -77,14 +81,21 @@ void ReadEndpoints(const std::map<std::string, std::string>& args, PluginEndpoin
 }
 
 void ExpectProbesAndResources(const YAML::Node& c, const PluginEndpoints& endpoints) {
-  // Probes: /livez for liveness (a device outage must not restart the plugin), /readyz for readiness.
-  for (const auto& [probe, path] : {std::pair{"livenessProbe", "/livez"}, std::pair{"readinessProbe", "/readyz"}}) {
+  // Probes: /livez for start-up and liveness (a device outage, even at start, must not restart the plugin),
+  // /readyz for readiness.
+  for (const auto& [probe, path] : {std::pair{"startupProbe", "/livez"}, std::pair{"livenessProbe", "/livez"},
+                                    std::pair{"readinessProbe", "/readyz"}}) {
     const YAML::Node get = c[probe]["httpGet"];
     ASSERT_TRUE(get) << probe;
     EXPECT_EQ(get["path"].as<std::string>(""), path) << probe;
     EXPECT_EQ(get["host"].as<std::string>(""), endpoints.health_host) << probe;
     EXPECT_EQ(get["port"].as<int>(0), endpoints.health_port) << probe;
   }
+  // The start-up probe is what holds liveness back while the process starts (a slow HSM client library):
+  // at least 30 s of it, and liveness then needs no initial delay of its own.
+  const YAML::Node startup = c["startupProbe"];
+  EXPECT_GE(startup["periodSeconds"].as<int>(10) * startup["failureThreshold"].as<int>(3), 30);
+  EXPECT_FALSE(c["livenessProbe"]["initialDelaySeconds"].IsDefined()) << "the startupProbe covers start-up";
 
   // Resources: limits and requests set; the memory limit above the measured VmHWM (up to 29.3 MiB,
   // docs/benchmarks.md) with headroom.
@@ -144,7 +155,17 @@ void ExpectPkcs11Mounts(const std::map<std::string, std::string>& args, const st
   const std::string module = UriAttribute(uri, "module-path");
   ASSERT_FALSE(module.empty()) << uri;
   const Mount* mod = MountFor(mounts, module);
-  ASSERT_NE(mod, nullptr) << "PKCS#11 module not mounted: " << module;
+  if (mod == nullptr) {
+    // Not mounted: the image's own SoftHSM module, installed for the image's architecture (amd64, arm64)
+    // at the same path on both, so the manifest names no CPU-specific host path.
+    EXPECT_EQ(module, kImageSoftHsmModule) << "a module that is not mounted must be the image's SoftHSM";
+    EXPECT_NE(Slurp(kDeploy / "Dockerfile").find("ARG WITH_SOFTHSM=true"), std::string::npos)
+        << "the image must ship SoftHSM by default";
+    for (const Mount& m : mounts) {
+      EXPECT_EQ(m.host_path.find("-linux-gnu"), std::string::npos) << "architecture-specific host path " << m.host_path;
+    }
+    return;
+  }
   EXPECT_TRUE(mod->read_only);
   // On this (Debian) host the module path may be a symlink: where it really points must be mounted too,
   // from the same host path, or the container sees a dangling link.
