@@ -1,6 +1,7 @@
 // The PKCS#11 session pool sizes itself (--hsm-sessions auto): against a real SoftHSM token behind the
 // fault shim, made slow (delay_us, a network HSM) and, for the limit, made to report a small
-// ulMaxSessionCount (max_sessions=N). Sizes and counts are asserted, never rates.
+// ulMaxSessionCount (max_sessions=N). Sizes and counts are asserted, never rates. The names match
+// ci/sanitize's TSan selection (Concurren, UnderLoad).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -107,7 +108,7 @@ TEST_F(SessionPoolTest, GrowsToTheConcurrentCallersOfASlowToken) {
   EXPECT_EQ(backend->session_count(), kStreams);
 }
 
-TEST_F(SessionPoolTest, StaysWithinTheTokensSessionLimit) {
+TEST_F(SessionPoolTest, StaysWithinTheTokensSessionLimitUnderLoad) {
   support::WriteShimControl(control_, std::string(kSlowToken) + " max_sessions=10");
   auto backend = NewBackend({.sessions = 2});
   ASSERT_TRUE(backend->LoadKeys().ok());
@@ -124,7 +125,7 @@ TEST_F(SessionPoolTest, StaysWithinTheTokensSessionLimit) {
   EXPECT_EQ(backend->session_count(), limit);
 }
 
-TEST_F(SessionPoolTest, APinnedPoolNeverGrows) {
+TEST_F(SessionPoolTest, APinnedPoolNeverGrowsUnderLoad) {
   auto backend = NewBackend({.sessions = 2, .grow_sessions = false});
   ASSERT_TRUE(backend->LoadKeys().ok());
   const std::string sealed = *backend->Seal(1, "seed", "aad");
@@ -135,7 +136,7 @@ TEST_F(SessionPoolTest, APinnedPoolNeverGrows) {
   EXPECT_EQ(backend->session_count(), 2u);
 }
 
-TEST_F(SessionPoolTest, AGrownPoolIsReopenedWholeAfterAnOutage) {
+TEST_F(SessionPoolTest, AGrownPoolIsReopenedWholeAfterAnOutageUnderLoad) {
   auto backend = NewBackend({.sessions = 2});
   ASSERT_TRUE(backend->LoadKeys().ok());
   const std::string sealed = *backend->Seal(1, "seed", "aad");
