@@ -1,5 +1,7 @@
 #include "core/strings.h"
 
+#include <algorithm>
+
 #include <cctype>
 
 #include <cstdio>
@@ -57,6 +59,36 @@ std::string QuoteForMessage(std::string_view text, size_t max) {
   out.push_back('"');
   if (text.size() > max) out.append("...");
   return out;
+}
+
+std::string NearestName(std::string_view word, const std::vector<std::string>& names) {
+  const auto distance = [](std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= b.size(); ++j) {
+        const size_t substituted = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+        diagonal = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, substituted});
+      }
+    }
+    return row[b.size()];
+  };
+  std::string best;
+  size_t best_distance = 3;  // more than 2 edits is no typo
+  std::vector<std::string> prefixed;
+  for (const std::string& name : names) {
+    if (!word.empty() && name.starts_with(word)) prefixed.push_back(name);
+    const size_t d = distance(word, name);
+    if (d < best_distance) {
+      best_distance = d;
+      best = name;
+    }
+  }
+  if (best.empty() && prefixed.size() == 1) return prefixed.front();
+  return best;
 }
 
 std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text) {

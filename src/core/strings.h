@@ -53,6 +53,10 @@ std::string QuoteForMessage(std::string_view text, size_t max = 80);
 // as \uXXXX. Bytes >= 0x80 pass through unchanged.
 std::string JsonQuote(std::string_view text);
 
+// The name among `names` closest to `word` (a typo: at most 2 edits, or `word` a prefix of one name
+// only), for "did you mean ...?"; "" when none is close.
+std::string NearestName(std::string_view word, const std::vector<std::string>& names);
+
 // "250ms", "5s", "1m", "2h", "0" -> duration; nullopt if malformed or negative.
 std::optional<std::chrono::milliseconds> ParseDuration(std::string_view text);
 

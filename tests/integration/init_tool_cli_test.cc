@@ -64,6 +64,19 @@ TEST_F(InitToolTest, UsageErrorsExitTwoAndEveryCommandHasHelp) {
   EXPECT_EQ(Run({"key", "list", "--pkcs11-uri", uri_, "--pin", "x"}).code, 2);
   EXPECT_EQ(Run({"key", "list", "--pkcs11-uri", "not a uri"}).code, 2);
   EXPECT_EQ(Run({"key", "retire", "--pkcs11-uri", uri_}).code, 2);  // no --version
+  // A mistyped command is named, with the nearest one; a word unlike any command is not echoed.
+  ToolResult typo = Run({"key", "lst", "--pkcs11-uri", uri_});
+  EXPECT_EQ(typo.code, 2);
+  EXPECT_NE(typo.err.find("unknown command 'lst' for 'trousseau-hsm-init key'; did you mean 'list'?"),
+            std::string::npos)
+      << typo.err;
+  ToolResult unlike = Run({"hunter2-my-password"});
+  EXPECT_EQ(unlike.code, 2);
+  EXPECT_EQ(unlike.all().find("hunter2"), std::string::npos) << unlike.all();
+  EXPECT_NE(unlike.err.find("the commands are: token, key"), std::string::npos) << unlike.err;
+  ToolResult version = Run({"--version"});
+  EXPECT_EQ(version.code, 0) << version.all();
+  EXPECT_EQ(version.out.rfind("trousseau-hsm-init ", 0), 0u) << version.out;
   for (std::vector<std::string> command : std::vector<std::vector<std::string>>{{},
                                                                                 {"token", "init"},
                                                                                 {"key", "generate"},

@@ -242,11 +242,38 @@ TEST_F(TrousseauctlTest, BadInputFailsWithAClearError) {
   const CtlResult tampered = Ctl(WithSocket({"decrypt", "--key-id", key_id}), forged_b64);
   EXPECT_EQ(tampered.code, 1);
   EXPECT_EQ(tampered.out, "");
-  EXPECT_EQ(tampered.err.rfind("error: 3 ", 0), 0u) << tampered.err;
+  EXPECT_EQ(tampered.err.rfind("error: the plugin answered INVALID_ARGUMENT (3): ", 0), 0u) << tampered.err;
 
   const CtlResult empty = Ctl(WithSocket({"encrypt"}), "");
   EXPECT_EQ(empty.code, 1) << "the plugin refuses empty plaintext";
-  EXPECT_EQ(empty.err.rfind("error: 3 ", 0), 0u) << empty.err;
+  EXPECT_EQ(empty.err.rfind("error: the plugin answered INVALID_ARGUMENT (3): ", 0), 0u) << empty.err;
+}
+
+// As the plugin's --listen takes it, a bare path is a unix socket (gRPC alone would look it up in DNS), and
+// --timeout takes the plugin's duration syntax.
+TEST_F(TrousseauctlTest, ABareSocketPathAndADurationWork) {
+  StartPlugin();
+  const CtlResult r = Ctl({"--socket", socket_, "--timeout", "2s", "status"});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("healthz: ok"), std::string::npos) << r.out;
+  EXPECT_EQ(Ctl({"--socket", socket_, "--timeout", "1500ms", "status"}).code, 0);
+  const CtlResult bad = Ctl({"--socket", socket_, "--timeout", "soon", "status"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("must be a duration such as 3s"), std::string::npos) << bad.err;
+}
+
+TEST_F(TrousseauctlTest, AMistypedCommandIsNamedWithTheNearestOneAndVersionWorks) {
+  const CtlResult typo = Ctl({"statsu"});
+  EXPECT_EQ(typo.code, 2);
+  EXPECT_NE(typo.err.find("unknown command 'statsu' for 'trousseauctl'; did you mean 'status'?"), std::string::npos)
+      << typo.err;
+  const CtlResult unlike = Ctl({"hunter2-my-password"});
+  EXPECT_EQ(unlike.code, 2);
+  EXPECT_EQ(unlike.err.find("hunter2"), std::string::npos) << "a word unlike any command is never echoed";
+  EXPECT_NE(unlike.err.find("the commands are: status, encrypt, decrypt"), std::string::npos) << unlike.err;
+  const CtlResult version = Ctl({"--version"});
+  EXPECT_EQ(version.code, 0) << version.err;
+  EXPECT_EQ(version.out.rfind("trousseauctl ", 0), 0u) << version.out;
 }
 
 TEST_F(TrousseauctlTest, MissingSocketIsAClearErrorNotAHang) {
@@ -259,6 +286,7 @@ TEST_F(TrousseauctlTest, MissingSocketIsAClearErrorNotAHang) {
   EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
   EXPECT_NE(r.err.find(missing), std::string::npos) << "the error names the socket: " << r.err;
   EXPECT_NE(r.err.find("No such file or directory"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Is trousseau-hsm running, and is this its --listen socket?"), std::string::npos) << r.err;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
 
   const CtlResult encrypt = Ctl({"--socket", "unix://" + missing, "encrypt"}, "seed");
@@ -293,7 +321,7 @@ TEST_F(TrousseauctlTest, StatusExitsThreeWhileTheHsmIsDown) {
   // Encrypting fails while the device is away (UNAVAILABLE = 14), and says so.
   const CtlResult encrypt = Ctl(WithSocket({"encrypt"}), "seed");
   EXPECT_EQ(encrypt.code, 1);
-  EXPECT_EQ(encrypt.err.rfind("error: 14 ", 0), 0u) << encrypt.err;
+  EXPECT_EQ(encrypt.err.rfind("error: the plugin answered UNAVAILABLE (14): ", 0), 0u) << encrypt.err;
   // The v1beta1 API has no health field: its status is an Encrypt and Decrypt, which fail now.
   const CtlResult v1_down = Ctl(WithSocket({"--api", "v1beta1", "status"}));
   EXPECT_EQ(v1_down.code, 3) << v1_down.out << v1_down.err;

@@ -69,5 +69,16 @@ TEST(Strings, PercentEncodeKeepsOnlyUnreservedCharactersAndOptionallySlashes) {
   EXPECT_EQ(PercentEncode(std::string_view("\xff\x00", 2)), "%FF%00");
 }
 
+TEST(Strings, NearestNameSuggestsTyposAndUniquePrefixesOnly) {
+  const std::vector<std::string> commands = {"token", "key", "selftest", "config", "tpm", "recipients", "recipient"};
+  EXPECT_EQ(NearestName("kee", commands), "key");
+  EXPECT_EQ(NearestName("selftets", commands), "selftest");
+  EXPECT_EQ(NearestName("recipent", commands), "recipient");
+  EXPECT_EQ(NearestName("conf", commands), "config") << "a prefix of one name only";
+  EXPECT_EQ(NearestName("rotate", commands), "") << "nothing close";
+  EXPECT_EQ(NearestName("", commands), "");
+  EXPECT_EQ(NearestName("pin", {"--pkcs11-uri", "--listen"}), "");
+}
+
 }  // namespace
 }  // namespace trousseau

@@ -6,7 +6,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <iterator>
 #include <memory>
 #include <string>
@@ -19,6 +21,7 @@
 #include "core/secure_bytes.h"
 #include "core/strings.h"
 #include "tools/ctl/plugin_keys.h"
+#include "tools/support/cli_errors.h"
 #include "v1beta1/kms.grpc.pb.h"
 #include "v2/kms.grpc.pb.h"
 
@@ -160,14 +163,66 @@ std::unique_ptr<grpc::ClientContext> Context(const Options& o) {
   return context;
 }
 
+// A bare path is a unix socket, as for the plugin's --listen (gRPC would look it up as a host name).
+std::string Target(const Options& o) { return o.socket.starts_with("/") ? "unix://" + o.socket : o.socket; }
+
 std::shared_ptr<grpc::Channel> Channel(const Options& o) {
   grpc::ChannelArguments args;
   args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, "localhost");  // as kube-apiserver sends it
-  return grpc::CreateCustomChannel(o.socket, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(Target(o), grpc::InsecureChannelCredentials(), args);
 }
 
-int Fail(const grpc::Status& s) {
-  std::cerr << "error: " << s.error_code() << " " << s.error_message() << "\n";
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    default:
+      return "error";
+  }
+}
+
+// What went wrong, said for an operator: no plugin at the socket, no permission on it, no answer in
+// time, or what the plugin itself answered (its message is written for operators already).
+int Fail(const Options& o, const grpc::Status& s) {
+  const std::string& message = s.error_message();
+  const bool connect_failed =
+      s.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      (message.find("failed to connect") != std::string::npos ||
+       message.find("DNS resolution failed") != std::string::npos ||
+       message.find("Connection refused") != std::string::npos || message.find("No such file") != std::string::npos ||
+       message.find("Permission denied") != std::string::npos);
+  if (connect_failed && message.find("Permission denied") != std::string::npos) {
+    std::cerr << "error: no permission to connect to " << Target(o)
+              << ": the plugin's socket is mode 0600 (--socket-mode); run as its owner (root, or the plugin's "
+                 "--socket-owner) or a member of its --socket-group\n";
+  } else if (connect_failed) {
+    std::cerr << "error: no plugin answers on " << Target(o)
+              << ". Is trousseau-hsm running, and is this its --listen socket? Give it with --socket "
+                 "unix:///path/kms.sock (default "
+              << trousseau::defaults::kListenEndpoint << ")\n  (gRPC: " << message << ")\n";
+  } else if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    std::cerr << "error: the plugin on " << Target(o) << " did not answer within " << o.timeout_seconds
+              << " s (--timeout); kube-apiserver would have given up too. Check its log and /readyz?verbose\n";
+  } else {
+    std::cerr << "error: the plugin answered " << CodeName(s.error_code()) << " (" << s.error_code() << "): " << message
+              << "\n";
+  }
   return 1;
 }
 
@@ -178,7 +233,7 @@ int StatusV1beta1(const Options& o) {
   v1beta1::VersionRequest request;
   request.set_version("v1beta1");
   v1beta1::VersionResponse response;
-  if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(s);
+  if (grpc::Status s = stub->Version(Context(o).get(), request, &response); !s.ok()) return Fail(o, s);
   const std::string probe = "trousseauctl health probe";
   std::string healthz = "ok";
   v1beta1::EncryptRequest encrypt;
@@ -216,7 +271,7 @@ int StatusV1beta1(const Options& o) {
 int StatusV2(const Options& o) {
   auto stub = v2::KeyManagementService::NewStub(Channel(o));
   v2::StatusResponse response;
-  if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(s);
+  if (grpc::Status s = stub->Status(Context(o).get(), {}, &response); !s.ok()) return Fail(o, s);
   const bool healthy = response.healthz() == "ok" && response.version() == "v2" && !response.key_id().empty();
   if (o.json) {
     std::cout << "{\"healthy\":" << (healthy ? "true" : "false")
@@ -248,7 +303,7 @@ int Encrypt(const Options& o) {
     v1beta1::EncryptResponse response;
     grpc::Status s = stub->Encrypt(Context(o).get(), request, &response);
     Wipe(*request.mutable_plain());
-    if (!s.ok()) return Fail(s);
+    if (!s.ok()) return Fail(o, s);
     ciphertext = response.cipher();
   } else {
     auto stub = v2::KeyManagementService::NewStub(Channel(o));
@@ -258,7 +313,7 @@ int Encrypt(const Options& o) {
     v2::EncryptResponse response;
     grpc::Status s = stub->Encrypt(Context(o).get(), request, &response);
     Wipe(*request.mutable_plaintext());
-    if (!s.ok()) return Fail(s);
+    if (!s.ok()) return Fail(o, s);
     ciphertext = response.ciphertext();
     key_id = response.key_id();
   }
@@ -288,7 +343,7 @@ int Decrypt(const Options& o) {
     grpc::Status s = stub->Decrypt(Context(o).get(), request, &response);
     plaintext.value.swap(*response.mutable_plain());
     Wipe(*response.mutable_plain());
-    if (!s.ok()) return Fail(s);
+    if (!s.ok()) return Fail(o, s);
   } else {
     if (o.key_id.empty()) {
       std::cerr << "error: v2 decrypt needs --key-id (printed by encrypt)\n";
@@ -303,7 +358,7 @@ int Decrypt(const Options& o) {
     grpc::Status s = stub->Decrypt(Context(o).get(), request, &response);
     plaintext.value.swap(*response.mutable_plaintext());
     Wipe(*response.mutable_plaintext());
-    if (!s.ok()) return Fail(s);
+    if (!s.ok()) return Fail(o, s);
   }
   if (o.json) {
     WipedString encoded, quoted;
@@ -330,13 +385,34 @@ int main(int argc, char** argv) {
       "trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
       "Data is read from stdin, never from arguments.",
       "trousseauctl"};
+  app.set_version_flag("--version", std::string("trousseauctl ") + TROUSSEAU_VERSION);
   app.require_subcommand(1);
   // Global options may also follow the subcommand: `trousseauctl status --socket unix:///...`.
   app.fallthrough();
-  app.add_option("--socket", o.socket, "Plugin endpoint")->capture_default_str();
-  app.add_option("--timeout", o.timeout_seconds, "Seconds per call")
-      ->check(CLI::Range(0.001, 86400.0))
+  app.add_option("--socket", o.socket, "Plugin endpoint: unix:///path/kms.sock, or the bare path")
       ->capture_default_str();
+  // The plugin's duration syntax (3s, 500ms), or plain seconds as before.
+  app.add_option_function<std::string>(
+         "--timeout",
+         [&o](const std::string& text) {
+           if (std::optional<std::chrono::milliseconds> d = trousseau::ParseDuration(text)) {
+             o.timeout_seconds = std::chrono::duration<double>(*d).count();
+           } else {
+             o.timeout_seconds = std::stod(text);
+           }
+         },
+         "Time per call: 3s, 500ms (or plain seconds); default kube-apiserver's 3s")
+      ->check([](const std::string& text) -> std::string {
+        double seconds = 0;
+        if (std::optional<std::chrono::milliseconds> d = trousseau::ParseDuration(text)) {
+          seconds = std::chrono::duration<double>(*d).count();
+        } else {
+          char* end = nullptr;
+          seconds = std::strtod(text.c_str(), &end);
+          if (end == text.c_str() || *end != '\0') return "must be a duration such as 3s or 500ms";
+        }
+        return seconds >= 0.001 && seconds <= 86400 ? "" : "must be between 1ms and 24h";
+      });
   app.add_option("--api", o.api, "KMS API to use")->check(CLI::IsMember({"v2", "v1beta1"}))->capture_default_str();
   app.add_flag("--json", o.json, "Machine-readable output");
   int rc = 0;
@@ -353,11 +429,16 @@ int main(int argc, char** argv) {
   decrypt->callback([&] { rc = Decrypt(o); });
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ExtrasError&) {
-    // Not echoed: data belongs on stdin, and a stray argument may be exactly that data.
-    std::cerr << "trousseauctl: unexpected arguments (not shown); data goes on stdin, see --help\n";
-    return 2;
   } catch (const CLI::ParseError& e) {
+    if (std::optional<std::string> unknown = trousseau::support::UnknownCommandError(app, argc, argv)) {
+      std::cerr << "trousseauctl: " << *unknown << "\n";
+      return 2;
+    }
+    if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+      // Not echoed: data belongs on stdin, and a stray argument may be exactly that data.
+      std::cerr << "trousseauctl: unexpected arguments (not shown); data goes on stdin, see --help\n";
+      return 2;
+    }
     return app.exit(e) == 0 ? 0 : 2;
   }
   return rc;

@@ -13,6 +13,7 @@
 #include "hsm/pin_source.h"
 #include "tools/init/init_tool.h"
 #include "tools/init/recipient_cli.h"
+#include "tools/support/cli_errors.h"
 
 #ifndef TROUSSEAU_VERSION
 #define TROUSSEAU_VERSION "dev"
@@ -340,10 +341,14 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ExtrasError&) {
-    // Not echoed: a misplaced argument may be a secret.
-    return Fail(kExitUsage, "unexpected arguments (not shown); run with --help for the usage");
   } catch (const CLI::ParseError& e) {
+    if (std::optional<std::string> unknown = trousseau::support::UnknownCommandError(app, argc, argv)) {
+      return Fail(kExitUsage, *unknown);
+    }
+    if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+      // Not echoed: a misplaced argument may be a secret.
+      return Fail(kExitUsage, "unexpected arguments (not shown); run with --help for the usage");
+    }
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitUsage;
   }
