@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -223,12 +225,69 @@ std::optional<int> ApplyConfigFile(const std::string& config_file, const std::ma
   return std::nullopt;
 }
 
+// What operators of other KMS plugins type, and what it is here.
+const std::map<std::string, std::string, std::less<>>& PeerFlags() {
+  static const std::map<std::string, std::string, std::less<>> kPeers = {
+      {"--listen-addr", "ours is --listen unix:///path/kms.sock"},
+      {"--path-to-unix-socket", "ours is --listen unix:///path/kms.sock"},
+      {"--unix-socket", "ours is --listen unix:///path/kms.sock"},
+      {"--healthz-port", "ours is --health-listen HOST:PORT (e.g. 127.0.0.1:PORT)"},
+      {"--healthz-path", "the paths are fixed: /healthz, /livez, /readyz and /metrics on --health-listen"},
+      {"--metrics-addr", "metrics are served on --health-listen at /metrics"},
+      {"--metrics-port", "metrics are served on --health-listen at /metrics"},
+      {"--pin", "a PIN never comes from a flag: use pin-source=file:/path in --pkcs11-uri, or TROUSSEAU_HSM_PIN"},
+      {"--pin-file", "give it in the URI: --pkcs11-uri 'pkcs11:...?pin-source=file:/path'"},
+      {"--key", "the key family is the object= of --pkcs11-uri (or --tpm-key-dir)"},
+  };
+  return kPeers;
+}
+
+// Every argument CLI11 did not take, said without its value: a flag by name (with ours, or the nearest
+// known one), anything else only counted, since a stray word may be a secret.
+void ExplainExtras(const CLI::App& app, int argc, char** argv) {
+  std::vector<std::string> known;
+  for (const CLI::Option* option : app.get_options()) {
+    for (const std::string& name : option->get_lnames()) known.push_back("--" + name);
+  }
+  int stray = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (!arg.starts_with("--") || arg == "--") {
+      // A value of a known option that takes one was consumed by CLI11; a lone word is a stray.
+      const bool value_of_previous = i > 1 && std::string_view(argv[i - 1]).starts_with("--") &&
+                                     std::string_view(argv[i - 1]).find('=') == std::string_view::npos;
+      if (!value_of_previous) ++stray;
+      continue;
+    }
+    const std::string name(arg.substr(0, arg.find('=')));
+    if (app.get_option_no_throw(name) != nullptr) continue;
+    const bool printable = name.size() <= 40 && std::all_of(name.begin(), name.end(), [](char c) {
+                             return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+                           });
+    if (!printable) {
+      ++stray;
+      continue;
+    }
+    std::string hint;
+    if (auto peer = PeerFlags().find(name); peer != PeerFlags().end()) {
+      hint = peer->second;
+    } else if (std::string nearest = NearestName(name, known); !nearest.empty()) {
+      hint = StrCat("did you mean ", nearest, "?");
+    } else {
+      hint = "run with --help for the flags";
+    }
+    std::cerr << "trousseau-hsm: unknown flag " << name << " (its value not shown): " << hint << "\n";
+  }
+  if (stray > 0) {
+    std::cerr << "trousseau-hsm: " << stray << " unexpected argument(s) (not shown); run with --help for the usage\n";
+  }
+}
+
 std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ExtrasError&) {
-    // Not echoed: a stray argument may be a secret someone tried to pass as a flag.
-    std::cerr << "trousseau-hsm: unexpected arguments (not shown); run with --help for the usage\n";
+    ExplainExtras(app, argc, argv);
     return 2;
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every usage error is a configuration error (exit 2), which

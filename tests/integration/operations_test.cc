@@ -288,6 +288,25 @@ TEST_F(OperationsTest, ConfigFileListsAreRepeatedSettingsAndSeveralDevicesNeedAR
   EXPECT_NE(unsigned_mode->Log().find("needs --recipient-admin-key"), std::string::npos) << unsigned_mode->Log();
 }
 
+// An unknown flag is named (never its value: it may be a PIN pasted there), with ours for what other KMS
+// plugins call it, or the nearest flag we have.
+TEST_F(OperationsTest, UnknownFlagsAreNamedWithOursButTheirValuesNeverShown) {
+  auto plugin = Start({"--pkcs11-uri", token_->Uri(), "--listen-addr=unix:///x", "--pin", "7391-secret",
+                       "--helth-listen", "127.0.0.1:1", "stray-s3cret"});
+  EXPECT_EQ(plugin->Wait(10s), 2);
+  const std::string log = plugin->Log();
+  EXPECT_NE(log.find("unknown flag --listen-addr (its value not shown): ours is --listen"), std::string::npos) << log;
+  EXPECT_NE(log.find("unknown flag --pin (its value not shown): a PIN never comes from a flag"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("unknown flag --helth-listen (its value not shown): did you mean --health-listen?"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("1 unexpected argument(s) (not shown)"), std::string::npos) << log;
+  for (const char* secret : {"7391-secret", "unix:///x", "stray-s3cret", "127.0.0.1:1"}) {
+    EXPECT_EQ(log.find(secret), std::string::npos) << secret << " was echoed:\n" << log;
+  }
+}
+
 TEST_F(OperationsTest, VersionAndHelp) {
   auto version = Start({"--version"});
   EXPECT_EQ(version->Wait(10s), 0);
