@@ -207,6 +207,9 @@ void Pkcs11Backend::MaybeGrowSessions() {
   if (lanes_.busy() < lanes_.size()) return;  // a lane is free: this call does not queue
   if (lanes_.size() >= session_limit_.load()) return;
   if (lanes_.call_time() < kGrowMinCallTime) return;
+  // A call its caller gave up on is still in the device: a hung device, not a slow one. More lanes
+  // would only be more calls stuck in it (the pool bounds those).
+  if (lanes_.abandoned() > 0) return;
   if (growth_requested_.exchange(true)) return;  // one request at a time
   // Only if the admin lane is free now: a reconnect or key load in progress comes first, and the
   // next queued call asks again.
@@ -513,8 +516,9 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnect
   if (!admin.ok()) return admin.status();
   conn->admin = *std::move(admin);
   if (Status s = LoginUser(conn->admin, conn->token, uri_.pin_file()); !s.ok()) return s;
-  if (options_.grow_sessions)
+  if (options_.grow_sessions) {
     session_limit_.store(std::max(SessionPoolLimit(token->info, options_.sessions), lanes_.size()));
+  }
   // Room for every lane the pool may reach (GrowSessionsOnAdmin fills it in place); sessions for the
   // lanes there are now (the pool may have grown on an earlier connection).
   conn->sessions.resize(lanes_.capacity());
