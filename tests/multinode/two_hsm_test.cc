@@ -70,7 +70,7 @@ class DecryptLoad {
           const auto started = Clock::now();
           // The apiserver's default deadline (3 s): an answer later than that is a failure.
           grpc::Status s = clients.v2->Decrypt(testing::CallContext().get(), request, &response);
-          Record(s, response.plaintext() == plaintexts[n], Clock::now() - started);
+          Record(s, response.plaintext() == plaintexts[n], started);
         }
       });
     }
@@ -83,11 +83,14 @@ class DecryptLoad {
       if (t.joinable()) t.join();
     }
   }
+  // From now on a failed Decrypt counts as one begun after the fault (not in flight when it hit).
+  void MarkCut() { cut_ = Clock::now(); }
   uint64_t succeeded() const { return succeeded_.load(); }
   uint64_t failed() const {
     std::lock_guard lock(mu_);
     return failures_.size();
   }
+  uint64_t failed_after_cut() const { return failed_after_cut_.load(); }
   std::string Failures() const {
     std::lock_guard lock(mu_);
     std::string all;
@@ -105,13 +108,17 @@ class DecryptLoad {
   }
 
  private:
-  void Record(const grpc::Status& s, bool right_plaintext, Clock::duration took) {
+  void Record(const grpc::Status& s, bool right_plaintext, Clock::time_point started) {
+    const Clock::duration took = Clock::now() - started;
     if (s.ok() && right_plaintext) {
       ++succeeded_;
     } else {
+      const bool after_cut = started >= cut_.load();
+      if (after_cut) ++failed_after_cut_;
       std::lock_guard lock(mu_);
-      failures_.push_back(s.ok() ? std::string("OK but a wrong plaintext")
-                                 : std::to_string(s.error_code()) + " " + s.error_message());
+      failures_.push_back((after_cut ? "begun after the fault: " : "in flight at the fault: ") +
+                          (s.ok() ? std::string("OK but a wrong plaintext")
+                                  : std::to_string(s.error_code()) + " " + s.error_message()));
     }
     std::lock_guard lock(mu_);
     slowest_ = std::max(slowest_, took);
@@ -119,6 +126,8 @@ class DecryptLoad {
 
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> succeeded_{0};
+  std::atomic<uint64_t> failed_after_cut_{0};
+  std::atomic<Clock::time_point> cut_{Clock::time_point::max()};
   mutable std::mutex mu_;
   std::vector<std::string> failures_;  // guarded by mu_
   Clock::duration slowest_{0};         // guarded by mu_
@@ -237,6 +246,12 @@ class TwoHsmTest : public ::testing::Test {
     return testing::MetricValue(testing::HttpGet(health_port_, "/metrics").body,
                                 "trousseau_hsm_device_latency_seconds{device=\"" + hsm.name() + "\"}");
   }
+  // Health probes done (the prober's and those a request asked for).
+  double Probes() const {
+    return testing::MetricValue(
+        testing::HttpGet(health_port_, "/metrics").body,
+        "trousseau_hsm_backend_call_duration_seconds_count{backend=\"recipients\",call=\"probe\"}");
+  }
   // The device Decrypt tries first right now (the faster one), and the other.
   std::pair<const Hsm*, const Hsm*> FirstAndSecond() const {
     return Latency(b_) < Latency(a_) ? std::make_pair(&b_, &a_) : std::make_pair(&a_, &b_);
@@ -251,15 +266,22 @@ class TwoHsmTest : public ::testing::Test {
     ASSERT_TRUE(load.MoreSucceed(100, 30s)) << load.Failures();
     const auto [first, second] = FirstAndSecond();
 
+    const double probes_at_cut = Probes();
+    load.MarkCut();
     WriteShimControl(first->control, fault);
     ASSERT_TRUE(Eventually([&] { return Down(*first); }, 15s)) << Ready();
-    // The load goes on through the other HSM.
+    // The load goes on through the other HSM, across the health probes that meet the fault: the one
+    // in flight at the cut and two begun after it (one of them retries the failed HSM after its
+    // backoff). A hung HSM holds a probe for up to its whole deadline.
+    ASSERT_TRUE(Eventually([&] { return Probes() >= probes_at_cut + 3; }, 30s)) << Probes() - probes_at_cut;
     ASSERT_TRUE(load.MoreSucceed(200, 30s)) << load.Failures();
     EXPECT_TRUE(Up(*second)) << Ready();
     EXPECT_EQ(BackendUp(*first), 0) << first->name();
     EXPECT_EQ(BackendUp(*second), 1) << second->name();
     EXPECT_TRUE(Healthy()) << "Status healthz stays ok while one HSM serves";
     load.Stop();
+    // Only a Decrypt already inside the HSM when it failed may fail; every later one is failed over.
+    EXPECT_EQ(load.failed_after_cut(), 0u) << load.Failures();
     EXPECT_LE(load.failed(), static_cast<uint64_t>(kStreams)) << load.Failures();
     std::cout << fault << " " << first->name() << ": " << load.succeeded() << " Decrypts ok, " << load.failed()
               << " failed, slowest " << load.slowest().count() << " ms\n";
