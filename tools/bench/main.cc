@@ -2,6 +2,7 @@
 //   trousseau-bench run [options]                 everything, table (and --json) on stdout
 //   trousseau-bench echo-server --listen unix:///path   the gRPC floor, started by `run`
 //   trousseau-bench soak [options]                the long run with rotations and an outage (ci/soak)
+//   trousseau-bench failover [options]            two HSMs, the first cut mid-load (issue 14 (a))
 #include <unistd.h>
 
 #include <climits>
@@ -11,6 +12,7 @@
 
 #include "echo_server.h"
 #include "recipients_bench.h"
+#include "scenario_failover.h"
 #include "run.h"
 #include "soak.h"
 
@@ -22,6 +24,9 @@
 #endif
 #ifndef TROUSSEAU_BENCH_FAULT_SHIM
 #define TROUSSEAU_BENCH_FAULT_SHIM "libtrousseau_fault_shim.so"
+#endif
+#ifndef TROUSSEAU_BENCH_SECOND_FAULT_SHIM
+#define TROUSSEAU_BENCH_SECOND_FAULT_SHIM "libtrousseau_fault_shim_second.so"
 #endif
 
 namespace {
@@ -44,6 +49,7 @@ CLI::Option* AddPositive(CLI::App* app, const std::string& name, T& value, const
 namespace {
 
 using trousseau::bench::EchoServerOptions;
+using trousseau::bench::FailoverOptions;
 using trousseau::bench::ProbeOptions;
 using trousseau::bench::RecipientsOptions;
 using trousseau::bench::RunOptions;
@@ -161,6 +167,32 @@ CLI::App* AddSoak(CLI::App& app, SoakOptions& soak_options) {
   return soak;
 }
 
+CLI::App* AddFailover(CLI::App& app, FailoverOptions& o) {
+  o.plugin = TROUSSEAU_BENCH_PLUGIN;
+  o.init_tool = TROUSSEAU_BENCH_INIT_TOOL;
+  o.fault_shim = TROUSSEAU_BENCH_FAULT_SHIM;
+  o.second_fault_shim = TROUSSEAU_BENCH_SECOND_FAULT_SHIM;
+  CLI::App* failover = app.add_subcommand(
+      "failover", "Multi-node mode with two HSMs: Decrypt load, the first HSM cut mid-load (failed calls, latency)");
+  failover->add_option("--plugin", o.plugin, "trousseau-hsm binary")->capture_default_str();
+  failover->add_option("--init-tool", o.init_tool, "trousseau-hsm-init binary (recipient keys, the set)")
+      ->capture_default_str();
+  failover->add_option("--fault-shim", o.fault_shim, "fault shim in front of the first HSM")->capture_default_str();
+  failover->add_option("--second-fault-shim", o.second_fault_shim, "fault shim in front of the second HSM")
+      ->capture_default_str();
+  failover->add_option("--softhsm-module", o.softhsm_module, "SoftHSM2 PKCS#11 module")->capture_default_str();
+  AddPositive(failover, "--streams", o.streams, "Concurrent Decrypt streams");
+  AddPositive(failover, "--before-seconds", o.before_seconds, "Load before the cut");
+  AddPositive(failover, "--after-seconds", o.after_seconds, "Load after the cut (at least 2)");
+  failover->add_option("--fault", o.fault, "How the HSM is cut: down (link lost) or hang (black-holed)")
+      ->check(CLI::IsMember({"down", "hang"}))
+      ->capture_default_str();
+  failover->add_option("--hsm-timeout", o.hsm_timeout, "The plugin's --hsm-timeout")->capture_default_str();
+  failover->add_flag("--json", o.json, "Also print the figures as a JSON object on stdout");
+  failover->add_option("--plugin-log", o.plugin_log, "Keep a copy of the plugin's log here");
+  return failover;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -172,17 +204,20 @@ int main(int argc, char** argv) {
   RunOptions run_options;
   SoakOptions soak_options;
   RecipientsOptions recipients_options;
+  FailoverOptions failover_options;
   CLI::App* echo = AddEchoServer(app, echo_options);
   CLI::App* probe = AddProbe(app, probe_options);
   AddRun(app, run_options);
   CLI::App* soak = AddSoak(app, soak_options);
   CLI::App* recipients = AddRecipients(app, recipients_options);
+  CLI::App* failover = AddFailover(app, failover_options);
 
   CLI11_PARSE(app, argc, argv);
   if (*echo) return trousseau::bench::RunEchoServer(echo_options);
   if (*soak) return trousseau::bench::Soak(soak_options);
   if (*probe) return trousseau::bench::Probe(probe_options);
   if (*recipients) return trousseau::bench::RunRecipients(recipients_options);
+  if (*failover) return trousseau::bench::RunFailover(failover_options);
   std::erase(run_options.shim_sessions, size_t{0});
   run_options.self = SelfPath();
   return trousseau::bench::Run(run_options);
