@@ -10,7 +10,11 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstring>
+#include <map>
+#include <regex>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "tests/deploy/deploy_support.h"
 #include "tests/testing/kms_clients.h"
@@ -186,6 +190,144 @@ TEST_F(DeployPluginTest, SoftHsmNeedsAWritableTokenDirectory) {
   } else {
     EXPECT_EQ(read_only_key, "") << read_only.Log();
   }
+}
+
+// deploy/monitoring/: the Grafana dashboard and the Prometheus alert rules query only series a real plugin
+// exports. A renamed metric or label would otherwise leave an empty panel and an alert that never fires.
+
+// Every PromQL expression of the dashboard (panel targets, template variable queries) and of the rules.
+std::vector<std::string> MonitoringExpressions() {
+  std::vector<std::string> exprs;
+  const nlohmann::json dashboard = nlohmann::json::parse(Slurp(kDeploy / "monitoring" / "grafana-dashboard.json"));
+  for (const nlohmann::json& panel : dashboard.at("panels")) {
+    for (const nlohmann::json& target : panel.value("targets", nlohmann::json::array())) {
+      exprs.push_back(target.at("expr").get<std::string>());
+    }
+  }
+  for (const nlohmann::json& variable : dashboard.at("templating").at("list")) {
+    if (variable.value("type", "") == "query") exprs.push_back(variable.at("definition").get<std::string>());
+  }
+  const YAML::Node rules = LoadOne(kDeploy / "monitoring" / "alerts.yaml");
+  for (const YAML::Node& group : rules["groups"]) {
+    for (const YAML::Node& rule : group["rules"]) exprs.push_back(rule["expr"].as<std::string>());
+  }
+  return exprs;
+}
+
+// The backend kinds a plugin reports in `backend` (trousseau_hsm_backend_up, build_info), read from the
+// backends' sources: a page from one plugin shows only its own.
+std::set<std::string> BackendKinds() {
+  const fs::path project = PROJECT_DIR;
+  std::set<std::string> kinds;
+  static const std::regex kind(
+      R"re((?:kPkcs11BackendKind\[\] = |kRecipientBackendKind\[\] = |Kind\(\) const override \{ return )"([a-z0-9]+)")re");
+  for (const char* file : {"hsm/pkcs11_backend.h", "tpm/tpm_backend.h", "src/recipients/recipient_backend.h"}) {
+    const std::string text = Slurp(project / file);
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), kind); it != std::sregex_iterator(); ++it) {
+      kinds.insert((*it)[1]);
+    }
+  }
+  return kinds;
+}
+
+std::vector<std::string> SplitAlternatives(const std::string& regex) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (size_t bar; (bar = regex.find('|', start)) != std::string::npos; start = bar + 1) {
+    parts.push_back(regex.substr(start, bar - start));
+  }
+  parts.push_back(regex.substr(start));
+  return parts;
+}
+
+// The page's series: metric name -> label name -> values seen.
+std::map<std::string, std::map<std::string, std::set<std::string>>> SeriesOf(const std::string& page) {
+  std::map<std::string, std::map<std::string, std::set<std::string>>> series;
+  static const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? )");
+  static const std::regex label(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)")re");
+  for (const std::string& line : Lines(page)) {
+    std::smatch m;
+    if (line.empty() || line[0] == '#' || !std::regex_search(line, m, sample)) continue;
+    auto& labels = series[m[1]];
+    const std::string set = m[2];
+    for (auto it = std::sregex_iterator(set.begin(), set.end(), label); it != std::sregex_iterator(); ++it) {
+      labels[(*it)[1]].insert((*it)[2]);
+    }
+  }
+  return series;
+}
+
+TEST_F(DeployPluginTest, MonitoringDashboardAndAlertsUseOnlyMetricsThePluginExports) {
+  const int port = testing::FreeLoopbackPort();
+  Subprocess plugin({PLUGIN_PATH, "--listen", "unix://" + socket_, "--pkcs11-uri", token_->Uri(), "--health-listen",
+                     "127.0.0.1:" + std::to_string(port)},
+                    token_->dir() + "/plugin.log");
+  ASSERT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 10s)) << plugin.Log();
+  v2::EncryptResponse sealed;
+  ASSERT_TRUE(testing::EncryptV2(socket_, std::string(32, '\x5a'), sealed).ok());
+  const auto series = SeriesOf(testing::HttpGet(port, "/metrics").body);
+  ASSERT_TRUE(series.contains("trousseau_hsm_build_info")) << plugin.Log();
+  EXPECT_EQ(BackendKinds(), (std::set<std::string>{"pkcs11", "tpm2", "recipients"}))
+      << "the backends' kinds changed: update deploy/monitoring/ and this test";
+
+  // name{matchers}: the name must be on the page; each matcher's label must be one it has, and an
+  // equality matcher's value one it takes (instance and job are Prometheus' own).
+  static const std::regex selector(R"(([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\})");
+  static const std::regex matcher(R"re(([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)")re");
+  static const std::regex ours(R"(\btrousseau_hsm_[a-z0-9_]+)");
+  int selectors = 0;
+  std::set<std::string> names_used;
+  for (const std::string& expr : MonitoringExpressions()) {
+    SCOPED_TRACE(expr);
+    for (auto it = std::sregex_iterator(expr.begin(), expr.end(), ours); it != std::sregex_iterator(); ++it) {
+      EXPECT_TRUE(series.contains(it->str())) << it->str() << " is not on the plugin's /metrics";
+      names_used.insert(it->str());
+    }
+    for (auto it = std::sregex_iterator(expr.begin(), expr.end(), selector); it != std::sregex_iterator(); ++it) {
+      const std::string name = (*it)[1];
+      ++selectors;
+      ASSERT_TRUE(series.contains(name)) << name << " is not on the plugin's /metrics";
+      const std::string body = (*it)[2];
+      for (auto mt = std::sregex_iterator(body.begin(), body.end(), matcher); mt != std::sregex_iterator(); ++mt) {
+        const std::string label = (*mt)[1], op = (*mt)[2], value = (*mt)[3];
+        if (label == "instance" || label == "job") continue;
+        ASSERT_TRUE(series.at(name).contains(label)) << name << " has no label " << label;
+        if (label == "backend" && op != "!=" && op != "!~" && value.find('|') != std::string::npos) {
+          // A list of backend kinds: each must be one the plugin reports (this page shows only pkcs11's).
+          for (const std::string& kind : SplitAlternatives(value)) {
+            EXPECT_TRUE(BackendKinds().contains(kind)) << name << ": no backend kind " << kind;
+          }
+        } else if (op == "=") {
+          const bool other_backend = label == "backend" && BackendKinds().contains(value);
+          EXPECT_TRUE(series.at(name).at(label).contains(value) || other_backend)
+              << name << "{" << label << "=" << value << "}";
+        }
+      }
+    }
+  }
+  EXPECT_GE(selectors, 20);
+  // What the dashboard and the alerts are for (issue 16): requests, errors, latency, device, keys.
+  for (const char* needed :
+       {"trousseau_hsm_operations_total", "trousseau_hsm_operation_duration_seconds_bucket", "trousseau_hsm_backend_up",
+        "trousseau_hsm_key_version_info", "trousseau_hsm_key_refresh_total",
+        "trousseau_hsm_key_versions_vanished_total", "trousseau_hsm_backend_call_errors_total"}) {
+    EXPECT_TRUE(names_used.contains(needed)) << needed << " is on no panel and in no alert";
+  }
+  plugin.Signal(SIGTERM);
+  EXPECT_EQ(plugin.Wait(15s), 0) << plugin.Log();
+}
+
+// The rules load in Prometheus (promtool, from Debian's prometheus package; ci/install-deps installs it),
+// and tests/deploy/alerts_test.yaml's series make each alert fire, and not fire, as it should.
+TEST(DeployTest, AlertRulesPassPromtool) {
+  if (!HasCommand("promtool"))
+    SKIP_OR_FAIL_IN_CI("no promtool (Debian package prometheus; ci/install-deps installs it)");
+  const std::string rules = (kDeploy / "monitoring" / "alerts.yaml").string();
+  const RunResult check = Shell("promtool check rules " + ShellQuote(rules), true);
+  EXPECT_EQ(check.code, 0) << check.out;
+  const RunResult unit =
+      Shell("promtool test rules " + ShellQuote(std::string(PROJECT_DIR) + "/tests/deploy/alerts_test.yaml"), true);
+  EXPECT_EQ(unit.code, 0) << unit.out;
 }
 
 }  // namespace
