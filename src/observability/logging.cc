@@ -155,13 +155,29 @@ bool IsJsonNumber(std::string_view text) {
   });
 }
 
+// The level as --log-level names it (spdlog says "warning", and "critical" for what the flag calls
+// error: a log pipeline filtering on the flag's words would miss those).
+std::string_view LevelName(spdlog::level::level_enum level) {
+  switch (level) {
+    case spdlog::level::trace:
+      return "trace";
+    case spdlog::level::debug:
+      return "debug";
+    case spdlog::level::info:
+      return "info";
+    case spdlog::level::warn:
+      return "warn";
+    default:
+      return "error";
+  }
+}
+
 class RecordFormatter final : public spdlog::formatter {
  public:
   explicit RecordFormatter(LogFormat format) : format_(format) {}
 
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
-    const auto level_name = spdlog::level::to_string_view(msg.level);
-    const std::string_view level(level_name.data(), level_name.size());
+    const std::string_view level = LevelName(msg.level);
     const std::string_view text(msg.payload.data(), msg.payload.size());
     std::string line;
     if (format_ == LogFormat::kJson) {

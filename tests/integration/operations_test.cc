@@ -210,7 +210,9 @@ TEST_F(OperationsTest, JsonLogsAreOneObjectPerLineWithRequestFieldsAndNoPlaintex
       EXPECT_EQ(record["uid"], "uid-1234");
       EXPECT_EQ(record["key_id"], sealed.key_id());
       EXPECT_EQ(record["code"], "OK");
-      EXPECT_TRUE(record["latency"].is_number()) << line;
+      EXPECT_TRUE(record["latency_ms"].is_number()) << line;
+      EXPECT_NE(record["level"], "warning") << "the --log-level words: warn";
+      EXPECT_NE(record["level"], "critical") << line;
     }
     ++parsed;
   }

@@ -15,7 +15,8 @@ namespace {
 class LoggingTest : public ::testing::Test {
  protected:
   // Logs one record with `uid` and `key_id` in `format`; returns what the sink received.
-  std::string LogRequest(LogFormat format, std::string_view message, std::string_view uid, std::string_view key_id) {
+  std::string LogRequest(LogFormat format, std::string_view message, std::string_view uid, std::string_view key_id,
+                         spdlog::level::level_enum level = spdlog::level::info) {
     std::ostringstream out;
     auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
     auto logger = std::make_shared<spdlog::logger>("test", sink);
@@ -23,8 +24,8 @@ class LoggingTest : public ::testing::Test {
     logger->set_level(spdlog::level::trace);
     auto previous = spdlog::default_logger();
     spdlog::set_default_logger(logger);
-    LogWithFields(spdlog::level::info, message,
-                  {{"operation", "decrypt"}, {"uid", uid}, {"key_id", key_id}, {"latency", "0.000123", true}});
+    LogWithFields(level, message,
+                  {{"operation", "decrypt"}, {"uid", uid}, {"key_id", key_id}, {"latency_ms", "0.123", true}});
     spdlog::set_default_logger(previous);
     return out.str();
   }
@@ -36,7 +37,7 @@ class LoggingTest : public ::testing::Test {
 
 TEST_F(LoggingTest, TextKeepsPlainValuesBare) {
   const std::string line = LogRequest(LogFormat::kText, "request", "3f2a-11", "kek-v1-abc");
-  EXPECT_NE(line.find(" info request operation=decrypt uid=3f2a-11 key_id=kek-v1-abc latency=0.000123\n"),
+  EXPECT_NE(line.find(" info request operation=decrypt uid=3f2a-11 key_id=kek-v1-abc latency_ms=0.123\n"),
             std::string::npos)
       << line;
 }
@@ -79,7 +80,19 @@ TEST_F(LoggingTest, JsonIsOneValidObjectWithTheCallersBytesEscaped) {
   // The invalid byte 0xff becomes U+FFFD; valid UTF-8 (é) stays.
   EXPECT_EQ(record["uid"], std::string("x\"}\n{\"level\":\"error\"\x01\xef\xbf\xbd\xc3\xa9", 27));
   EXPECT_EQ(record["key_id"], "kek-v1-abc");
-  EXPECT_EQ(record["latency"], 0.000123);
+  EXPECT_EQ(record["latency_ms"], 0.123);
+}
+
+// The level names are --log-level's words, so a pipeline filtering on them sees every record.
+TEST_F(LoggingTest, LevelNamesAreTheFlagsWords) {
+  const std::vector<std::pair<spdlog::level::level_enum, std::string>> levels = {
+      {spdlog::level::trace, "trace"}, {spdlog::level::debug, "debug"}, {spdlog::level::info, "info"},
+      {spdlog::level::warn, "warn"},   {spdlog::level::err, "error"},   {spdlog::level::critical, "error"}};
+  for (const auto& [level, word] : levels) {
+    const nlohmann::json record = nlohmann::json::parse(LogRequest(LogFormat::kJson, "m", "u", "k", level));
+    EXPECT_EQ(record["level"], word);
+    EXPECT_NE(LogRequest(LogFormat::kText, "m", "u", "k", level).find(" " + word + " m "), std::string::npos) << word;
+  }
 }
 
 TEST_F(LoggingTest, CappingNeverSplitsAUtf8Sequence) {
