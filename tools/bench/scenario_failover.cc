@@ -160,6 +160,15 @@ bool ReadyShows(int health_port, const std::string& line) {
   return testing::HttpGet(health_port, "/readyz?verbose").body.find(line) != std::string::npos;
 }
 
+// Status answers healthz "ok": a key ring is loaded (a device may be up in /readyz before that).
+bool Serving(const std::string& socket) {
+  auto stub = v2::KeyManagementService::NewStub(UnixChannel(socket));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  v2::StatusResponse status;
+  return stub->Status(&context, v2::StatusRequest(), &status).ok() && status.healthz() == "ok";
+}
+
 // Polls `predicate` every 5 ms for at most `seconds`.
 template <typename Predicate>
 bool WaitFor(Predicate predicate, double seconds) {
@@ -217,7 +226,7 @@ int RunFailover(const FailoverOptions& o) {
   TrackChild(plugin.pid());
   const bool both_up = WaitFor(
       [&] {
-        return ReadyShows(health_port, "device up: " + DeviceName(kLabelA)) &&
+        return Serving(socket) && ReadyShows(health_port, "device up: " + DeviceName(kLabelA)) &&
                ReadyShows(health_port, "device up: " + DeviceName(kLabelB));
       },
       20);
