@@ -244,23 +244,39 @@ TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
                                    "extraVolumeMounts: [{ name: hsm-conf, mountPath: /etc/hsm, readOnly: true }]\n";
   const std::string tpm_file = dir + "/tpm.yaml";
   std::ofstream(tpm_file) << "tpm: { enabled: true }\nsupplementalGroups: [113]\n";
+  const std::string monitor_file = dir + "/monitor.yaml";
+  std::ofstream(monitor_file) << "metrics: { serviceMonitor: { enabled: true, labels: { release: kps } } }\n"
+                                 "healthListen: { host: 0.0.0.0 }\n";
   for (const auto& [what, values_file] : {std::pair<std::string, std::string>{"defaults", ""},
                                           {"with overrides", overrides_file},
-                                          {"tpm.enabled", tpm_file}}) {
+                                          {"tpm.enabled", tpm_file},
+                                          {"metrics.serviceMonitor.enabled", monitor_file}}) {
     SCOPED_TRACE(what);
     const RunResult out = Shell(ShellQuote(helm) + " template trousseau-hsm " + ShellQuote(kChart.string()) +
                                     " --namespace kube-system --kube-version 1.33.0" +
                                     (values_file.empty() ? "" : " --values " + ShellQuote(values_file)),
                                 true);
     ASSERT_EQ(out.code, 0) << out.out;
-    YAML::Node real;
+    // Every object, by kind (one of each): real helm's and ours.
+    std::map<std::string, YAML::Node> real, ours;
     for (const YAML::Node& doc : YAML::LoadAll(out.out)) {
-      if (doc.IsMap() && doc["kind"].as<std::string>("") == "DaemonSet") real = doc;
+      if (doc.IsMap()) real[doc["kind"].as<std::string>("")] = doc;
     }
-    ASSERT_TRUE(real) << out.out;
-    const YAML::Node ours = RenderedDaemonSet(values_file.empty() ? YAML::Node() : YAML::LoadFile(values_file));
-    std::string why;
-    EXPECT_TRUE(deploy::YamlEqual(real, ours, &why)) << why;
+    const YAML::Node values = values_file.empty() ? YAML::Node() : YAML::LoadFile(values_file);
+    for (const auto& [name, text] : RenderChart(kChart.string(), values)) {
+      for (const YAML::Node& doc : YAML::LoadAll(text)) {
+        if (doc.IsMap()) ours[doc["kind"].as<std::string>("")] = doc;
+      }
+    }
+    ASSERT_TRUE(real.contains("DaemonSet")) << out.out;
+    std::set<std::string> real_kinds, our_kinds;
+    for (const auto& [kind, doc] : real) real_kinds.insert(kind);
+    for (const auto& [kind, doc] : ours) our_kinds.insert(kind);
+    ASSERT_EQ(real_kinds, our_kinds);
+    for (const auto& [kind, doc] : real) {
+      std::string why;
+      EXPECT_TRUE(deploy::YamlEqual(doc, ours.at(kind), &why)) << kind << ": " << why;
+    }
   }
   fs::remove_all(dir);
 }
