@@ -280,7 +280,8 @@ class TwoHsmTest : public ::testing::Test {
     EXPECT_EQ(BackendUp(*second), 1) << second->name();
     EXPECT_TRUE(Healthy()) << "Status healthz stays ok while one HSM serves";
     load.Stop();
-    // Only a Decrypt already inside the HSM when it failed may fail; every later one is failed over.
+    // Only a Decrypt already inside the HSM when it failed may fail; every later one is failed over
+    // (issue 14: zero failed Decrypts beyond those in flight).
     EXPECT_EQ(load.failed_after_cut(), 0u) << load.Failures();
     EXPECT_LE(load.failed(), static_cast<uint64_t>(kStreams)) << load.Failures();
     std::cout << fault << " " << first->name() << ": " << load.succeeded() << " Decrypts ok, " << load.failed()
@@ -322,8 +323,14 @@ TEST_F(TwoHsmTest, AnHsmGoingDownUnderLoadFailsNoDecryptAndIsTakenBackWhenItRetu
 }
 
 TEST_F(TwoHsmTest, AnHsmThatHangsUnderLoadFailsNoDecryptAndIsTakenBackWhenItAnswers) {
-  // Each Decrypt has the apiserver's 3 s deadline (DecryptV2): one still waiting on the hung HSM
-  // past it would count as failed. The plugin gives the hung device half of its 2 s, then the other.
+  // Each Decrypt has the apiserver's 3 s deadline: one still waiting on the hung HSM past it would
+  // count as failed. The plugin gives the hung device half of its 2 s, then the other.
+  // Known failure (2026-12-06, reported to the owner of src/recipients): a health probe begun while the
+  // hung HSM is still first in line waits on it for the probe's whole deadline
+  // (RecipientBackend::Probe tries the devices one after the other with it), the healthy HSM then
+  // gets "did not answer within 0 ms", is marked down, the probe fails and the engine's breaker
+  // refuses Decrypts ("requests are refused at once until a health probe succeeds") about 2 s after
+  // the hang: failed_after_cut() is then 1-4.
   FailTheFirstDeviceUnderLoad("hang");
 }
 
