@@ -3,6 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <string>
+
+#include "core/strings.h"
+#include "observability/logging.h"
 
 namespace trousseau::app {
 namespace {
@@ -16,7 +20,11 @@ constexpr std::chrono::milliseconds kMaxRetry{5000};
 void LogKeyRing(const KmsEngine& engine) {
   auto ring = engine.key_ring();
   for (const auto& [version, key_id] : ring->key_ids()) {
-    spdlog::info("key version {} key_id={}{}", version, key_id, version == ring->active_version() ? " (active)" : "");
+    const std::string version_text = StrCat(version);
+    observability::LogWithFields(spdlog::level::info, "key version",
+                                 {{"version", version_text, /*numeric=*/true},
+                                  {"key_id", key_id},
+                                  {"state", version == ring->active_version() ? "active" : "decrypt-only"}});
   }
 }
 

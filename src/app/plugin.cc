@@ -252,7 +252,12 @@ int RunPlugin(const PluginOptions& options) {
   // device that is down, or a PIN the token refused, is an outage to serve through (UNAVAILABLE,
   // unhealthy) and recover from: a supervisor restarting the process would try the refused PIN once
   // per restart until the token locks.
-  spdlog::info("using {}{}{}", backend->Describe(), configured->summary.empty() ? "" : " ", configured->summary);
+  // Start-up facts as fields, so a log pipeline can select on them.
+  observability::LogWithFields(spdlog::level::info, "using the key device",
+                               {{"backend", backend->Kind()},
+                                {"device", backend->Describe()},
+                                {"detail", configured->summary},
+                                {"version", TROUSSEAU_VERSION}});
   if (Status loaded = refresher.RefreshNow("start"); !loaded.ok()) {
     if (IsFailedPrecondition(loaded) || IsInvalidArgument(loaded)) {
       spdlog::critical("cannot use {}: {}", backend->Describe(), loaded.message());
@@ -262,8 +267,12 @@ int RunPlugin(const PluginOptions& options) {
   engine.StartProber();
   refresher.Start();
   serving = true;
-  if (*http) spdlog::info("health and metrics on http://{}", options.health_listen);
-  spdlog::info("serving KMS v2 and v1beta1 on unix://{}", (*server)->socket_path());
+  if (*http) {
+    observability::LogWithFields(spdlog::level::info, "health and metrics endpoint up",
+                                 {{"health_listen", options.health_listen}});
+  }
+  const std::string socket = "unix://" + (*server)->socket_path();
+  observability::LogWithFields(spdlog::level::info, "serving KMS v2 and v1beta1", {{"listen", socket}});
   sd_notify(0, "READY=1\nSTATUS=serving KMS v2 and v1beta1");
 
   Running running{**server, refresher, engine, *configured, serving};

@@ -89,7 +89,7 @@ int Config(const ConfigOptions& options) {
 
   const std::string directory = path.substr(0, path.rfind('/') + 1);
   std::ostringstream out;
-  out << "# EncryptionConfiguration for kube-apiserver: save it (e.g. /etc/kubernetes/encryption-config.yaml) and\n"
+  out << "# EncryptionConfiguration for kube-apiserver: save it (e.g. /etc/kubernetes/enc/enc.yaml) and\n"
       << "# start kube-apiserver with --encryption-provider-config=<that file>, with " << directory << "\n"
       << "# mounted into its pod. Start the plugin first, with the matching command line:\n"
       << "#\n"
