@@ -107,7 +107,9 @@ void AuditChartTemplates(FlagAudit& audit) {
       found.push_back((*it)[1]);
     }
     // A template that runs the plugin names its flags (the ServiceMonitor's runs nothing).
-    if (text.find("containers:") != std::string::npos) EXPECT_FALSE(found.empty()) << path;
+    if (text.find("containers:") != std::string::npos) {
+      EXPECT_FALSE(found.empty()) << path;
+    }
     audit.CheckPluginArgs(found, path.filename().string());
   }
 }
