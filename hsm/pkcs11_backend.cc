@@ -93,11 +93,16 @@ struct Pkcs11Backend::Connection {
   }
 };
 
-size_t SessionPoolLimit(const CK_TOKEN_INFO& token, size_t start) {
-  size_t limit = defaults::kHsmSessionsMax;
+std::optional<uint64_t> TokenSessionLimit(const CK_TOKEN_INFO& token) {
   const CK_ULONG stated = token.ulMaxSessionCount;
-  if (stated != CK_EFFECTIVELY_INFINITE && stated != CK_UNAVAILABLE_INFORMATION) {
-    limit = std::min<size_t>(limit, stated > kSessionHeadroom ? stated - kSessionHeadroom : 0);
+  if (stated == CK_EFFECTIVELY_INFINITE || stated == CK_UNAVAILABLE_INFORMATION) return std::nullopt;
+  return stated;
+}
+
+size_t SessionPoolLimit(std::optional<uint64_t> token_limit, size_t start) {
+  size_t limit = defaults::kHsmSessionsMax;
+  if (token_limit.has_value()) {
+    limit = std::min<size_t>(limit, *token_limit > kSessionHeadroom ? *token_limit - kSessionHeadroom : 0);
   }
   return std::max(limit, start);
 }
@@ -517,7 +522,7 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnect
   conn->admin = *std::move(admin);
   if (Status s = LoginUser(conn->admin, conn->token, uri_.pin_file()); !s.ok()) return s;
   if (options_.grow_sessions) {
-    session_limit_.store(std::max(SessionPoolLimit(token->info, options_.sessions), lanes_.size()));
+    session_limit_.store(std::max(SessionPoolLimit(TokenSessionLimit(token->info), options_.sessions), lanes_.size()));
   }
   // Room for every lane the pool may reach (GrowSessionsOnAdmin fills it in place); sessions for the
   // lanes there are now (the pool may have grown on an earlier connection).

@@ -71,11 +71,13 @@ struct Pkcs11BackendOptions {
   std::chrono::milliseconds connect_timeout{10000};
 };
 
-// Largest pool a token allows us: its ulMaxSessionCount (read-only sessions: ulMaxRwSessionCount does
-// not apply) minus headroom for our admin session and a provisioning tool's, capped at
-// defaults::kHsmSessionsMax; kHsmSessionsMax when the token states no limit (CK_EFFECTIVELY_INFINITE,
-// CK_UNAVAILABLE_INFORMATION). Never below `start`: the pool never shrinks below its start size.
-size_t SessionPoolLimit(const CK_TOKEN_INFO& token, size_t start);
+// Largest pool a token allows us: `token_limit`, its ulMaxSessionCount (read-only sessions:
+// ulMaxRwSessionCount does not apply; TokenSessionLimit reads it), minus headroom for our admin
+// session and a provisioning tool's, capped at defaults::kHsmSessionsMax; kHsmSessionsMax when the
+// token states no limit (nullopt). Never below `start`: the pool never shrinks below its start size.
+size_t SessionPoolLimit(std::optional<uint64_t> token_limit, size_t start);
+// ulMaxSessionCount of `token`, nullopt for CK_EFFECTIVELY_INFINITE and CK_UNAVAILABLE_INFORMATION.
+std::optional<uint64_t> TokenSessionLimit(const CK_TOKEN_INFO& token);
 
 class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
  public:

@@ -206,6 +206,16 @@ std::optional<int> ApplyConfigFile(const std::string& config_file, const std::ma
       // yes/no, on/off, 1/0). A list (several --pkcs11-uri) is joined by spaces, the delimiter of
       // the repeatable settings.
       std::string value;
+      const auto scalar = [](const YAML::Node& node) { return node.IsScalar(); };
+      const bool well_typed =
+          entry.second.IsScalar() ||
+          (entry.second.IsSequence() && std::all_of(entry.second.begin(), entry.second.end(), scalar));
+      if (!well_typed) {
+        std::cerr << "trousseau-hsm: " << config_file << ": setting '" << key
+                  << "' must be a value (text, a number or true/false)"
+                  << (it->second->get_items_expected_max() > 1 ? " or a list of values" : "") << "\n";
+        return 2;
+      }
       if (entry.second.IsSequence()) {
         if (it->second->get_items_expected_max() <= 1) {
           std::cerr << "trousseau-hsm: " << config_file << ": setting '" << key << "' takes one value, not a list\n";

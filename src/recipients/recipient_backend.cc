@@ -29,6 +29,14 @@ std::optional<size_t> MemberIndex(const RecipientSet& set, std::string_view poin
 
 constexpr std::string_view kProbeAad = "trousseau-hsm recipient probe";
 
+// With another device to fall back on, one that hangs may take half of what is left, so the failover
+// still answers the same call (a Decrypt, or a probe that would otherwise open the breaker).
+Deadline AttemptDeadline(Deadline deadline, bool more_to_try) {
+  const Deadline now = Clock::now();
+  if (!more_to_try || deadline <= now || deadline == Deadline::max()) return deadline;
+  return now + (deadline - now) / 2;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<RecipientBackend>> RecipientBackend::Create(RecipientBackendOptions options) {
@@ -193,6 +201,8 @@ StatusOr<SecureBytes> RecipientBackend::OpenWith(const Attempt& attempt, const R
                                 "' of set '", set.name, "' epoch ", set.epoch));
   }
   const auto started = Clock::now();
+  // No time left is the caller's budget spent (on another device), not this device failing.
+  if (started >= deadline) return UnavailableError("no time left to ask this device within the call's deadline");
   StatusOr<SecureBytes> z =
       options_.devices[attempt.slot].device->RecipientSharedSecret(parsed->ephemeral_point, deadline);
   if (!z.ok()) {
@@ -220,13 +230,8 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
   Status failure;
   for (size_t i = 0; i < attempts.size(); ++i) {
     const Attempt& attempt = attempts[i];
-    // With another device to fall back on, one that hangs may take half of what is left, so the
-    // failover still answers this request.
-    const Deadline now = Clock::now();
-    const Deadline attempt_deadline = i + 1 < attempts.size() && deadline > now && deadline != Deadline::max()
-                                          ? now + (deadline - now) / 2
-                                          : deadline;
-    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, sealed, aad, attempt_deadline);
+    StatusOr<SecureBytes> opened =
+        OpenWith(attempt, *set, sealed, aad, AttemptDeadline(deadline, i + 1 < attempts.size()));
     if (opened.ok()) return opened;
     if (failure.ok() || opened.status().code() != StatusCode::kUnavailable) failure = opened.status();
     if (Clock::now() >= deadline) break;
@@ -247,8 +252,11 @@ Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
   if (!sealed.ok()) return sealed.status();
   Status failure = UnavailableError("no recipient device of this node is a member of the set");
   bool any = false;
-  for (const Attempt& attempt : Candidates(*set, /*include_resting=*/false)) {
-    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, *sealed, kProbeAad, deadline);
+  const std::vector<Attempt> attempts = Candidates(*set, /*include_resting=*/false);
+  for (size_t i = 0; i < attempts.size(); ++i) {
+    const Attempt& attempt = attempts[i];
+    StatusOr<SecureBytes> opened =
+        OpenWith(attempt, *set, *sealed, kProbeAad, AttemptDeadline(deadline, i + 1 < attempts.size()));
     if (opened.ok() && opened->view() == secret.view()) {
       any = true;
       continue;

@@ -280,6 +280,11 @@ TEST_F(OperationsTest, ConfigFileListsAreRepeatedSettingsAndSeveralDevicesNeedAR
   EXPECT_EQ(repeated->Wait(10s), 2);
   EXPECT_NE(repeated->Log().find("several devices need --recipient-set"), std::string::npos) << repeated->Log();
 
+  std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\nhealth-cache:\n  seconds: 5\n";
+  auto mapping = Start({"--config", config});
+  EXPECT_EQ(mapping->Wait(10s), 2);
+  EXPECT_NE(mapping->Log().find("setting 'health-cache' must be a value"), std::string::npos) << mapping->Log();
+
   std::ofstream(config) << "pkcs11-uri: \"" << token_->Uri() << "\"\nlisten:\n  - unix:///a\n  - unix:///b\n";
   auto scalar = Start({"--config", config});
   EXPECT_EQ(scalar->Wait(10s), 2);

@@ -81,19 +81,11 @@ class SessionPoolTest : public ::testing::Test {
 };
 
 TEST(SessionPoolLimit, IsTheTokensLimitLessHeadroomOrTheHardCap) {
-  CK_TOKEN_INFO info{};
-  info.ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 16), defaults::kHsmSessionsMax);
-  info.ulMaxSessionCount = CK_UNAVAILABLE_INFORMATION;
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 16), defaults::kHsmSessionsMax);
-  info.ulMaxSessionCount = 100;
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 16), 96u);
-  info.ulMaxSessionCount = 100000;
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 16), defaults::kHsmSessionsMax);
-  info.ulMaxSessionCount = 10;  // below the start size: the pool keeps its start size, grows no further
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 16), 16u);
-  info.ulMaxSessionCount = 2;
-  EXPECT_EQ(hsm::SessionPoolLimit(info, 1), 1u);
+  EXPECT_EQ(hsm::SessionPoolLimit(std::nullopt, 16), defaults::kHsmSessionsMax) << "the token states no limit";
+  EXPECT_EQ(hsm::SessionPoolLimit(100, 16), 96u);
+  EXPECT_EQ(hsm::SessionPoolLimit(100000, 16), defaults::kHsmSessionsMax);
+  EXPECT_EQ(hsm::SessionPoolLimit(10, 16), 16u) << "below the start size: the pool keeps it, grows no further";
+  EXPECT_EQ(hsm::SessionPoolLimit(2, 1), 1u);
 }
 
 TEST_F(SessionPoolTest, GrowsToTheConcurrentCallersOfASlowToken) {
