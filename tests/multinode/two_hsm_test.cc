@@ -325,12 +325,9 @@ TEST_F(TwoHsmTest, AnHsmGoingDownUnderLoadFailsNoDecryptAndIsTakenBackWhenItRetu
 TEST_F(TwoHsmTest, AnHsmThatHangsUnderLoadFailsNoDecryptAndIsTakenBackWhenItAnswers) {
   // Each Decrypt has the apiserver's 3 s deadline: one still waiting on the hung HSM past it would
   // count as failed. The plugin gives the hung device half of its 2 s, then the other.
-  // Known failure (2026-12-06, reported to the owner of src/recipients): a health probe begun while the
-  // hung HSM is still first in line waits on it for the probe's whole deadline
-  // (RecipientBackend::Probe tries the devices one after the other with it), the healthy HSM then
-  // gets "did not answer within 0 ms", is marked down, the probe fails and the engine's breaker
-  // refuses Decrypts ("requests are refused at once until a health probe succeeds") about 2 s after
-  // the hang: failed_after_cut() is then 1-4.
+  // Health probes fail over the same way: before b3fc789 a probe begun while the hung HSM was first in
+  // line waited on it for the probe's whole deadline, then marked the healthy HSM down ("did not answer
+  // within 0 ms") and opened the engine's breaker; this test failed 4 runs in 5 on it.
   FailTheFirstDeviceUnderLoad("hang");
 }
 
