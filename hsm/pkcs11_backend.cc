@@ -659,8 +659,12 @@ Status Pkcs11Backend::LoadFamily(Connection& conn, bool restore) {
         } else if (IsUnavailable(copied.status())) {
           return copied.status();
         } else {
-          spdlog::info("the token does not copy key version {} into the session ({}); using the token object", version,
-                       copied.status().message());
+          // Said once per version for the process's life: every reconnect and reload finds the same.
+          std::lock_guard lock(no_copy_mu_);
+          if (no_copy_reported_.insert(version).second) {
+            spdlog::info("the token does not copy key version {} into the session ({}); using the token object",
+                         version, copied.status().message());
+          }
         }
       }
     }

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -196,7 +197,9 @@ class Pkcs11Backend final : public KeyBackend, public RecipientDevice {
   const std::unique_ptr<Pkcs11Module> module_;
 
   mutable std::mutex conn_mu_;
-  std::shared_ptr<Connection> conn_;                 // null: not connected, or broken
+  std::mutex no_copy_mu_;
+  std::set<uint64_t> no_copy_reported_;  // versions whose "no session copy" was logged; guarded by no_copy_mu_
+  std::shared_ptr<Connection> conn_;     // null: not connected, or broken
   std::vector<std::shared_ptr<Connection>> broken_;  // to tear down before the module re-initialises
   Status last_loss_;                                 // why the last connection broke
 

@@ -61,6 +61,11 @@ TEST_F(RecoveryTest, OutageIsUnavailableAndUnhealthyThenRecoversWithoutRestart) 
   EXPECT_EQ(plaintext, "seed-written-before-the-outage");
   EXPECT_TRUE(Eventually([&] { return Status().healthz() == "ok"; }, 5s)) << plugin_->Log();
   EXPECT_NE(plugin_->Log().find("reconnected"), std::string::npos) << plugin_->Log();
+  // The token (SoftHSM, a non-modifiable key) copies no key into a session: said once, not at every reconnect.
+  const std::string log = plugin_->Log();
+  size_t said = 0;
+  for (size_t at = 0; (at = log.find("does not copy key version 1", at)) != std::string::npos; ++at) ++said;
+  EXPECT_EQ(said, 1u) << log;
 }
 
 // A bad key put on the token (here an extractable version 2) is refused by the refresh, which keeps the
