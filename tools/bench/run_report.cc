@@ -93,7 +93,9 @@ void PrintSlowHsm(const RunOptions& o, const RunResults& r) {
   Out("    %-10s %16s %16s %9s %8s %8s %8s   %s\n", "sessions", "1-stream p50 ms", "ceiling/s", "calls/s", "p50 ms",
       "p90 ms", "p99 ms", "target >= 4000/s");
   for (const SlowResult& s : r.slow) {
-    Out("    %-10zu %16.2f %16.0f %9.0f %8.2f %8.2f %8.2f   %s%s\n", s.sessions, s.single.p50_us / 1000, s.ceiling,
+    // 0 is the plugin's default, --hsm-sessions auto.
+    const std::string sessions = s.sessions == 0 ? std::string("auto") : StrCat(s.sessions);
+    Out("    %-10s %16.2f %16.0f %9.0f %8.2f %8.2f %8.2f   %s%s\n", sessions.c_str(), s.single.p50_us / 1000, s.ceiling,
         s.load.rate(), s.load.p50_us / 1000, s.load.p90_us / 1000, s.load.p99_us / 1000, Verdict(s.pass),
         s.load.errors ? StrCat("  (", s.load.errors, " errors)").c_str() : "");
   }
@@ -104,7 +106,9 @@ std::vector<MemRow> MemRows(const RunResults& r) {
   std::vector<MemRow> rows;
   for (const VariantResult& v : r.variants) rows.push_back({StrCat("plugin, ", v.name, " key, after [1]+[2]"), v.mem});
   for (const SlowResult& s : r.slow) {
-    rows.push_back({StrCat("plugin, fault shim, ", s.sessions, " sessions, after [3]"), s.mem});
+    rows.push_back({s.sessions == 0 ? std::string("plugin, fault shim, --hsm-sessions auto, after [3]")
+                                    : StrCat("plugin, fault shim, ", s.sessions, " sessions, after [3]"),
+                    s.mem});
   }
   if (!r.variants.empty()) rows.push_back({"echo server (reference), after [1]+[2]", r.echo_mem, false});
   return rows;
@@ -150,7 +154,9 @@ void PrintTargets(const RunOptions& o, const RunResults& r, const MemoryVerdict&
   }
   for (const SlowResult& s : r.slow) {
     Out("  [3] %-58s %7.0f /s     %s\n",
-        StrCat("slow HSM, ", o.shim_concurrency, " concurrent, --hsm-sessions ", s.sessions, ", >= 4000/s").c_str(),
+        StrCat("slow HSM, ", o.shim_concurrency, " concurrent, --hsm-sessions ",
+               s.sessions == 0 ? std::string("auto") : StrCat(s.sessions), ", >= 4000/s")
+            .c_str(),
         s.load.rate(), Verdict(s.pass));
   }
   for (const StartResult& s : r.starts) {
