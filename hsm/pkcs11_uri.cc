@@ -4,6 +4,11 @@
 
 #include <p11-kit/uri.h>
 
+#include <algorithm>
+#include <iterator>
+#include <string_view>
+#include <vector>
+
 namespace trousseau::hsm {
 
 std::string TrimPadded(const unsigned char* text, size_t size) {
@@ -12,7 +17,80 @@ std::string TrimPadded(const unsigned char* text, size_t size) {
   return out;
 }
 
+namespace {
+
+// RFC 7512's attribute names (path, then query) and the vendor ones we read.
+constexpr std::string_view kPathAttributes[] = {
+    "token",           "manufacturer", "serial", "model", "library-manufacturer", "library-description",
+    "library-version", "object",       "type",   "id",    "slot-description",     "slot-manufacturer",
+    "slot-id"};
+constexpr std::string_view kQueryAttributes[] = {"pin-source",      "pin-value", "module-name", "module-path",
+                                                 "x-init-reserved", "x-gcm-iv",  "x-recipient"};
+
+bool IsAttributeName(std::string_view name) {
+  return !name.empty() && name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+  });
+}
+
+template <size_t N>
+bool Among(std::string_view name, const std::string_view (&names)[N]) {
+  return std::find(std::begin(names), std::end(names), name) != std::end(names);
+}
+
+// What is wrong with the URI's layout, said by attribute name (values are never shown: one may be a PIN),
+// or "" when nothing is: '&' in the path where '?' should start the query, a query attribute in the path,
+// an attribute nobody knows (with the nearest known one).
+std::string LayoutProblem(std::string_view text) {
+  if (!text.starts_with("pkcs11:")) return "";
+  const size_t query_at = text.find('?');
+  const std::string_view path = text.substr(7, query_at == std::string_view::npos ? text.npos : query_at - 7);
+  const std::string_view query = query_at == std::string_view::npos ? std::string_view() : text.substr(query_at + 1);
+  std::vector<std::string> known;
+  for (std::string_view n : kPathAttributes) known.emplace_back(n);
+  for (std::string_view n : kQueryAttributes) known.emplace_back(n);
+  const auto check = [&](std::string_view part, char separator, bool in_path) -> std::string {
+    size_t start = 0;
+    while (start <= part.size()) {
+      const size_t end = std::min(part.find(separator, start), part.size());
+      const std::string_view item = part.substr(start, end - start);
+      start = end + 1;
+      if (item.empty()) continue;
+      const std::string_view name = item.substr(0, item.find('='));
+      // '&' may stand in a path value (RFC 7512), but '&module-path=' there is a query begun with '&'.
+      for (size_t amp = item.find('&'); in_path && amp != std::string_view::npos; amp = item.find('&', amp + 1)) {
+        const std::string_view after = item.substr(amp + 1);
+        if (Among(after.substr(0, after.find('=')), kQueryAttributes) && after.find('=') != std::string_view::npos) {
+          return "the attributes after the path go in a query that starts with '?': "
+                 "pkcs11:token=...;object=...?module-path=...&pin-source=... ('&' only separates query attributes)";
+        }
+      }
+      if (!IsAttributeName(name)) continue;  // p11-kit's own message covers it
+      if (in_path && Among(name, kQueryAttributes)) {
+        return StrCat(name, "= belongs in the query, after '?': pkcs11:token=...;object=...?", name, "=...");
+      }
+      if (!in_path && Among(name, kPathAttributes)) {
+        return StrCat(name, "= belongs in the path, before '?', separated by ';'");
+      }
+      if (!Among(name, kPathAttributes) && !Among(name, kQueryAttributes) && !name.starts_with("x-")) {
+        const std::string nearest = NearestName(name, known);
+        return StrCat("unknown attribute ", name, "=",
+                      nearest.empty() ? std::string("") : StrCat(" (did you mean ", nearest, "=?)"));
+      }
+      if (end == part.size()) break;
+    }
+    return "";
+  };
+  if (std::string problem = check(path, ';', /*in_path=*/true); !problem.empty()) return problem;
+  return check(query, '&', /*in_path=*/false);
+}
+
+}  // namespace
+
 StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text, KeyFamilyInUri family) {
+  if (std::string problem = LayoutProblem(text); !problem.empty()) {
+    return InvalidArgumentError(StrCat("--pkcs11-uri: ", problem));
+  }
   Pkcs11Uri parsed;
   parsed.uri_.reset(p11_kit_uri_new(), p11_kit_uri_free);
   P11KitUri* uri = parsed.uri_.get();
@@ -51,6 +129,11 @@ StatusOr<Pkcs11Uri> Pkcs11Uri::Parse(const std::string& text, KeyFamilyInUri fam
     }
   } else {
     parsed.object_label_.assign(static_cast<const char*>(label->pValue), label->ulValueLen);
+  }
+  if (p11_kit_uri_get_slot_id(uri) != static_cast<CK_SLOT_ID>(-1)) {
+    return InvalidArgumentError(
+        "--pkcs11-uri must not contain slot-id=: slot ids change (SoftHSM draws them anew, network HSM clients "
+        "renumber after a reconnect); name the token by token= (its label) and, if two share it, serial=");
   }
   if (p11_kit_uri_get_attribute(uri, CKA_ID) != nullptr) {
     return InvalidArgumentError(

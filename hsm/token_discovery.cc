@@ -28,6 +28,7 @@ StatusOr<TokenSlot> FindToken(CK_FUNCTION_LIST* api, const Pkcs11Uri& uri) {
   StatusOr<std::vector<CK_SLOT_ID>> slots = p11::SlotsWithToken(api);
   if (!slots.ok()) return slots.status();
   std::vector<TokenSlot> matches;
+  std::vector<std::string> present;  // labels of the initialised tokens there, for a URI that names none
   for (CK_SLOT_ID slot : *slots) {
     std::optional<CK_SLOT_INFO> slot_info = p11::SlotInfo(api, slot);
     if (!slot_info || !uri.MatchesSlot(*slot_info, slot)) continue;
@@ -35,11 +36,15 @@ StatusOr<TokenSlot> FindToken(CK_FUNCTION_LIST* api, const Pkcs11Uri& uri) {
     if (!info) continue;
     TokenSlot candidate{slot, *info};
     if (!candidate.initialized()) continue;
+    present.push_back(StrCat("'", QuoteForMessage(candidate.Label(), 32), "'"));
     if (uri.MatchesToken(candidate.info)) matches.push_back(candidate);
   }
   if (matches.empty()) {
+    // Token labels are no secret, and the one the operator meant is usually among them.
     return UnavailableError(StrCat("no ", uri.token_description(), " found in ", slots->size(),
-                                   " slot(s) with a token of ", uri.module_path()));
+                                   " slot(s) with a token of ", uri.module_path(), "; ",
+                                   present.empty() ? std::string("no initialised token there")
+                                                   : StrCat("the tokens there: ", StrJoin(present, ", "))));
   }
   if (matches.size() > 1) {
     std::vector<std::string> serials;

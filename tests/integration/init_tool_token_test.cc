@@ -64,6 +64,7 @@ TEST_F(InitToolTest, TokenInitRefusesAWorldReadablePinFile) {
                              "&pin-source=file:" + user_pin});
   EXPECT_EQ(list.code, 1) << list.all();
   EXPECT_NE(list.err.find("no token 'fresh-token' found"), std::string::npos) << list.err;
+  EXPECT_NE(list.err.find("the tokens there: "), std::string::npos) << "the labels present are listed: " << list.err;
 }
 
 TEST_F(InitToolTest, TokenInitRefusesALabelThatExists) {

@@ -332,5 +332,31 @@ TEST(Pkcs11UriParse, ExplainsWhatIsMissingOrWrong) {
       hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=k?module-path=/m.so&pin-source=relative/pin").status()));
 }
 
+// The mistakes operators make in a URI, each named by the attribute (values are never shown).
+TEST(Pkcs11UriParse, PointsAtTheCulprit) {
+  const auto message = [](const std::string& text) {
+    return std::string(hsm::Pkcs11Uri::Parse(text).status().message());
+  };
+  EXPECT_NE(
+      message("pkcs11:token=t;objct=kek?module-path=/m.so").find("unknown attribute objct= (did you mean object=?)"),
+      std::string::npos)
+      << message("pkcs11:token=t;objct=kek?module-path=/m.so");
+  EXPECT_NE(message("pkcs11:token=t;object=kek&module-path=/m.so&pin-source=file:/p").find("starts with '?'"),
+            std::string::npos);
+  EXPECT_NE(message("pkcs11:token=t;object=kek;module-path=/m.so").find("module-path= belongs in the query"),
+            std::string::npos);
+  EXPECT_NE(message("pkcs11:token=t?object=kek&module-path=/m.so").find("object= belongs in the path"),
+            std::string::npos);
+  const std::string slot = message("pkcs11:token=t;object=kek;slot-id=3?module-path=/m.so");
+  EXPECT_NE(slot.find("must not contain slot-id="), std::string::npos) << slot;
+  EXPECT_NE(slot.find("token="), std::string::npos) << slot;
+  const std::string secret = message("pkcs11:token=t;object=kek;p1n=s3cr3t-value?module-path=/m.so");
+  EXPECT_NE(secret.find("unknown attribute p1n="), std::string::npos) << secret;
+  EXPECT_EQ(secret.find("s3cr3t"), std::string::npos) << secret;
+  EXPECT_TRUE(hsm::Pkcs11Uri::Parse("pkcs11:token=t;object=kek?module-path=/m.so&x-gcm-iv=device").ok());
+  EXPECT_TRUE(hsm::Pkcs11Uri::Parse("pkcs11:token=R&D;object=kek?module-path=/m.so").ok())
+      << "'&' is allowed in a path value (RFC 7512)";
+}
+
 }  // namespace
 }  // namespace trousseau
