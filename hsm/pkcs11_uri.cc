@@ -42,7 +42,9 @@ bool Among(std::string_view name, const std::string_view (&names)[N]) {
 // or "" when nothing is: '&' in the path where '?' should start the query, a query attribute in the path,
 // an attribute nobody knows (with the nearest known one).
 std::string LayoutProblem(std::string_view text) {
-  if (!text.starts_with("pkcs11:")) return "";
+  // A pin-value makes every part after it suspect (a PIN may hold '&' or '='): p11-kit parses it and
+  // Parse refuses it without a word of its value.
+  if (!text.starts_with("pkcs11:") || text.find("pin-value") != std::string_view::npos) return "";
   const size_t query_at = text.find('?');
   const std::string_view path = text.substr(7, query_at == std::string_view::npos ? text.npos : query_at - 7);
   const std::string_view query = query_at == std::string_view::npos ? std::string_view() : text.substr(query_at + 1);
@@ -65,7 +67,8 @@ std::string LayoutProblem(std::string_view text) {
                  "pkcs11:token=...;object=...?module-path=...&pin-source=... ('&' only separates query attributes)";
         }
       }
-      if (!IsAttributeName(name)) continue;  // p11-kit's own message covers it
+      // Only an item that is NAME=... is judged: a piece without '=' may be part of a value.
+      if (!IsAttributeName(name) || item.find('=') == std::string_view::npos) continue;
       if (in_path && Among(name, kQueryAttributes)) {
         return StrCat(name, "= belongs in the query, after '?': pkcs11:token=...;object=...?", name, "=...");
       }
@@ -73,9 +76,10 @@ std::string LayoutProblem(std::string_view text) {
         return StrCat(name, "= belongs in the path, before '?', separated by ';'");
       }
       if (!Among(name, kPathAttributes) && !Among(name, kQueryAttributes) && !name.starts_with("x-")) {
+        // Named only when it is a near miss of a real attribute (a typo), never otherwise.
         const std::string nearest = NearestName(name, known);
-        return StrCat("unknown attribute ", name, "=",
-                      nearest.empty() ? std::string("") : StrCat(" (did you mean ", nearest, "=?)"));
+        if (nearest.empty()) return "an attribute no PKCS#11 URI has (not shown; RFC 7512 lists them)";
+        return StrCat("unknown attribute ", name, "= (did you mean ", nearest, "=?)");
       }
       if (end == part.size()) break;
     }

@@ -72,6 +72,13 @@ StatusOr<recipients::AdminPolicy> ReadAdminPolicy(const PluginOptions& options) 
     if (!in) return FailedPreconditionError(StrCat("--recipient-admin-key ", path, ": cannot read it"));
     StatusOr<recipients::AdminKey> key = recipients::AdminKey::FromPem(pem.str());
     if (!key.ok()) return FailedPreconditionError(StrCat("--recipient-admin-key ", path, ": ", key.status().message()));
+    for (const recipients::AdminKey& known : policy.keys) {
+      if (known.id() == key->id()) {
+        // Signatures count per distinct key: a key given twice would make the threshold unreachable.
+        return FailedPreconditionError(StrCat("--recipient-admin-key ", path, " is key ", key->id(),
+                                              ", given already: each administrator key once"));
+      }
+    }
     policy.keys.push_back(*std::move(key));
   }
   if (policy.threshold > policy.keys.size()) {

@@ -97,7 +97,9 @@ void RecipientBackend::LearnUnknownPoints(Deadline deadline) {
       if (!slots_[i].point.empty() || slots_[i].retry_at > Clock::now()) continue;
     }
     const auto started = Clock::now();
-    StatusOr<std::string> point = options_.devices[i].device->RecipientPublicPoint(deadline);
+    if (started >= deadline) return;  // spent on a device before: the others are not to blame
+    StatusOr<std::string> point =
+        options_.devices[i].device->RecipientPublicPoint(AttemptDeadline(deadline, i + 1 < options_.devices.size()));
     if (!point.ok()) {
       RecordFailure(i, point.status());
       continue;
@@ -113,7 +115,9 @@ StatusOr<std::vector<BackendKey>> RecipientBackend::LoadKeys(Deadline deadline) 
   // old point). A device that does not answer keeps the point it gave before.
   for (size_t i = 0; i < options_.devices.size(); ++i) {
     const auto started = Clock::now();
-    StatusOr<std::string> point = options_.devices[i].device->RecipientPublicPoint(deadline);
+    if (started >= deadline) break;  // the time went to a device before: this one is not to blame
+    StatusOr<std::string> point =
+        options_.devices[i].device->RecipientPublicPoint(AttemptDeadline(deadline, i + 1 < options_.devices.size()));
     if (point.ok()) {
       RecordSuccess(i, Clock::now() - started);
       std::lock_guard lock(mu_);
@@ -153,22 +157,24 @@ StatusOr<std::string> RecipientBackend::Seal(uint64_t version, std::string_view 
   return SealToSet(*set, plaintext, aad);
 }
 
-std::vector<RecipientBackend::Attempt> RecipientBackend::Candidates(const RecipientSet& set,
-                                                                    bool include_resting) const {
+std::vector<RecipientBackend::Attempt> RecipientBackend::Candidates(const RecipientSet& set, bool* resting) const {
   std::lock_guard lock(mu_);
   const Clock::time_point now = Clock::now();
-  std::vector<Attempt> ready, resting;
+  std::vector<Attempt> ready;
+  *resting = false;
   for (size_t i = 0; i < slots_.size(); ++i) {
     const std::optional<size_t> member = MemberIndex(set, slots_[i].point);
     if (!member.has_value()) continue;
-    const bool usable = slots_[i].up || slots_[i].retry_at <= now;
-    (usable ? ready : resting).push_back({i, *member});
+    if (slots_[i].up || slots_[i].retry_at <= now) {
+      ready.push_back({i, *member});
+    } else {
+      *resting = true;  // failed a moment ago: asked again once its backoff has passed, not by every call
+    }
   }
   std::stable_sort(ready.begin(), ready.end(), [&](const Attempt& a, const Attempt& b) {
     if (slots_[a.slot].up != slots_[b.slot].up) return slots_[a.slot].up;
     return slots_[a.slot].latency_ms < slots_[b.slot].latency_ms;
   });
-  if (include_resting || ready.empty()) ready.insert(ready.end(), resting.begin(), resting.end());
   return ready;
 }
 
@@ -219,8 +225,10 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
   const RecipientSet* set = FindEpoch(*sets, version);
   if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded on this node"));
   if (Status s = ParseWraps(*set, sealed, aad).status(); !s.ok()) return s;
-  const std::vector<Attempt> attempts = Candidates(*set, /*include_resting=*/false);
+  bool resting = false;
+  const std::vector<Attempt> attempts = Candidates(*set, &resting);
   if (attempts.empty()) {
+    if (resting) return UnavailableError(StrCat("every device of this node in set '", set->name, "' is down"));
     if (Status member = MembershipOf(*set); IsUnavailable(member)) return member;
     return NotFoundError(StrCat("this node is not a member of set '", set->name, "' epoch ", set->epoch,
                                 ": the object was written before the node joined, and must be re-encrypted once "
@@ -250,9 +258,16 @@ Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
   }
   StatusOr<std::string> sealed = SealToSet(*set, secret.view(), kProbeAad);
   if (!sealed.ok()) return sealed.status();
-  Status failure = UnavailableError("no recipient device of this node is a member of the set");
+  bool resting = false;
+  const std::vector<Attempt> attempts = Candidates(*set, &resting);
+  if (attempts.empty()) {
+    // Down devices wait for their backoff; otherwise the node holds no member key (a configuration
+    // problem, FAILED_PRECONDITION, unless a device's key is still unknown).
+    if (resting) return UnavailableError(StrCat("every device of this node in set '", set->name, "' is down"));
+    return MembershipOf(*set);
+  }
+  Status failure;
   bool any = false;
-  const std::vector<Attempt> attempts = Candidates(*set, /*include_resting=*/false);
   for (size_t i = 0; i < attempts.size(); ++i) {
     const Attempt& attempt = attempts[i];
     StatusOr<SecureBytes> opened =

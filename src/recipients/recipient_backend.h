@@ -6,10 +6,10 @@
 // Several local devices: Open tries the devices that are up first, fastest first (average of their
 // recent calls), each but the last with half the time left, so a device that hangs still leaves time
 // to fail over within the same request; a device whose call fails UNAVAILABLE is taken out at once
-// and tried again by Probe once its capped exponential backoff has passed (or by Open when no device
-// is ready at all). A device that has not told its public point yet (down since the start) is asked
-// again by Probe on the same schedule. Health
-// (Probe) is OK while one device opens a fresh wrap.
+// and asked again (by Probe or Open) only once its capped exponential backoff has passed: while every
+// member device rests, calls fail UNAVAILABLE at once instead of each reconnecting to a dead device. A device that has
+// not told its public point yet (down since the start) is asked again by Probe on the same schedule. Health (Probe) is
+// OK while one device opens a fresh wrap.
 #pragma once
 
 #include <chrono>
@@ -47,7 +47,7 @@ struct RecipientBackendOptions {
   std::vector<LocalRecipient> devices;
   // How long a failed device stays out before Probe tries it again: doubling from min up to max.
   std::chrono::milliseconds retry_min{1000};
-  std::chrono::milliseconds retry_max{30000};
+  std::chrono::milliseconds retry_max{10000};
 };
 
 struct RecipientDeviceState {
@@ -105,8 +105,9 @@ class RecipientBackend final : public KeyBackend {
   void LearnUnknownPoints(Deadline deadline);
   // Why this node cannot be sure it is a member of `set` (a device's point unknown), or OK.
   Status MembershipOf(const RecipientSet& set) const;
-  // The local devices that are members of `set`, in the order Open should try them.
-  std::vector<Attempt> Candidates(const RecipientSet& set, bool include_resting) const;
+  // The local devices that are members of `set` and may be asked now (up, or their backoff passed), in
+  // the order Open should try them; `resting`: whether a member device waits for its backoff.
+  std::vector<Attempt> Candidates(const RecipientSet& set, bool* resting) const;
   void RecordSuccess(size_t slot, std::chrono::steady_clock::duration took);
   void RecordFailure(size_t slot, const Status& why);
   // One device opens `sealed` with its wrap.

@@ -175,7 +175,6 @@ TEST_F(Cluster, WithTwoLocalDevicesOneDownDecryptsThroughTheOtherAndHealthStaysO
     ASSERT_TRUE(opened.ok()) << i << ": " << opened.status().ToString();
   }
   EXPECT_TRUE(a.engine->ProbeNow().ok());
-  const int asked_after_failure = a.devices[0]->shared_secrets_computed();
   std::vector<recipients::RecipientDeviceState> states = a.backend->DeviceStates();
   ASSERT_EQ(states.size(), 2u);
   const auto& down = states[0].up ? states[1] : states[0];
@@ -184,15 +183,35 @@ TEST_F(Cluster, WithTwoLocalDevicesOneDownDecryptsThroughTheOtherAndHealthStaysO
   EXPECT_NE(down.last_error.find("down"), std::string::npos) << down.last_error;
   EXPECT_TRUE(up.up);
   EXPECT_EQ(up.member_id.rfind("node-", 0), 0u);
+  const int asked_down_device = a.devices[0]->calls();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
+  EXPECT_EQ(a.devices[0]->calls(), asked_down_device) << "a device taken out is not asked again before its backoff";
+}
 
-  // Both down: UNAVAILABLE, and the node recovers by itself once one returns.
-  a.devices[1]->SetUnavailable(true);
-  const Status both = a.engine->Decrypt(sealed->ciphertext, sealed->key_id).status();
-  EXPECT_EQ(both.code(), StatusCode::kUnavailable) << both.ToString();
-  a.devices[1]->SetUnavailable(false);
-  EXPECT_TRUE(a.engine->ProbeNow().ok());
-  EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
-  EXPECT_EQ(a.devices[0]->shared_secrets_computed(), asked_after_failure) << "the down device computed nothing";
+// The only member device down: calls fail UNAVAILABLE at once (no call reaches the dead device, which on an
+// HSM would be a reconnect per request), and once its backoff has passed it is asked again and serves.
+TEST_F(Cluster, WhenEveryDeviceIsDownCallsFailAtOnceAndTheNodeRecoversByItself) {
+  Node& a = AddNode(/*devices=*/1);
+  Distribute(1, {a.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = a.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok());
+  a.devices[0]->SetUnavailable(true);
+  EXPECT_EQ(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).status().code(), StatusCode::kUnavailable);
+  const int asked = a.devices[0]->calls();
+  EXPECT_FALSE(a.engine->ProbeNow().ok());
+  EXPECT_EQ(a.devices[0]->calls(), asked) << "resting: not asked by the probe before its backoff either";
+
+  Node& b = AddNode(/*devices=*/1, /*retry=*/std::chrono::milliseconds(0));
+  Distribute(2, {b.devices[0]});
+  ASSERT_TRUE(b.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> for_b = b.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(for_b.ok());
+  b.devices[0]->SetUnavailable(true);
+  EXPECT_EQ(b.engine->Decrypt(for_b->ciphertext, for_b->key_id).status().code(), StatusCode::kUnavailable);
+  b.devices[0]->SetUnavailable(false);
+  EXPECT_TRUE(b.engine->ProbeNow().ok()) << "its backoff (0 here) has passed: the probe asks it and it serves";
+  EXPECT_TRUE(b.engine->Decrypt(for_b->ciphertext, for_b->key_id).ok());
 }
 
 TEST_F(Cluster, ADeviceDownSinceTheStartIsTakenInOnceItAnswers) {

@@ -10,6 +10,7 @@ StatusOr<std::string> SoftwareRecipient::RecipientPublicPoint(Deadline) {
 }
 
 StatusOr<SecureBytes> SoftwareRecipient::RecipientSharedSecret(std::string_view peer_point, Deadline) {
+  ++calls_;
   if (unavailable_) return UnavailableError("software recipient is down");
   StatusOr<SecureBytes> secret = key_.SharedSecret(peer_point);
   if (secret.ok()) ++computed_;

@@ -25,11 +25,14 @@ class SoftwareRecipient final : public RecipientDevice {
   // While down, every call answers UNAVAILABLE, as a lost device does.
   void SetUnavailable(bool unavailable) { unavailable_ = unavailable; }
   int shared_secrets_computed() const { return computed_.load(); }
+  // Every RecipientSharedSecret call, those answered UNAVAILABLE included.
+  int calls() const { return calls_.load(); }
 
  private:
   recipients::EphemeralKey key_;  // kept for the device's life: its long-term key
   std::atomic<bool> unavailable_{false};
   std::atomic<int> computed_{0};
+  std::atomic<int> calls_{0};
 };
 
 }  // namespace trousseau::testing

@@ -195,7 +195,9 @@ int RecipientsSign(const RecipientsOptions& options) {
   // The private key is checked as a PIN file is: a regular file only its owner can read.
   StatusOr<SecureBytes> key = hsm::ReadSecretFile(options.admin_key_file, "administrator key file");
   if (!key.ok()) return Fail(kExitUsage, key.status().message());
-  std::string pem(key->view());
+  std::string pem;
+  pem.reserve(key->size() + 1);  // one buffer, the one wiped below: no copy left behind by a reallocation
+  pem.append(key->view());
   pem.push_back('\n');
   StatusOr<recipients::SetSignature> signature = recipients::SignSet(set, pem);
   WipeMemory(pem.data(), pem.size());
