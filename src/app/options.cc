@@ -284,7 +284,9 @@ void ExplainExtras(const CLI::App& app, int argc, char** argv) {
     } else if (std::string nearest = NearestName(name, known); !nearest.empty()) {
       hint = StrCat("did you mean ", nearest, "?");
     } else {
-      hint = "run with --help for the flags";
+      // Like a mistyped command: a name unlike any flag may be a secret pasted in the wrong place.
+      std::cerr << "trousseau-hsm: an unknown flag (not shown; its value neither); run with --help for the flags\n";
+      continue;
     }
     std::cerr << "trousseau-hsm: unknown flag " << name << " (its value not shown): " << hint << "\n";
   }

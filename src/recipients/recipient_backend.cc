@@ -199,10 +199,8 @@ void RecipientBackend::RecordFailure(size_t slot, const Status& why) {
 }
 
 StatusOr<SecureBytes> RecipientBackend::OpenWith(const Attempt& attempt, const RecipientSet& set,
-                                                 std::string_view sealed, std::string_view aad, Deadline deadline) {
-  StatusOr<ParsedWraps> parsed = ParseWraps(set, sealed, aad);
-  if (!parsed.ok()) return parsed.status();
-  if (!WrapOf(*parsed, attempt.member).has_value()) {
+                                                 const ParsedWraps& parsed, Deadline deadline) {
+  if (!WrapOf(parsed, attempt.member).has_value()) {
     return NotFoundError(StrCat("the envelope holds no wrap for member '", set.recipients[attempt.member].id,
                                 "' of set '", set.name, "' epoch ", set.epoch));
   }
@@ -210,13 +208,13 @@ StatusOr<SecureBytes> RecipientBackend::OpenWith(const Attempt& attempt, const R
   // No time left is the caller's budget spent (on another device), not this device failing.
   if (started >= deadline) return UnavailableError("no time left to ask this device within the call's deadline");
   StatusOr<SecureBytes> z =
-      options_.devices[attempt.slot].device->RecipientSharedSecret(parsed->ephemeral_point, deadline);
+      options_.devices[attempt.slot].device->RecipientSharedSecret(parsed.ephemeral_point, deadline);
   if (!z.ok()) {
     RecordFailure(attempt.slot, z.status());
     return z.status();
   }
   RecordSuccess(attempt.slot, Clock::now() - started);
-  return OpenWithSharedSecret(set, *parsed, attempt.member, *z);
+  return OpenWithSharedSecret(set, parsed, attempt.member, *z);
 }
 
 StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
@@ -224,7 +222,8 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
   std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
   const RecipientSet* set = FindEpoch(*sets, version);
   if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded on this node"));
-  if (Status s = ParseWraps(*set, sealed, aad).status(); !s.ok()) return s;
+  StatusOr<ParsedWraps> parsed = ParseWraps(*set, sealed, aad);  // once, whichever devices are asked
+  if (!parsed.ok()) return parsed.status();
   bool resting = false;
   const std::vector<Attempt> attempts = Candidates(*set, &resting);
   if (attempts.empty()) {
@@ -238,8 +237,7 @@ StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view 
   Status failure;
   for (size_t i = 0; i < attempts.size(); ++i) {
     const Attempt& attempt = attempts[i];
-    StatusOr<SecureBytes> opened =
-        OpenWith(attempt, *set, sealed, aad, AttemptDeadline(deadline, i + 1 < attempts.size()));
+    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, *parsed, AttemptDeadline(deadline, i + 1 < attempts.size()));
     if (opened.ok()) return opened;
     if (failure.ok() || opened.status().code() != StatusCode::kUnavailable) failure = opened.status();
     if (Clock::now() >= deadline) break;
@@ -258,6 +256,8 @@ Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
   }
   StatusOr<std::string> sealed = SealToSet(*set, secret.view(), kProbeAad);
   if (!sealed.ok()) return sealed.status();
+  StatusOr<ParsedWraps> parsed = ParseWraps(*set, *sealed, kProbeAad);
+  if (!parsed.ok()) return parsed.status();
   bool resting = false;
   const std::vector<Attempt> attempts = Candidates(*set, &resting);
   if (attempts.empty()) {
@@ -270,8 +270,7 @@ Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
   bool any = false;
   for (size_t i = 0; i < attempts.size(); ++i) {
     const Attempt& attempt = attempts[i];
-    StatusOr<SecureBytes> opened =
-        OpenWith(attempt, *set, *sealed, kProbeAad, AttemptDeadline(deadline, i + 1 < attempts.size()));
+    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, *parsed, AttemptDeadline(deadline, i + 1 < attempts.size()));
     if (opened.ok() && opened->view() == secret.view()) {
       any = true;
       continue;

@@ -22,6 +22,7 @@
 #include "core/envelope.h"
 #include "core/key_backend.h"
 #include "core/recipient_device.h"
+#include "recipients/multi_wrap.h"
 #include "recipients/recipient_set.h"
 #include "recipients/set_store.h"
 
@@ -111,8 +112,8 @@ class RecipientBackend final : public KeyBackend {
   void RecordSuccess(size_t slot, std::chrono::steady_clock::duration took);
   void RecordFailure(size_t slot, const Status& why);
   // One device opens `sealed` with its wrap.
-  StatusOr<SecureBytes> OpenWith(const Attempt& attempt, const RecipientSet& set, std::string_view sealed,
-                                 std::string_view aad, Deadline deadline);
+  StatusOr<SecureBytes> OpenWith(const Attempt& attempt, const RecipientSet& set, const ParsedWraps& parsed,
+                                 Deadline deadline);
 
   const RecipientBackendOptions options_;
   mutable std::mutex mu_;

@@ -299,7 +299,7 @@ TEST_F(OperationsTest, ConfigFileListsAreRepeatedSettingsAndSeveralDevicesNeedAR
 // plugins call it, or the nearest flag we have.
 TEST_F(OperationsTest, UnknownFlagsAreNamedWithOursButTheirValuesNeverShown) {
   auto plugin = Start({"--pkcs11-uri", token_->Uri(), "--listen-addr=unix:///x", "--pin", "7391-secret",
-                       "--helth-listen", "127.0.0.1:1", "stray-s3cret"});
+                       "--helth-listen", "127.0.0.1:1", "--hunter2-pw=x", "stray-s3cret"});
   EXPECT_EQ(plugin->Wait(10s), 2);
   const std::string log = plugin->Log();
   EXPECT_NE(log.find("unknown flag --listen-addr (its value not shown): ours is --listen"), std::string::npos) << log;
@@ -309,7 +309,8 @@ TEST_F(OperationsTest, UnknownFlagsAreNamedWithOursButTheirValuesNeverShown) {
             std::string::npos)
       << log;
   EXPECT_NE(log.find("1 unexpected argument(s) (not shown)"), std::string::npos) << log;
-  for (const char* secret : {"7391-secret", "unix:///x", "stray-s3cret", "127.0.0.1:1"}) {
+  EXPECT_NE(log.find("an unknown flag (not shown"), std::string::npos) << log;
+  for (const char* secret : {"7391-secret", "unix:///x", "stray-s3cret", "127.0.0.1:1", "hunter2"}) {
     EXPECT_EQ(log.find(secret), std::string::npos) << secret << " was echoed:\n" << log;
   }
 }
