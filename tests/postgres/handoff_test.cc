@@ -435,5 +435,17 @@ TEST_F(PostgresHandOffTest, VerifyFullChecksTheServersCertificate) {
   EXPECT_TRUE(allowed.ok()) << allowed.status().ToString();
 }
 
+// libpq ignores sslmode on a Unix-domain socket: the session is refused after connecting, for not using TLS.
+TEST_F(PostgresHandOffTest, UnixSocketIsRefusedForNotUsingTls) {
+  const std::string dsn = "host=" + server_->dir() + " port=" + std::to_string(server_->port()) +
+                          " dbname=postgres user=admin password=" + server_->admin_password() +
+                          " sslmode=verify-full sslrootcert=" + server_->ca_path();
+  StatusOr<PostgresHandOff> handoff = PostgresHandOff::Begin(dsn, "admin");
+  ASSERT_FALSE(handoff.ok());
+  EXPECT_EQ(handoff.status().code(), StatusCode::kFailedPrecondition) << handoff.status().ToString();
+  EXPECT_NE(handoff.status().message().find("does not use TLS"), std::string::npos) << handoff.status().message();
+  EXPECT_EQ(handoff.status().message().find(server_->admin_password()), std::string::npos);
+}
+
 }  // namespace
 }  // namespace trousseau::postgres

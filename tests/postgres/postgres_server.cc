@@ -194,8 +194,10 @@ bool PostgresServer::Start(const std::string& bin_dir, std::string& error) {
     error = "initdb failed (" + std::to_string(initdb_code) + "): " + ReadFile(tool_log);
     return false;
   }
-  // TLS and plain TCP both accepted by the server: refusing a DSN without TLS is the client's job under test.
+  // TLS, plain TCP and the Unix socket all accepted by the server: refusing a DSN without TLS is the client's job
+  // under test.
   if (!WriteFile(data + "/pg_hba.conf",
+                 "local   all all scram-sha-256\n"
                  "hostssl all all 127.0.0.1/32 scram-sha-256\n"
                  "host    all all 127.0.0.1/32 scram-sha-256\n")) {
     error = "could not write pg_hba.conf";
@@ -214,7 +216,7 @@ bool PostgresServer::Start(const std::string& bin_dir, std::string& error) {
                                  std::string("-c"),
                                  std::string("listen_addresses=127.0.0.1"),
                                  std::string("-c"),
-                                 std::string("unix_socket_directories="),
+                                 "unix_socket_directories=" + dir_,
                                  std::string("-c"),
                                  std::string("ssl=on"),
                                  std::string("-c"),

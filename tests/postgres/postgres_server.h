@@ -1,7 +1,7 @@
 // A real PostgreSQL 15 for the hand-off tests: its own cluster in a temporary directory, TLS with a CA and a
 // server certificate made here with openssl, log_statement=all to its log file, pg_stat_statements loaded and
-// created. Listens on 127.0.0.1 on a free port, no Unix-domain socket. Run as nobody (uid 65534) when the test
-// runs as root (CI does; postgres refuses root), with setpriv.
+// created. Listens on 127.0.0.1 on a free port, and on a Unix-domain socket in its directory. Run as nobody (uid 65534)
+// when the test runs as root (CI does; postgres refuses root), with setpriv.
 #pragma once
 
 #include <sys/types.h>
