@@ -383,7 +383,9 @@ TEST_F(PostgresHandOffTest, AdminThatCannotReadTheOldVerifierNeedsTheExplicitNoR
   std::string notes;
   for (const std::string& n : handoff->notes()) notes += n + "\n";
   EXPECT_NE(notes.find("no rollback is possible"), std::string::npos) << notes;
-  EXPECT_NE(notes.find("log_statement"), std::string::npos) << notes;  // it may not hide the statement
+  EXPECT_NE(notes.find("log_statement, "), std::string::npos) << notes;  // it may not hide the statement
+  EXPECT_NE(notes.find("pg_stat_statements.track"), std::string::npos) << notes;
+  EXPECT_EQ(handoff->notes().size(), 2u) << notes;
 
   const std::string password = RandomPassword();
   const Status applied = handoff->Apply(password);
@@ -395,6 +397,20 @@ TEST_F(PostgresHandOffTest, AdminThatCannotReadTheOldVerifierNeedsTheExplicitNoR
   EXPECT_TRUE(server_->CanLogIn("app_norollback", password));
   // Without a superuser the server logged the ALTER ROLE with the verifier, but never the password.
   ExpectServerNeverSaw(password, "the password");
+}
+
+TEST_F(PostgresHandOffTest, RoleThatCannotLogInIsNoted) {
+  std::string error;
+  ASSERT_TRUE(server_->AdminExec("CREATE ROLE app_nologin NOLOGIN", error)) << error;
+  CreateRole("app_expired", "", "VALID UNTIL '2000-01-01'");
+  StatusOr<PostgresHandOff> nologin = PostgresHandOff::Begin(server_->AdminDsn(), "app_nologin");
+  ASSERT_TRUE(nologin.ok()) << nologin.status().ToString();
+  ASSERT_EQ(nologin->notes().size(), 1u);
+  EXPECT_NE(nologin->notes()[0].find("NOLOGIN"), std::string::npos) << nologin->notes()[0];
+  StatusOr<PostgresHandOff> expired = PostgresHandOff::Begin(server_->AdminDsn(), "app_expired");
+  ASSERT_TRUE(expired.ok()) << expired.status().ToString();
+  ASSERT_EQ(expired->notes().size(), 1u);
+  EXPECT_NE(expired->notes()[0].find("VALID UNTIL is past"), std::string::npos) << expired->notes()[0];
 }
 
 TEST_F(PostgresHandOffTest, UnknownRoleIsNotFound) {

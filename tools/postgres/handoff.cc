@@ -60,7 +60,10 @@ StatusOr<PostgresHandOff> PostgresHandOff::Begin(std::string_view admin_dsn, std
   if (Status s = handoff.HideSession(); !s.ok()) return s;
 
   StatusOr<PgResult> exists = handoff.connection_.Exec(
-      "looking up the role", "SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1", {handoff.role_});
+      "looking up the role",
+      "SELECT rolcanlogin, rolvaliduntil IS NOT NULL AND rolvaliduntil < now() FROM pg_catalog.pg_roles "
+      "WHERE rolname = $1",
+      {handoff.role_});
   if (!exists.ok()) return exists.status();
   if (exists->rows() == 0) {
     return NotFoundError("PostgreSQL role \"" + handoff.role_ +
@@ -68,6 +71,10 @@ StatusOr<PostgresHandOff> PostgresHandOff::Begin(std::string_view admin_dsn, std
   }
   if (exists->Value(0, 0) != "t") {
     handoff.notes_.push_back("role \"" + handoff.role_ + "\" has NOLOGIN: the password will not let it log in");
+  }
+  if (exists->Value(0, 1) == "t") {
+    handoff.notes_.push_back("role \"" + handoff.role_ +
+                             "\"'s VALID UNTIL is past: the password will not let it log in until that is changed");
   }
 
   StatusOr<Verifier> previous = handoff.ReadVerifier("reading the role's current verifier");
@@ -111,11 +118,17 @@ Status PostgresHandOff::HideSession() {
       {"SET track_activities = off", "track_activities"},
       {"SET pg_stat_statements.track = 'none'", "pg_stat_statements.track"},
   };
+  std::string refused;
+  std::string first_reason;
   for (const Hide& hide : kHide) {
     StatusOr<PgResult> r = connection_.Exec(hide.what, hide.sql);
     if (r.ok()) continue;
     if (IsUnavailable(r.status())) return r.status();
-    notes_.push_back("could not turn " + std::string(hide.what) + " off for this session (" + r.status().message() +
+    refused += (refused.empty() ? "" : ", ") + std::string(hide.what);
+    if (first_reason.empty()) first_reason = r.status().message();
+  }
+  if (!refused.empty()) {
+    notes_.push_back("could not turn off " + refused + " for this session (" + first_reason +
                      "): the server may record the ALTER ROLE statement, which holds the verifier (not the password)");
   }
   return OkStatus();
