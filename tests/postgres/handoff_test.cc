@@ -7,13 +7,17 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <array>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tests/postgres/postgres_server.h"
 #include "tests/testing/skip_or_fail_in_ci.h"
+#include "tools/postgres/dsn_file.h"
 #include "tools/postgres/handoff.h"
 #include "tools/postgres/scram.h"
 
@@ -263,7 +267,13 @@ TEST_F(PostgresHandOffTest, RoleLogsInWithTheNewPasswordThatTheServerNeverSaw) {
   CreateRole("app_new", old_password);
   ASSERT_TRUE(server_->CanLogIn("app_new", old_password));
 
-  StatusOr<PostgresHandOff> handoff = PostgresHandOff::Begin(server_->AdminDsn(), "app_new");
+  // The admin DSN as trousseauctl reads it from an owner-only file.
+  const std::string dsn_path = server_->dir() + "/admin.dsn";
+  std::ofstream(dsn_path) << server_->AdminDsn() << "\n";
+  chmod(dsn_path.c_str(), 0600);
+  StatusOr<SecureBytes> dsn = ReadAdminDsnFile(dsn_path);
+  ASSERT_TRUE(dsn.ok()) << dsn.status().ToString();
+  StatusOr<PostgresHandOff> handoff = PostgresHandOff::Begin(dsn->view(), "app_new");
   ASSERT_TRUE(handoff.ok()) << handoff.status().ToString();
   EXPECT_TRUE(handoff->can_roll_back());
   EXPECT_TRUE(handoff->notes().empty()) << handoff->notes().front();
