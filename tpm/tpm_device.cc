@@ -608,4 +608,25 @@ StatusOr<SecureBytes> TpmDevice::EcdhZGen(const TransientObject& key, std::strin
   return secret;
 }
 
+StatusOr<SecureBytes> TpmDevice::GetRandom(size_t size) {
+  SecureBytes out(size);
+  for (size_t done = 0; done < size;) {
+    const UINT16 want = static_cast<UINT16>(std::min<size_t>(size - done, sizeof(TPM2B_DIGEST::buffer)));
+    TPM2B_DIGEST* raw = nullptr;
+    TSS2_RC rc = Execute([&] { return Esys_GetRandom_Async(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, want); },
+                         [&] { return Esys_GetRandom_Finish(esys_, &raw); });
+    auto wipe_and_free = [](TPM2B_DIGEST* p) {
+      if (p) WipeMemory(p, sizeof *p);
+      Esys_Free(p);
+    };
+    std::unique_ptr<TPM2B_DIGEST, decltype(wipe_and_free)> bytes(raw, wipe_and_free);
+    if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_GetRandom");
+    if (bytes->size == 0 || bytes->size > want)
+      return UnavailableError("the TPM returned a malformed TPM2_GetRandom result");
+    std::memcpy(out.data() + done, bytes->buffer, bytes->size);
+    done += bytes->size;
+  }
+  return out;
+}
+
 }  // namespace trousseau::tpm

@@ -147,6 +147,10 @@ class TpmDevice {
   // INVALID_ARGUMENT.
   StatusOr<SecureBytes> EcdhZGen(const TransientObject& key, std::string_view point);
 
+  // TPM2_GetRandom until `size` bytes are had (a TPM gives at most one digest's worth per command).
+  // For `trousseauctl secret generate` (docs/secrets.md).
+  StatusOr<SecureBytes> GetRandom(size_t size);
+
   ESYS_CONTEXT* esys() { return esys_; }
   uint64_t commands_sent() const { return commands_sent_; }
   // True once a command failed with a transport error or stale handles (RcClass kTransport or

@@ -21,6 +21,7 @@
 #include "core/secure_bytes.h"
 #include "core/strings.h"
 #include "tools/ctl/plugin_keys.h"
+#include "tools/ctl/secret_command.h"
 #include "tools/support/cli_errors.h"
 #include "v1beta1/kms.grpc.pb.h"
 #include "v2/kms.grpc.pb.h"
@@ -382,7 +383,8 @@ int main(int argc, char** argv) {
   }
   Options o;
   CLI::App app{
-      "trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging).\n"
+      "trousseauctl: talk to a KMS plugin socket (health, and encrypt/decrypt for debugging), and write\n"
+      "Secrets nobody sees (secret generate|inject).\n"
       "Data is read from stdin, never from arguments.",
       "trousseauctl"};
   app.set_version_flag("--version", std::string("trousseauctl ") + TROUSSEAU_VERSION);
@@ -427,6 +429,7 @@ int main(int argc, char** argv) {
   auto* decrypt = app.add_subcommand("decrypt", "Decrypt base64 ciphertext from stdin to stdout");
   decrypt->add_option("--key-id", o.key_id, "key_id the ciphertext was made with (v2)");
   decrypt->callback([&] { rc = Decrypt(o); });
+  trousseauctl::AddSecretCommand(app, rc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
