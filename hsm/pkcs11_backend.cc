@@ -19,6 +19,24 @@ namespace {
 constexpr std::string_view kProbePlaintext = "trousseau-hsm health probe";
 constexpr std::string_view kProbeAad = "trousseau-hsm probe";
 
+// LoginObserver::OnLogin's `failure` for a login LoginUser tried.
+std::string_view LoginFailureName(LoginOutcome outcome) {
+  switch (outcome) {
+    case LoginOutcome::kOk:
+    case LoginOutcome::kNotTried:
+      return "";
+    case LoginOutcome::kPinIncorrect:
+      return "pin_incorrect";
+    case LoginOutcome::kPinLocked:
+      return "pin_locked";
+    case LoginOutcome::kPinExpired:
+      return "pin_expired";
+    case LoginOutcome::kOther:
+      break;
+  }
+  return "other";
+}
+
 // Sizing the session pool (--hsm-sessions auto). Each session has a lane, so the pool is the number of
 // device calls in flight; by Little's law a device of latency W serving a rate R keeps R x W of them
 // busy. We cannot see the rate callers would like while they queue, but we see the calls that want a
@@ -520,7 +538,12 @@ StatusOr<std::shared_ptr<Pkcs11Backend::Connection>> Pkcs11Backend::BuildConnect
   StatusOr<Session> admin = OpenSession(module_->api(), token->slot, /*read_write=*/false);
   if (!admin.ok()) return admin.status();
   conn->admin = *std::move(admin);
-  if (Status s = LoginUser(conn->admin, conn->token, uri_.pin_file()); !s.ok()) return s;
+  LoginOutcome login = LoginOutcome::kNotTried;
+  const Status logged_in = LoginUser(conn->admin, conn->token, uri_.pin_file(), &login);
+  if (options_.login_observer != nullptr && login != LoginOutcome::kNotTried) {
+    options_.login_observer->OnLogin(Describe(), LoginFailureName(login));
+  }
+  if (!logged_in.ok()) return logged_in;
   if (options_.grow_sessions) {
     session_limit_.store(std::max(SessionPoolLimit(TokenSessionLimit(token->info), options_.sessions), lanes_.size()));
   }

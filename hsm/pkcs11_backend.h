@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend_observer.h"
 #include "core/defaults.h"
 #include "core/key_backend.h"
 #include "core/nonce_sequence.h"
@@ -70,6 +71,9 @@ struct Pkcs11BackendOptions {
   // Deadline of a reconnect (initialise, find the token, open sessions, log in, restore the keys)
   // started by a probe, whose own deadline is meant for one round trip.
   std::chrono::milliseconds connect_timeout{10000};
+  // Told about every login the backend tries (the plugin's login metrics); may be null. Must outlive
+  // the backend.
+  LoginObserver* login_observer = nullptr;
 };
 
 // Largest pool a token allows us: `token_limit`, its ulMaxSessionCount (read-only sessions:

@@ -59,12 +59,40 @@ StatusOr<Session> OpenSession(CK_FUNCTION_LIST* api, CK_SLOT_ID slot, bool read_
   return p11::OpenSession(api, slot, read_write);
 }
 
-Status LoginUser(const Session& session, const TokenSlot& token, const std::optional<std::string>& pin_file) {
+namespace {
+
+LoginOutcome OutcomeOf(CK_RV rv) {
+  switch (rv) {
+    case CKR_OK:
+    case CKR_USER_ALREADY_LOGGED_IN:
+      return LoginOutcome::kOk;
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+      return LoginOutcome::kPinIncorrect;
+    case CKR_PIN_LOCKED:
+      return LoginOutcome::kPinLocked;
+    case CKR_PIN_EXPIRED:
+      return LoginOutcome::kPinExpired;
+    default:
+      return LoginOutcome::kOther;
+  }
+}
+
+}  // namespace
+
+Status LoginUser(const Session& session, const TokenSlot& token, const std::optional<std::string>& pin_file,
+                 LoginOutcome* outcome) {
+  if (outcome != nullptr) *outcome = LoginOutcome::kNotTried;
   StatusOr<std::optional<SecureBytes>> pin = LoadPin(pin_file);
   if (!pin.ok()) return pin.status();
-  if (pin->has_value()) return p11::Login(session, CKU_USER, &**pin, "user PIN", "");
-  if (token.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH)
-    return p11::Login(session, CKU_USER, nullptr, "user PIN", "");
+  const bool protected_path = (token.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH) != 0;
+  if (pin->has_value() || protected_path) {
+    CK_RV answered = CKR_OK;
+    Status login = p11::Login(session, CKU_USER, pin->has_value() ? &**pin : nullptr, "user PIN", "", &answered);
+    if (outcome != nullptr) *outcome = OutcomeOf(answered);
+    return login;
+  }
   if (token.info.flags & CKF_LOGIN_REQUIRED) {
     return FailedPreconditionError(
         StrCat("the token needs a PIN: add pin-source=file:/path to the URI or set ", kPinEnvVar));

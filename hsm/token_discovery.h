@@ -36,6 +36,10 @@ StatusOr<Session> OpenSession(CK_FUNCTION_LIST* api, CK_SLOT_ID slot, bool read_
 // Logs the application in as CKU_USER (one login covers every session). The PIN comes from the
 // URI's pin-source or TROUSSEAU_HSM_PIN and is wiped after use. A rejected PIN gives
 // PERMISSION_DENIED: callers must not retry it, or the token locks.
-Status LoginUser(const Session& session, const TokenSlot& token, const std::optional<std::string>& pin_file);
+// What C_Login answered, for the plugin's login metrics: kNotTried when LoginUser did not call it (the
+// token needs no login, or there was no PIN to give).
+enum class LoginOutcome { kNotTried, kOk, kPinIncorrect, kPinLocked, kPinExpired, kOther };
+Status LoginUser(const Session& session, const TokenSlot& token, const std::optional<std::string>& pin_file,
+                 LoginOutcome* outcome = nullptr);
 
 }  // namespace trousseau::hsm

@@ -38,9 +38,10 @@ StatusOr<Session> OpenSession(CK_FUNCTION_LIST* api, CK_SLOT_ID slot, bool read_
 }
 
 Status Login(const Session& session, CK_USER_TYPE user, const SecureBytes* pin, std::string_view which_pin,
-             std::string_view step) {
+             std::string_view step, CK_RV* answered) {
   CK_UTF8CHAR* bytes = pin != nullptr ? const_cast<CK_UTF8CHAR*>(pin->data()) : nullptr;
   const CK_RV rv = session.api()->C_Login(session.handle(), user, bytes, pin != nullptr ? pin->size() : 0);
+  if (answered != nullptr) *answered = rv;
   if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return OkStatus();
   if (IsPinRejected(rv)) {
     return PermissionDeniedError(

@@ -29,9 +29,9 @@ StatusOr<Session> OpenSession(CK_FUNCTION_LIST* api, CK_SLOT_ID slot, bool read_
 // C_Login as `user` (CKU_USER or CKU_SO). An empty `pin` with `protected_path` logs in through the
 // device's own PIN pad. Already logged in is success. A PIN the token refuses gives PERMISSION_DENIED
 // "<step>: the token rejected the <which_pin> (CKR_...)" (never retry it: the token locks); anything
-// else goes through RvStatus.
+// else goes through RvStatus. `answered`, when given, receives what C_Login returned.
 Status Login(const Session& session, CK_USER_TYPE user, const SecureBytes* pin, std::string_view which_pin,
-             std::string_view step);
+             std::string_view step, CK_RV* answered = nullptr);
 void Logout(const Session& session);
 
 // C_GenerateKey with `mechanism` (no parameters) and `key_template`. `what` names the step in errors.

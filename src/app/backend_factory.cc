@@ -14,14 +14,15 @@
 namespace trousseau::app {
 namespace {
 
-StatusOr<ConfiguredBackend> MakePkcs11Backend(const PluginOptions& options) {
+StatusOr<ConfiguredBackend> MakePkcs11Backend(const PluginOptions& options, LoginObserver* login_observer) {
   StatusOr<hsm::Pkcs11Uri> uri = hsm::Pkcs11Uri::Parse(options.pkcs11_uris.front());
   if (!uri.ok()) return uri.status();
   const std::string family_label = uri->object_label();
   StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created =
       hsm::Pkcs11Backend::Create(*std::move(uri), {.sessions = options.hsm_sessions,
                                                    .grow_sessions = options.hsm_sessions_grow,
-                                                   .session_key_copies = !options.no_session_key_copies});
+                                                   .session_key_copies = !options.no_session_key_copies,
+                                                   .login_observer = login_observer});
   if (!created.ok()) return created.status();
   std::shared_ptr<hsm::Pkcs11Backend> backend = *std::move(created);
   ConfiguredBackend configured;
@@ -89,7 +90,7 @@ StatusOr<recipients::AdminPolicy> ReadAdminPolicy(const PluginOptions& options) 
 }
 
 // Multi-node mode (docs/ha.md): the recipient set, and this node's devices that open its wraps.
-StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
+StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options, LoginObserver* login_observer) {
   StatusOr<recipients::AdminPolicy> policy = ReadAdminPolicy(options);
   if (!policy.ok()) return policy.status();
   recipients::RecipientBackendOptions backend_options;
@@ -107,7 +108,8 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
     StatusOr<std::unique_ptr<hsm::Pkcs11Backend>> created =
         hsm::Pkcs11Backend::Create(*std::move(uri), {.sessions = options.hsm_sessions,
                                                      .grow_sessions = options.hsm_sessions_grow,
-                                                     .session_key_copies = !options.no_session_key_copies});
+                                                     .session_key_copies = !options.no_session_key_copies,
+                                                     .login_observer = login_observer});
     if (!created.ok()) return created.status();
     std::shared_ptr<hsm::Pkcs11Backend> token = *std::move(created);
     backend_options.devices.push_back({.name = name, .device = token});
@@ -175,9 +177,9 @@ StatusOr<ConfiguredBackend> MakeRecipientBackend(const PluginOptions& options) {
 
 }  // namespace
 
-StatusOr<ConfiguredBackend> MakeBackend(const PluginOptions& options) {
-  if (!options.recipient_set.empty()) return MakeRecipientBackend(options);
-  return options.tpm_key_dir.empty() ? MakePkcs11Backend(options) : MakeTpmBackend(options);
+StatusOr<ConfiguredBackend> MakeBackend(const PluginOptions& options, LoginObserver* login_observer) {
+  if (!options.recipient_set.empty()) return MakeRecipientBackend(options, login_observer);
+  return options.tpm_key_dir.empty() ? MakePkcs11Backend(options, login_observer) : MakeTpmBackend(options);
 }
 
 }  // namespace trousseau::app

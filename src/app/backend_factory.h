@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend_observer.h"
 #include "core/defaults.h"
 #include "app/options.h"
 #include "core/key_backend.h"
@@ -47,7 +48,8 @@ struct ConfiguredBackend {
 };
 
 // FAILED_PRECONDITION / INVALID_ARGUMENT for configuration errors (exit 2). Touches no device:
-// the first device contact is the engine's first key ring load.
-StatusOr<ConfiguredBackend> MakeBackend(const PluginOptions& options);
+// the first device contact is the engine's first key ring load. `login_observer` (may be null, must
+// outlive the backend) is told about every PKCS#11 login.
+StatusOr<ConfiguredBackend> MakeBackend(const PluginOptions& options, LoginObserver* login_observer = nullptr);
 
 }  // namespace trousseau::app

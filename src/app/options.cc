@@ -165,7 +165,11 @@ void AddServingOptions(CLI::App& app, PluginOptions& options, TextSettings& text
       ->check(duration)
       ->capture_default_str();
   app.add_option("--health-listen", options.health_listen,
-                 "HOST:PORT for /healthz, /livez, /readyz and /metrics (e.g. 127.0.0.1:8789); off if empty");
+                 "HOST:PORT for /healthz, /livez, /readyz and, without --metrics-listen, /metrics (e.g. "
+                 "127.0.0.1:8789); off if empty");
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "HOST:PORT that serves /metrics alone (e.g. the node's IP, for Prometheus), while the probes stay on "
+                 "--health-listen; empty: /metrics is on --health-listen");
 }
 
 void AddLoggingOptions(CLI::App& app, PluginOptions& options) {
@@ -242,9 +246,9 @@ const std::map<std::string, std::string, std::less<>>& PeerFlags() {
       {"--path-to-unix-socket", "ours is --listen unix:///path/kms.sock"},
       {"--unix-socket", "ours is --listen unix:///path/kms.sock"},
       {"--healthz-port", "ours is --health-listen HOST:PORT (e.g. 127.0.0.1:PORT)"},
-      {"--healthz-path", "the paths are fixed: /healthz, /livez, /readyz and /metrics on --health-listen"},
-      {"--metrics-addr", "metrics are served on --health-listen at /metrics"},
-      {"--metrics-port", "metrics are served on --health-listen at /metrics"},
+      {"--healthz-path", "the paths are fixed: /healthz, /livez and /readyz on --health-listen"},
+      {"--metrics-addr", "ours is --metrics-listen HOST:PORT (/metrics; without it, /metrics is on --health-listen)"},
+      {"--metrics-port", "ours is --metrics-listen HOST:PORT (/metrics; without it, /metrics is on --health-listen)"},
       {"--pin", "a PIN never comes from a flag: use pin-source=file:/path in --pkcs11-uri, or TROUSSEAU_HSM_PIN"},
       {"--pin-file", "give it in the URI: --pkcs11-uri 'pkcs11:...?pin-source=file:/path'"},
       {"--key", "the key family is the object= of --pkcs11-uri (or --tpm-key-dir)"},
@@ -309,8 +313,31 @@ std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv) {
   return std::nullopt;
 }
 
+// True when listeners on HOST:PORT `a` and `b` would take the same port on a shared address: the
+// same text, or one port with one of the hosts a wildcard (0.0.0.0, ::, empty).
+bool SameListener(const std::string& a, const std::string& b) {
+  const auto split = [](const std::string& listen) {
+    const size_t colon = listen.rfind(':');
+    std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    return std::make_pair(host, colon == std::string::npos ? std::string() : listen.substr(colon + 1));
+  };
+  const auto [host_a, port_a] = split(a);
+  const auto [host_b, port_b] = split(b);
+  const auto wildcard = [](const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; };
+  return port_a == port_b && (host_a == host_b || wildcard(host_a) || wildcard(host_b));
+}
+
 // Checks what CLI11 cannot check alone and converts the text settings into `options`.
 std::optional<int> CheckAndConvert(const TextSettings& text, PluginOptions& options) {
+  if (!options.metrics_listen.empty() && !options.health_listen.empty() &&
+      SameListener(options.metrics_listen, options.health_listen)) {
+    std::cerr << "trousseau-hsm: --metrics-listen " << options.metrics_listen << " and --health-listen "
+              << options.health_listen
+              << " are the same port: leave --metrics-listen empty to serve /metrics on --health-listen, or give "
+                 "it a port of its own\n";
+    return 2;
+  }
   if (!options.recipient_set.empty()) {
     if (options.pkcs11_uris.empty() && options.tpm_recipient_dir.empty()) {
       std::cerr << "trousseau-hsm: --recipient-set needs this node's recipient device(s): --tpm-recipient-dir "

@@ -43,6 +43,9 @@ struct PluginOptions {
   std::string socket_group;
   std::chrono::milliseconds shutdown_grace = defaults::kShutdownGrace;
   std::string health_listen;  // empty: no HTTP endpoint
+  // Empty: /metrics is served on health_listen. Else /metrics is served here only (Prometheus scrapes the
+  // node's address) while the probes stay on health_listen (loopback).
+  std::string metrics_listen;
   std::string log_level = "info";
   std::string log_format = "text";
 };

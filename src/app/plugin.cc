@@ -110,13 +110,18 @@ StatusOr<SocketOwnership> ResolveSocketOwnership(const PluginOptions& options) {
   return SocketOwnership{*owner, *group};
 }
 
-// The /healthz, /readyz, /livez and /metrics listener, or none without --health-listen.
-StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const PluginOptions& options,
-                                                                         const ConfiguredBackend& configured,
-                                                                         KmsEngine& engine,
-                                                                         observability::Telemetry& telemetry,
-                                                                         const std::atomic<bool>& serving) {
-  if (options.health_listen.empty()) return std::unique_ptr<observability::HttpEndpoint>();
+// The HTTP listeners: --health-listen (/healthz, /readyz, /livez, and /metrics unless --metrics-listen
+// serves it apart), --metrics-listen; neither when both are empty.
+struct HttpEndpoints {
+  std::unique_ptr<observability::HttpEndpoint> health;
+  std::unique_ptr<observability::HttpEndpoint> metrics;
+};
+
+StatusOr<HttpEndpoints> StartHttpEndpoints(const PluginOptions& options, const ConfiguredBackend& configured,
+                                           KmsEngine& engine, observability::Telemetry& telemetry,
+                                           const std::atomic<bool>& serving) {
+  HttpEndpoints endpoints;
+  if (options.health_listen.empty() && options.metrics_listen.empty()) return endpoints;
   observability::HttpHooks hooks;
   hooks.not_ready_because = [&]() -> std::string {
     if (!serving.load()) return "not serving: starting or stopping";
@@ -146,7 +151,22 @@ StatusOr<std::unique_ptr<observability::HttpEndpoint>> StartHttpEndpoint(const P
       return lines;
     };
   }
-  return observability::HttpEndpoint::Start(options.health_listen, engine, telemetry, std::move(hooks));
+  using observability::HttpEndpoint;
+  using observability::HttpRoutes;
+  if (!options.health_listen.empty()) {
+    const HttpRoutes routes = options.metrics_listen.empty() ? HttpRoutes::kProbesAndMetrics : HttpRoutes::kProbes;
+    StatusOr<std::unique_ptr<HttpEndpoint>> health =
+        HttpEndpoint::Start(options.health_listen, "--health-listen", routes, engine, telemetry, hooks);
+    if (!health.ok()) return health.status();
+    endpoints.health = *std::move(health);
+  }
+  if (!options.metrics_listen.empty()) {
+    StatusOr<std::unique_ptr<HttpEndpoint>> metrics = HttpEndpoint::Start(
+        options.metrics_listen, "--metrics-listen", HttpRoutes::kMetrics, engine, telemetry, std::move(hooks));
+    if (!metrics.ok()) return metrics.status();
+    endpoints.metrics = *std::move(metrics);
+  }
+  return endpoints;
 }
 
 StatusOr<std::unique_ptr<server::KmsServer>> StartKmsServer(const PluginOptions& options,
@@ -161,6 +181,19 @@ StatusOr<std::unique_ptr<server::KmsServer>> StartKmsServer(const PluginOptions&
   server_options.observer = &telemetry;
   return server::KmsServer::Start(engine, server_options);
 }
+
+// The backend is made before the metrics (their labels need its kind) and tells its logins here; the
+// first login comes with the first key ring load, after Attach. Logins before Attach are not counted.
+class LoginRelay final : public LoginObserver {
+ public:
+  void Attach(LoginObserver* target) { target_.store(target); }
+  void OnLogin(std::string_view device, std::string_view failure) override {
+    if (LoginObserver* target = target_.load()) target->OnLogin(device, failure);
+  }
+
+ private:
+  std::atomic<LoginObserver*> target_{nullptr};
+};
 
 // What the run loop stops on SIGTERM, in order.
 struct Running {
@@ -214,7 +247,8 @@ int RunPlugin(const PluginOptions& options) {
 
   // Everything that can be checked without the device is checked, and every listener bound, before
   // the first login: a configuration error must not cost a login attempt, and must say so at once.
-  StatusOr<ConfiguredBackend> configured = MakeBackend(options);
+  LoginRelay logins;  // outlives the backend: declared first
+  StatusOr<ConfiguredBackend> configured = MakeBackend(options, &logins);
   if (!configured.ok()) {
     spdlog::critical("{}", configured.status().message());
     return 2;
@@ -226,6 +260,10 @@ int RunPlugin(const PluginOptions& options) {
     return 2;
   }
   observability::Telemetry telemetry(TROUSSEAU_VERSION, std::string(backend->Kind()));
+  logins.Attach(&telemetry);
+  const std::unique_ptr<LoginRelay, void (*)(LoginRelay*)> detach(&logins, [](LoginRelay* relay) {
+    relay->Attach(nullptr);  // before the metrics go
+  });
   KmsEngine engine(backend, EngineOptions{.family_label = configured->family_label,
                                           .health_ttl = options.health_cache,
                                           .device_timeout = configured->device_timeout,
@@ -235,8 +273,7 @@ int RunPlugin(const PluginOptions& options) {
   KeyRefresher refresher(engine, telemetry, options.key_refresh_interval);
   std::atomic<bool> serving{false};
 
-  StatusOr<std::unique_ptr<observability::HttpEndpoint>> http =
-      StartHttpEndpoint(options, *configured, engine, telemetry, serving);
+  StatusOr<HttpEndpoints> http = StartHttpEndpoints(options, *configured, engine, telemetry, serving);
   if (!http.ok()) {
     spdlog::critical("{}", http.status().message());
     return 2;
@@ -267,9 +304,15 @@ int RunPlugin(const PluginOptions& options) {
   engine.StartProber();
   refresher.Start();
   serving = true;
-  if (*http) {
+  if (http->health && !http->metrics) {
     observability::LogWithFields(spdlog::level::info, "health and metrics endpoint up",
                                  {{"health_listen", options.health_listen}});
+  } else if (http->health) {
+    observability::LogWithFields(spdlog::level::info, "health endpoint up", {{"health_listen", options.health_listen}});
+  }
+  if (http->metrics) {
+    observability::LogWithFields(spdlog::level::info, "metrics endpoint up",
+                                 {{"metrics_listen", options.metrics_listen}});
   }
   const std::string socket = "unix://" + (*server)->socket_path();
   observability::LogWithFields(spdlog::level::info, "serving KMS v2 and v1beta1", {{"listen", socket}});

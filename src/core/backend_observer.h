@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string_view>
 
 #include "core/status.h"
@@ -20,6 +21,19 @@ class BackendObserver {
   // it), "not_found" (it did not), "joined" (a load already running answered), "limited" (no reload:
   // the rate limit), "failed" (the reload failed).
   virtual void OnDecryptMiss(std::string_view outcome) {}
+  // An Encrypt or Decrypt the device served with key `version` (the caller got its result): which
+  // versions are still in use, and when each was last used.
+  virtual void OnKeyVersionUse(uint64_t version) {}
+};
+
+// Hook for a device's logins (PKCS#11 C_Login), told on the backend's admin lane as each is tried.
+class LoginObserver {
+ public:
+  virtual ~LoginObserver() = default;
+  // `device` names the token (the backend's Describe()). `failure` is empty when the login succeeded,
+  // else "pin_incorrect", "pin_locked" or "pin_expired" (the token refused the PIN: the backend does
+  // not try it again by itself) or "other" (C_Login failed otherwise).
+  virtual void OnLogin(std::string_view device, std::string_view failure) = 0;
 };
 
 }  // namespace trousseau

@@ -227,6 +227,7 @@ StatusOr<EncryptResult> KmsEngine::Encrypt(std::string_view plaintext, size_t ma
       Observed("seal", [&] { return backend_->Seal(version, plaintext, result.ciphertext, DeviceDeadline(deadline)); });
   Record(CallKind::kEncrypt, sealed.status(), version);
   if (!sealed.ok()) return sealed.status();
+  if (options_.observer != nullptr) options_.observer->OnKeyVersionUse(version);
   result.ciphertext += *sealed;
   result.key_id = ring->active_key_id();
   return result;
@@ -264,6 +265,7 @@ StatusOr<SecureBytes> KmsEngine::Decrypt(std::string_view ciphertext, std::strin
     return backend_->Open(envelope->key_version, envelope->sealed, envelope->header, DeviceDeadline(deadline));
   });
   Record(CallKind::kDecrypt, plaintext.status(), envelope->key_version);
+  if (plaintext.ok() && options_.observer != nullptr) options_.observer->OnKeyVersionUse(envelope->key_version);
   return plaintext;
 }
 

@@ -94,41 +94,46 @@ struct HttpEndpoint::Handlers {
   std::vector<std::pair<std::string, std::unique_ptr<FunctionHandler>>> routes;
 };
 
-StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen, KmsEngine& engine,
-                                                            Telemetry& telemetry, HttpHooks hooks) {
+StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& listen, std::string_view flag,
+                                                            HttpRoutes which, KmsEngine& engine, Telemetry& telemetry,
+                                                            HttpHooks hooks) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos || !ParseUnsigned<uint16_t>(listen.substr(colon + 1))) {
-    return InvalidArgumentError(StrCat("--health-listen must be HOST:PORT (e.g. 127.0.0.1:8789), got ", listen));
+    return InvalidArgumentError(StrCat(flag, " must be HOST:PORT (e.g. 127.0.0.1:8789), got ", listen));
   }
   auto endpoint = std::unique_ptr<HttpEndpoint>(new HttpEndpoint());
   endpoint->handlers_ = std::make_unique<Handlers>();
   auto& routes = endpoint->handlers_->routes;
-  routes.emplace_back("/livez",
-                      std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
-  routes.emplace_back("/readyz",
-                      std::make_unique<FunctionHandler>(
-                          [why = hooks.not_ready_because, details = hooks.verbose_details, &engine](mg_connection* c) {
-                            const std::string reason = why ? why() : "";
-                            std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
-                            const char* query = mg_get_request_info(c)->query_string;
-                            if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
-                              body += KeySummary(engine);
-                              if (details) body += details();
-                            }
-                            Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
-                          }));
-  routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
-                        HealthReport health = engine.Health();
-                        Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");
-                      }));
-  routes.emplace_back("/metrics", std::make_unique<FunctionHandler>([&telemetry, hooks](mg_connection* c) {
-                        if (hooks.before_scrape) hooks.before_scrape();
-                        Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
-                      }));
+  if (which != HttpRoutes::kMetrics) {
+    routes.emplace_back(
+        "/livez", std::make_unique<FunctionHandler>([](mg_connection* c) { Reply(c, 200, "text/plain", "ok\n"); }));
+    routes.emplace_back(
+        "/readyz", std::make_unique<FunctionHandler>(
+                       [why = hooks.not_ready_because, details = hooks.verbose_details, &engine](mg_connection* c) {
+                         const std::string reason = why ? why() : "";
+                         std::string body = reason.empty() ? "ok\n" : StrCat("not ready: ", reason, "\n");
+                         const char* query = mg_get_request_info(c)->query_string;
+                         if (query != nullptr && std::string_view(query).find("verbose") != std::string_view::npos) {
+                           body += KeySummary(engine);
+                           if (details) body += details();
+                         }
+                         Reply(c, reason.empty() ? 200 : 503, "text/plain", body);
+                       }));
+    routes.emplace_back("/healthz", std::make_unique<FunctionHandler>([&engine](mg_connection* c) {
+                          HealthReport health = engine.Health();
+                          Reply(c, health.ok ? 200 : 503, "text/plain", health.detail + "\n");
+                        }));
+  }
+  if (which != HttpRoutes::kProbes) {
+    routes.emplace_back("/metrics", std::make_unique<FunctionHandler>([&telemetry, hooks](mg_connection* c) {
+                          if (hooks.before_scrape) hooks.before_scrape();
+                          Reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", telemetry.Render());
+                        }));
+  }
 
   // civetweb reports a port it cannot bind only as "null context": bind it once ourselves to say why.
   if (Status bindable = CheckBindable(listen.substr(0, colon), listen.substr(colon + 1)); !bindable.ok()) {
-    return FailedPreconditionError(StrCat("--health-listen ", listen, ": ", bindable.message()));
+    return FailedPreconditionError(StrCat(flag, " ", listen, ": ", bindable.message()));
   }
   // civetweb wants "HOST:PORT" without brackets for IPv4 and "[::1]:PORT" for IPv6, as given.
   std::vector<std::string> options = {"listening_ports", listen, "num_threads", "2", "request_timeout_ms", "5000"};

@@ -1,4 +1,5 @@
-// One small HTTP listener for probes and scraping (--health-listen):
+// Small HTTP listeners for probes and scraping: --health-listen serves the probes and, unless
+// --metrics-listen is given, /metrics; --metrics-listen serves /metrics alone.
 //   /livez    200 while the process runs: nothing in it needs a restart (a device outage or a refused
 //             PIN is recovered from in place; restarting would only cost another login attempt)
 //   /readyz   200 while it serves with a working device and keys, else 503 + the reason
@@ -28,11 +29,20 @@ struct HttpHooks {
   std::function<std::string()> verbose_details;
 };
 
+// Which paths one listener serves.
+enum class HttpRoutes {
+  kProbesAndMetrics,  // /livez, /readyz, /healthz and /metrics (--health-listen alone)
+  kProbes,            // /livez, /readyz, /healthz (--health-listen beside --metrics-listen)
+  kMetrics,           // /metrics (--metrics-listen)
+};
+
 class HttpEndpoint {
  public:
-  // `listen` is HOST:PORT, e.g. 127.0.0.1:8789.
-  static StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen, KmsEngine& engine,
-                                                       Telemetry& telemetry, HttpHooks hooks);
+  // `listen` is HOST:PORT, e.g. 127.0.0.1:8789; `flag` names the setting it came from in messages
+  // ("--health-listen"). Every other path answers 404.
+  static StatusOr<std::unique_ptr<HttpEndpoint>> Start(const std::string& listen, std::string_view flag,
+                                                       HttpRoutes routes, KmsEngine& engine, Telemetry& telemetry,
+                                                       HttpHooks hooks);
   ~HttpEndpoint();
 
  private:

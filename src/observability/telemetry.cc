@@ -7,6 +7,7 @@
 
 #include "core/strings.h"
 #include "observability/logging.h"
+#include "observability/process_metrics.h"
 
 namespace trousseau::observability {
 namespace {
@@ -122,6 +123,34 @@ Telemetry::Telemetry(const std::string& version, const std::string& backend_kind
                                    .Help("Unix time of the last successful key family load")
                                    .Register(*registry_)
                                    .Add({});
+  version_uses_family_ = &prometheus::BuildCounter()
+                              .Name("trousseau_hsm_key_version_uses_total")
+                              .Help(
+                                  "Encrypts and Decrypts the device served with each key version (a version's "
+                                  "series appears at its first use since the plugin started)")
+                              .Register(*registry_);
+  version_last_use_family_ = &prometheus::BuildGauge()
+                                  .Name("trousseau_hsm_key_version_last_use_timestamp_seconds")
+                                  .Help(
+                                      "Unix time of the last Encrypt or Decrypt served with each key version since "
+                                      "the plugin started")
+                                  .Register(*registry_);
+  auto& logins = prometheus::BuildCounter()
+                     .Name("trousseau_hsm_login_failures_total")
+                     .Help(
+                         "Device logins (PKCS#11 C_Login) that failed, by reason: pin_incorrect, pin_locked, "
+                         "pin_expired (the token refused the PIN), other")
+                     .Register(*registry_);
+  for (const char* reason : {"pin_incorrect", "pin_locked", "pin_expired", "other"}) {
+    login_failures_[reason] = &logins.Add({{"reason", reason}});
+  }
+  login_pin_rejected_ = &prometheus::BuildGauge()
+                             .Name("trousseau_hsm_login_pin_rejected")
+                             .Help(
+                                 "Devices whose last login the token refused for its PIN; the plugin does not try "
+                                 "that PIN again until the PIN file changes or SIGHUP")
+                             .Register(*registry_)
+                             .Add({});
   prometheus::BuildGauge()
       .Name("trousseau_hsm_build_info")
       .Help("Build information (value 1)")
@@ -174,6 +203,39 @@ void Telemetry::OnHealth(bool healthy) { backend_up_->Set(healthy ? 1 : 0); }
 
 void Telemetry::OnDecryptMiss(std::string_view outcome) {
   if (auto it = decrypt_misses_.find(outcome); it != decrypt_misses_.end()) it->second->Increment();
+}
+
+void Telemetry::OnKeyVersionUse(uint64_t version) {
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  {
+    std::shared_lock lock(version_uses_mu_);
+    if (auto it = version_uses_.find(version); it != version_uses_.end()) {
+      it->second.uses->Increment();
+      it->second.last_use->Set(now);
+      return;
+    }
+  }
+  std::unique_lock lock(version_uses_mu_);
+  VersionUse& use = version_uses_[version];
+  if (use.uses == nullptr) {
+    const std::string label = StrCat(version);
+    use.uses = &version_uses_family_->Add({{"version", label}});
+    use.last_use = &version_last_use_family_->Add({{"version", label}});
+  }
+  use.uses->Increment();
+  use.last_use->Set(now);
+}
+
+void Telemetry::OnLogin(std::string_view device, std::string_view failure) {
+  if (!failure.empty()) {
+    auto it = login_failures_.find(failure);
+    (it != login_failures_.end() ? it->second : login_failures_.at("other"))->Increment();
+  }
+  std::lock_guard lock(login_mu_);
+  pin_rejected_by_device_[std::string(device)] = failure.starts_with("pin_");
+  size_t rejected = 0;
+  for (const auto& [name, refused] : pin_rejected_by_device_) rejected += refused ? 1 : 0;
+  login_pin_rejected_->Set(static_cast<double>(rejected));
 }
 
 void Telemetry::SetKeyRing(const KeyRing& ring, bool activation_pending) {
@@ -229,8 +291,10 @@ void Telemetry::SetDeviceState(const std::string& name, bool up, double latency_
 }
 
 std::string Telemetry::Render() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  AppendProcessMetrics(families);
   std::ostringstream out;
-  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  prometheus::TextSerializer().Serialize(out, families);
   return out.str();
 }
 

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,7 @@
 
 namespace trousseau::observability {
 
-class Telemetry final : public RequestObserver, public BackendObserver {
+class Telemetry final : public RequestObserver, public BackendObserver, public LoginObserver {
  public:
   Telemetry(const std::string& version, const std::string& backend_kind);
 
@@ -30,6 +31,12 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   void OnBackendCall(std::string_view call, std::chrono::nanoseconds latency, const Status& status) override;
   void OnHealth(bool healthy) override;
   void OnDecryptMiss(std::string_view outcome) override;
+  // trousseau_hsm_key_version_uses_total{version} and ..._last_use_timestamp_seconds{version}, each
+  // version's series made at its first use (only versions the device served: never a forged one).
+  void OnKeyVersionUse(uint64_t version) override;
+  // trousseau_hsm_login_failures_total{reason}, and trousseau_hsm_login_pin_rejected: how many devices'
+  // last login the token refused for its PIN (the plugin does not try it again until fixed).
+  void OnLogin(std::string_view device, std::string_view failure) override;
 
   // State sampled when /metrics is scraped.
   // The key ring now in force: its active key_id and every version it can decrypt.
@@ -44,7 +51,7 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   // counted, and shown as an info series with its key_id until the process ends.
   void RecordVanishedKey(uint64_t version, const std::string& key_id);
 
-  // Prometheus text exposition format.
+  // Prometheus text exposition format, with the process_* metrics (observability/process_metrics.h).
   std::string Render() const;
 
  private:
@@ -79,6 +86,18 @@ class Telemetry final : public RequestObserver, public BackendObserver {
   prometheus::Counter* vanished_total_ = nullptr;
   prometheus::Family<prometheus::Gauge>* vanished_keys_ = nullptr;
   std::map<std::string, prometheus::Counter*, std::less<>> decrypt_misses_;
+  prometheus::Family<prometheus::Counter>* version_uses_family_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* version_last_use_family_ = nullptr;
+  struct VersionUse {
+    prometheus::Counter* uses = nullptr;
+    prometheus::Gauge* last_use = nullptr;
+  };
+  std::shared_mutex version_uses_mu_;
+  std::map<uint64_t, VersionUse> version_uses_;  // guarded by version_uses_mu_ (the handles are thread-safe)
+  std::map<std::string, prometheus::Counter*, std::less<>> login_failures_;
+  prometheus::Gauge* login_pin_rejected_ = nullptr;
+  std::mutex login_mu_;
+  std::map<std::string, bool, std::less<>> pin_rejected_by_device_;  // guarded by login_mu_
 };
 
 }  // namespace trousseau::observability

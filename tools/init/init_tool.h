@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,6 +60,9 @@ struct KeyOptions {
   uint64_t version = 0;  // key retire
   bool yes = false;      // key retire
   bool strict = false;   // selftest: warnings fail too
+  // key list: HOST:PORT of the running plugin's /metrics (its --health-listen, or --metrics-listen when it
+  // has one), to show each version's last use as that plugin saw it; empty: not asked.
+  std::string plugin_metrics;
 };
 
 struct ConfigOptions {
@@ -141,5 +145,37 @@ struct PluginWait {
   std::string last_error;   // the last failed call's message, if the last call failed
 };
 PluginWait WaitForPluginKeyId(const std::string& socket, const std::string& key_id, std::chrono::milliseconds timeout);
+
+// ---- what a running plugin saw of each version's use (plugin_use.cc) ----
+
+// One version's use as a plugin reports it.
+struct VersionUseSeen {
+  bool known = false;  // false: why_unknown says why
+  std::string why_unknown;
+  uint64_t uses = 0;    // Encrypts and Decrypts served since the plugin started
+  double last_use = 0;  // Unix time of the last one; 0: none since the plugin started
+};
+
+// A running plugin's /metrics page, read once.
+struct PluginUse {
+  std::string listen;
+  bool reached = false;
+  std::string error;                        // why not reached
+  double started = 0;                       // the plugin's process_start_time_seconds; 0 if not given
+  std::map<uint64_t, std::string> key_ids;  // the versions it holds, with their key_ids
+  struct Counted {
+    double uses = 0;
+    double last_use = 0;
+  };
+  std::map<uint64_t, Counted> versions;  // versions it has served since it started
+
+  // `key_id`: the version's key_id as this tool derives it (empty if unknown), checked against the plugin's.
+  VersionUseSeen Of(uint64_t version, const std::string& key_id) const;
+};
+PluginUse ReadPluginUse(const std::string& listen, std::chrono::milliseconds timeout);
+
+// "2026-12-06T07:30:00Z"; "42s ago", "5m ago", "3h 2m ago", "4d 1h ago".
+std::string UtcTime(double unix_seconds);
+std::string AgoText(double unix_seconds);
 
 }  // namespace trousseau::init

@@ -437,6 +437,24 @@ std::string AttributesText(const hsm::KeyObject& key, bool hmac) {
   return out.str();
 }
 
+// {"known":true,"uses":N,"timestamp":T|null} or {"known":false,"why":"..."}.
+std::string LastUseJson(const VersionUseSeen& use) {
+  if (!use.known) return StrCat("{\"known\":false,\"why\":", JsonQuote(use.why_unknown), "}");
+  return StrCat("{\"known\":true,\"uses\":", use.uses,
+                ",\"timestamp\":", use.last_use > 0 ? StrCat(static_cast<int64_t>(use.last_use)) : std::string("null"),
+                "}");
+}
+
+std::string LastUseText(const VersionUseSeen& use, double plugin_started) {
+  if (!use.known) return StrCat("unknown: ", use.why_unknown);
+  if (use.last_use <= 0) {
+    return plugin_started > 0 ? StrCat("none since the plugin started ", AgoText(plugin_started))
+                              : std::string("none since the plugin started");
+  }
+  return StrCat(UtcTime(use.last_use), " (", AgoText(use.last_use), "), ", use.uses,
+                " Encrypt/Decrypt(s) since the plugin started");
+}
+
 }  // namespace
 
 int KeyList(const KeyOptions& options) {
@@ -445,7 +463,7 @@ int KeyList(const KeyOptions& options) {
   const uint64_t active = family.keys.empty() ? 0 : family.keys.back().version;
   const std::vector<ListedVersion> versions = ListedVersions(family.keys);
   std::ostringstream out;
-  if (options.json) out << "{\"keys\":[";
+  if (options.json) out << "{";
   if (!options.json) {
     size_t count = 0;
     for (size_t i = 0; i < versions.size(); ++i) {
@@ -455,6 +473,28 @@ int KeyList(const KeyOptions& options) {
     if (!family.keys.empty()) out << ", active version " << active;
     out << "\n";
   }
+  // The running plugin's view of each version's use, read once (a plugin that cannot be reached is said
+  // so, and the listing goes on).
+  std::optional<PluginUse> plugin;
+  if (!options.plugin_metrics.empty()) {
+    plugin = ReadPluginUse(options.plugin_metrics, std::chrono::seconds(3));
+    if (options.json) {
+      out << "\"plugin\":{\"listen\":" << JsonQuote(plugin->listen) << ",\"reached\":" << Bool(plugin->reached);
+      if (!plugin->reached) out << ",\"error\":" << JsonQuote(plugin->error);
+      if (plugin->started > 0) out << ",\"started\":" << StrCat(static_cast<int64_t>(plugin->started));
+      out << "},";
+    } else if (plugin->reached) {
+      out << "plugin at " << plugin->listen << ": "
+          << (plugin->started > 0
+                  ? StrCat("running since ", UtcTime(plugin->started), " (", AgoText(plugin->started), ")")
+                  : std::string("reached"))
+          << "; 'last use' is what this plugin served since then (one node: ask each control-plane node's "
+             "plugin)\n";
+    } else {
+      out << "plugin at " << plugin->listen << ": NOT REACHED (" << plugin->error << "); last use unknown\n";
+    }
+  }
+  if (options.json) out << "\"keys\":[";
   bool first = true;
   StatusOr<std::vector<hsm::TokenSecretKey>> listed_token_keys = hsm::ListTokenSecretKeys(family.session());
   if (!listed_token_keys.ok()) return FailStatus(listed_token_keys.status());
@@ -475,6 +515,8 @@ int KeyList(const KeyOptions& options) {
     const bool is_active = key.version == active;
     const bool with_mac = has_cipher && version.mac.handle != hsm::kNoObject;
     const std::string scheme(hsm::SchemeName(version.scheme));
+    const std::optional<VersionUseSeen> use =
+        plugin ? std::optional<VersionUseSeen>(plugin->Of(key.version, key_id.ok() ? *key_id : "")) : std::nullopt;
     if (options.json) {
       if (!first) out << ",";
       first = false;
@@ -489,6 +531,7 @@ int KeyList(const KeyOptions& options) {
       out << "]";
       if (!violation.empty()) out << ",\"policy_violation\":" << JsonQuote(violation);
       if (!key_id.ok()) out << ",\"key_id_error\":" << JsonQuote(key_id.status().message());
+      if (use) out << ",\"last_use\":" << LastUseJson(*use);
       out << "}";
       continue;
     }
@@ -507,6 +550,7 @@ int KeyList(const KeyOptions& options) {
                                : StrCat("accepted by the plugin, with ", warnings.size(),
                                         " warning(s) (selftest warns, selftest --strict fails)"))
         << "\n";
+    if (use) out << "  last use:   " << LastUseText(*use, plugin->started) << "\n";
     for (const std::string& warning : warnings) out << "  WARN        " << warning << "\n";
     for (const std::string& other : shared) {
       out << "  WARN        CKA_ID " << Hex(key.id) << " is also used by " << other

@@ -183,7 +183,16 @@ void AddKeyCommands(CLI::App& app, Commands& c) {
   AddUri(list, list_options.pkcs11_uri);
   list->add_flag("--json", list_options.json,
                  "Print {\"keys\":[{\"version\":N,\"key_id\":...,\"id\":\"01\",\"active\":bool,\"scheme\":...,"
-                 "...,\"hmac_key\":{...}}]} (hmac_key: aes-cbc-hmac only)");
+                 "...,\"hmac_key\":{...}}]} (hmac_key: aes-cbc-hmac only; with --health-listen also "
+                 "\"plugin\":{...} and each key's \"last_use\":{\"known\":bool,\"uses\":N,\"timestamp\":T|null})");
+  CLI::Option* plugin_health =
+      list->add_option("--health-listen", list_options.plugin_metrics,
+                       "HOST:PORT of the running plugin's --health-listen: add each version's last use as that "
+                       "plugin saw it (Encrypts and Decrypts since it started), to tell whether an old version is "
+                       "still used before retiring it (docs/rotation.md)");
+  list->add_option("--metrics-listen", list_options.plugin_metrics,
+                   "The same, for a plugin that serves /metrics on its own --metrics-listen")
+      ->excludes(plugin_health);
   list->callback([&c] { c.rc = KeyList(c.list_options); });
 
   CLI::App* retire = key->add_subcommand(
