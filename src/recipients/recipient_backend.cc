@@ -6,6 +6,7 @@
 
 #include "core/strings.h"
 #include "recipients/multi_wrap.h"
+#include "recipients/sealing_key.h"
 
 namespace trousseau::recipients {
 namespace {
@@ -138,23 +139,60 @@ StatusOr<std::vector<BackendKey>> RecipientBackend::LoadKeys(Deadline deadline) 
         BackendKey{.version = set.epoch, .fingerprint = SetDigest(set), .envelope_format = kRecipientEnvelopeFormat});
     widest = std::max(widest, set.recipients.size());
   }
-  std::lock_guard lock(mu_);
-  sets_ = std::make_shared<const std::vector<RecipientSet>>(*std::move(loaded));
-  seal_overhead_ = SealOverheadFor(widest);
+  {
+    std::lock_guard lock(mu_);
+    std::erase_if(tag_keys_, [&](const auto& entry) {
+      return std::none_of(loaded->begin(), loaded->end(),
+                          [&](const RecipientSet& set) { return SetDigest(set) == entry.first; });
+    });
+    sets_ = std::make_shared<const std::vector<RecipientSet>>(*loaded);
+    seal_overhead_ = TaggedSealOverheadFor(widest);
+  }
+  // The newest epoch's sealing key opened now, so that Encrypt needs no device; if no device answers in
+  // time, the first Encrypt (or the probe) opens it.
+  (void)TagKeyFor(loaded->back(), deadline);
   return keys;
 }
 
 size_t RecipientBackend::SealOverhead() const {
   std::lock_guard lock(mu_);
-  return seal_overhead_ != 0 ? seal_overhead_ : SealOverheadFor(kMaxRecipients);
+  return seal_overhead_ != 0 ? seal_overhead_ : TaggedSealOverheadFor(kMaxRecipients);
 }
 
 StatusOr<std::string> RecipientBackend::Seal(uint64_t version, std::string_view plaintext, std::string_view aad,
-                                             Deadline /*deadline: no device call*/) {
+                                             Deadline deadline) {
   std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
   const RecipientSet* set = FindEpoch(*sets, version);
   if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded"));
-  return SealToSet(*set, plaintext, aad);
+  StatusOr<std::shared_ptr<const SecureBytes>> tag_key = TagKeyFor(*set, deadline);  // no device call once opened
+  if (!tag_key.ok()) return tag_key.status();
+  StatusOr<std::string> sealed = SealToSet(*set, plaintext, aad);
+  if (!sealed.ok()) return sealed.status();
+  StatusOr<std::string> tag = SenderTag(**tag_key, aad, *sealed);
+  if (!tag.ok()) return tag.status();
+  sealed->append(*tag);
+  return sealed;
+}
+
+StatusOr<std::shared_ptr<const SecureBytes>> RecipientBackend::TagKeyFor(const RecipientSet& set, Deadline deadline) {
+  const std::string digest = SetDigest(set);
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = tag_keys_.find(digest); it != tag_keys_.end()) return it->second;
+  }
+  StatusOr<ParsedWraps> parsed = ParseWraps(set, set.sealing_key, kSealingKeyAad);
+  if (!parsed.ok()) return parsed.status();
+  StatusOr<SecureBytes> secret = OpenWithAnyDevice(set, *parsed, "the epoch's sealing key", deadline);
+  if (!secret.ok()) return secret.status();
+  if (secret->size() != kSealingSecretSize) {
+    return InvalidArgumentError(StrCat("set '", set.name, "' epoch ", set.epoch, ": its sealing key holds ",
+                                       secret->size(), " bytes, not ", kSealingSecretSize));
+  }
+  StatusOr<SecureBytes> tag_key = EnvelopeTagKey(set, *secret);
+  if (!tag_key.ok()) return tag_key.status();
+  auto shared = std::make_shared<const SecureBytes>(*std::move(tag_key));
+  std::lock_guard lock(mu_);
+  return tag_keys_.try_emplace(digest, std::move(shared)).first->second;  // a racing open found the same key
 }
 
 std::vector<RecipientBackend::Attempt> RecipientBackend::Candidates(const RecipientSet& set, bool* resting) const {
@@ -217,32 +255,50 @@ StatusOr<SecureBytes> RecipientBackend::OpenWith(const Attempt& attempt, const R
   return OpenWithSharedSecret(set, parsed, attempt.member, *z);
 }
 
-StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
-                                             Deadline deadline) {
-  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
-  const RecipientSet* set = FindEpoch(*sets, version);
-  if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded on this node"));
-  StatusOr<ParsedWraps> parsed = ParseWraps(*set, sealed, aad);  // once, whichever devices are asked
-  if (!parsed.ok()) return parsed.status();
+StatusOr<SecureBytes> RecipientBackend::OpenWithAnyDevice(const RecipientSet& set, const ParsedWraps& parsed,
+                                                          std::string_view what, Deadline deadline) {
   bool resting = false;
-  const std::vector<Attempt> attempts = Candidates(*set, &resting);
+  const std::vector<Attempt> attempts = Candidates(set, &resting);
   if (attempts.empty()) {
-    if (resting) return UnavailableError(StrCat("every device of this node in set '", set->name, "' is down"));
-    if (Status member = MembershipOf(*set); IsUnavailable(member)) return member;
-    return NotFoundError(StrCat("this node is not a member of set '", set->name, "' epoch ", set->epoch,
-                                ": the object was written before the node joined, and must be re-encrypted once "
-                                "every node holds a newer epoch (docs/ha.md)"));
+    if (resting) return UnavailableError(StrCat("every device of this node in set '", set.name, "' is down"));
+    if (Status member = MembershipOf(set); IsUnavailable(member)) return member;
+    return NotFoundError(StrCat("this node is not a member of set '", set.name, "' epoch ", set.epoch,
+                                ", so it cannot open ", what,
+                                ": an object written before the node joined must be re-encrypted once every node "
+                                "holds a newer epoch (docs/ha.md)"));
   }
   // The most telling failure: an envelope that fails authentication beats a device that is down.
   Status failure;
   for (size_t i = 0; i < attempts.size(); ++i) {
     const Attempt& attempt = attempts[i];
-    StatusOr<SecureBytes> opened = OpenWith(attempt, *set, *parsed, AttemptDeadline(deadline, i + 1 < attempts.size()));
+    StatusOr<SecureBytes> opened = OpenWith(attempt, set, parsed, AttemptDeadline(deadline, i + 1 < attempts.size()));
     if (opened.ok()) return opened;
     if (failure.ok() || opened.status().code() != StatusCode::kUnavailable) failure = opened.status();
     if (Clock::now() >= deadline) break;
   }
   return failure;
+}
+
+StatusOr<SecureBytes> RecipientBackend::Open(uint64_t version, std::string_view sealed, std::string_view aad,
+                                             Deadline deadline) {
+  std::shared_ptr<const std::vector<RecipientSet>> sets = Sets();
+  const RecipientSet* set = FindEpoch(*sets, version);
+  if (set == nullptr) return NotFoundError(StrCat("recipient set epoch ", version, " is not loaded on this node"));
+  if (sealed.size() < kSenderTagSize) {
+    return InvalidArgumentError(StrCat("recipient envelope too short (", sealed.size(), " bytes)"));
+  }
+  // The sender first: a forged envelope costs no device call (once the epoch's key is open).
+  StatusOr<std::shared_ptr<const SecureBytes>> tag_key = TagKeyFor(*set, deadline);
+  if (!tag_key.ok()) return tag_key.status();
+  if (!SenderTagMatches(**tag_key, aad, sealed)) {
+    return InvalidArgumentError(
+        StrCat("recipient envelope: its sender tag does not verify: not sealed by a member of "
+               "set '",
+               set->name, "' epoch ", set->epoch, ", or altered"));
+  }
+  StatusOr<ParsedWraps> parsed = ParseWraps(*set, sealed.substr(0, sealed.size() - kSenderTagSize), aad);
+  if (!parsed.ok()) return parsed.status();  // parsed once, whichever devices are asked
+  return OpenWithAnyDevice(*set, *parsed, "the envelope", deadline);
 }
 
 Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
@@ -278,7 +334,9 @@ Status RecipientBackend::Probe(uint64_t version, Deadline deadline) {
     failure = opened.ok() ? InternalError(StrCat(options_.devices[attempt.slot].name, " opened a wrong secret"))
                           : opened.status();
   }
-  return any ? OkStatus() : failure;
+  if (!any) return failure;
+  // Encrypt needs the epoch's sealing key open as well (a no-op once it is).
+  return TagKeyFor(*set, deadline).status();
 }
 
 std::vector<RecipientDeviceState> RecipientBackend::DeviceStates() const {

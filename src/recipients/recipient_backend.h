@@ -1,7 +1,11 @@
 // KeyBackend over a recipient set (docs/ha.md): every key version is an epoch of the set, Seal wraps
-// to every member in software (no device call), and Open asks one of this node's recipient devices
-// (its TPM, its HSMs) for the ECDH shared secret of its own wrap. The key_id is derived from the set
-// alone, so every node that holds the same set reports the same key_id.
+// to every member in software, and Open asks one of this node's recipient devices (its TPM, its HSMs)
+// for the ECDH shared secret of its own wrap. The key_id is derived from the set alone, so every node
+// that holds the same set reports the same key_id.
+//
+// Every envelope ends with a sender tag under the epoch's sealing secret (recipients/sealing_key.h),
+// which this node opens once per epoch with its device and keeps: Seal then needs no device call, and
+// Open refuses an envelope with a wrong tag before it asks any device.
 //
 // Several local devices: Open tries the devices that are up first, fastest first (average of their
 // recent calls), each but the last with half the time left, so a device that hangs still leaves time
@@ -14,6 +18,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -114,12 +119,20 @@ class RecipientBackend final : public KeyBackend {
   // One device opens `sealed` with its wrap.
   StatusOr<SecureBytes> OpenWith(const Attempt& attempt, const RecipientSet& set, const ParsedWraps& parsed,
                                  Deadline deadline);
+  // The first of this node's member devices that opens `parsed`, in Candidates' order; `what` names the
+  // sealed thing in errors ("the envelope", "the epoch's sealing key").
+  StatusOr<SecureBytes> OpenWithAnyDevice(const RecipientSet& set, const ParsedWraps& parsed, std::string_view what,
+                                          Deadline deadline);
+  // The sender tag key of `set`, opened from its sealing key on first use and kept.
+  StatusOr<std::shared_ptr<const SecureBytes>> TagKeyFor(const RecipientSet& set, Deadline deadline);
 
   const RecipientBackendOptions options_;
   mutable std::mutex mu_;
   std::shared_ptr<const std::vector<RecipientSet>> sets_;  // guarded by mu_
   std::vector<Slot> slots_;                                // guarded by mu_
   size_t seal_overhead_ = 0;                               // guarded by mu_
+  // By SetDigest: the sender tag key of each epoch this node has opened.
+  std::map<std::string, std::shared_ptr<const SecureBytes>> tag_keys_;  // guarded by mu_
 };
 
 }  // namespace trousseau::recipients

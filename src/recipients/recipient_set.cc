@@ -12,6 +12,7 @@
 #include "core/big_endian.h"
 #include "core/strings.h"
 #include "recipients/p256.h"
+#include "recipients/sealing_key.h"
 
 namespace trousseau::recipients {
 namespace {
@@ -145,7 +146,10 @@ Status CheckRecipientSet(const RecipientSet& set) {
 StatusOr<RecipientSet> ParseRecipientSet(std::string_view json_text) {
   const json doc = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object()) return InvalidArgumentError("recipient set: not a JSON object");
-  if (Status s = OnlyKnownFields(doc, {"kind", "name", "epoch", "recipients", "signatures"}, ""); !s.ok()) return s;
+  if (Status s = OnlyKnownFields(doc, {"kind", "name", "epoch", "recipients", "sealing_key", "signatures"}, "");
+      !s.ok()) {
+    return s;
+  }
   StatusOr<std::string> kind = StringField(doc, "kind", "");
   if (!kind.ok()) return kind.status();
   if (*kind != kKind) return InvalidArgumentError(StrCat("recipient set: kind must be \"", kKind, "\""));
@@ -167,6 +171,13 @@ StatusOr<RecipientSet> ParseRecipientSet(std::string_view json_text) {
     set.recipients.push_back(*std::move(r));
   }
   if (Status s = CheckRecipientSet(set); !s.ok()) return s;
+  if (auto sealing = doc.find("sealing_key"); sealing != doc.end()) {
+    if (!sealing->is_string()) return InvalidArgumentError("recipient set: sealing_key must be a string");
+    StatusOr<std::string> raw = HexDecode(sealing->get<std::string>(), "sealing_key");
+    if (!raw.ok()) return raw.status();
+    set.sealing_key = *std::move(raw);
+  }
+  if (Status s = CheckSealingKey(set); !s.ok()) return s;
   if (auto sigs = doc.find("signatures"); sigs != doc.end()) {
     if (!sigs->is_array()) return InvalidArgumentError("recipient set: signatures must be a list");
     for (const json& sig : *sigs) {
@@ -192,6 +203,7 @@ std::string SerializeRecipientSet(const RecipientSet& set) {
   json members = json::array();
   for (const Recipient& r : set.recipients) members.push_back(MemberToJson(r));
   doc["recipients"] = std::move(members);
+  doc["sealing_key"] = HexEncode(set.sealing_key);
   json sigs = json::array();
   for (const SetSignature& s : set.signatures) {
     sigs.push_back({{"signer", s.signer}, {"signature", HexEncode(s.signature)}});
@@ -216,6 +228,7 @@ std::string SigningBytes(const RecipientSet& set) {
     AppendField(out, r.public_key);
     AppendField(out, r.tpm_name);
   }
+  AppendField(out, set.sealing_key);
   return out;
 }
 
@@ -305,7 +318,7 @@ StatusOr<Recipient> ParseMember(std::string_view json_text) {
   StatusOr<Recipient> r = MemberFromJson(doc);
   if (!r.ok()) return r.status();
   // The checks a set applies to each member.
-  RecipientSet alone{.name = "check", .epoch = 1, .recipients = {*r}, .signatures = {}};
+  RecipientSet alone{.name = "check", .epoch = 1, .recipients = {*r}, .sealing_key = "", .signatures = {}};
   if (Status s = CheckRecipientSet(alone); !s.ok()) return s;
   return r;
 }

@@ -6,6 +6,7 @@
 // file can be outside what the signatures cover):
 //   {"kind": "trousseau-hsm/recipient-set", "name": "prod", "epoch": 3,
 //    "recipients": [{"id": "cp-1", "device": "tpm2", "public_key": "04…(hex)", "tpm_name": "000b…(hex)"}, …],
+//    "sealing_key": "(hex: the epoch's sealing secret sealed to every member, recipients/sealing_key.h)",
 //    "signatures": [{"signer": "<AdminKey::id>", "signature": "(hex)"}]}
 #pragma once
 
@@ -18,9 +19,9 @@
 
 namespace trousseau::recipients {
 
-// An envelope carries 49 bytes per recipient beside 61 fixed bytes and kube-apiserver's 32-byte seed:
-// 19 recipients fit exactly in its 1024-byte ciphertext limit (docs/envelope.md).
-inline constexpr size_t kMaxRecipients = 19;
+// An envelope carries 49 bytes per recipient beside 77 fixed bytes (the 16-byte sender tag among them) and
+// kube-apiserver's 32-byte seed: 18 recipients fit in its 1024-byte ciphertext limit (docs/envelope.md).
+inline constexpr size_t kMaxRecipients = 18;
 
 struct Recipient {
   std::string id;          // node or device name: 1-63 of [A-Za-z0-9._-]
@@ -38,15 +39,18 @@ struct RecipientSet {
   std::string name;  // the cluster's set name; part of every key_id: 1-63 of [A-Za-z0-9._-]
   uint64_t epoch = 0;
   std::vector<Recipient> recipients;  // a recipient's position is its index in envelopes
+  // The epoch's sealing secret sealed to every member (DrawSealingKey); signed with the rest.
+  std::string sealing_key;
   std::vector<SetSignature> signatures;
 };
 
 // Parses and checks a set file (well-formed, valid names, points on P-256, no duplicate id or key,
-// 1 to kMaxRecipients members, epoch >= 1). Signatures are parsed, not verified (VerifySet).
-// INVALID_ARGUMENT naming the field otherwise.
+// 1 to kMaxRecipients members, epoch >= 1, a sealing key with one wrap per member). Signatures are parsed, not verified
+// (VerifySet). INVALID_ARGUMENT naming the field otherwise.
 StatusOr<RecipientSet> ParseRecipientSet(std::string_view json_text);
 std::string SerializeRecipientSet(const RecipientSet& set);
-// The same checks on a set built in code (the tool's add/remove).
+// The same checks on a set built in code (the tool's add/remove), but for the sealing key
+// (CheckSealingKey: it is drawn once the members are final).
 Status CheckRecipientSet(const RecipientSet& set);
 
 // One member as a device's provisioning exports it (`trousseau-hsm-init tpm recipient export`): the
@@ -54,8 +58,8 @@ Status CheckRecipientSet(const RecipientSet& set);
 StatusOr<Recipient> ParseMember(std::string_view json_text);
 std::string SerializeMember(const Recipient& member);
 
-// What the administrators sign: a length-prefixed encoding of name, epoch and every member in order
-// (signatures excluded).
+// What the administrators sign: a length-prefixed encoding of name, epoch, every member in order and
+// the sealing key (signatures excluded).
 std::string SigningBytes(const RecipientSet& set);
 // SHA-256 of SigningBytes: the set's identity (the key_id is derived from it).
 std::string SetDigest(const RecipientSet& set);

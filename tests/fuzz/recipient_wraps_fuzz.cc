@@ -17,7 +17,8 @@ namespace {
 
 const trousseau::recipients::RecipientSet& FuzzSet() {
   static const trousseau::recipients::RecipientSet set = [] {
-    trousseau::recipients::RecipientSet s{.name = "fuzz", .epoch = 3, .recipients = {}, .signatures = {}};
+    trousseau::recipients::RecipientSet s{
+        .name = "fuzz", .epoch = 3, .recipients = {}, .sealing_key = {}, .signatures = {}};
     for (const char* id : {"node-a", "node-b", "node-c"}) {
       trousseau::StatusOr<trousseau::recipients::EphemeralKey> key = trousseau::recipients::EphemeralKey::Generate();
       FUZZ_CHECK(key.ok());

@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "core/envelope.h"
+#include "recipients/multi_wrap.h"
+#include "recipients/recipient_set.h"
+#include "recipients/sealing_key.h"
 #include "tests/testing/kms_clients.h"
 #include "tests/testing/local_http.h"
 #include "tests/testing/program_runner.h"
@@ -246,6 +250,40 @@ TEST_F(RecipientClusterTest, AForgedOrLowerEpochSetIsRefusedAndTheNodeKeepsItsSe
   v2::EncryptResponse sealed;
   ASSERT_TRUE(testing::EncryptV2(a.socket, "still serving", sealed).ok());
   EXPECT_EQ(sealed.key_id(), key_id);
+}
+
+// The set file is public. With it alone, anyone able to write etcd can wrap a seed of their choosing to
+// every member's TPM; what they cannot make is the sender tag, which needs the epoch's sealing secret.
+TEST_F(RecipientClusterTest, AnEnvelopeMadeFromThePublicSetAloneIsRefusedByEveryNode) {
+  for (const char* name : {"node-a", "node-b"}) AddNode(name);
+  for (const char* name : {"node-a", "node-b"}) AddMember(name);
+  const std::string key_id = SetKeyId();
+  for (auto& [name, node] : nodes_) StartPlugin(*node);
+  for (auto& [name, node] : nodes_) ASSERT_TRUE(Reports(*node, key_id)) << name;
+
+  std::ifstream in(set_);
+  StatusOr<recipients::RecipientSet> published =
+      recipients::ParseRecipientSet(std::string(std::istreambuf_iterator<char>(in), {}));
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  const std::string header = EncodeEnvelopeHeader(published->epoch, kEnvelopeFormatV3);
+  StatusOr<std::string> wraps = recipients::SealToSet(*published, "a seed of the attacker's choosing", header);
+  ASSERT_TRUE(wraps.ok());
+  v2::EncryptResponse planted;
+  planted.set_key_id(key_id);
+  planted.set_ciphertext(header + *wraps + std::string(recipients::kSenderTagSize, '\x5a'));
+  for (auto& [name, node] : nodes_) {
+    const grpc::Status refused = testing::DecryptV2(node->socket, planted);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name << ": " << refused.error_message();
+    EXPECT_NE(node->plugin->Log().find("sender tag does not verify"), std::string::npos) << node->plugin->Log();
+  }
+  // Every node still serves what a member sealed.
+  v2::EncryptResponse genuine;
+  ASSERT_TRUE(testing::EncryptV2(nodes_["node-a"]->socket, "sealed by node-a", genuine).ok());
+  EXPECT_EQ(genuine.ciphertext().size(), header.size() + wraps->size() - 33 + 16 + 16)
+      << "same layout as the planted one: the seed is 16 bytes shorter, the tag adds 16";
+  std::string opened;
+  ASSERT_TRUE(testing::DecryptV2(nodes_["node-b"]->socket, genuine, &opened).ok());
+  EXPECT_EQ(opened, "sealed by node-a");
 }
 
 TEST_F(RecipientClusterTest, AHybridNodeWithATpmAndAnHsmFailsOverWhenItsTpmHangs) {

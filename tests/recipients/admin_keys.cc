@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "core/strings.h"
+#include "recipients/sealing_key.h"
 
 namespace trousseau::testing {
 namespace {
@@ -34,9 +35,13 @@ AdminKeyPair MakeAdminKey() {
 }
 
 recipients::RecipientSet MakeSet(const std::string& name, uint64_t epoch, const std::vector<std::string>& points) {
-  recipients::RecipientSet set{.name = name, .epoch = epoch, .recipients = {}, .signatures = {}};
+  recipients::RecipientSet set{.name = name, .epoch = epoch, .recipients = {}, .sealing_key = {}, .signatures = {}};
   for (size_t i = 0; i < points.size(); ++i) {
     set.recipients.push_back({.id = StrCat("node-", i), .device = "tpm2", .public_key = points[i], .tpm_name = ""});
+  }
+  // As the tool does once the members are final; a set no sealing key fits (empty, too big) stays without.
+  if (recipients::CheckRecipientSet(set).ok() && !recipients::DrawSealingKey(set).ok()) {
+    throw std::runtime_error("drawing the sealing key failed");
   }
   return set;
 }

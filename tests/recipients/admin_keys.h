@@ -15,7 +15,8 @@ struct AdminKeyPair {
 };
 AdminKeyPair MakeAdminKey();
 
-// A set `name` at `epoch` whose members are `points` (ids node-0, node-1, ...; device "tpm2").
+// A set `name` at `epoch` whose members are `points` (ids node-0, node-1, ...; device "tpm2"), with a
+// fresh sealing key when the members make a valid set.
 recipients::RecipientSet MakeSet(const std::string& name, uint64_t epoch, const std::vector<std::string>& points);
 // `set` with a signature of each of `admins` added.
 recipients::RecipientSet Signed(recipients::RecipientSet set, const std::vector<AdminKeyPair>& admins);

@@ -7,6 +7,7 @@
 
 #include "core/envelope.h"
 #include "recipients/multi_wrap.h"
+#include "recipients/sealing_key.h"
 #include "tests/recipients/admin_keys.h"
 #include "tests/testing/software_recipient.h"
 
@@ -66,16 +67,18 @@ TEST(MultiWrap, AKeyOutsideTheSetOpensNothing) {
   }
 }
 
-TEST(MultiWrap, SevenControlPlaneNodesAndTwoHsmsFitInOneCiphertextAndNineteenMembersAtMost) {
+TEST(MultiWrap, SevenControlPlaneNodesAndTwoHsmsFitInOneCiphertextAndEighteenMembersAtMost) {
   for (size_t n : {size_t{9}, recipients::kMaxRecipients}) {
     Members members(n);
     StatusOr<std::string> sealed = recipients::SealToSet(members.set, kSeed, kAad);
     ASSERT_TRUE(sealed.ok());
-    EXPECT_LE(kAad.size() + sealed->size(), 1024u) << n << " members";
+    EXPECT_LE(kAad.size() + sealed->size() + recipients::kSenderTagSize, 1024u) << n << " members, tag included";
+    EXPECT_EQ(sealed->size() + recipients::kSenderTagSize, kSeed.size() + recipients::TaggedSealOverheadFor(n));
     StatusOr<SecureBytes> last = members.OpenAs(n - 1, *sealed, kAad);
     ASSERT_TRUE(last.ok()) << last.status().ToString();
   }
-  EXPECT_GT(kEnvelopeHeaderSize + kSeed.size() + recipients::SealOverheadFor(recipients::kMaxRecipients + 1), 1024u)
+  EXPECT_GT(kEnvelopeHeaderSize + kSeed.size() + recipients::TaggedSealOverheadFor(recipients::kMaxRecipients + 1),
+            1024u)
       << "kMaxRecipients is the largest set that fits";
 }
 

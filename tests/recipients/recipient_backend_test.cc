@@ -6,12 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <iterator>
 #include <fstream>
 #include <atomic>
 #include <memory>
 #include <thread>
 
+#include "core/envelope.h"
 #include "core/kms_engine.h"
+#include "recipients/sealing_key.h"
 #include "recipients/set_store.h"
 #include "tests/recipients/admin_keys.h"
 #include "tests/testing/software_recipient.h"
@@ -274,6 +277,89 @@ TEST_F(Cluster, AForgedEnvelopeIsInvalidArgumentAndTheNodeKeepsServing) {
   EXPECT_EQ(a.engine->Decrypt(forged, sealed->key_id).status().code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
   EXPECT_TRUE(a.engine->Health().ok);
+}
+
+// The set is public: anyone who can write etcd could wrap a seed of their own to every member. Only the
+// epoch's sealing secret, which members alone can open, makes an envelope acceptable.
+TEST_F(Cluster, AnEnvelopeSealedByAnyoneButAMemberIsRefusedBeforeAnyDeviceCall) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  Distribute(1, {a.devices[0], b.devices[0]});
+  for (Node* node : {&a, &b}) ASSERT_TRUE(node->engine->LoadKeyRing().ok());
+  const std::string key_id = a.engine->Health().active_key_id;
+
+  // What an attacker can make from the public set file alone: real wraps for every member, any tag.
+  std::ifstream file(dir_ / "set.json");
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  StatusOr<RecipientSet> published = recipients::ParseRecipientSet(text);
+  ASSERT_TRUE(published.ok());
+  const std::string header = EncodeEnvelopeHeader(1, kEnvelopeFormatV3);
+  const std::string planted_seed = "a seed the attacker chose, 32 b.";
+  StatusOr<std::string> wraps = recipients::SealToSet(*published, planted_seed, header);
+  ASSERT_TRUE(wraps.ok());
+  // The wraps alone would fool a member's device: without the tag check this envelope would open.
+  StatusOr<recipients::ParsedWraps> parsed = recipients::ParseWraps(*published, *wraps, header);
+  ASSERT_TRUE(parsed.ok());
+  StatusOr<SecureBytes> z = a.devices[0]->RecipientSharedSecret(parsed->ephemeral_point, Deadline::max());
+  ASSERT_TRUE(z.ok());
+  StatusOr<SecureBytes> opened = recipients::OpenWithSharedSecret(*published, *parsed, 0, *z);
+  ASSERT_TRUE(opened.ok());
+  ASSERT_EQ(opened->view(), planted_seed);
+
+  const int device_calls = a.devices[0]->calls() + b.devices[0]->calls();
+  for (const std::string& tag : {std::string(recipients::kSenderTagSize, '\0'), std::string("0123456789abcdef")}) {
+    for (Node* reader : {&a, &b}) {
+      const StatusOr<SecureBytes> refused = reader->engine->Decrypt(header + *wraps + tag, key_id);
+      EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(refused.status().message().find("sender tag does not verify"), std::string::npos)
+          << refused.status().message();
+    }
+  }
+  // Without a tag at all, the last 16 bytes of the body are taken for one: refused alike.
+  EXPECT_EQ(a.engine->Decrypt(header + *wraps, key_id).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.devices[0]->calls() + b.devices[0]->calls(), device_calls)
+      << "a forged envelope is refused before any device is asked";
+
+  // A member's own envelope still opens everywhere, and every bit of its tag counts.
+  StatusOr<EncryptResult> genuine = b.engine->Encrypt("sealed by member b", kMaxCiphertext);
+  ASSERT_TRUE(genuine.ok());
+  EXPECT_TRUE(a.engine->Decrypt(genuine->ciphertext, key_id).ok());
+  for (size_t bit = 0; bit < recipients::kSenderTagSize * 8; ++bit) {
+    std::string flipped = genuine->ciphertext;
+    flipped[flipped.size() - recipients::kSenderTagSize + bit / 8] ^= static_cast<char>(1 << (bit % 8));
+    EXPECT_EQ(a.engine->Decrypt(flipped, key_id).status().code(), StatusCode::kInvalidArgument) << "bit " << bit;
+  }
+  EXPECT_TRUE(a.engine->Health().ok);
+}
+
+TEST_F(Cluster, EachNodeOpensAnEpochsSealingKeyOnceAndEncryptThenNeedsNoDevice) {
+  Node& a = AddNode();
+  Distribute(1, {a.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  const int after_load = a.devices[0]->shared_secrets_computed();
+  EXPECT_GE(after_load, 1) << "the load opened the sealing key";
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(a.engine->Encrypt("seed", kMaxCiphertext).ok());
+  EXPECT_EQ(a.devices[0]->shared_secrets_computed(), after_load);
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());  // a refresh with the same set keeps the opened key
+  EXPECT_EQ(a.devices[0]->shared_secrets_computed(), after_load);
+}
+
+TEST_F(Cluster, WhileTheDeviceIsDownAtStartEncryptWaitsForTheSealingKeyAndWorksOnceItAnswers) {
+  Node& a = AddNode(1, std::chrono::milliseconds(1));
+  Distribute(1, {a.devices[0]});
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok()) << "learns the point, opens the sealing key";
+  Node& b = AddNode(1, std::chrono::milliseconds(1));
+  Distribute(2, {a.devices[0], b.devices[0]});
+  b.devices[0]->SetUnavailable(true);
+  ASSERT_TRUE(a.engine->LoadKeyRing().ok());
+  // b has never seen its device answer: it cannot know it is a member yet.
+  EXPECT_FALSE(b.engine->LoadKeyRing().ok());
+  b.devices[0]->SetUnavailable(false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(b.engine->LoadKeyRing().ok());
+  StatusOr<EncryptResult> sealed = b.engine->Encrypt("seed", kMaxCiphertext);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  EXPECT_TRUE(a.engine->Decrypt(sealed->ciphertext, sealed->key_id).ok());
 }
 
 }  // namespace

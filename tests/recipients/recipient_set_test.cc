@@ -7,7 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "recipients/p256.h"
+#include "core/strings.h"
+#include "recipients/multi_wrap.h"
 #include "recipients/recipient_set.h"
+#include "recipients/sealing_key.h"
 #include "recipients/set_store.h"
 #include "tests/recipients/admin_keys.h"
 #include "tests/testing/software_recipient.h"
@@ -116,6 +119,37 @@ TEST(RecipientSet, MalformedFilesAreRefusedNamingTheField) {
                 .find("valid uncompressed P-256"),
             std::string::npos);
   EXPECT_FALSE(recipients::ParseRecipientSet("not json").ok());
+}
+
+TEST(RecipientSet, EveryEpochCarriesASealingKeyForEveryMemberCoveredByTheSignatures) {
+  const testing::AdminKeyPair admin = MakeAdminKey();
+  const RecipientSet set = Signed(MakeSet("prod", 1, Points(3)), {admin});
+  EXPECT_TRUE(recipients::CheckSealingKey(set).ok());
+  EXPECT_EQ(set.sealing_key.size(), recipients::SealOverheadFor(3) + recipients::kSealingSecretSize)
+      << "one wrap per member around a 32-byte secret";
+
+  RecipientSet redrawn = set;  // someone swaps in a sealing secret of their own
+  ASSERT_TRUE(recipients::DrawSealingKey(redrawn).ok());
+  EXPECT_NE(redrawn.sealing_key, set.sealing_key) << "each epoch draws a fresh secret";
+  EXPECT_EQ(recipients::VerifySet(redrawn, PolicyOf({admin})).code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(recipients::SetDigest(redrawn), recipients::SetDigest(set));
+
+  const std::string good = recipients::SerializeRecipientSet(set);
+  auto with = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json doc = nlohmann::json::parse(good);
+    edit(doc);
+    return recipients::ParseRecipientSet(doc.dump()).status();
+  };
+  const Status missing = with([](auto& d) { d.erase("sealing_key"); });
+  EXPECT_EQ(missing.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.message().find("no sealing_key"), std::string::npos) << missing.message();
+  EXPECT_NE(with([](auto& d) { d["sealing_key"] = std::string(d["sealing_key"]).substr(2); }).message().find("bytes"),
+            std::string::npos);
+  EXPECT_NE(with([](auto& d) { d["sealing_key"] = 7; }).message().find("sealing_key must be a string"),
+            std::string::npos);
+  // A set whose sealing key leaves a member out (sealed for the first two members only).
+  RecipientSet two = MakeSet("prod", 1, {set.recipients[0].public_key, set.recipients[1].public_key});
+  EXPECT_FALSE(with([&](auto& d) { d["sealing_key"] = HexEncode(two.sealing_key); }).ok());
 }
 
 TEST(RecipientSet, AtMostAsManyMembersAsFitInOneCiphertext) {

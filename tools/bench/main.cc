@@ -129,7 +129,7 @@ CLI::App* AddRun(CLI::App& app, RunOptions& o) {
 
 CLI::App* AddRecipients(CLI::App& app, RecipientsOptions& o) {
   CLI::App* recipients = app.add_subcommand(
-      "recipients", "Multi-node mode's cost: Encrypt to 1, 3, 7, 9 and 19 members, and the TPM's ECDH of a Decrypt");
+      "recipients", "Multi-node mode's cost: Encrypt to 1, 3, 7, 9 and 18 members, and the TPM's ECDH of a Decrypt");
   AddPositive(recipients, "--iterations", o.iterations, "Calls measured per case");
   recipients->add_option("--tcti", o.tcti, "TPM to measure TPM2_ECDH_ZGen on (with --recipient-dir)");
   recipients->add_option("--recipient-dir", o.recipient_dir,

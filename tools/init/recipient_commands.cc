@@ -18,6 +18,7 @@
 #include "hsm/recipient_admin.h"
 #include "recipients/recipient_backend.h"
 #include "recipients/recipient_set.h"
+#include "recipients/sealing_key.h"
 #include "tools/init/init_tool.h"
 #include "tpm/recipient_provisioning.h"
 
@@ -69,10 +70,13 @@ std::string KeyIdOf(const RecipientSet& set) {
                      recipients::SetDigest(set));
 }
 
-// A changed membership is a new epoch, and the old signatures no longer cover it.
+// A changed membership is a new epoch, and the old signatures no longer cover it. The epoch gets a
+// sealing secret of its own, drawn here and sealed to the new members only (no one sees it, and a
+// member removed now cannot seal envelopes of this epoch).
 int WriteNewEpoch(const RecipientsOptions& options, RecipientSet set, std::string_view what) {
   set.signatures.clear();
   if (Status s = recipients::CheckRecipientSet(set); !s.ok()) return Fail(kExitUsage, s.message());
+  if (Status s = recipients::DrawSealingKey(set); !s.ok()) return Fail(kExitFailed, s.message());
   if (Status s = WriteText(options.set_file, recipients::SerializeRecipientSet(set)); !s.ok()) {
     return Fail(kExitFailed, s.message());
   }
@@ -261,6 +265,8 @@ int RecipientsShow(const RecipientsOptions& options) {
                 << HexEncode(r.public_key).substr(0, 16) << "…\n";
     }
     std::cout << "key_id: " << key_id << " (what every plugin holding this set reports)\n";
+    std::cout << "sealing key: " << set.sealing_key.size() << " bytes, sealed to all " << set.recipients.size()
+              << " member(s) (envelopes are tagged under it: only members can seal)\n";
     std::cout << "signatures: " << set.signatures.size();
     for (const recipients::SetSignature& sig : set.signatures) std::cout << " " << sig.signer;
     std::cout << "\n";
