@@ -58,15 +58,19 @@ Status WriteAtomically(const std::string& dir, const std::string& name, const st
     const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
+      const int error = n < 0 ? errno : ENOSPC;
       ::close(fd);
-      return FailedPreconditionError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+      ::unlink(tmp.c_str());  // no half-written file left in the state directory
+      return FailedPreconditionError(StrCat("cannot write ", tmp, ": ", std::strerror(error)));
     }
     done += static_cast<size_t>(n);
   }
   const bool synced = ::fsync(fd) == 0;
   ::close(fd);
   if (!synced || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    return FailedPreconditionError(StrCat("cannot store ", path, ": ", std::strerror(errno)));
+    const int error = errno;
+    ::unlink(tmp.c_str());
+    return FailedPreconditionError(StrCat("cannot store ", path, ": ", std::strerror(error)));
   }
   if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
     ::fsync(dfd);
@@ -124,8 +128,9 @@ StatusOr<std::vector<RecipientSet>> LoadAcceptedSets(const SetStoreOptions& opti
     auto same = accepted.find(current->epoch);
     if (same != accepted.end() && SetDigest(same->second) != SetDigest(*current)) {
       return FailedPreconditionError(StrCat(options.set_file, " has epoch ", current->epoch,
-                                            " but other members than the epoch ", current->epoch,
-                                            " accepted earlier: a new membership needs a new epoch"));
+                                            " but is another set than the epoch ", current->epoch,
+                                            " accepted earlier (other members or another sealing key): a new "
+                                            "membership needs a new epoch"));
     }
   }
   if (!accepted.contains(current->epoch)) {

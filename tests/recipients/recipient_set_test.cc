@@ -234,6 +234,22 @@ TEST_F(SetStoreTest, UnsignedForgedOrForeignSetsAreRefused) {
   EXPECT_NE(recipients::LoadAcceptedSets(options_).status().message().find("one node, one set"), std::string::npos);
 }
 
+TEST_F(SetStoreTest, AStoreThatFailsLeavesNoPartialFileBehind) {
+  Distribute(Signed(MakeSet("prod", 1, points_), {admin_}));
+  const std::filesystem::path state(options_.state_dir);
+  // Just before the store, something takes the epoch's file name (a directory with content), so the
+  // rename over it fails.
+  const Status refused = recipients::LoadAcceptedSets(options_, [&](const RecipientSet&) {
+                           std::filesystem::create_directories(state / "epoch-1.json" / "in-the-way");
+                           return OkStatus();
+                         }).status();
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("cannot store"), std::string::npos) << refused.message();
+  for (const auto& entry : std::filesystem::directory_iterator(state)) {
+    EXPECT_EQ(entry.path().filename(), "epoch-1.json") << "left behind: " << entry.path();
+  }
+}
+
 TEST_F(SetStoreTest, AStateDirectoryOthersCanWriteIsRefused) {
   Distribute(Signed(MakeSet("prod", 1, points_), {admin_}));
   std::filesystem::create_directories(options_.state_dir);
