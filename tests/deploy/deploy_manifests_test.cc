@@ -211,6 +211,43 @@ healthListen: { host: 0.0.0.0, port: 9797 }
   EXPECT_EQ(endpoint["path"].as<std::string>(""), "/metrics");
 }
 
+// metricsListen: --metrics-listen on the node's IP (the downward API's status.hostIP, expanded by the
+// kubelet), the probes still on the loopback health port, and the ServiceMonitor scraping the metrics port.
+TEST(DeployTest, HelmMetricsListenServesMetricsOnTheNodeIpAndTheServiceMonitorScrapesIt) {
+  EXPECT_FALSE(ArgMap(PluginContainer(RenderedDaemonSet()["spec"]["template"]["spec"])).contains("--metrics-listen"))
+      << "off by default";
+  const YAML::Node overrides = YAML::Load(R"(
+metrics: { serviceMonitor: { enabled: true } }
+metricsListen: { enabled: true }
+)");
+  const YAML::Node ds = RenderedDaemonSet(overrides);
+  ASSERT_TRUE(ds);
+  const YAML::Node c = PluginContainer(ds["spec"]["template"]["spec"]);
+  const auto args = ArgMap(c);
+  EXPECT_EQ(args.at("--metrics-listen"), "$(NODE_IP):8790");
+  EXPECT_EQ(args.at("--health-listen"), "127.0.0.1:8789");
+  bool node_ip = false;
+  for (const YAML::Node& e : c["env"]) {
+    if (e["name"].as<std::string>() != "NODE_IP") continue;
+    node_ip = true;
+    EXPECT_EQ(e["valueFrom"]["fieldRef"]["fieldPath"].as<std::string>(""), "status.hostIP");
+  }
+  EXPECT_TRUE(node_ip) << "no NODE_IP for $(NODE_IP)";
+  EXPECT_EQ(c["readinessProbe"]["httpGet"]["port"].as<int>(0), 8789);
+  YAML::Node service;
+  for (const auto& [name, text] : RenderChart(kChart.string(), overrides)) {
+    for (const YAML::Node& doc : YAML::LoadAll(text)) {
+      if (doc.IsMap() && doc["kind"].as<std::string>("") == "Service") service = doc;
+    }
+  }
+  ASSERT_TRUE(service) << "no Service rendered";
+  EXPECT_EQ(service["spec"]["ports"][0]["targetPort"].as<int>(0), 8790);
+  // A host of one's own instead of the node's IP.
+  const YAML::Node all = YAML::Load("metricsListen: { enabled: true, host: 0.0.0.0, port: 9100 }");
+  EXPECT_EQ(ArgMap(PluginContainer(RenderedDaemonSet(all)["spec"]["template"]["spec"])).at("--metrics-listen"),
+            "0.0.0.0:9100");
+}
+
 // tpm.enabled: the TPM backend's flags, key directory and device instead of everything PKCS#11.
 TEST(DeployTest, HelmTpmValuesSwitchToTheTpmBackend) {
   const YAML::Node ds = RenderedDaemonSet(TpmValues());
@@ -247,10 +284,14 @@ TEST(DeployTest, HelmTemplateOfRealHelmMatchesTheRenderingTested) {
   const std::string monitor_file = dir + "/monitor.yaml";
   std::ofstream(monitor_file) << "metrics: { serviceMonitor: { enabled: true, labels: { release: kps } } }\n"
                                  "healthListen: { host: 0.0.0.0 }\n";
+  const std::string metrics_listen_file = dir + "/metrics-listen.yaml";
+  std::ofstream(metrics_listen_file) << "metrics: { serviceMonitor: { enabled: true } }\n"
+                                        "metricsListen: { enabled: true }\n";
   for (const auto& [what, values_file] : {std::pair<std::string, std::string>{"defaults", ""},
                                           {"with overrides", overrides_file},
                                           {"tpm.enabled", tpm_file},
-                                          {"metrics.serviceMonitor.enabled", monitor_file}}) {
+                                          {"metrics.serviceMonitor.enabled", monitor_file},
+                                          {"metricsListen.enabled", metrics_listen_file}}) {
     SCOPED_TRACE(what);
     const RunResult out = Shell(ShellQuote(helm) + " template trousseau-hsm " + ShellQuote(kChart.string()) +
                                     " --namespace kube-system --kube-version 1.33.0" +
