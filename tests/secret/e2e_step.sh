@@ -1,7 +1,8 @@
 # Sourced by ci/e2e after the first objects are read back (a real kube-apiserver + etcd + the plugin on
 # SoftHSM): `trousseauctl secret generate|inject` (issue 15, docs/secrets.md). Uses ci/e2e's functions and
 # variables (kubectl, kcurl, etcdctl, pass, fail, info, log, $CTL, $URI, $NS, $API, $pki, $tmp, $KEY1).
-# The probe for the 409 path: E2E_SECRET_PROBE (default build/tests/secret/secret_conflict_probe).
+# The probes: E2E_SECRET_PROBE for the 409 path (default build/tests/secret/secret_conflict_probe) and
+# E2E_SECRET_PTY_PROBE for inject on a terminal (default build/tests/secret/secret_pty_inject_probe).
 # Every check that cannot run (no trousseauctl, no probe) is a failure, not a skip.
 
 # The tool's run, watched while it runs: stdout, stderr, and every /proc/PID/cmdline and environ seen.
@@ -176,6 +177,17 @@ secret_tools_e2e() {
     pass "inject without --from-stdin, stdin a file: refused: $(cat "$out.stderr")"
   else
     fail "inject without --from-stdin: $(head -c 300 "$out.stderr")"
+  fi
+  # 9. inject from a terminal: a pseudo-terminal, echo off while the value is typed, nothing echoed.
+  local pty_probe="${E2E_SECRET_PTY_PROBE:-$root/build/tests/secret/secret_pty_inject_probe}" typed
+  typed="$(openssl rand -hex 20)"
+  if [ ! -x "$pty_probe" ]; then
+    fail "no $pty_probe (E2E_SECRET_PTY_PROBE): inject from a terminal is not checked"
+  elif printf '%s' "$typed" | "$pty_probe" "$CTL" secret inject --kubeconfig "$kc" -n "$NS" app-typed --key password \
+         > "$out.pty" 2>&1 && [ "$(secret_value app-typed password)" = "$typed" ]; then
+    pass "inject on a pseudo-terminal: echo off while typing, the value not shown, read back through the API: $(tr -d '\r' < "$out.pty" | tr '\n' ' ')"
+  else
+    fail "inject on a pseudo-terminal: $(tr -d '\r' < "$out.pty" | head -c 400)"
   fi
   rm -f "$tmp/inject.in" "$out".*
 }
