@@ -2,7 +2,8 @@
 # SoftHSM): `trousseauctl secret generate|inject` (issue 15, docs/secrets.md). Uses ci/e2e's functions and
 # variables (kubectl, kcurl, etcdctl, pass, fail, info, log, $CTL, $URI, $NS, $API, $pki, $tmp, $KEY1).
 # The probes: E2E_SECRET_PROBE for the 409 path (default build/tests/secret/secret_conflict_probe) and
-# E2E_SECRET_PTY_PROBE for inject on a terminal (default build/tests/secret/secret_pty_inject_probe).
+# E2E_SECRET_PTY_PROBE for inject on a terminal (default build/tests/secret/secret_pty_inject_probe), and
+# E2E_SECRET_PG_PROBE for the PostgreSQL hand-off (default build/tests/secret/secret_postgres_probe).
 # Every check that cannot run (no trousseauctl, no probe) is a failure, not a skip.
 
 # The tool's run, watched while it runs: stdout, stderr, and every /proc/PID/cmdline and environ seen.
@@ -188,6 +189,19 @@ secret_tools_e2e() {
     pass "inject on a pseudo-terminal: echo off while typing, the value not shown, read back through the API: $(tr -d '\r' < "$out.pty" | tr '\n' ' ')"
   else
     fail "inject on a pseudo-terminal: $(tr -d '\r' < "$out.pty" | head -c 400)"
+  fi
+  # 10. generate --postgres-role: a real PostgreSQL 15 (tests/postgres's fixture) behind secret_postgres_probe.
+  local pg_probe="${E2E_SECRET_PG_PROBE:-$root/build/tests/secret/secret_postgres_probe}"
+  if [ ! -x "$pg_probe" ]; then
+    fail "no $pg_probe (E2E_SECRET_PG_PROBE): the PostgreSQL hand-off is not checked"
+  elif [ ! -f "$tmp/kubeconfig-reader" ]; then
+    fail "PostgreSQL hand-off: no reader kubeconfig (step 7 failed)"
+  elif "$pg_probe" "$CTL" "$kc" "$tmp/kubeconfig-reader" "$NS" "$URI" > "$out.pg" 2>&1; then
+    pass "generate --postgres-role (real PostgreSQL 15):"
+    sed 's/^/         /' "$out.pg"
+  else
+    fail "generate --postgres-role (real PostgreSQL 15):"
+    sed 's/^/         /' "$out.pg"
   fi
   rm -f "$tmp/inject.in" "$out".*
 }

@@ -9,6 +9,7 @@
 
 #include "core/secure_bytes.h"
 #include "core/strings.h"
+#include "tools/ctl/postgres_hand_off.h"
 #include "tools/kube/kubeconfig.h"
 #include "tools/kube/secrets_client.h"
 #include "tools/secret/device_random.h"
@@ -40,8 +41,7 @@ struct GenerateOptions {
   std::optional<size_t> length;
   std::optional<std::string> charset;
   trousseau::secret::DeviceChoice device;
-  std::string postgres_role;
-  std::string postgres_dsn_secret;
+  PostgresOptions postgres;
 };
 
 struct InjectOptions {
@@ -78,14 +78,12 @@ StatusOr<std::unique_ptr<trousseau::kube::SecretsClient>> Connect(Common& c) {
 trousseau::secret::WriteTarget TargetOf(const Common& c) { return {c.ns, c.name, c.key, c.rotate, c.keep_previous}; }
 
 int Generate(Common& c, const GenerateOptions& g) {
-  if (!g.postgres_role.empty() || !g.postgres_dsn_secret.empty()) {
-    // The hand-off (issue 15, part B) plugs in here as a trousseau::secret::HandOff given to ApplyWrite.
-    return Fail(Status(trousseau::StatusCode::kUnimplemented,
-                       "--postgres-role/--postgres-dsn-secret: the PostgreSQL hand-off is not built into this "
-                       "trousseauctl yet; nothing was generated or written"));
-  }
+  if (Status s = CheckPostgresOptions(g.postgres); !s.ok()) return Fail(s);
   StatusOr<trousseau::secret::ValueSpec> spec = trousseau::secret::ParseValueSpec(g.format, g.length, g.charset);
   if (!spec.ok()) return Fail(spec.status());
+  if (!g.postgres.role.empty() && spec->format == trousseau::secret::ValueFormat::kPemEcP256) {
+    return Fail(trousseau::InvalidArgumentError("--postgres-role takes a password: not --format pem-ec-p256"));
+  }
   if (g.device.pkcs11_uri.empty() == g.device.tpm_tcti.empty()) {
     return Fail(trousseau::InvalidArgumentError(
         "name the device whose RNG to use: --pkcs11-uri (the plugin's, with its pin-source) or --tpm-tcti"));
@@ -95,6 +93,20 @@ int Generate(Common& c, const GenerateOptions& g) {
   const trousseau::secret::WriteTarget target = TargetOf(c);
   StatusOr<trousseau::secret::WritePlan> plan = trousseau::secret::PlanWrite(**client, target);
   if (!plan.ok()) return Fail(plan.status());
+
+  // The hand-off is prepared before the value exists: a wrong DSN or role costs nothing and changes nothing.
+  std::unique_ptr<trousseau::secret::HandOff> hand_off;
+  if (!g.postgres.role.empty()) {
+    std::vector<std::string> notes;
+    StatusOr<std::unique_ptr<trousseau::secret::HandOff>> opened =
+        OpenPostgresHandOff(**client, c.ns, g.postgres, notes);
+    if (!opened.ok())
+      return Fail(Status(opened.status().code(), StrCat(opened.status().message(),
+                                                        "; nothing was "
+                                                        "changed")));
+    hand_off = *std::move(opened);
+    for (const std::string& note : notes) std::cerr << "trousseauctl: note: " << note << "\n";
+  }
 
   StatusOr<trousseau::secret::DeviceBytes> device =
       trousseau::secret::DeviceRandomBytes(g.device, trousseau::secret::kSeedBytes);
@@ -113,7 +125,8 @@ int Generate(Common& c, const GenerateOptions& g) {
       {"trousseau-hsm.io/generated-format", trousseau::secret::Describe(*spec)},
   };
   std::string done;
-  if (Status s = trousseau::secret::ApplyWrite(**client, target, *plan, *value, annotations, nullptr, done); !s.ok()) {
+  if (Status s = trousseau::secret::ApplyWrite(**client, target, *plan, *value, annotations, hand_off.get(), done);
+      !s.ok()) {
     return Fail(s);
   }
   std::cout << done << ": " << trousseau::secret::Describe(*spec) << " from " << device->description
@@ -182,10 +195,22 @@ void AddSecretCommand(CLI::App& app, int& rc) {
                        "The token whose RNG to use: the plugin's --pkcs11-uri (its pin-source gives the PIN)");
   generate->add_option("--tpm-tcti", generate_options->device.tpm_tcti,
                        "The TPM whose RNG to use (device:/dev/tpmrm0, tabrmd, swtpm:path=...)");
-  generate->add_option("--postgres-role", generate_options->postgres_role,
-                       "Also set the value as this PostgreSQL role's password (SCRAM verifier; not built yet)");
-  generate->add_option("--postgres-dsn-secret", generate_options->postgres_dsn_secret,
-                       "Secret holding the admin DSN for --postgres-role (not built yet)");
+  generate->add_option("--postgres-role", generate_options->postgres.role,
+                       "Also give the value to this PostgreSQL role as its password, first (as a SCRAM-SHA-256 "
+                       "verifier: the database never gets the password); rolled back if the Secret write fails");
+  generate->add_option("--postgres-dsn-secret", generate_options->postgres.dsn_secret,
+                       "Secret (in the same namespace) holding the admin DSN for --postgres-role; it must ask for "
+                       "sslmode=verify-full or verify-ca");
+  generate
+      ->add_option("--postgres-dsn-key", generate_options->postgres.dsn_key, "Key of the DSN in --postgres-dsn-secret")
+      ->capture_default_str();
+  generate->add_option("--postgres-dsn-file", generate_options->postgres.dsn_file,
+                       "Or: a file holding the admin DSN, owned by this user and readable by nobody else");
+  generate->add_flag("--postgres-allow-no-rollback", generate_options->postgres.allow_no_rollback,
+                     "Proceed when the admin cannot read the role's current password verifier (not a superuser): a "
+                     "failed Secret write then leaves the role with a password nobody has");
+  generate->add_flag("--postgres-allow-sslmode-require", generate_options->postgres.allow_sslmode_require,
+                     "Accept a DSN with sslmode=require (TLS without checking the server's certificate)");
   generate->callback([&rc, common_generate, generate_options] { rc = Generate(*common_generate, *generate_options); });
 
   auto common_inject = std::make_shared<Common>();
