@@ -608,6 +608,236 @@ StatusOr<SecureBytes> TpmDevice::EcdhZGen(const TransientObject& key, std::strin
   return secret;
 }
 
+StatusOr<TransientObject> TpmDevice::CreatePrimaryIn(ESYS_TR hierarchy, const TPM2B_PUBLIC& in_public,
+                                                     std::string_view what, std::string* public_area) {
+  TPM2B_SENSITIVE_CREATE sensitive{};
+  TPM2B_DATA outside{};
+  TPML_PCR_SELECTION pcrs{};
+  ESYS_TR handle = ESYS_TR_NONE;
+  TPM2B_PUBLIC* out_public = nullptr;
+  TPM2B_CREATION_DATA* creation_data = nullptr;
+  TPM2B_DIGEST* creation_hash = nullptr;
+  TPMT_TK_CREATION* ticket = nullptr;
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_CreatePrimary_Async(esys_, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
+                                        &in_public, &outside, &pcrs);
+      },
+      [&] { return Esys_CreatePrimary_Finish(esys_, &handle, &out_public, &creation_data, &creation_hash, &ticket); });
+  EsysPtr<TPM2B_PUBLIC> pub(out_public);
+  Esys_Free(creation_data);
+  Esys_Free(creation_hash);
+  Esys_Free(ticket);
+  if (rc != TSS2_RC_SUCCESS) {
+    Status s = RcStatus(rc, what);
+    if (BaseTpmRc(rc) == TPM2_RC_AUTH_FAIL || BaseTpmRc(rc) == TPM2_RC_BAD_AUTH) {
+      return FailedPreconditionError(StrCat(s.message(), "; the endorsement hierarchy needs an empty auth value"));
+    }
+    return s;
+  }
+  TransientObject object(this, handle);
+  if (public_area != nullptr) {
+    uint8_t buffer[sizeof(TPM2B_PUBLIC)];
+    size_t offset = 0;
+    rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub.get(), buffer, sizeof buffer, &offset);
+    if (rc != TSS2_RC_SUCCESS) return InternalError(DescribeRc(rc, "marshalling TPM2B_PUBLIC"));
+    public_area->assign(reinterpret_cast<char*>(buffer), offset);
+  }
+  return object;
+}
+
+StatusOr<TransientObject> TpmDevice::CreateEndorsementKey(std::string* public_area) {
+  // TCG EK Credential Profile 2.0, template L-1; the policy digest is PolicySecret(TPM_RH_ENDORSEMENT).
+  static constexpr uint8_t kEkPolicy[32] = {0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xB3, 0xF8, 0x1A, 0x90, 0xCC,
+                                            0x8D, 0x46, 0xA5, 0xD7, 0x24, 0xFD, 0x52, 0xD7, 0x6E, 0x06, 0x52,
+                                            0x0B, 0x64, 0xF2, 0xA1, 0xDA, 0x1B, 0x33, 0x14, 0x69, 0xAA};
+  TPM2B_PUBLIC in_public{};
+  TPMT_PUBLIC& area = in_public.publicArea;
+  area.type = TPM2_ALG_RSA;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED | TPMA_OBJECT_DECRYPT;
+  area.authPolicy.size = sizeof kEkPolicy;
+  std::memcpy(area.authPolicy.buffer, kEkPolicy, sizeof kEkPolicy);
+  area.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_AES;
+  area.parameters.rsaDetail.symmetric.keyBits.aes = 128;
+  area.parameters.rsaDetail.symmetric.mode.aes = TPM2_ALG_CFB;
+  area.parameters.rsaDetail.scheme.scheme = TPM2_ALG_NULL;
+  area.parameters.rsaDetail.keyBits = 2048;
+  area.parameters.rsaDetail.exponent = 0;
+  area.unique.rsa.size = 256;  // zeros, as the template says
+  return CreatePrimaryIn(ESYS_TR_RH_ENDORSEMENT, in_public, "TPM2_CreatePrimary(endorsement, RSA 2048 EK)",
+                         public_area);
+}
+
+StatusOr<TransientObject> TpmDevice::CreateAttestationKey(std::string* public_area) {
+  TPM2B_PUBLIC in_public{};
+  TPMT_PUBLIC& area = in_public.publicArea;
+  area.type = TPM2_ALG_ECC;
+  area.nameAlg = TPM2_ALG_SHA256;
+  area.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |
+                          TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_RESTRICTED |
+                          TPMA_OBJECT_SIGN_ENCRYPT;
+  area.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+  area.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
+  area.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
+  area.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
+  area.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+  return CreatePrimaryIn(ESYS_TR_RH_ENDORSEMENT, in_public, "TPM2_CreatePrimary(endorsement, ECDSA P-256 AK)",
+                         public_area);
+}
+
+StatusOr<TpmDevice::Certification> TpmDevice::Certify(const TransientObject& object, const TransientObject& signer,
+                                                      std::string_view qualifying_data) {
+  TPM2B_DATA qualifying{};
+  if (qualifying_data.size() > sizeof qualifying.buffer) return InvalidArgumentError("qualifying data too long");
+  qualifying.size = static_cast<UINT16>(qualifying_data.size());
+  std::memcpy(qualifying.buffer, qualifying_data.data(), qualifying_data.size());
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_NULL;  // the signing key's own scheme (ECDSA-SHA256)
+  TPM2B_ATTEST* attest_raw = nullptr;
+  TPMT_SIGNATURE* signature_raw = nullptr;
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_Certify_Async(esys_, object.handle(), signer.handle(), ESYS_TR_PASSWORD, ESYS_TR_PASSWORD,
+                                  ESYS_TR_NONE, &qualifying, &scheme);
+      },
+      [&] { return Esys_Certify_Finish(esys_, &attest_raw, &signature_raw); });
+  EsysPtr<TPM2B_ATTEST> attest(attest_raw);
+  EsysPtr<TPMT_SIGNATURE> signature(signature_raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_Certify");
+  if (signature->sigAlg != TPM2_ALG_ECDSA) return InternalError("TPM2_Certify: the signature is not ECDSA");
+  const TPM2B_ECC_PARAMETER& r = signature->signature.ecdsa.signatureR;
+  const TPM2B_ECC_PARAMETER& sig_s = signature->signature.ecdsa.signatureS;
+  if (r.size > kEccP256CoordinateSize || sig_s.size > kEccP256CoordinateSize) {
+    return InternalError("TPM2_Certify: the signature is not a P-256 one");
+  }
+  Certification out;
+  out.attest.assign(reinterpret_cast<const char*>(attest->attestationData), attest->size);
+  out.signature.assign(2 * kEccP256CoordinateSize, '\0');
+  std::memcpy(out.signature.data() + kEccP256CoordinateSize - r.size, r.buffer, r.size);
+  std::memcpy(out.signature.data() + 2 * kEccP256CoordinateSize - sig_s.size, sig_s.buffer, sig_s.size);
+  return out;
+}
+
+StatusOr<SecureBytes> TpmDevice::ActivateCredential(const TransientObject& activated,
+                                                    const TransientObject& endorsement,
+                                                    std::string_view credential_blob,
+                                                    std::string_view encrypted_secret) {
+  TPM2B_ID_OBJECT blob{};
+  TPM2B_ENCRYPTED_SECRET secret{};
+  size_t offset = 0;
+  if (Tss2_MU_TPM2B_ID_OBJECT_Unmarshal(reinterpret_cast<const uint8_t*>(credential_blob.data()),
+                                        credential_blob.size(), &offset, &blob) != TSS2_RC_SUCCESS ||
+      offset != credential_blob.size()) {
+    return InvalidArgumentError("the credential blob is not a TPM2B_ID_OBJECT");
+  }
+  offset = 0;
+  if (Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal(reinterpret_cast<const uint8_t*>(encrypted_secret.data()),
+                                               encrypted_secret.size(), &offset, &secret) != TSS2_RC_SUCCESS ||
+      offset != encrypted_secret.size()) {
+    return InvalidArgumentError("the encrypted secret is not a TPM2B_ENCRYPTED_SECRET");
+  }
+  // The EK may be used only through a policy session satisfying PolicySecret(TPM_RH_ENDORSEMENT).
+  TPMT_SYM_DEF symmetric{};
+  symmetric.algorithm = TPM2_ALG_NULL;
+  ESYS_TR session = ESYS_TR_NONE;
+  TSS2_RC rc = Execute(
+      [&] {
+        return Esys_StartAuthSession_Async(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                           nullptr, TPM2_SE_POLICY, &symmetric, TPM2_ALG_SHA256);
+      },
+      [&] { return Esys_StartAuthSession_Finish(esys_, &session); });
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_StartAuthSession(policy)");
+  TransientObject session_guard(this, session);  // flushed on every path
+  TPM2B_NONCE nonce_tpm{};
+  TPM2B_DIGEST cp_hash{};
+  TPM2B_NONCE policy_ref{};
+  TPM2B_TIMEOUT* timeout = nullptr;
+  TPMT_TK_AUTH* ticket = nullptr;
+  rc = Execute(
+      [&] {
+        return Esys_PolicySecret_Async(esys_, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                       ESYS_TR_NONE, &nonce_tpm, &cp_hash, &policy_ref, 0);
+      },
+      [&] { return Esys_PolicySecret_Finish(esys_, &timeout, &ticket); });
+  Esys_Free(timeout);
+  Esys_Free(ticket);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_PolicySecret(endorsement)");
+  TPM2B_DIGEST* cert_info = nullptr;
+  rc = Execute(
+      [&] {
+        return Esys_ActivateCredential_Async(esys_, activated.handle(), endorsement.handle(), ESYS_TR_PASSWORD, session,
+                                             ESYS_TR_NONE, &blob, &secret);
+      },
+      [&] { return Esys_ActivateCredential_Finish(esys_, &cert_info); });
+  auto wipe_and_free = [](TPM2B_DIGEST* d) {
+    if (d) WipeMemory(d, sizeof *d);
+    Esys_Free(d);
+  };
+  std::unique_ptr<TPM2B_DIGEST, decltype(wipe_and_free)> recovered(cert_info, wipe_and_free);
+  if (rc != TSS2_RC_SUCCESS) {
+    const TPM2_RC base = BaseTpmRc(rc);
+    bool foreign = (ClassifyRc(rc) == RcClass::kOther || ClassifyRc(rc) == RcClass::kIntegrity) &&
+                   (base == TPM2_RC_INTEGRITY || base == TPM2_RC_VALUE || base == TPM2_RC_SIZE);
+    // libtpms (swtpm) answers TPM_RC_FAILURE when the seed does not decrypt under its EK, and goes on
+    // serving: only a TPM that still answers afterwards was refusing the challenge, not failing.
+    if (base == TPM2_RC_FAILURE && !link_lost_) foreign = GetRandom(1).ok();
+    if (foreign) {
+      return InvalidArgumentError(
+          StrCat("the challenge was not made for this TPM's endorsement key and attestation "
+                 "key: ",
+                 DescribeRc(rc, "TPM2_ActivateCredential")));
+    }
+    return RcStatus(rc, "TPM2_ActivateCredential");
+  }
+  return SecureBytes::CopyOf(std::string_view(reinterpret_cast<const char*>(recovered->buffer), recovered->size));
+}
+
+StatusOr<std::string> TpmDevice::ReadNv(TPM2_HANDLE index) {
+  ESYS_TR nv = ESYS_TR_NONE;
+  TSS2_RC rc =
+      Execute([&] { return Esys_TR_FromTPMPublic_Async(esys_, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE); },
+              [&] { return Esys_TR_FromTPMPublic_Finish(esys_, &nv); });
+  if (rc != TSS2_RC_SUCCESS) {
+    if (BaseTpmRc(rc) == TPM2_RC_HANDLE) {
+      char name[16];
+      std::snprintf(name, sizeof name, "0x%08x", index);
+      return NotFoundError(StrCat("NV index ", name, " is not defined"));
+    }
+    return RcStatus(rc, "TPM2_NV_ReadPublic");
+  }
+  struct CloseLocally {
+    ESYS_CONTEXT* esys;
+    ESYS_TR* handle;
+    ~CloseLocally() { Esys_TR_Close(esys, handle); }  // an NV index is not flushed, only forgotten
+  } close_nv{esys_, &nv};
+  TPM2B_NV_PUBLIC* nv_public_raw = nullptr;
+  TPM2B_NAME* nv_name_raw = nullptr;
+  rc = Execute([&] { return Esys_NV_ReadPublic_Async(esys_, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE); },
+               [&] { return Esys_NV_ReadPublic_Finish(esys_, &nv_public_raw, &nv_name_raw); });
+  EsysPtr<TPM2B_NV_PUBLIC> nv_public(nv_public_raw);
+  EsysPtr<TPM2B_NAME> nv_name(nv_name_raw);
+  if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_NV_ReadPublic");
+  const size_t size = nv_public->nvPublic.dataSize;
+  // Read with the index's own (empty) auth where it allows that, else as the owner.
+  const ESYS_TR auth = (nv_public->nvPublic.attributes & TPMA_NV_AUTHREAD) ? nv : ESYS_TR_RH_OWNER;
+  std::string content;
+  while (content.size() < size) {
+    const UINT16 chunk = static_cast<UINT16>(std::min<size_t>(size - content.size(), 512));
+    const UINT16 at = static_cast<UINT16>(content.size());
+    TPM2B_MAX_NV_BUFFER* data_raw = nullptr;
+    rc = Execute(
+        [&] { return Esys_NV_Read_Async(esys_, auth, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, chunk, at); },
+        [&] { return Esys_NV_Read_Finish(esys_, &data_raw); });
+    EsysPtr<TPM2B_MAX_NV_BUFFER> data(data_raw);
+    if (rc != TSS2_RC_SUCCESS) return RcStatus(rc, "TPM2_NV_Read");
+    if (data->size == 0) return InternalError("TPM2_NV_Read returned no data");
+    content.append(reinterpret_cast<const char*>(data->buffer), data->size);
+  }
+  return content;
+}
+
 StatusOr<SecureBytes> TpmDevice::GetRandom(size_t size) {
   SecureBytes out(size);
   for (size_t done = 0; done < size;) {

@@ -147,6 +147,33 @@ class TpmDevice {
   // INVALID_ARGUMENT.
   StatusOr<SecureBytes> EcdhZGen(const TransientObject& key, std::string_view point);
 
+  // Attestation of a recipient key (tpm/attestation.h, docs/ha.md):
+  // The endorsement key as the TCG EK Credential Profile's template L-1 makes it (RSA 2048, AES-128-CFB,
+  // SHA-256, adminWithPolicy with PolicySecret(TPM_RH_ENDORSEMENT)): the key the TPM maker's EK
+  // certificate names. `public_area` receives its marshalled TPM2B_PUBLIC. Needs an empty endorsement auth.
+  StatusOr<TransientObject> CreateEndorsementKey(std::string* public_area);
+  // An attestation key: a restricted ECDSA-P256-SHA256 signing primary in the endorsement hierarchy
+  // (fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign, empty auth), the
+  // same key every time on one TPM. A restricted key signs only what the TPM itself generated.
+  StatusOr<TransientObject> CreateAttestationKey(std::string* public_area);
+  // TPM2_Certify of `object` by `signer` with `qualifying_data` (at most 64 bytes): the marshalled
+  // TPMS_ATTEST and the ECDSA signature over it as r || s (32 bytes each).
+  struct Certification {
+    std::string attest;
+    std::string signature;
+  };
+  StatusOr<Certification> Certify(const TransientObject& object, const TransientObject& signer,
+                                  std::string_view qualifying_data);
+  // TPM2_ActivateCredential: the secret MakeCredential sealed for `activated`'s name to `endorsement`
+  // (a key made by CreateEndorsementKey, authorised through a PolicySecret(endorsement) session).
+  // `credential_blob` and `encrypted_secret` are the marshalled TPM2B_ID_OBJECT and
+  // TPM2B_ENCRYPTED_SECRET. A challenge not made for this TPM and key is INVALID_ARGUMENT.
+  StatusOr<SecureBytes> ActivateCredential(const TransientObject& activated, const TransientObject& endorsement,
+                                           std::string_view credential_blob, std::string_view encrypted_secret);
+  // The whole content of NV index `index` (an EK certificate), read with the index's own empty auth.
+  // NOT_FOUND when the index is not defined.
+  StatusOr<std::string> ReadNv(TPM2_HANDLE index);
+
   // TPM2_GetRandom until `size` bytes are had (a TPM gives at most one digest's worth per command).
   // For `trousseauctl secret generate` (docs/secrets.md).
   StatusOr<SecureBytes> GetRandom(size_t size);
@@ -168,6 +195,9 @@ class TpmDevice {
   TSS2_RC AwaitResponse(Finish finish);
   // What is left of the deadline, as the TCTI timeout (TSS2_TCTI_TIMEOUT_BLOCK when there is none).
   int32_t MillisecondsLeft() const;
+  // TPM2_CreatePrimary in `hierarchy`; `public_area` (if given) receives the marshalled TPM2B_PUBLIC.
+  StatusOr<TransientObject> CreatePrimaryIn(ESYS_TR hierarchy, const TPM2B_PUBLIC& in_public, std::string_view what,
+                                            std::string* public_area);
   // Records a lost link; returns `rc`.
   TSS2_RC Note(TSS2_RC rc);
 

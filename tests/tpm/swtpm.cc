@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 namespace trousseau::testing {
 
@@ -27,6 +28,33 @@ std::unique_ptr<Swtpm> Swtpm::Start(const std::string& dir) {
   tpm->socket_ = dir + "/tpm.sock";
   ::mkdir(dir.c_str(), 0700);
   ::mkdir(tpm->state_dir_.c_str(), 0700);
+  if (!tpm->Launch()) return nullptr;
+  return tpm;
+}
+
+std::unique_ptr<Swtpm> Swtpm::StartManufactured(const std::string& dir, const std::string& ca_dir) {
+  ::mkdir(dir.c_str(), 0700);
+  ::mkdir((dir + "/state").c_str(), 0700);
+  ::mkdir(ca_dir.c_str(), 0700);
+  const std::string localca = dir + "/localca.conf", options = dir + "/localca.options", setup = dir + "/setup.conf";
+  std::ofstream(localca) << "statedir = " << ca_dir << "\nsigningkey = " << ca_dir << "/signkey.pem\n"
+                         << "issuercert = " << ca_dir << "/issuercert.pem\ncertserial = " << ca_dir << "/certserial\n";
+  std::ofstream(options) << "--platform-manufacturer trousseau-tests\n--platform-version 1\n--platform-model swtpm\n";
+  std::ofstream(setup) << "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = " << localca
+                       << "\ncreate_certs_tool_options = " << options << "\n";
+  const std::string command = "/usr/bin/swtpm_setup --tpm2 --tpmstate '" + dir + "/state' --create-ek-cert --config '" +
+                              setup + "' --overwrite > '" + dir + "/swtpm_setup.log' 2>&1";
+  if (std::system(command.c_str()) != 0) return nullptr;
+  std::ofstream bundle(ca_dir + "/ca-bundle.pem");
+  for (const char* pem : {"/issuercert.pem", "/swtpm-localca-rootca-cert.pem"}) {
+    std::ifstream in(ca_dir + pem);
+    bundle << in.rdbuf();
+  }
+  bundle.close();
+  std::unique_ptr<Swtpm> tpm(new Swtpm());
+  tpm->dir_ = dir;
+  tpm->state_dir_ = dir + "/state";
+  tpm->socket_ = dir + "/tpm.sock";
   if (!tpm->Launch()) return nullptr;
   return tpm;
 }

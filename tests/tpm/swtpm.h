@@ -18,6 +18,10 @@ class Swtpm {
  public:
   // Starts a TPM with a fresh state directory under `dir` (created if missing); null on failure.
   static std::unique_ptr<Swtpm> Start(const std::string& dir);
+  // The same, manufactured first as a TPM maker would: swtpm_setup creates its EK and an EK certificate
+  // in NV, signed by swtpm_localca's CA kept in `ca_dir` (made there on first use, shared by every TPM
+  // given the same `ca_dir`); the CA's certificates are then in ca_dir/ca-bundle.pem.
+  static std::unique_ptr<Swtpm> StartManufactured(const std::string& dir, const std::string& ca_dir);
   ~Swtpm();
 
   // "swtpm:path=<dir>/tpm.sock" (the control socket is <dir>/tpm.sock.ctrl).
