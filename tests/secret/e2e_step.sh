@@ -179,6 +179,15 @@ secret_tools_e2e() {
   else
     fail "inject without --from-stdin: $(head -c 300 "$out.stderr")"
   fi
+  # 8b. inject --from-fd: the value on another file descriptor; stdin stays free.
+  if "$CTL" secret inject --kubeconfig "$kc" -n "$NS" app-api --key fd-token --from-fd 3 3< "$tmp/inject.in" \
+       > "$out.stdout" 2> "$out.stderr" < /dev/null && [ "$(secret_value app-api fd-token)" = "$injected" ] &&
+     ! grep -qF -- "$injected" "$out.stdout" "$out.stderr"; then
+    pass "inject --from-fd 3: added key 'fd-token' to app-api, read back through the API, not shown"
+  else
+    fail "inject --from-fd 3: $(head -c 300 "$out.stderr")"
+  fi
+
   # 9. inject from a terminal: a pseudo-terminal, echo off while the value is typed, nothing echoed.
   local pty_probe="${E2E_SECRET_PTY_PROBE:-$root/build/tests/secret/secret_pty_inject_probe}" typed
   typed="$(openssl rand -hex 20)"
