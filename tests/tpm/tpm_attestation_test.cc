@@ -8,7 +8,9 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "tests/testing/program_runner.h"
 #include "tests/tpm/swtpm.h"
 #include "tpm/attestation.h"
 #include "tpm/attestation_evidence.h"
@@ -133,6 +135,67 @@ TEST_F(TpmAttestationTest, EvidenceForAnotherMemberKeyTpmOrMakerIsRefused) {
   no_certificate.ek_certificate.clear();
   EXPECT_EQ(VerifyEkCertificate(no_certificate, ReadFile(maker_ca_ + "/ca-bundle.pem")).code(),
             StatusCode::kPermissionDenied);
+}
+
+// The same with the tools, as a node operator and an administrator run them.
+TEST_F(TpmAttestationTest, TheToolsAddAnAttestedMemberAndRefuseAnyOtherAnswer) {
+  testing::ProgramRunner tool(dir_.path(), "tool");
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), TOOL_PATH);
+    return tool.Run(args);
+  };
+  auto write = [](const std::string& path, const std::string& text) { std::ofstream(path) << text; };
+  const std::string d = dir_.path();
+  std::unique_ptr<Swtpm> tpm = Swtpm::StartManufactured(d + "/cp-1", maker_ca_);
+  std::unique_ptr<Swtpm> other = Swtpm::StartManufactured(d + "/cp-2", maker_ca_);
+  ASSERT_TRUE(tpm && other);
+  const std::string bundle = maker_ca_ + "/ca-bundle.pem";
+  ASSERT_EQ(
+      run({"tpm", "recipient", "create", "--tpm-tcti", tpm->Tcti(), "--tpm-recipient-dir", d + "/rk1", "--id", "cp-1"})
+          .code,
+      0);
+  testing::ProgramRun exported = run({"tpm", "recipient", "export", "--attest", "--tpm-tcti", tpm->Tcti(),
+                                      "--tpm-recipient-dir", d + "/rk1", "--id", "cp-1"});
+  ASSERT_EQ(exported.code, 0) << exported.all();
+  EXPECT_NE(exported.out.find("\"attestation\""), std::string::npos);
+  write(d + "/cp-1.json", exported.out);
+  testing::ProgramRun plain =
+      run({"tpm", "recipient", "export", "--tpm-tcti", tpm->Tcti(), "--tpm-recipient-dir", d + "/rk1", "--id", "cp-1"});
+  write(d + "/cp-1-plain.json", plain.out);
+
+  testing::ProgramRun challenged =
+      run({"recipients", "challenge", "--member", d + "/cp-1.json", "--ek-ca", bundle, "--out", d + "/c.json"});
+  ASSERT_EQ(challenged.code, 0) << challenged.all();
+  // cp-2's TPM cannot answer cp-1's challenge.
+  testing::ProgramRun stolen =
+      run({"tpm", "recipient", "activate", "--tpm-tcti", other->Tcti(), "--challenge", d + "/c.json"});
+  EXPECT_EQ(stolen.code, 1) << stolen.all();
+  EXPECT_NE(stolen.err.find("not made for this TPM"), std::string::npos) << stolen.all();
+  testing::ProgramRun answered =
+      run({"tpm", "recipient", "activate", "--tpm-tcti", tpm->Tcti(), "--challenge", d + "/c.json"});
+  ASSERT_EQ(answered.code, 0) << answered.all();
+  write(d + "/answer", answered.out);
+  write(d + "/wrong-answer", std::string(64, 'a') + "\n");
+
+  auto add = [&](const std::string& member, const std::string& answer) {
+    return run({"recipients", "add", "--set", d + "/set.json", "--name", "prod", "--member", member, "--ek-ca", bundle,
+                "--challenge", d + "/c.json", "--answer", answer});
+  };
+  testing::ProgramRun wrong = add(d + "/cp-1.json", d + "/wrong-answer");
+  EXPECT_EQ(wrong.code, 1) << wrong.all();
+  EXPECT_NE(wrong.err.find("does not open the challenge"), std::string::npos) << wrong.all();
+  testing::ProgramRun unattested = add(d + "/cp-1-plain.json", d + "/answer");
+  EXPECT_EQ(unattested.code, 1) << unattested.all();
+  EXPECT_NE(unattested.err.find("carries no attestation"), std::string::npos) << unattested.all();
+  testing::ProgramRun other_ca = run({"recipients", "challenge", "--member", d + "/cp-1.json", "--ek-ca",
+                                      d + "/cp-1/localca.conf", "--out", d + "/c2.json"});
+  EXPECT_NE(other_ca.code, 0) << "a file with no CA certificate is no trust anchor";
+  std::ifstream no_set(d + "/set.json");
+  EXPECT_FALSE(no_set.good()) << "nothing refused may reach the set";
+
+  testing::ProgramRun added = add(d + "/cp-1.json", d + "/answer");
+  ASSERT_EQ(added.code, 0) << added.all();
+  EXPECT_NE(added.out.find("attested: the key is fixedTPM"), std::string::npos) << added.out;
 }
 
 }  // namespace

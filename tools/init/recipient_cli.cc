@@ -24,7 +24,24 @@ void AddSetCommands(CLI::App& app, RecipientCli& cli) {
   AddSetFile(add, cli.add);
   add->add_option("--member", cli.add.member_file, "The member's description (JSON file)")->required();
   add->add_option("--name", cli.add.name, "The set's name, when --set does not exist yet (it starts at epoch 1)");
+  add->add_option("--ek-ca", cli.add.attestation.ek_ca_file,
+                  "Require the member to be attested: the TPM makers' CA certificates (PEM) its EK certificate must "
+                  "chain to; needs --challenge and --answer");
+  add->add_option("--challenge", cli.add.attestation.challenge_file, "The challenge `recipients challenge` wrote");
+  add->add_option("--answer", cli.add.attestation.answer_file,
+                  "A file holding what `tpm recipient activate` printed on the member's node");
   add->callback([&cli] { *cli.rc = RecipientsAdd(cli.add); });
+
+  CLI::App* challenge = recipients->add_subcommand(
+      "challenge",
+      "Check a TPM member's attestation (`tpm recipient export --attest`) and write a challenge only its TPM can "
+      "answer (`tpm recipient activate`)");
+  challenge->add_option("--member", cli.challenge.member_file, "The member's description with its attestation")
+      ->required();
+  challenge->add_option("--ek-ca", cli.challenge.ek_ca_file, "The TPM makers' CA certificates (PEM bundle)")
+      ->required();
+  challenge->add_option("--out", cli.challenge.challenge_file, "Where to write the challenge (JSON)")->required();
+  challenge->callback([&cli] { *cli.rc = RecipientsChallenge(cli.challenge); });
 
   CLI::App* remove = recipients->add_subcommand("remove", "Remove a member as a new epoch");
   AddSetFile(remove, cli.remove);
@@ -92,10 +109,21 @@ void AddTpmKeyCommands(CLI::App& tpm, RecipientCli& cli) {
                      "Directory of the recipient key (0700), the plugin's --tpm-recipient-dir")
         ->required();
     command->add_option("--id", options->id, "This member's name in the set")->required();
+    command->add_flag("--attest", options->attest,
+                      "Add the TPM's evidence (TPM2_Certify by an attestation key, the EK and its certificate) for "
+                      "`recipients challenge`");
     RecipientKeyOptions* o = options;
     const bool create = std::string_view(name) == "create";
     command->callback([&cli, o, create] { *cli.rc = create ? TpmRecipientCreate(*o) : TpmRecipientExport(*o); });
   }
+  CLI::App* activate = recipient->add_subcommand(
+      "activate", "Answer an administrator's attestation challenge with this TPM (TPM2_ActivateCredential)");
+  cli.activate.tcti = defaults::kTpmTcti;
+  activate->add_option("--tpm-tcti,--tcti", cli.activate.tcti, "TCTI of the TPM")
+      ->envname("TROUSSEAU_HSM_TPM_TCTI")
+      ->capture_default_str();
+  activate->add_option("--challenge", cli.activate.challenge_file, "The challenge file")->required();
+  activate->callback([&cli] { *cli.rc = TpmRecipientActivate(cli.activate); });
 }
 
 }  // namespace

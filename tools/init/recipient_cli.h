@@ -13,6 +13,7 @@ struct RecipientCli {
   int* rc = nullptr;
   RecipientsOptions add, remove, sign, show;
   RecipientKeyOptions tpm_create, tpm_export, pkcs11_create, pkcs11_export;
+  AttestationOptions challenge, activate;
 };
 
 // Adds `recipients` and `recipient` to `app`, and `recipient` under the existing `tpm` command.

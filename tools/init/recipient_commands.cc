@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "core/key_id.h"
@@ -20,6 +21,7 @@
 #include "recipients/recipient_set.h"
 #include "recipients/sealing_key.h"
 #include "tools/init/init_tool.h"
+#include "tpm/attestation.h"
 #include "tpm/recipient_provisioning.h"
 
 namespace trousseau::init {
@@ -85,11 +87,17 @@ int WriteNewEpoch(const RecipientsOptions& options, RecipientSet set, std::strin
   return kExitOk;
 }
 
-int PrintMember(Recipient member) {
+int PrintMember(Recipient member, const std::optional<tpm::RecipientEvidence>& evidence = std::nullopt) {
   if (Status s = recipients::ParseMember(recipients::SerializeMember(member)).status(); !s.ok()) {
     return Fail(kExitUsage, s.message());  // e.g. an id that is no valid member name
   }
-  std::cout << recipients::SerializeMember(member);
+  if (!evidence.has_value()) {
+    std::cout << recipients::SerializeMember(member);
+    return kExitOk;
+  }
+  nlohmann::json doc = nlohmann::json::parse(recipients::SerializeMember(member));
+  doc["attestation"] = EvidenceToJson(*evidence);
+  std::cout << doc.dump(2) << "\n";
   return kExitOk;
 }
 
@@ -106,8 +114,19 @@ int TpmRecipient(const RecipientKeyOptions& options, bool create) {
     return Fail(kExitFailed, "the TPM recipient key is not fixedTPM | fixedParent | sensitiveDataOrigin");
   }
   if (create) std::cerr << kToolName << ": created the TPM recipient key in " << options.recipient_dir << "\n";
-  return PrintMember(
-      {.id = options.id, .device = "tpm2", .public_key = info->public_point, .tpm_name = info->tpm_name});
+  std::optional<tpm::RecipientEvidence> evidence;
+  if (options.attest) {
+    StatusOr<tpm::RecipientEvidence> attested =
+        tpm::AttestRecipient(config, tpm::AttestationQualifyingData(options.id, info->public_point));
+    if (!attested.ok()) return Fail(kExitFailed, StrCat("attesting the key: ", attested.status().message()));
+    if (attested->ek_certificate.empty()) {
+      std::cerr << kToolName << ": note: this TPM holds no RSA EK certificate (NV 0x01c00002); administrators "
+                << "cannot tie it to a TPM maker\n";
+    }
+    evidence = *std::move(attested);
+  }
+  return PrintMember({.id = options.id, .device = "tpm2", .public_key = info->public_point, .tpm_name = info->tpm_name},
+                     evidence);
 }
 
 int Pkcs11Recipient(const RecipientKeyOptions& options, bool create) {
@@ -150,10 +169,18 @@ int Pkcs11RecipientCreate(const RecipientKeyOptions& options) { return Pkcs11Rec
 int Pkcs11RecipientExport(const RecipientKeyOptions& options) { return Pkcs11Recipient(options, /*create=*/false); }
 
 int RecipientsAdd(const RecipientsOptions& options) {
-  StatusOr<std::string> member_text = ReadText(options.member_file);
-  if (!member_text.ok()) return Fail(kExitUsage, member_text.status().message());
-  StatusOr<Recipient> member = recipients::ParseMember(*member_text);
-  if (!member.ok()) return Fail(kExitUsage, StrCat(options.member_file, ": ", member.status().message()));
+  StatusOr<MemberFile> member_file = ReadMemberFile(options.member_file);
+  if (!member_file.ok()) return Fail(kExitUsage, member_file.status().message());
+  std::string attested;
+  if (!options.attestation.ek_ca_file.empty()) {
+    StatusOr<std::string> checked = CheckAttestedMember(*member_file, options.attestation);
+    if (!checked.ok()) {
+      return Fail(IsInvalidArgument(checked.status()) ? kExitUsage : kExitFailed,
+                  StrCat("member '", member_file->member.id, "' not added: ", checked.status().message()));
+    }
+    attested = *std::move(checked);
+  }
+  std::optional<Recipient> member = std::move(member_file->member);
   RecipientSet set;
   if (::access(options.set_file.c_str(), F_OK) == 0) {
     StatusOr<RecipientSet> loaded = LoadSet(options.set_file);
@@ -173,7 +200,9 @@ int RecipientsAdd(const RecipientsOptions& options) {
   for (const Recipient& r : set.recipients) {
     if (r.id == member->id) return Fail(kExitUsage, StrCat("set '", set.name, "' already has member '", r.id, "'"));
   }
-  const std::string added = StrCat("added '", member->id, "' (", member->device, ")");
+  const std::string added =
+      StrCat("added '", member->id, "' (", member->device, ", ",
+             attested.empty() ? "not attested: nothing proves where its key lives" : attested, ")");
   set.recipients.push_back(*std::move(member));
   return WriteNewEpoch(options, std::move(set), added);
 }

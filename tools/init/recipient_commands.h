@@ -7,14 +7,17 @@
 #include <string>
 #include <vector>
 
+#include "tools/init/attestation_commands.h"
+
 namespace trousseau::init {
 
 struct RecipientsOptions {
   std::string set_file;
-  std::string name;            // add: the set's name when the file does not exist yet
-  std::string member_file;     // add: a member description (`tpm recipient export` / `recipient export`)
-  std::string id;              // remove
-  std::string admin_key_file;  // sign: Ed25519 private key (PEM), owner-only permissions
+  std::string name;                // add: the set's name when the file does not exist yet
+  std::string member_file;         // add: a member description (`tpm recipient export` / `recipient export`)
+  std::string id;                  // remove
+  std::string admin_key_file;      // sign: Ed25519 private key (PEM), owner-only permissions
+  AttestationOptions attestation;  // add: --ek-ca, --challenge, --answer
   std::vector<std::string> admin_public_keys;  // show: verify against these (PEM files)
   size_t threshold = 1;                        // show
   bool json = false;
@@ -27,6 +30,7 @@ struct RecipientKeyOptions {
   std::string pkcs11_uri;  // recipient create|export: a URI with x-recipient=LABEL
   std::string tcti;        // tpm recipient create|export
   std::string recipient_dir;
+  bool attest = false;  // tpm recipient create|export --attest: add the TPM's evidence
 };
 int TpmRecipientCreate(const RecipientKeyOptions& options);
 int TpmRecipientExport(const RecipientKeyOptions& options);
