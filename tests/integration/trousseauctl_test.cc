@@ -19,6 +19,7 @@
 
 #include "tools/support/fault_shim_control.h"
 #include "tests/testing/kms_clients.h"
+#include "tests/testing/local_http.h"
 #include "tests/testing/softhsm_plugin_test.h"
 #include "tools/support/softhsm_token.h"
 #include "tools/support/subprocess.h"
@@ -119,6 +120,23 @@ TEST_F(TrousseauctlTest, StatusPrintsHealthAndTheActiveKeyId) {
   EXPECT_NE(r.out.find("healthz: ok"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("version: v2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("key_id:  " + key_id + "\n"), std::string::npos) << r.out;
+}
+
+// A plugin with a metrics port of its own serves /metrics only there: status lists its key versions from
+// that address, and says where to look when given the health port instead.
+TEST_F(TrousseauctlTest, StatusReadsKeyVersionsFromThePluginsMetricsListen) {
+  const int health = testing::FreeLoopbackPort(), metrics = testing::FreeLoopbackPort();
+  plugin_ = SoftHsmPluginTest::StartPlugin({"--health-listen", "127.0.0.1:" + std::to_string(health),
+                                            "--metrics-listen", "127.0.0.1:" + std::to_string(metrics)},
+                                           token_->Uri("kek"));
+  ASSERT_TRUE(Eventually([&] { return GrpcStatus().healthz() == "ok"; }, 10s)) << plugin_->Log();
+  const std::string key_id = GrpcStatus().key_id();
+  const CtlResult listed = Ctl(WithSocket({"status", "--metrics-listen", "127.0.0.1:" + std::to_string(metrics)}));
+  EXPECT_EQ(listed.code, 0) << listed.out << listed.err;
+  EXPECT_NE(listed.out.find("key active:       " + key_id + " (version 1)"), std::string::npos) << listed.out;
+  const CtlResult health_port = Ctl(WithSocket({"status", "--health-listen", "127.0.0.1:" + std::to_string(health)}));
+  EXPECT_EQ(health_port.code, 0) << "the KMS Status decides the exit code";
+  EXPECT_NE(health_port.out.find("serves /metrics there only"), std::string::npos) << health_port.out;
 }
 
 TEST_F(TrousseauctlTest, StatusJsonParsesWithTheFieldsOfTheV2Status) {

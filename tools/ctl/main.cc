@@ -419,9 +419,10 @@ int main(int argc, char** argv) {
   app.add_flag("--json", o.json, "Machine-readable output");
   int rc = 0;
   auto* status = app.add_subcommand("status", "Print health, API version and key_id; exit 3 when unhealthy");
-  status->add_option("--health-listen", o.health_listen,
-                     "The plugin's --health-listen (HOST:PORT): also list every key version it holds, pending "
-                     "activations and versions that vanished from the device (read from /metrics)");
+  status->add_option("--health-listen,--metrics-listen", o.health_listen,
+                     "Where the plugin serves /metrics (HOST:PORT: its --metrics-listen if it has one, else its "
+                     "--health-listen): also list every key version it holds, pending activations and versions "
+                     "that vanished from the device");
   status->callback([&] { rc = Status(o); });
   app.add_subcommand("encrypt", "Encrypt stdin; prints base64 ciphertext (key_id on stderr)")->callback([&] {
     rc = Encrypt(o);

@@ -150,6 +150,9 @@ bool FetchMetrics(const std::string& listen, double timeout_seconds, std::string
   const size_t body = response.find("\r\n\r\n");
   if (response.rfind("HTTP/1.", 0) != 0 || body == std::string::npos || response.find(" 200 ") > response.find('\n')) {
     error = "http://" + listen + "/metrics did not answer 200: " + response.substr(0, response.find('\r'));
+    if (response.find(" 404 ") < response.find('\n')) {
+      error += " (a plugin started with --metrics-listen serves /metrics there only: give that address)";
+    }
     return false;
   }
   page = response.substr(body + 4);
