@@ -1,5 +1,6 @@
 // `secret generate --postgres-role ROLE` (issue 15, use case 3): the PostgreSQL hand-off library
-// (tools/postgres, docs/secrets.md, "PostgreSQL hand-off") as the HandOff that ApplyWrite calls (tools/secret/secret_write.h).
+// (tools/postgres, docs/secrets.md "PostgreSQL hand-off") as the HandOff that ApplyWrite calls
+// (tools/secret/secret_write.h).
 #pragma once
 
 #include <memory>
