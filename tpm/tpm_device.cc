@@ -295,7 +295,6 @@ StatusOr<size_t> TpmDevice::MaxInputBuffer() {
 }
 
 StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
-  TPM2B_SENSITIVE_CREATE sensitive{};
   TPM2B_PUBLIC in_public{};
   TPMT_PUBLIC& area = in_public.publicArea;
   area.type = TPM2_ALG_ECC;
@@ -308,31 +307,7 @@ StatusOr<TransientObject> TpmDevice::CreateStoragePrimary() {
   area.parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
   area.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
   area.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
-  TPM2B_DATA outside{};
-  TPML_PCR_SELECTION pcrs{};
-  ESYS_TR handle = ESYS_TR_NONE;
-  TPM2B_PUBLIC* out_public = nullptr;
-  TPM2B_CREATION_DATA* creation_data = nullptr;
-  TPM2B_DIGEST* creation_hash = nullptr;
-  TPMT_TK_CREATION* ticket = nullptr;
-  TSS2_RC rc = Execute(
-      [&] {
-        return Esys_CreatePrimary_Async(esys_, ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                        &sensitive, &in_public, &outside, &pcrs);
-      },
-      [&] { return Esys_CreatePrimary_Finish(esys_, &handle, &out_public, &creation_data, &creation_hash, &ticket); });
-  Esys_Free(out_public);
-  Esys_Free(creation_data);
-  Esys_Free(creation_hash);
-  Esys_Free(ticket);
-  if (rc != TSS2_RC_SUCCESS) {
-    Status s = RcStatus(rc, "TPM2_CreatePrimary(owner, ECC P-256 storage key)");
-    if (BaseTpmRc(rc) == TPM2_RC_AUTH_FAIL || BaseTpmRc(rc) == TPM2_RC_BAD_AUTH) {
-      return FailedPreconditionError(StrCat(s.message(), "; the owner hierarchy needs an empty auth value"));
-    }
-    return s;
-  }
-  return TransientObject(this, handle);
+  return CreatePrimaryIn(ESYS_TR_RH_OWNER, in_public, "TPM2_CreatePrimary(owner, ECC P-256 storage key)", nullptr);
 }
 
 StatusOr<ObjectBlobs> TpmDevice::CreateKey(const TransientObject& parent, KeyKind kind) {
@@ -631,7 +606,9 @@ StatusOr<TransientObject> TpmDevice::CreatePrimaryIn(ESYS_TR hierarchy, const TP
   if (rc != TSS2_RC_SUCCESS) {
     Status s = RcStatus(rc, what);
     if (BaseTpmRc(rc) == TPM2_RC_AUTH_FAIL || BaseTpmRc(rc) == TPM2_RC_BAD_AUTH) {
-      return FailedPreconditionError(StrCat(s.message(), "; the endorsement hierarchy needs an empty auth value"));
+      return FailedPreconditionError(StrCat(s.message(), "; the ",
+                                            hierarchy == ESYS_TR_RH_OWNER ? "owner" : "endorsement",
+                                            " hierarchy needs an empty auth value"));
     }
     return s;
   }
