@@ -146,7 +146,9 @@ TEST_F(MetricsTest, KeyVersionUsesAreCountedAndKeyListShowsTheLastUse) {
   std::string opened;
   ASSERT_TRUE(Decrypt(sealed, &opened).ok());
   v2::EncryptResponse forged = sealed;
-  forged.set_ciphertext(sealed.ciphertext().substr(0, sealed.ciphertext().size() - 1) + "x");
+  std::string flipped = sealed.ciphertext();
+  flipped.back() ^= 0x01;  // always a change (replacing the byte by a fixed one is not, 1 time in 256)
+  forged.set_ciphertext(flipped);
   EXPECT_FALSE(Decrypt(forged).ok());  // not served: not a use
   std::string page = Metrics();
   EXPECT_EQ(MetricValue(page, "trousseau_hsm_key_version_uses_total{version=\"1\"}"), 2) << page;
